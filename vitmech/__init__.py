@@ -1,0 +1,3 @@
+"""vitmech: mechanistic interpretability for Vision Transformers."""
+
+__version__ = "0.1.0"
