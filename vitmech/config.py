@@ -1,0 +1,110 @@
+"""Architecture-only configuration of a HookedViT.
+
+Nothing here says where weights come from or how images are preprocessed (see
+`vitmech.preprocessing.Preprocessing`); only the shapes and the few numerical choices a
+forward pass needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
+ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Shapes and numerics of a class-token Vision Transformer.
+
+    Attributes:
+        n_layers: number of transformer blocks.
+        n_heads: attention heads per block.
+        d_model: residual stream width.
+        d_head: width of each head's query/key/value.
+        d_mlp: hidden width of each MLP.
+        image_size: side of the square input image, in pixels.
+        patch_size: side of a square patch, in pixels.
+        n_channels: input channels (3 for RGB).
+        n_classes: classifier outputs; 0 means no classifier head (features only).
+        ln_eps: LayerNorm epsilon (timm ViT 1e-6, HF ViT 1e-12; read from the source).
+        act_fn: MLP nonlinearity: "gelu" (erf), "gelu_tanh", "quick_gelu" or "relu".
+        qkv_bias: whether query/key/value projections carry biases (zeros when False).
+        pre_norm: a LayerNorm on the embeddings before the first block (CLIP-style `ln_pre`).
+    """
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    image_size: int = 224
+    patch_size: int = 16
+    n_channels: int = 3
+    n_classes: int = 1000
+    ln_eps: float = 1e-6
+    act_fn: ActFn = "gelu"
+    qkv_bias: bool = True
+    pre_norm: bool = False
+
+    # transformer_lens' ActivationCache reads these two; a ViT always has both sublayers and LayerNorm.
+    attn_only: bool = dataclasses.field(default=False, init=False, repr=False)
+    normalization_type: str = dataclasses.field(default="LN", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        positive = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_channels")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ViTConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.n_classes, int) or self.n_classes < 0:
+            raise ValueError(f"ViTConfig.n_classes must be an int >= 0 (0 = no head), got {self.n_classes!r}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"ln_eps must be > 0, got {self.ln_eps!r}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        """Number of patch tokens N = grid_size**2."""
+        return self.grid_size**2
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length P = 1 (CLS) + N patches."""
+        return 1 + self.n_patches
+
+    @property
+    def d_patch(self) -> int:
+        """Flattened patch length C * p * p."""
+        return self.n_channels * self.patch_size**2
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.n_classes > 0
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,24 @@
+"""Errors vitmech raises on bad input, each saying what was expected."""
+
+from __future__ import annotations
+
+
+class UnsupportedModelError(ValueError):
+    """The source model has an architectural feature HookedViT does not represent (named in the message)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model it should load into (listed in the message)."""
+
+    def __init__(self, message: str, missing: list[str] | None = None, unexpected: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.unexpected = list(unexpected or [])
+
+
+class UnknownModelError(ValueError):
+    """A model name that no source knows; the message lists close matches."""
+
+
+class ImageInputError(ValueError):
+    """Model input of the wrong shape, dtype or with non-finite values."""

@@ -1,0 +1,14 @@
+"""Small helpers shared by the hooked components."""
+
+from __future__ import annotations
+
+from transformer_lens.hook_points import HookPoint
+
+
+def is_hooked(*points: HookPoint) -> bool:
+    """True if any of these hook points has a forward or backward hook attached.
+
+    Components use it to choose between a fused fast path and the explicit path that
+    materialises (and fires) the hooked intermediate.
+    """
+    return any(p.fwd_hooks or p.bwd_hooks for p in points)

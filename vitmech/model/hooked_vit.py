@@ -1,0 +1,422 @@
+"""HookedViT: one hooked representation of a class-token Vision Transformer.
+
+Flow of one forward pass (hook names in brackets; P = 1 + N tokens, CLS at position 0):
+
+    images [B, C, S, S]
+      -> embed (patches @ W_E + b_E)                   [B, N, d]
+      -> cls_token prepended                             [hook_embed]      [B, P, d]
+      -> + pos_embed.W_pos                               [hook_pos_embed]  [B, P, d]
+      -> sum                                             [hook_full_embed] [B, P, d]
+      -> ln_pre (pre-norm models only)                   [hook_ln_pre]
+      -> blocks.0 ... blocks.{L-1}                       [blocks.l.*]
+      -> ln_final on every token                         [ln_final.*]
+      -> head on the CLS token                           [head.hook_logits] [B, n_classes]
+
+`hook_embed + hook_pos_embed == hook_full_embed` (the token embeddings include the CLS
+token, so that transformer_lens' `decompose_resid` sums to the residual stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import nn
+from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from vitmech.config import ViTConfig
+from vitmech.errors import ImageInputError
+from vitmech.model.block import TransformerBlock
+from vitmech.model.embed import ClassToken, PatchEmbed, PosEmbed
+from vitmech.model.head import ClassifierHead
+from vitmech.model.layer_norm import LayerNorm
+from vitmech.preprocessing import ImageLike, Preprocessing, preprocess
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ReturnType = Optional[Literal["auto", "logits", "features", "tokens"]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+
+
+class HookedViT(HookedRootModule):
+    """A Vision Transformer whose every intermediate is a transformer_lens HookPoint.
+
+    Build one from a source with `HookedViT.from_timm`, `from_hf`, `from_checkpoint` or
+    `from_pretrained`; `HookedViT(cfg)` gives a seeded random init (timm-style) for training.
+    """
+
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        preprocessing: Preprocessing | None = None,
+        class_names: Sequence[str] | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.preprocessing = preprocessing or Preprocessing(image_size=cfg.image_size, source="vitmech default")
+        if self.preprocessing.image_size != cfg.image_size:
+            raise ValueError(
+                f"preprocessing makes {self.preprocessing.image_size}px images but the model takes {cfg.image_size}px"
+            )
+        if class_names is not None and len(class_names) != cfg.n_classes:
+            raise ValueError(f"{len(class_names)} class names for a head with {cfg.n_classes} classes")
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
+        # Free-form description (data, recipe, metrics) of a trained model; saved with it.
+        self.card: dict[str, Any] = {}
+        # Whether run_with_cache() without a names_filter also caches the per-head `attn.hook_result`.
+        self.use_attn_result = False
+
+        self.embed = PatchEmbed(cfg.n_channels, cfg.patch_size, cfg.d_model)
+        self.cls_token = ClassToken(cfg.d_model)
+        self.pos_embed = PosEmbed(cfg.n_tokens, cfg.d_model)
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_full_embed = HookPoint()
+        if cfg.pre_norm:
+            self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_eps)
+            self.hook_ln_pre = HookPoint()
+        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
+        if cfg.has_classifier:
+            self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
+        self.init_weights(seed)
+        self.setup()
+
+    # ------------------------------------------------------------------ construction
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = 0) -> None:
+        """timm-style init: truncated normal (std 0.02) matrices and positions, zero biases, unit LayerNorms."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, param in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("W_"):
+                std = 1e-6 if leaf == "W_cls" else 0.02
+                param.copy_(torch.nn.init.trunc_normal_(torch.empty_like(param), std=std, a=-2 * std, b=2 * std, generator=generator))
+            elif leaf == "w":
+                param.fill_(1.0)
+            else:
+                param.zero_()
+
+    @classmethod
+    def from_timm(cls, model_or_name: Any, **timm_kwargs: Any) -> HookedViT:
+        """Port a timm VisionTransformer (an instance, or a name for `timm.create_model(name, **timm_kwargs)`;
+        `pretrained` defaults to True for names)."""
+        from vitmech.loading.timm import hooked_vit_from_timm
+
+        return hooked_vit_from_timm(model_or_name, **timm_kwargs)
+
+    @classmethod
+    def from_hf(cls, model_or_id_or_path: Any, **kwargs: Any) -> HookedViT:
+        """Port a HuggingFace ViTForImageClassification / ViTModel (instance, hub id or local directory)."""
+        from vitmech.loading.hf import hooked_vit_from_hf
+
+        return hooked_vit_from_hf(model_or_id_or_path, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> HookedViT:
+        """Load a local weight file (safetensors / torch) in timm, HF or vitmech format."""
+        from vitmech.loading.checkpoint import hooked_vit_from_checkpoint
+
+        return hooked_vit_from_checkpoint(path, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> HookedViT:
+        """Load by name: a shipped vitmech model, a timm name, a HF hub id, or a local path."""
+        from vitmech.loading.registry import load_pretrained
+
+        return load_pretrained(name, **kwargs)
+
+    def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+        """Write `model.safetensors` + `config.json` (architecture, preprocessing, class names, card)."""
+        from vitmech.loading.native import save_native
+
+        return save_native(self, directory, card=card)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _stack(self, get: Callable[[TransformerBlock], torch.Tensor]) -> torch.Tensor:
+        return torch.stack([get(block) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> Float[torch.Tensor, "layer head d_head d_model"]:
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def b_Q(self) -> Float[torch.Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_Q)
+
+    @property
+    def b_K(self) -> Float[torch.Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_K)
+
+    @property
+    def b_V(self) -> Float[torch.Tensor, "layer head d_head"]:
+        return self._stack(lambda b: b.attn.b_V)
+
+    @property
+    def b_O(self) -> Float[torch.Tensor, "layer d_model"]:
+        return self._stack(lambda b: b.attn.b_O)
+
+    @property
+    def W_in(self) -> Float[torch.Tensor, "layer d_model d_mlp"]:
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_out(self) -> Float[torch.Tensor, "layer d_mlp d_model"]:
+        return self._stack(lambda b: b.mlp.W_out)
+
+    @property
+    def b_in(self) -> Float[torch.Tensor, "layer d_mlp"]:
+        return self._stack(lambda b: b.mlp.b_in)
+
+    @property
+    def b_out(self) -> Float[torch.Tensor, "layer d_model"]:
+        return self._stack(lambda b: b.mlp.b_out)
+
+    @property
+    def W_E(self) -> Float[torch.Tensor, "d_patch d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[torch.Tensor, "pos d_model"]:
+        return self.pos_embed.W_pos
+
+    @property
+    def W_cls(self) -> Float[torch.Tensor, "d_model"]:
+        return self.cls_token.W_cls
+
+    @property
+    def W_H(self) -> Float[torch.Tensor, "d_model n_classes"]:
+        return self._require_head().W_H
+
+    @property
+    def b_H(self) -> Float[torch.Tensor, "n_classes"]:
+        return self._require_head().b_H
+
+    # transformer_lens names for the output map, so its tools find the classifier.
+    W_U = W_H
+    b_U = b_H
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Per-head W_Q W_K^T, [layer, head, d_model, d_model], kept factored (rank <= d_head)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Per-head W_V W_O, [layer, head, d_model, d_model], kept factored (rank <= d_head)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def _require_head(self) -> ClassifierHead:
+        if not self.cfg.has_classifier:
+            raise AttributeError(
+                "this model has no classifier head (n_classes=0, e.g. a HF ViTModel); "
+                "logit-based analyses need a model with a head"
+            )
+        return self.head
+
+    # ------------------------------------------------------------------ transformer_lens glue
+    def to_single_token(self, label: str) -> int:
+        """Class index of a class name (transformer_lens calls classes 'tokens')."""
+        if self.class_names is None:
+            raise ValueError("this model carries no class names; pass class indices")
+        try:
+            return self.class_names.index(label)
+        except ValueError:
+            import difflib
+
+            close = difflib.get_close_matches(label, self.class_names, n=5)
+            raise ValueError(f"unknown class name {label!r}; close matches: {close}") from None
+
+    def tokens_to_residual_directions(
+        self, classes: int | str | Int[torch.Tensor, "..."]
+    ) -> Float[torch.Tensor, "... d_model"]:
+        """Residual direction of each class at the final LayerNorm's output scale: ln_final.w * W_H[:, c].
+
+        With these directions, `cache.logit_attrs(stack, classes)` gives each component's direct
+        logit attribution exactly (the final LN's centring and cached scale applied by transformer_lens,
+        its gain here); the constant ln_final.b @ W_H[:, c] + b_H[c] is not attributed.
+        """
+        if isinstance(classes, str):
+            classes = self.to_single_token(classes)
+        idx = torch.as_tensor(classes, device=self.device, dtype=torch.long)
+        if ((idx < 0) | (idx >= self.cfg.n_classes)).any():
+            raise IndexError(f"class index out of range [0, {self.cfg.n_classes}): {idx.tolist()}")
+        directions = (self.W_H * self.ln_final.w[:, None]).T  # [n_classes, d_model]
+        return directions[idx]
+
+    # ------------------------------------------------------------------ controls
+    def set_attention_backend(self, backend: Literal["auto", "explicit"]) -> None:
+        """"auto": fused SDPA unless a hook needs scores/pattern; "explicit": always the explicit softmax."""
+        if backend not in ("auto", "explicit"):
+            raise ValueError(f"backend must be 'auto' or 'explicit', got {backend!r}")
+        for block in self.blocks:
+            block.attn.force_explicit = backend == "explicit"
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Whether `run_with_cache()` without a names_filter caches `attn.hook_result` [B, P, H, d] too."""
+        self.use_attn_result = use_attn_result
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Float[torch.Tensor, "batch channel height width"]:
+        """PIL images or uint8 arrays -> normalised batch [B, C, S, S] on the model's device and dtype."""
+        batch = preprocess(images, self.preprocessing, n_channels=self.cfg.n_channels)
+        return batch.to(device=self.device, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ forward
+    def check_images(self, images: Any) -> None:
+        """Raise ImageInputError unless images is a finite float tensor [B, C, S, S] of the model's dtype."""
+        c, s = self.cfg.n_channels, self.cfg.image_size
+        expected = f"[batch, {c}, {s}, {s}]"
+        if not isinstance(images, torch.Tensor):
+            raise ImageInputError(
+                f"HookedViT takes a float tensor {expected}; got {type(images).__name__}. "
+                "Use model.preprocess(images) for PIL images or uint8 arrays."
+            )
+        if not images.is_floating_point():
+            raise ImageInputError(
+                f"expected a float tensor {expected}, got dtype {images.dtype}; "
+                "use model.preprocess(images) to convert uint8 images"
+            )
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            hint = ""
+            if images.ndim == 3:
+                hint = " (one image? add a batch axis: images[None])"
+            elif images.ndim == 4 and images.shape[-1] == c and images.shape[1] != c:
+                hint = " (channels last? use images.permute(0, 3, 1, 2))"
+            elif images.ndim == 4 and images.shape[1] == c:
+                hint = f" (the model takes {s}px images; use model.preprocess(images) to resize)"
+            raise ImageInputError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
+        if images.dtype != self.dtype:
+            raise ImageInputError(f"images are {images.dtype} but the model is {self.dtype}; use images.to(model.dtype)")
+        finite = torch.isfinite(images)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(images).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise ImageInputError(f"input contains {n_nan} NaN and {n_inf} infinite values")
+
+    def _layer_bound(self, layer: int, name: str) -> int:
+        n = self.cfg.n_layers
+        if not isinstance(layer, int) or not -n <= layer <= n:
+            raise IndexError(f"{name}={layer!r} out of range for a model with {n} layers")
+        return layer % n if layer < 0 else layer
+
+    def embed_images(self, images: Float[torch.Tensor, "batch c h w"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0 (fires the embedding hooks)."""
+        tokens = self.hook_embed(self.cls_token(self.embed(images)))
+        positions = self.hook_pos_embed(self.pos_embed(images.shape[0]))
+        resid = self.hook_full_embed(tokens + positions)
+        if self.cfg.pre_norm:
+            resid = self.hook_ln_pre(self.ln_pre(resid))
+        return resid
+
+    def unembed(
+        self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: ReturnType = "auto"
+    ) -> torch.Tensor | None:
+        """Final LayerNorm and, for logits, the classifier on the CLS token."""
+        if return_type is None:
+            return None
+        if return_type not in ("auto", "logits", "features", "tokens"):
+            raise ValueError(f"return_type must be 'auto', 'logits', 'features', 'tokens' or None, got {return_type!r}")
+        normalized = self.ln_final(resid)
+        if return_type == "tokens":
+            return normalized
+        if return_type == "features" or (return_type == "auto" and not self.cfg.has_classifier):
+            return normalized[:, 0]
+        return self._require_head()(normalized[:, 0])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        return_type: ReturnType = "auto",
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+    ) -> torch.Tensor | None:
+        """Run the model.
+
+        Args:
+            x: images [B, C, S, S] (normalised float), or, with start_at_layer, the residual
+                stream [B, P, d_model] entering that block.
+            return_type: "logits" [B, n_classes]; "features" = final-LN CLS [B, d_model];
+                "tokens" = final-LN all tokens [B, P, d_model]; "auto" = logits if the model
+                has a head, else features; None = nothing (hooks only).
+            start_at_layer: first block to run (x is then a residual stream).
+            stop_at_layer: run blocks [start, stop) and return the residual stream [B, P, d_model].
+        """
+        if start_at_layer is None:
+            self.check_images(x)
+            resid = self.embed_images(x)
+            start = 0
+        else:
+            start = self._layer_bound(start_at_layer, "start_at_layer")
+            expected = (self.cfg.n_tokens, self.cfg.d_model)
+            if not isinstance(x, torch.Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != expected:
+                shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ImageInputError(f"with start_at_layer, x must be a residual stream [batch, {expected[0]}, {expected[1]}], got {shape}")
+            resid = x
+        stop = self.cfg.n_layers if stop_at_layer is None else self._layer_bound(stop_at_layer, "stop_at_layer")
+        for block in self.blocks[start:stop]:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        return self.unembed(resid, return_type)
+
+    def run_with_cache(  # type: ignore[override]
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        return_cache_object: bool = True,
+        remove_batch_dim: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]:
+        """Run and cache activations (detached) in a transformer_lens ActivationCache.
+
+        names_filter=None caches every hook except the per-head `attn.hook_result` (12x the size
+        of attn_out) unless `use_attn_result` is set; ask for it by name to get it regardless.
+        Call under `torch.no_grad()` when no gradients are needed.
+        """
+        if names_filter is None and not self.use_attn_result:
+            names_filter = _all_but_head_results
+        elif isinstance(names_filter, tuple):
+            names_filter = list(names_filter)
+        out, cache_dict = super().run_with_cache(
+            *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
+        )
+        if return_cache_object:
+            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, cache_dict
+
+
+def _all_but_head_results(name: str) -> bool:
+    return not name.endswith("attn.hook_result")
