@@ -13,24 +13,13 @@ import argparse
 import logging
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from einops import einsum
 
 from vitmech import HookedViT
-from vitmech.loading.registry import hub_reachable, zoo_models
-
-
-def load_model(name: str) -> tuple[HookedViT, str]:
-    """Shipped and local models as they are; hub models when a hub is reachable; else a timm
-    architecture with seeded random weights (said loudly: its attention means nothing)."""
-    if name in zoo_models() or Path(name).exists():
-        return HookedViT.from_pretrained(name), "shipped/local weights"
-    if hub_reachable():
-        return HookedViT.from_pretrained(name), "pretrained weights"
-    return HookedViT.from_timm(name, pretrained=False), "RANDOM INIT: no hub reachable, so its attention means nothing"
+from vitmech.cli import load_model
 
 
 def demo_image(size: int = 224, seed: int = 0) -> np.ndarray:

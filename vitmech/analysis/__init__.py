@@ -1,0 +1,1 @@
+"""Analyses: pure functions of (model, cache or images) returning small typed results."""

@@ -1,0 +1,1 @@
+"""Plots: results in, matplotlib figures out (headless); never runs a model."""
