@@ -30,7 +30,7 @@ def plot_positional_grids(
     grids = pqk.query_grids(query, softmax=softmax)
     g = pqk.grid_size
     q_index = pqk._query_index(query) - 1
-    fig = Figure(figsize=(1.1 * len(heads) + 0.6, 1.1 * len(layers) + 0.6))
+    fig = Figure(figsize=(1.1 * len(heads) + 0.6, 1.1 * len(layers) + 0.8), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(layers), len(heads), squeeze=False))
     for i, layer in enumerate(layers):
         for j, head in enumerate(heads):
