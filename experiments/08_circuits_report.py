@@ -22,7 +22,9 @@ import torch
 
 from vitmech import HookedViT
 from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
-from vitmech.analysis.circuits import attention_distance_px, composition_changes, composition_scores, positional_qk
+from vitmech.analysis.circuits import (
+    attention_distance_px, composition_changes, composition_scores, ov_copying_scores, positional_qk,
+)
 from vitmech.cli import add_output_argument, load_image_folder, load_model
 from vitmech.errors import UnknownModelError
 from vitmech.report import Report
@@ -94,7 +96,8 @@ def analyse(label: str, name: str, args: argparse.Namespace, report: Report) -> 
                     f"(max |logit change| {drift:.2e}).")
     pqk = positional_qk(model, mode=args.positional_mode)
     out = {"model": model, "pqk": pqk, "locality": pqk.locality(), "measured": measured_distance(model, images),
-           "composition": composition_scores(model, subtract_baseline=not args.no_baseline, seed=args.seed)}
+           "composition": composition_scores(model, subtract_baseline=not args.no_baseline, seed=args.seed),
+           "copying": ov_copying_scores(model)}
     if model.cfg.has_classifier:
         out["dla"] = direct_logit_attribution(model, images)
         out["lens"] = logit_lens(model, images)
@@ -137,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         report.add_table(f"composition_all_{label}", comp.to_frame(), show=False)
         report.add_figure(f"composition_K_{label}", plot_composition(comp, "K"), caption=f"{label}: K-composition")
 
+    report.add_text("## OV copying scores\n\nsum Re(lambda) / sum |lambda| over the eigenvalues of each head's OV circuit "
+                    "(residual basis): +1 writes back what it reads, -1 its negative.")
+    for label, res in results.items():
+        frame = res["copying"].to_frame()
+        report.add_table(f"ov_copying_{label}", frame, show=False)
+        top, bottom = frame.nlargest(3, "copying_score"), frame.nsmallest(3, "copying_score")
+        report.add_text(f"{label}: most copying heads " + ", ".join(
+            f"L{r.layer}H{r.head} {r.copying_score:+.2f}" for r in top.itertuples()) + "; most negative "
+            + ", ".join(f"L{r.layer}H{r.head} {r.copying_score:+.2f}" for r in bottom.itertuples()) + ".")
+
     if any("dla" in res for res in results.values()):
         report.add_text("## Direct logit attribution and logit lens\n\nEach image's predicted class; the components sum "
                         "to the logit (max error below).")
@@ -163,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             report.add_figure("locality_change", plot_head_change(
                 before["locality"].mean_distance_px, after["locality"].mean_distance_px, "positional distance (px)",
                 ("pretrained", "fine-tuned")))
+            report.add_figure("copying_change", plot_head_change(
+                before["copying"].scores, after["copying"].scores, "OV copying score", ("pretrained", "fine-tuned")))
             report.add_table("composition_changes", composition_changes(before["composition"], after["composition"]).head(args.top_pairs),
                              caption="pairs whose adjusted composition changed most")
             if "dla" in before and "dla" in after:

@@ -43,7 +43,7 @@ def test_report_for_a_model_and_its_fine_tuned_twin(saved_pair, tmp_path):
     for name in ("positional_grids_pretrained.png", "positional_grids_finetuned.png", "locality.png", "locality_by_head.csv",
                  "composition_top_pretrained.csv", "composition_K_finetuned.png", "dla_heads.png", "dla_top_finetuned.csv",
                  "logit_lens.png", "logit_lens_pretrained.csv", "locality_change.png", "composition_changes.csv",
-                 "dla_change.png", "settings.json"):
+                 "dla_change.png", "copying_change.png", "ov_copying_pretrained.csv", "settings.json"):
         assert name in files and (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
     assert "## Changes with fine-tuning" in text and "SEEDED NOISE" in text

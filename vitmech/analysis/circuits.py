@@ -90,7 +90,8 @@ def top_singular_directions(circuit: FactoredMatrix, k: int = 3, name: str = "")
         raise ValueError(f"expected a per-head FactoredMatrix [layer, head, d, d], got shape {tuple(circuit.shape)}")
     if not 1 <= k <= circuit.mdim:
         raise ValueError(f"k must be in [1, {circuit.mdim}] (the circuit's rank is at most d_head), got {k}")
-    U, S, V = circuit.svd()
+    with torch.no_grad():
+        U, S, V = circuit.svd()
     return SingularDirections(
         circuit=name,
         values=S[..., :k].detach(),
