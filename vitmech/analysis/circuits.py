@@ -343,13 +343,26 @@ def composition_score(left: FactoredMatrix, right: FactoredMatrix) -> Float[torc
     """||L R||_F / (||L||_F ||R||_F) for FactoredMatrices with broadcastable leading dims (Elhage et al. 2021).
 
     In [0, 1] by submultiplicativity of the Frobenius norm; unchanged by rescaling L or R. Computed from
-    the factors: with L = U_L C_L (U_L orthonormal columns) and R = C_R V_R^T, ||L R|| = ||C_L C_R||.
+    the factors: with L = Q_L C_L and R = C_R Q_R^T (Q orthonormal columns, from QRs of the outer factors),
+    ||L R|| = ||C_L C_R||, a d_head x d_head product.
     """
     if left.rdim != right.ldim:
         raise ValueError(f"left's columns ({left.rdim}) must match right's rows ({right.ldim})")
-    c_left, c_right = left.collapse_l(), right.collapse_r()
+    c_left, c_right = _collapse_left(left), _collapse_right(right)
     product = c_left @ c_right
     return product.norm(dim=(-2, -1)) / (c_left.norm(dim=(-2, -1)) * c_right.norm(dim=(-2, -1)))
+
+
+def _collapse_left(m: FactoredMatrix) -> Float[torch.Tensor, "... mdim rdim"]:
+    """C with M = Q C and Q orthonormal columns (A = Q R, C = R B): ||M X||_F = ||C X||_F. A QR, not an SVD."""
+    _, r = torch.linalg.qr(m.A)
+    return r @ m.B
+
+
+def _collapse_right(m: FactoredMatrix) -> Float[torch.Tensor, "... ldim mdim"]:
+    """C with M = C Q^T and Q orthonormal columns (B^T = Q R, C = A R^T): ||X M||_F = ||X C||_F."""
+    _, r = torch.linalg.qr(m.B.transpose(-2, -1))
+    return m.A @ r.transpose(-2, -1)
 
 
 def _reader(model: HookedViT, mode: str) -> FactoredMatrix:
@@ -370,8 +383,8 @@ def _reader(model: HookedViT, mode: str) -> FactoredMatrix:
 
 def _scores_later_than(left: FactoredMatrix, right: FactoredMatrix) -> Float[torch.Tensor, "layer head layer head"]:
     """[L_src, H, L_dst, H] composition scores, NaN unless src layer < dst layer; one dst layer at a time."""
-    c_left = left.collapse_l()  # [L, H, d_head, d]
-    c_right = right.collapse_r()  # [L, H, d, d_head]
+    c_left = _collapse_left(left)  # [L, H, d_head, d]
+    c_right = _collapse_right(right)  # [L, H, d, d_head]
     n_left = c_left.norm(dim=(-2, -1))
     n_right = c_right.norm(dim=(-2, -1))
     n_layers, n_heads = n_left.shape
