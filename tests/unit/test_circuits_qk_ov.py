@@ -94,6 +94,10 @@ def test_query_grid_is_the_query_row_reshaped_row_major():
     assert pqk.query_grid(0, 0, query="cls").shape == (g, g)
     torch.testing.assert_close(pqk.query_grid(1, 2, "centre", softmax=True).sum(), torch.tensor(1.0))
     torch.testing.assert_close(pqk.query_grids((row, col), softmax=False)[1, 2], grid)
+    frame = pqk.to_frame((row, col))
+    assert len(frame) == model.cfg.n_layers * model.cfg.n_heads * g * g
+    pick = frame[(frame["layer"] == 1) & (frame["head"] == 2) & (frame["key_row"] == 0) & (frame["key_col"] == 3)]
+    assert pick["score"].item() == pytest.approx(float(grid[0, 3]))
 
 
 @pytest.mark.parametrize("query, error", [((9, 0), IndexError), (16, IndexError), (-1, IndexError), ("middle", TypeError), (True, TypeError)])

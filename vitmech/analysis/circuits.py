@@ -277,6 +277,16 @@ class PositionalQK:
             rows = torch.softmax(rows, -1)
         return rearrange(rows, "l h (r c) -> l h r c", r=self.grid_size)
 
+    def to_frame(self, query: int | tuple[int, int] | str = "centre") -> pd.DataFrame:
+        """One query's row for every head: (layer, head, key row, key col, score, softmax over patch keys)."""
+        scores, probs = self.query_grids(query, softmax=False), self.query_grids(query, softmax=True)
+        n_layers, n_heads, g, _ = scores.shape
+        return pd.DataFrame([
+            {"query": str(query), "layer": l, "head": h, "key_row": r, "key_col": c,
+             "score": float(scores[l, h, r, c]), "probability": float(probs[l, h, r, c])}
+            for l in range(n_layers) for h in range(n_heads) for r in range(g) for c in range(g)
+        ])
+
     def locality(self, renormalise: bool = True) -> PositionalLocality:
         """Mean attention distance (pixels) of the attention the positional scores alone would give.
 
