@@ -1,0 +1,195 @@
+"""Circuits report: positional QK, composition, direct logit attribution and logit lens, before/after fine-tuning.
+
+For a model (and optionally its fine-tuned twin), on processed weights (LayerNorms folded, writing weights
+centred, value biases folded: the logits are unchanged, checked below):
+  - positional QK grids by layer for one query patch, and each head's positional locality (pixels),
+    next to the mean attention distance measured on the images;
+  - the strongest composing head pairs (Q, K, V; minus the random-matrix baseline);
+  - direct logit attribution per head to each image's predicted class, and a logit lens;
+  - how each of these changed with fine-tuning (same architecture required for the per-head deltas).
+
+    python experiments/08_circuits_report.py --model vitmech/mini-pretrained --finetuned vitmech/mini-galaxy \
+        --images path/to/galaxies --out reports/08_circuits
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from vitmech import HookedViT
+from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
+from vitmech.analysis.circuits import (
+    attention_distance_px, composition_changes, composition_scores, ov_copying_scores, positional_qk,
+)
+from vitmech.cli import add_output_argument, load_image_folder, load_model
+from vitmech.errors import UnknownModelError
+from vitmech.report import Report
+from vitmech.viz.circuits import (
+    plot_composition, plot_head_change, plot_head_dla, plot_locality, plot_logit_lens, plot_positional_grids,
+)
+from vitmech.weight_processing import process_weights
+
+logger = logging.getLogger("08_circuits_report")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vitmech/mini-pretrained", help="shipped name, local path, timm name or hub id")
+    parser.add_argument("--finetuned", default="vitmech/mini-galaxy", help="its fine-tuned twin; 'none' for one model")
+    parser.add_argument("--images", default=None, help="image folder (default: seeded noise images, said in the report)")
+    parser.add_argument("--n-images", type=int, default=16, help="images for DLA, logit lens and measured distances")
+    parser.add_argument("--query", default="centre", help="query patch for the positional grids: 'centre', 'cls', k or row,col")
+    parser.add_argument("--positional-mode", choices=("ln1", "raw"), default="ln1")
+    parser.add_argument("--top-pairs", type=int, default=10, help="composing pairs listed per mode")
+    parser.add_argument("--no-baseline", action="store_true", help="do not subtract the random-matrix composition baseline")
+    parser.add_argument("--raw-weights", action="store_true", help="skip weight processing")
+    parser.add_argument("--seed", type=int, default=0)
+    add_output_argument(parser, "reports/08_circuits")
+    args = parser.parse_args(argv)
+    if args.n_images < 1:
+        parser.error("--n-images must be >= 1")
+    if "," in args.query:
+        args.query = tuple(int(v) for v in args.query.split(","))
+    elif args.query.lstrip("-").isdigit():
+        args.query = int(args.query)
+    return args
+
+
+def load(name: str) -> tuple[HookedViT, str]:
+    try:
+        return load_model(name)
+    except (UnknownModelError, FileNotFoundError, OSError) as err:
+        hint = " (the shipped mini models come with the fine-tuning issue; pass a local path)" if name.startswith("vitmech/") else ""
+        raise SystemExit(f"error: cannot load model {name!r}{hint}: {err}") from None
+
+
+def images_for(model: HookedViT, args: argparse.Namespace) -> tuple[torch.Tensor, str]:
+    if args.images:
+        return load_image_folder(model, args.images, limit=args.n_images), f"images from {args.images}"
+    g = torch.Generator().manual_seed(args.seed)
+    size, c = model.cfg.image_size, model.cfg.n_channels
+    return torch.randn(args.n_images, c, size, size, generator=g).to(model.dtype), "SEEDED NOISE images (no --images given)"
+
+
+def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance (px) per head on the images, [L, H], averaged over images."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
+    cfg = model.cfg
+    return torch.stack([attention_distance_px(cache["pattern", l], cfg.grid_size, cfg.patch_size).mean(0)
+                        for l in range(cfg.n_layers)])
+
+
+def analyse(label: str, name: str, args: argparse.Namespace, report: Report) -> dict:
+    raw, weights = load(name)
+    model = raw if args.raw_weights else process_weights(raw)
+    images, image_note = images_for(model, args)
+    with torch.no_grad():
+        drift = float((model(images) - raw(images)).abs().max()) if model.cfg.has_classifier else 0.0
+    report.add_text(f"**{label}**: `{name}` ({weights}); {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
+                    f"{model.cfg.grid_size}x{model.cfg.grid_size} patches; {image_note}; weight processing: "
+                    f"{'none' if args.raw_weights else 'fold LN, centre writing weights, fold value biases'} "
+                    f"(max |logit change| {drift:.2e}).")
+    pqk = positional_qk(model, mode=args.positional_mode)
+    out = {"model": model, "pqk": pqk, "locality": pqk.locality(), "measured": measured_distance(model, images),
+           "composition": composition_scores(model, subtract_baseline=not args.no_baseline, seed=args.seed),
+           "copying": ov_copying_scores(model)}
+    if model.cfg.has_classifier:
+        out["dla"] = direct_logit_attribution(model, images)
+        out["lens"] = logit_lens(model, images)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    names = {"pretrained": args.model}
+    if args.finetuned and args.finetuned.lower() != "none":
+        names["finetuned"] = args.finetuned
+    report = Report(args.out, "Circuits: positional QK, composition, direct logit attribution")
+    results = {label: analyse(label, name, args, report) for label, name in names.items()}
+
+    report.add_text("## Positional QK\n\nScores of each head from the position embeddings alone "
+                    f"(mode `{args.positional_mode}`, see docs/circuits.md); the grid shows the softmax over patch "
+                    f"keys for query {args.query!r}. Locality: mean attention distance of that softmax (pixels).")
+    for label, res in results.items():
+        report.add_figure(f"positional_grids_{label}", plot_positional_grids(res["pqk"], args.query, title=f"{label}: positional attention, query {args.query}"))
+    localities = {label: res["locality"] for label, res in results.items()}
+    measured = {label: res["measured"] for label, res in results.items()}
+    report.add_figure("locality", plot_locality(localities, measured), caption="positional locality by layer; vs measured mean attention distance")
+    rows = []
+    for label, res in results.items():
+        frame = res["locality"].to_frame()
+        frame["measured_distance_px"] = res["measured"].flatten().tolist()
+        frame.insert(0, "model", label)
+        rows.append(frame)
+        r = torch.corrcoef(torch.stack([res["locality"].mean_distance_px.flatten(), res["measured"].flatten()]))[0, 1]
+        report.add_text(f"{label}: Pearson r between positional and measured distance over heads = {float(r):.3f}.")
+    report.add_table("locality_by_head", [row for f in rows for row in f.to_dict(orient="records")], show=False)
+
+    report.add_text("## Composition\n\nElhage et al. 2021 scores ||OV_A M_B||_F / (||OV_A||_F ||M_B||_F) for earlier head A, "
+                    "later head B; `adjusted` subtracts the mean score of random matrices of the same shapes.")
+    for label, res in results.items():
+        comp = res["composition"]
+        report.add_json(f"composition_baselines_{label}", comp.baselines)
+        report.add_table(f"composition_top_{label}", comp.top_pairs(k=args.top_pairs), caption=f"{label}: strongest composing pairs")
+        report.add_table(f"composition_all_{label}", comp.to_frame(), show=False)
+        report.add_figure(f"composition_K_{label}", plot_composition(comp, "K"), caption=f"{label}: K-composition")
+
+    report.add_text("## OV copying scores\n\nsum Re(lambda) / sum |lambda| over the eigenvalues of each head's OV circuit "
+                    "(residual basis): +1 writes back what it reads, -1 its negative.")
+    for label, res in results.items():
+        frame = res["copying"].to_frame()
+        report.add_table(f"ov_copying_{label}", frame, show=False)
+        top, bottom = frame.nlargest(3, "copying_score"), frame.nsmallest(3, "copying_score")
+        report.add_text(f"{label}: most copying heads " + ", ".join(
+            f"L{r.layer}H{r.head} {r.copying_score:+.2f}" for r in top.itertuples()) + "; most negative "
+            + ", ".join(f"L{r.layer}H{r.head} {r.copying_score:+.2f}" for r in bottom.itertuples()) + ".")
+
+    if any("dla" in res for res in results.values()):
+        report.add_text("## Direct logit attribution and logit lens\n\nEach image's predicted class; the components sum "
+                        "to the logit (max error below).")
+        dlas = {label: res["dla"] for label, res in results.items() if "dla" in res}
+        report.add_figure("dla_heads", plot_head_dla(dlas), caption="per-head DLA to the predicted class (mean over images)")
+        for label, dla in dlas.items():
+            report.add_text(f"{label}: max |sum of components - logit| = {dla.max_abs_error:.2e}; "
+                            + ", ".join(f"{k} {float(v.mean()):+.3f}" for k, v in dla.by_kind().items()))
+            summary = dla.summary_frame().sort_values("mean_abs_attribution", ascending=False)
+            report.add_table(f"dla_top_{label}", summary.head(10), caption=f"{label}: largest components (mean over images)")
+            report.add_table(f"dla_all_{label}", dla.to_frame(), show=False)
+        lenses = {label: res["lens"] for label, res in results.items() if "lens" in res}
+        report.add_figure("logit_lens", plot_logit_lens(lenses), caption="logit lens on the CLS residual")
+        for label, lens in lenses.items():
+            report.add_table(f"logit_lens_{label}", lens.summary_frame(), caption=f"{label}: logit lens")
+
+    if len(results) == 2:
+        before, after = results["pretrained"], results["finetuned"]
+        same = before["model"].cfg.replace(n_classes=0) == after["model"].cfg.replace(n_classes=0)
+        report.add_text("## Changes with fine-tuning")
+        if not same:
+            report.add_text("The two models differ in architecture: per-head changes are not defined.")
+        else:
+            report.add_figure("locality_change", plot_head_change(
+                before["locality"].mean_distance_px, after["locality"].mean_distance_px, "positional distance (px)",
+                ("pretrained", "fine-tuned")))
+            report.add_figure("copying_change", plot_head_change(
+                before["copying"].scores, after["copying"].scores, "OV copying score", ("pretrained", "fine-tuned")))
+            report.add_table("composition_changes", composition_changes(before["composition"], after["composition"]).head(args.top_pairs),
+                             caption="pairs whose adjusted composition changed most")
+            if "dla" in before and "dla" in after:
+                report.add_text("DLA: each model's attribution to its own predicted class (the class spaces may differ).")
+                report.add_figure("dla_change", plot_head_change(
+                    before["dla"].head_attributions().mean(0), after["dla"].head_attributions().mean(0),
+                    "mean head DLA", ("pretrained", "fine-tuned")))
+    report.add_json("settings", {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()})
+    path = report.write()
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
