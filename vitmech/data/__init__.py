@@ -17,6 +17,17 @@ from vitmech.data._errors import (
 )
 from vitmech.data._io import Box, mask_to_box
 from vitmech.data._transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocess
+from vitmech.data.galaxies import (
+    FEATURES,
+    GalaxyBatch,
+    GalaxyParams,
+    generate_galaxies,
+    iter_galaxies,
+    render_galaxies,
+    sample_galaxies,
+    unpack_masks,
+    write_galaxy_dataset,
+)
 from vitmech.data.gz2 import (
     GZ2_CLASSES,
     GZ2_EXCLUDED,
@@ -42,6 +53,15 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "default_preprocess",
+    "FEATURES",
+    "GalaxyBatch",
+    "GalaxyParams",
+    "generate_galaxies",
+    "iter_galaxies",
+    "render_galaxies",
+    "sample_galaxies",
+    "unpack_masks",
+    "write_galaxy_dataset",
     "GZ2_CLASSES",
     "GZ2_EXCLUDED",
     "GZ2_HUB_ID",
