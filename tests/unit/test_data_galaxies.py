@@ -136,18 +136,18 @@ def test_features_present_exactly_where_the_class_has_them(clean):
 
 @pytest.mark.parametrize(
     "feature, amp, least",
-    [("bar", "bar_amp", 0.65), ("bulge", "bulge_amp", 0.7), ("arms", "arms_amp", 0.5), ("ring", "ring_amp", 0.6)],
+    [("bar", "bar_amp", 0.8), ("bulge", "bulge_amp", 0.75), ("arms", "arms_amp", 0.55), ("ring", "ring_amp", 0.8)],
 )
 def test_mask_holds_most_of_the_drawn_feature_light(params, feature, amp, least):
     """Render with and without the component: the difference is the drawn feature (after PSF). Its mask
-    (80% of the pre-PSF light by construction, closed form) must hold most of that light, be much
-    smaller than the image, and contain nearly all of the feature's bright pixels."""
+    (80% of the pre-PSF light in closed form, grown by the PSF sigma) must hold most of that light, be
+    much smaller than the image, and contain nearly all of the feature's bright pixels."""
     chosen, on, light = _feature_light(params, amp)
     assert len(chosen) >= 2
     for i in range(len(chosen)):
         mask = on.masks[feature][i]
         share = light[i][mask].sum() / light[i].sum()
-        assert least <= share <= 0.95, (feature, i, share)
+        assert least <= share <= 0.97, (feature, i, share)
         assert mask.mean() < 0.5
         bright = light[i] > 0.5 * light[i].max()
         assert mask[bright].mean() > 0.95

@@ -20,7 +20,8 @@ Masks: for every feature in ``FEATURES``, a bool ``[H, W]`` mask of the region h
 forms for the Sersic/exponential components (the incomplete-gamma enclosed-light radius), the
 Gaussian ring (+-z sigma) and clumps (radius sigma sqrt(-2 ln(1 - f))); arms are the ridge region
 ``S * taper >= arms_ridge`` inside the disk's mask; the dust lane is its +-z sigma band inside the disk's
-mask. Boxes are the masks' tight boxes. Coordinates: pixels of the final ``size`` x ``size`` image,
+mask. Each mask is then grown by the PSF sigma (rounded to whole pixels), so it also covers the light the
+PSF spreads just outside thin features. Boxes are the masks' tight boxes. Coordinates: pixels of the final ``size`` x ``size`` image,
 ``(x0, y0, x1, y1)`` with exclusive upper ends, top-left origin. Absent features: empty mask, box None.
 
 Speed: components are evaluated with torch on whole batches of one class; on a 2-core CPU this runs
@@ -458,7 +459,7 @@ def render_galaxies(
     render_size: Optional[int] = None,
     noise: bool = True,
     flux_fraction: float = 0.8,
-    arms_ridge: float = 0.15,
+    arms_ridge: float = 0.25,
     return_linear: bool = False,
     num_threads: Optional[int] = None,
 ) -> GalaxyBatch:
@@ -498,6 +499,8 @@ def _render(
         group = [params[i] for i in index]
         rows = np.asarray(index)
         components, colours, group_masks = _render_group(group, res, flux_fraction, arms_ridge)
+        radius = torch.tensor([round(p.psf_sigma * res / BASE) for p in group])
+        group_masks = {name: _dilate(m, radius) for name, m in group_masks.items()}
         # PSF and colour mixing are both linear: blur the K components (often fewer than 3 channels)
         blurred = _gaussian_blur(components, torch.tensor([p.psf_sigma * res / BASE for p in group]))
         counts = torch.einsum("gkhw,gkc->gchw", blurred, colours)
@@ -531,6 +534,16 @@ def _render(
     classes = GALAXY_CLASSES if all(p.cls in GALAXY_CLASSES for p in params) else ALL_CLASSES
     labels = np.array([classes.index(p.cls) for p in params], dtype=np.int64)
     return GalaxyBatch(out_images, labels, classes, out_masks, out_boxes, list(params), out_linear)
+
+
+def _dilate(masks: Bool[Tensor, "G R R"], radius: Int[Tensor, "G"]) -> Bool[Tensor, "G R R"]:
+    """Grow each mask by its own radius in pixels (3 x 3 max-pool steps), so a mask drawn on the
+    pre-PSF model also covers the light the PSF spreads just outside it."""
+    out = masks
+    for step in range(1, int(radius.max()) + 1 if len(radius) else 1):
+        grown = F.max_pool2d(out.unsqueeze(1).float(), kernel_size=3, stride=1, padding=1).squeeze(1) > 0
+        out = torch.where((radius >= step).view(-1, 1, 1), grown, out)
+    return out
 
 
 def _asinh_pos(x: Tensor) -> Tensor:
