@@ -175,6 +175,10 @@ def test_missing_columns_are_reported(tmp_path, cache_dir):
     path = make_gz2_fixture(tmp_path / "noimage", train_summaries=["smooth_round"] * 3, drop_columns=["image"])
     with pytest.raises(SchemaError, match="image"):
         load_gz2(path, n_train=2, n_test=1, cache_dir=cache_dir, progress=False)
+    features = datasets.Features({"image": datasets.Image(), "summary": datasets.Value("int64")})
+    numeric = datasets.Dataset.from_dict({"image": [None], "summary": [3]}, features=features)
+    with pytest.raises(SchemaError, match="strings"):
+        load_gz2(numeric, n_train=1, progress=False)
 
 
 def test_unknown_labels_are_reported_or_dropped(tmp_path, cache_dir):

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import datasets
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, Value
 from datasets import Image as HFImage
 from jaxtyping import Int
 from tqdm.auto import tqdm
@@ -168,8 +168,8 @@ def check_gz2_schema(ds: Dataset, required: Sequence[str] = GZ2_REQUIRED_COLUMNS
         raise SchemaError(f"column 'image' must be an HF Image feature, got {features['image']!r}")
     if "summary" in required:
         feature = features["summary"]
-        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")) and not isinstance(feature, ClassLabel):
-            raise SchemaError(f"column 'summary' must hold strings, got {feature!r}")
+        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+            raise SchemaError(f"column 'summary' must hold class-name strings, got {feature!r}")
 
 
 # ----------------------------------------------------------------------------------------- sources
