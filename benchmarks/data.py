@@ -69,6 +69,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     results: dict[str, dict[str, float]] = {}
+    load_before = os.getloadavg()[0]
 
     generate_galaxies(12, seed=0)  # warm-up
     results["galaxies"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1)), args.repeats)
@@ -119,8 +120,10 @@ def main() -> None:
         "chirps_over_forward": results["chirps"]["median"] / vit,
         "galaxies_over_200_target": results["galaxies"]["median"] / 200.0,
     }
+    load_after = os.getloadavg()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()} (shared machine: numbers are noisy)")
+          f"{torch.get_num_threads()}, 1-min load average {load_before:.1f} before / {load_after:.1f} after "
+          "(shared machine: numbers are noisy)")
     for name, r in results.items():
         print(f"{name:>13}: {r['median']:8.1f} img/s median, {r['best']:8.1f} best of {args.repeats}")
     for name, value in ratios.items():
@@ -130,7 +133,8 @@ def main() -> None:
     summary = {f"{k}_per_s": round(v["median"], 2) for k, v in results.items()}
     summary.update({k: round(v, 2) for k, v in ratios.items()})
     summary.update({"loaders_at_least_3x_forward": ok, "repeats": args.repeats, "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()})
+                    "torch_threads": torch.get_num_threads(), "load_avg_before": round(load_before, 2),
+                    "load_avg_after": round(load_after, 2)})
     print(json.dumps(summary))
 
 
