@@ -134,6 +134,15 @@ def test_features_present_exactly_where_the_class_has_them(clean):
         assert ("dust_lane" in has) == (p.dust_tau > 0)
 
 
+def test_switched_off_component_has_no_mask_in_a_mixed_batch(params):
+    barred = [p for p in params if p.cls == "barred_spiral"][:2]
+    mixed = [barred[0], dataclasses.replace(barred[1], bar_amp=0.0, arms_amp=0.0)]
+    batch = render_galaxies(mixed, noise=False)
+    assert batch.masks["bar"][0].any() and batch.masks["arms"][0].any()
+    assert not batch.masks["bar"][1].any() and batch.boxes["bar"][1] is None
+    assert not batch.masks["arms"][1].any() and batch.boxes["arms"][1] is None
+
+
 @pytest.mark.parametrize(
     "feature, amp, least",
     [("bar", "bar_amp", 0.8), ("bulge", "bulge_amp", 0.75), ("arms", "arms_amp", 0.55), ("ring", "ring_amp", 0.8)],

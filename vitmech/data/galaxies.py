@@ -385,7 +385,7 @@ def _render_group(
     disk_mask = r_d <= r_disk
     if present("disk_amp"):
         add(_col(params, "disk_amp") * disk, 1)
-        masks["disk"] = disk_mask
+        masks["disk"] = disk_mask & (_col(params, "disk_amp") > 0)
     if present("dust_tau"):  # dims disk and bulge along a band parallel to the major axis
         tau, w, off = _col(params, "dust_tau"), _col(params, "dust_w"), _col(params, "dust_off")
         z = (v - off) / w
@@ -405,13 +405,13 @@ def _render_group(
         taper = torch.sigmoid((r_d - 0.9 * r0) / (0.12 * r0))
         shape = ridge * taper
         add(_col(params, "arms_amp") * disk * shape, 2)
-        masks["arms"] = (shape >= arms_ridge) & disk_mask
+        masks["arms"] = (shape >= arms_ridge) & disk_mask & (_col(params, "arms_amp") > 0)
     if present("bar_amp"):
         bar_q, bar_re, bar_n = _col(params, "bar_q"), _col(params, "bar_re"), _col(params, "bar_n")
         r_bar = torch.sqrt(a**2 + (b / bar_q) ** 2)
         add(_col(params, "bar_amp") * _sersic(r_bar, bar_re, bar_n), 3)
         r_f = torch.as_tensor(sersic_radius_fraction(bar_n.numpy(), f), dtype=torch.float32) * bar_re
-        masks["bar"] = r_bar <= r_f
+        masks["bar"] = (r_bar <= r_f) & (_col(params, "bar_amp") > 0)
     if present("ring_amp"):
         ring_r, ring_w = _col(params, "ring_r"), _col(params, "ring_w")
         z = (r_d - ring_r) / ring_w
