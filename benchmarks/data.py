@@ -1,7 +1,8 @@
 """Data-layer throughput against the ViT-B/16 forward rate, measured in one run.
 
 Measures (images per second, median of ``--repeats`` timed runs, best also printed):
-  galaxies      generate_galaxies at 224 px (batches of 64)
+  galaxies      generate_galaxies at 224 px, one batch of --galaxies, torch's default threads
+  galaxies_1thread  the same on one torch thread (steadier when other jobs load the CPU)
   chirps        generate_chirps (raw array + rendered 224 px figure + boxes)
   write_gal     write_galaxy_dataset (generation + PNG + parquet)
   loader_gz2    load_gz2 + DataLoader(batch 8) + default preprocessing over a gz2-schema fixture of
@@ -73,6 +74,8 @@ def main() -> None:
 
     generate_galaxies(12, seed=0)  # warm-up
     results["galaxies"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1)), args.repeats)
+    results["galaxies_1thread"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=1)),
+                                       args.repeats)
     generate_chirps(4, seed=0)
     results["chirps"] = rate(lambda: len(generate_chirps(args.chirps, seed=1)), args.repeats)
 
