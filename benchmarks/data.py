@@ -1,8 +1,9 @@
 """Data-layer throughput against the ViT-B/16 forward rate, measured in one run.
 
 Measures (images per second, median of ``--repeats`` timed runs, best also printed):
-  galaxies      generate_galaxies at 224 px, one batch of --galaxies, torch's default threads
-  galaxies_1thread  the same on one torch thread (steadier when other jobs load the CPU)
+  galaxies      generate_galaxies at 224 px, one batch of --galaxies, default num_threads="auto"
+                (one thread while the load average exceeds the CPU count, else torch's threads)
+  galaxies_1thread, galaxies_2thread   the same with the thread count fixed
   chirps        generate_chirps (raw array + rendered 224 px figure + boxes)
   write_gal     write_galaxy_dataset (generation + PNG + parquet)
   loader_gz2    load_gz2 + DataLoader(batch 8) + default preprocessing over a gz2-schema fixture of
@@ -74,8 +75,9 @@ def main() -> None:
 
     generate_galaxies(12, seed=0)  # warm-up
     results["galaxies"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1)), args.repeats)
-    results["galaxies_1thread"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=1)),
-                                       args.repeats)
+    for threads in (1, 2):
+        results[f"galaxies_{threads}thread"] = rate(
+            lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=threads)), args.repeats)
     generate_chirps(4, seed=0)
     results["chirps"] = rate(lambda: len(generate_chirps(args.chirps, seed=1)), args.repeats)
 

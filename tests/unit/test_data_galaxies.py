@@ -101,6 +101,20 @@ def test_images_do_not_depend_on_batch_layout_or_threads():
     assert np.array_equal(np.concatenate([p.images for p in pieces]), whole.images)
 
 
+def test_thread_policy(monkeypatch):
+    import os
+
+    from vitmech.data.galaxies import resolve_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 1.0, 1.0))
+    assert resolve_threads("auto") == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 1.0, 1.0))
+    assert resolve_threads("auto") is None
+    assert resolve_threads(3) == 3 and resolve_threads(None) is None
+    with pytest.raises(DataError, match="num_threads"):
+        resolve_threads(0)
+
+
 def test_classes_cycle_and_weights():
     batch = generate_galaxies(12, seed=0)
     assert batch.labels.tolist() == [i % 6 for i in range(12)]
