@@ -256,6 +256,45 @@ def rollout(
     return rollout_from_fused(fused, alpha, discard_ratio, tokens, settings={"head_fusion": head_fusion})
 
 
+def rollout_maps(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"],
+    variants: dict[str, RolloutSettings],
+    *,
+    tokens: Sequence[int] = (0,),
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Rollout]:
+    """Several rollout variants (named RolloutSettings) of the same images in one forward pass per batch.
+
+    Each layer's pattern is fused in its hook (once per distinct head fusion) and dropped, so memory stays
+    at [batch, layer, P, P] per fusion whatever the number of images.
+    """
+    if not variants:
+        raise ValueError("give at least one rollout variant")
+    model.check_images(images)
+    fusions = sorted({v.head_fusion for v in variants.values()})
+    parts: dict[str, list[Rollout]] = {name: [] for name in variants}
+    bar = tqdm(total=images.shape[0], desc="rollout", unit="img", disable=not progress)
+    for _, batch in image_batches(images, batch_size):
+        fused: dict[str, list[Tensor | None]] = {f: [None] * model.cfg.n_layers for f in fusions}
+
+        def on_pattern(pattern: Tensor, hook: Any) -> None:
+            layer = int(hook.name.split(".")[1])
+            for fusion in fusions:
+                fused[fusion][layer] = fuse_heads(pattern, fusion)  # type: ignore[arg-type]
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), on_pattern)]):
+            model(batch, return_type=None)
+        stacked = {f: torch.stack(layers, 1) for f, layers in fused.items()}  # type: ignore[arg-type]
+        for name, v in variants.items():
+            parts[name].append(rollout_from_fused(stacked[v.head_fusion], v.alpha, v.discard_ratio, tokens,
+                                                  settings={"head_fusion": v.head_fusion}))
+        bar.update(batch.shape[0])
+    bar.close()
+    return {name: Rollout.concat(results) for name, results in parts.items()}
+
+
 # ----------------------------------------------------------------------------------------- gradients
 
 
