@@ -74,10 +74,12 @@ def vit_explain_discard(fused: np.ndarray, ratio: float) -> np.ndarray:
 def test_discard_ratio_is_applied_per_batch_item_and_layer(cached):
     patterns = torch.stack([torch.from_numpy(p) for p in cached], 1)
     fused = fuse_heads(patterns, "mean")
-    kept = discard_lowest(fused, 0.6)
-    for b in range(fused.shape[0]):
-        for layer in range(fused.shape[1]):
-            np.testing.assert_array_equal(kept[b, layer].numpy(), vit_explain_discard(fused[b, layer].numpy(), 0.6))
+    for ratio in (0.3, 0.6):  # both branches: zero the lowest / keep the highest
+        kept = discard_lowest(fused, ratio)
+        for b in range(fused.shape[0]):
+            for layer in range(fused.shape[1]):
+                expected = vit_explain_discard(fused[b, layer].numpy(), ratio)
+                np.testing.assert_array_equal(kept[b, layer].numpy(), expected)
     # the CLS->CLS entry survives even when it is among the lowest
     tiny_cls = fused.clone()
     tiny_cls[..., 0, 0] = 0.0 + 1e-9
