@@ -115,6 +115,17 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
         with pytest.raises(SystemExit, match="vitmech.data.galaxies"):
             s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
                       "--out", str(setup / "bad")])
+    with pytest.raises(SystemExit, match="at least 2"):
+        s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
+                  "--synthetic-galaxies", "1", "--out", str(setup / "bad")])
+
+
+def test_synthetic_galaxies_feed_the_scripts(setup):
+    pytest.importorskip("vitmech.data.galaxies")
+    out = setup / "r04_galaxies"
+    assert script("04_cls_attention").main(["--models", str(setup / "before"), "--synthetic-galaxies", "3",
+                                            "--out", str(out), "--no-progress"]) == 0
+    assert "3 synthetic galaxies" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -85,7 +85,7 @@ def fuse_heads(
         fused = torch.matmul(head_weights.unsqueeze(-2).to(patterns.dtype), patterns.flatten(-2))
         return fused.reshape(patterns.shape[:-3] + patterns.shape[-2:])
     if fusion == "mean":
-        return patterns.sum(-3) / patterns.shape[-3]
+        return patterns.sum(-3).div_(patterns.shape[-3])
     if fusion == "max":
         return patterns.amax(-3)
     if fusion == "min":
@@ -108,22 +108,45 @@ def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Fl
         out = flat.scatter(-1, flat.topk(n_discard, dim=-1, largest=False, sorted=False).indices, 0.0)
     else:  # ... or keep the (fewer) highest: the same set up to ties, and a much smaller top-k
         keep = flat.topk(n_entries - n_discard, dim=-1, largest=True, sorted=False).indices
-        out = torch.zeros_like(flat).scatter(-1, keep, flat.gather(-1, keep))
+        out = torch.zeros_like(flat).scatter_(-1, keep, flat.gather(-1, keep))
     out[..., 0] = flat[..., 0]
     return out.reshape(fused.shape)
+
+
+def _residual_row_scales(
+    fused: Float[Tensor, "*batch query key"], alpha: float
+) -> tuple[Float[Tensor, "*batch query"], Float[Tensor, "*batch query"]]:
+    """(s, c) with rownorm(alpha * fused + (1 - alpha) I) = diag(s) fused + diag(c); rows with no mass (alpha = 1
+    after discarding) become identity rows (s = 0, c = 1)."""
+    sums = alpha * fused.sum(-1) + (1 - alpha)
+    empty = sums <= 0
+    inverse = 1.0 / torch.where(empty, torch.ones_like(sums), sums)
+    scale = torch.where(empty, torch.zeros_like(sums), alpha * inverse)
+    diagonal = torch.where(empty, torch.ones_like(sums), (1 - alpha) * inverse)
+    return scale, diagonal
 
 
 def residual_attention(fused: Float[Tensor, "*batch query key"], alpha: float = 0.5) -> Float[Tensor, "*batch query key"]:
     """rownorm(alpha * fused + (1 - alpha) * I). A row with no mass left (alpha = 1 after discarding) keeps
     its token: it becomes the identity row."""
-    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-    mixed = alpha * fused + (1 - alpha) * eye
-    sums = mixed.sum(-1, keepdim=True)
-    empty = sums <= 0
-    if bool(empty.any()):
-        mixed = torch.where(empty, eye.expand_as(mixed), mixed)
-        sums = mixed.sum(-1, keepdim=True)
-    return mixed / sums
+    scale, diagonal = _residual_row_scales(fused, alpha)
+    mixed = fused * scale[..., None]
+    mixed.diagonal(dim1=-2, dim2=-1).add_(diagonal)
+    return mixed
+
+
+def residual_rollout_rows(
+    fused: Float[Tensor, "batch layer query key"], alpha: float, tokens: Sequence[int]
+) -> Float[Tensor, "batch row key"]:
+    """Rows `tokens` of the rollout R = A_L ... A_1 without forming any A_l: with A_l = diag(s) F_l + diag(c),
+    v A_l = (v * s) F_l + v * c, one vector-matrix product per layer."""
+    rows = _check_tokens(tokens, fused.shape[-1])
+    scale, diagonal = _residual_row_scales(fused, alpha)  # [B, L, P]
+    v = torch.zeros(fused.shape[0], len(rows), fused.shape[-1], dtype=fused.dtype, device=fused.device)  # type: ignore[arg-type]
+    v[:, torch.arange(len(rows)), list(rows)] = 1.0  # type: ignore[arg-type]
+    for layer in range(fused.shape[1] - 1, -1, -1):
+        v = (v * scale[:, layer, None]) @ fused[:, layer] + v * diagonal[:, layer, None]
+    return v
 
 
 def _check_tokens(tokens: Sequence[int] | None, n_tokens: int) -> tuple[int, ...] | None:
@@ -235,8 +258,11 @@ def rollout_from_fused(
     check_patterns(fused, ndim=4, name="fused")
     RolloutSettings(alpha=alpha, discard_ratio=discard_ratio)  # validates
     with torch.no_grad():
-        matrices = residual_attention(discard_lowest(fused, discard_ratio), alpha)
-        rows = chain_rows(matrices, tokens)
+        kept = discard_lowest(fused, discard_ratio)
+        if tokens is None:
+            rows = chain_rows(residual_attention(kept, alpha))
+        else:
+            rows = residual_rollout_rows(kept, alpha, tokens)
     tokens_used = _check_tokens(tokens, fused.shape[-1]) or tuple(range(fused.shape[-1]))
     recorded = {"alpha": alpha, "discard_ratio": discard_ratio, **(settings or {})}
     return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded)
@@ -409,12 +435,15 @@ def gradient_rollout(
     n_tokens = patterns.shape[-1]
     tokens_used = _check_tokens(tokens, n_tokens) or tuple(range(n_tokens))
     with torch.no_grad():
-        eye = torch.eye(n_tokens, dtype=patterns.dtype, device=patterns.device)
-        # I + mean_h[(dA * A)^+] per layer (one layer at a time keeps the temporaries small)
-        steps = torch.stack([(gradients[:, layer] * patterns[:, layer]).clamp_min_(0).mean(1) + eye
-                             for layer in range(patterns.shape[1])], 1)
-        # R = (I + C_L) ... (I + C_1): R <- R + C_l R from the first layer, so only the wanted rows are carried
-        rows = chain_rows(steps, None if tokens is None else tokens_used)
+        # C_l = mean_h[(dA * A)^+] per layer (one layer at a time keeps the temporaries small)
+        cams = torch.stack([(gradients[:, layer] * patterns[:, layer]).clamp_min_(0).sum(1).div_(patterns.shape[2])
+                            for layer in range(patterns.shape[1])], 1)
+        # R = (I + C_L) ... (I + C_1); row t: v <- v + v C_l from the top layer down
+        v = torch.eye(n_tokens, dtype=patterns.dtype, device=patterns.device)[list(tokens_used)]
+        v = v.expand(patterns.shape[0], -1, -1)
+        for layer in range(patterns.shape[1] - 1, -1, -1):
+            v = v + v @ cams[:, layer]
+        rows = v
     return Rollout(rows=rows, tokens=tokens_used, method="gradient_rollout",
                    settings={"head_fusion": "mean of (grad * A)^+", "rule": "R += A_bar @ R"})
 

@@ -128,7 +128,7 @@ def plot_head_grid(maps: Float[ArrayLike, "layer head g g"], layers: Sequence[in
         tiles = (1 - alpha) * thumb + alpha * tiles
     gap = max(1, size // 16)
     padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)
-    mosaic = rearrange(padded, "l h y x c -> (l y) (h x) c")[:-gap, :-gap]
+    mosaic = np.clip(rearrange(padded, "l h y x c -> (l y) (h x) c")[:-gap, :-gap], 0.0, 1.0)
     fig, ax = _figure(figsize=(0.8 * n_heads + 1.0, 0.8 * n_layers + 1.0))
     ax.imshow(mosaic, interpolation="nearest")
     centres = np.arange(n_heads) * (size + gap) + size / 2 - 0.5
