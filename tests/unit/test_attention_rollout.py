@@ -180,6 +180,15 @@ def test_gmar_weights_are_normalised_gradient_norms_and_feed_a_weighted_rollout(
                  for layer in range(3)]
         expected = numpy_rollout(fused, 0.5)
         np.testing.assert_allclose(result.rows.numpy(), expected, atol=1e-12)
+    # the chunked L1 norm gives the same weights with ragged chunks
+    import vitmech.analysis.rollout as rollout_module
+
+    whole = gmar_head_weights(grads, "l1")
+    try:
+        rollout_module._CHUNK_ELEMENTS = 289 * 5
+        torch.testing.assert_close(gmar_head_weights(grads, "l1"), whole)
+    finally:
+        rollout_module._CHUNK_ELEMENTS = 1 << 20
     # equal gradient norms in every head: GMAR is the mean-fused rollout
     torch.testing.assert_close(gmar(patterns, torch.ones_like(grads)).rows, rollout(patterns).rows)
     assert torch.equal(gmar_head_weights(torch.zeros_like(grads)), torch.full(grads.shape[:3], 0.25).double())
