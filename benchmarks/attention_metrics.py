@@ -152,6 +152,7 @@ def main() -> int:
         "batch": args.batch,
         "threads": args.threads,
         "metrics_over_forward": round(metrics_total / forward, 4),
+        "forward_images_per_second": round(args.batch / forward, 2),  # context: how busy the machine was
         "breakdown_over_forward": {name: round(best[name] / forward, 4) for name in parts},
         "full_rollout_matrix_over_forward": round(best["full_rollout_matrix"] / forward, 4),
         "streamed_summary_over_plain_forward": round(best["streamed_summary_b8"] / best["plain_forward_b8"], 3),
