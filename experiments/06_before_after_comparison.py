@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from vitmech.analysis.attention import AttentionSettings
 from vitmech.analysis.compare import ModelMismatchError, compare_models, prepare_images
 from vitmech.analysis.rollout import RolloutSettings
-from vitmech.analysis.attention import AttentionSettings
 from vitmech.cli import add_output_argument, image_files, load_model
 from vitmech.loading.registry import zoo_models
 from vitmech.report import Report
 from vitmech.viz import attention as viz
-
-SEED_000 = {"cls_entropy": (4.81, 3.09), "top10": (0.208, 0.794), "rollout_entropy": (4.85, 4.74)}
-
 
 # ------------------------------------------------------------------ plumbing shared by scripts 03-06 (kept thin)
 def load_models(names: list[str]) -> list[tuple[Any, str]]:
@@ -150,8 +147,6 @@ def add_figures(report: Report, comparison: Any, before: Any, after: Any, images
     b, a = comparison.before, comparison.after
     frames = {"before": b.metrics.layer_frame(), "after": a.metrics.layer_frame()}
     n_patches = b.metrics.cls_attention.shape[-1]
-    import math
-
     for metric, label, ref in [
         ("cls_entropy", "CLS entropy, mean of per-head (nats)", math.log(n_patches)),
         ("cls_entropy_head_mean_map", "CLS entropy of the head-mean map (nats)", math.log(n_patches)),
