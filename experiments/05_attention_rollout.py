@@ -1,0 +1,188 @@
+"""Attention rollout vs the last layer (seed 000's rollout analysis), and the rollout family on examples.
+
+For every image: entropy of the CLS rollout map (Abnar & Zuidema 2020; alpha 0.5, mean over heads) and of
+the last layer's head-mean CLS map, and rollout variants (max/min fusion, discard_ratio). For a few
+example images: gradient-weighted rollout (Chefer et al. 2021), GMAR (L1 head weights) and attention flow
+(max-flow; its cost is measured and reported).
+
+    python experiments/05_attention_rollout.py                                    # embedded pair, 64 galaxies
+    python experiments/05_attention_rollout.py --models vit_base_patch16_224 --images path/to/folder --flow-images 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from vitmech.analysis.compare import ModelMismatchError, check_comparable, prepare_images, summarize_attention
+from vitmech.analysis.rollout import (
+    RolloutSettings,
+    attention_flow,
+    attention_gradients,
+    gmar,
+    gradient_rollout,
+    rollout_maps,
+)
+from vitmech.analysis.stats import paired_comparison
+from vitmech.cli import add_output_argument, image_files, load_model
+from vitmech.loading.registry import zoo_models
+from vitmech.report import Report
+from vitmech.viz import attention as viz
+
+
+# ------------------------------------------------------------------ plumbing shared by scripts 03-06 (kept thin)
+def load_models(names: list[str]) -> list[tuple[Any, str]]:
+    missing = [n for n in names if n.startswith("vitmech/") and n not in zoo_models()]
+    if missing:
+        sys.exit(f"error: the shipped model(s) {', '.join(missing)} are not in this checkout yet (the fine-tuning "
+                 "issue builds them). Pass other models: a timm name, a HF id, or a folder written by "
+                 "model.save_pretrained().")
+    return [load_model(n) for n in names]
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
+    parser.add_argument("--images", help="folder of images (default: synthetic galaxies)")
+    parser.add_argument("--synthetic-galaxies", type=int, default=default_galaxies, metavar="N",
+                        help=f"number of synthetic galaxies when no --images (default {default_galaxies})")
+    parser.add_argument("--limit", type=int, help="use at most this many images from --images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic galaxies")
+
+
+def load_images(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """Raw images (each model preprocesses them its own way) and a description."""
+    from PIL import Image
+
+    if args.images:
+        images = []
+        for f in image_files(args.images)[: args.limit]:
+            with Image.open(f) as im:
+                images.append(im.convert("RGB"))
+        return images, f"{len(images)} images from {args.images}"
+    if args.synthetic_galaxies < 2:
+        sys.exit("error: --synthetic-galaxies must be at least 2")
+    try:
+        from vitmech.data.galaxies import generate_galaxies
+    except ImportError:
+        sys.exit("error: synthetic galaxies need vitmech.data.galaxies (the data issue), which this checkout "
+                 "lacks; pass --images FOLDER")
+    batch = generate_galaxies(args.synthetic_galaxies, seed=args.seed, size=224)
+    return list(batch.images), f"{len(batch)} synthetic galaxies (seed {args.seed}, classes balanced)"
+
+
+# ------------------------------------------------------------------ script
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],
+                        help="one or more models (names or folders)")
+    add_image_arguments(parser, default_galaxies=64)
+    parser.add_argument("--alpha", type=float, default=0.5, help="attention weight against the identity")
+    parser.add_argument("--discard-ratio", type=float, default=0.9, help="discard_ratio of the discard variant")
+    parser.add_argument("--gradient-images", type=int, default=4, help="images for gradient rollout and GMAR")
+    parser.add_argument("--flow-images", type=int, default=1, help="images for attention flow (0: skip)")
+    parser.add_argument("--example-image", type=int, default=0, help="image shown in the overlays")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-progress", action="store_true")
+    add_output_argument(parser, "reports/05_attention_rollout")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        variants = {
+            "rollout (mean)": RolloutSettings(args.alpha, "mean"),
+            "rollout (max)": RolloutSettings(args.alpha, "max"),
+            "rollout (min)": RolloutSettings(args.alpha, "min"),
+            f"rollout (mean, discard {args.discard_ratio:g})": RolloutSettings(args.alpha, "mean", args.discard_ratio),
+        }
+    except ValueError as error:
+        parser.error(str(error))
+
+    loaded = load_models(args.models)
+    if len(loaded) == 2:
+        try:
+            check_comparable(loaded[0][0], loaded[1][0])
+        except ModelMismatchError as error:
+            sys.exit(f"error: {error}")
+    images, image_note = load_images(args)
+    index = args.example_image
+    if not 0 <= index < len(images):
+        parser.error(f"--example-image must be in [0, {len(images)})")
+    progress = not args.no_progress
+
+    report = Report(args.out, title="Attention rollout vs last layer")
+    report.add_text("\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
+                    + f"\n- images: {image_note}\n- rollout variants: "
+                    + "; ".join(f"{k}: {v.to_dict()}" for k, v in variants.items()))
+    rows, shown, last_maps, rollout_grids = [], {}, {}, {}
+    for name, (model, _) in zip(args.models, loaded):
+        summary = summarize_attention(model, images, name=name, rollout_settings=variants["rollout (mean)"],
+                                      batch_size=args.batch_size, progress=progress)
+        pixels = prepare_images(model, images)
+        variant_maps = rollout_maps(model, pixels, variants, batch_size=args.batch_size, progress=progress)
+        last = summary.metrics.cls_entropy_head_mean[:, -1]
+        test = paired_comparison(last, summary.rollout.entropy(0))
+        rows.append({"model": name, "last_layer_entropy": test.mean_before, "rollout_entropy": test.mean_after,
+                     "rollout_minus_last": test.mean_change, "p": test.p, "n_images": test.n,
+                     **{f"{k} entropy": float(v.entropy(0).mean()) for k, v in variant_maps.items()}})
+        cfg = model.cfg
+        shown[name] = viz.denormalize(pixels[index], model.preprocessing.mean, model.preprocessing.std)
+        last_maps[name] = summary.metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
+        rollout_grids[name] = summary.rollout.grid(0)[index]
+        maps = {"last layer": last_maps[name], **{k: v.grid(0)[index] for k, v in variant_maps.items()}}
+        maps.update(family_maps(model, pixels, index, args, report, name, progress))
+        report.add_figure(f"maps_{_slug(name)}", viz.plot_overlays(shown[name], maps, ncols=4, title=name),
+                          caption=f"{name}: CLS maps of image {index} (each min-max scaled)")
+    report.add_table("rollout_vs_last_layer", pd.DataFrame(rows),
+                     caption="Entropy (nats) of the CLS map: last layer (head mean) vs rollout; means over images")
+    report.add_figure("rollout_vs_last_layer", viz.plot_rollout_vs_last_layer(shown, rollout_grids, last_maps),
+                      caption=f"Last-layer CLS attention vs rollout, image {index}")
+    print(report.write())
+    return 0
+
+
+def family_maps(model: Any, pixels: torch.Tensor, index: int, args: argparse.Namespace, report: Report, name: str,
+                progress: bool) -> dict[str, torch.Tensor]:
+    """Gradient rollout, GMAR and flow maps of the example image; their entropies as a table."""
+    maps: dict[str, torch.Tensor] = {}
+    rows: list[dict[str, Any]] = []
+    n_grad = min(args.gradient_images, pixels.shape[0])
+    chosen = sorted({index, *range(n_grad)}) if n_grad else []
+    if chosen and model.cfg.has_classifier:
+        started = time.perf_counter()
+        grads = attention_gradients(model, pixels[chosen], batch_size=args.batch_size, progress=progress)
+        seconds = (time.perf_counter() - started) / len(chosen)
+        position = chosen.index(index)
+        for label, result in (("gradient rollout", gradient_rollout(grads.patterns, grads.gradients, tokens=[0])),
+                              ("GMAR (L1)", gmar(grads.patterns, grads.gradients, "l1", args.alpha, tokens=[0]))):
+            maps[label] = result.grid(0)[position]
+            rows.append({"method": label, "images": len(chosen), "entropy": float(result.entropy(0).mean()),
+                         "seconds_per_image": seconds})
+    n_flow = min(args.flow_images, pixels.shape[0])
+    if n_flow:
+        from vitmech.analysis.attention import collect_patterns
+
+        flow_images = sorted({index, *range(n_flow)})[:n_flow] if index < n_flow else [index]
+        patterns = collect_patterns(model, pixels[flow_images], progress=False)
+        started = time.perf_counter()
+        flow = attention_flow(patterns, alpha=args.alpha, progress=progress)
+        seconds = (time.perf_counter() - started) / len(flow_images)
+        if index in flow_images:
+            maps["attention flow"] = flow.grid(0)[flow_images.index(index)]
+        rows.append({"method": "attention flow", "images": len(flow_images), "entropy": float(flow.entropy(0).mean()),
+                     "seconds_per_image": seconds})
+    if rows:
+        report.add_table(f"family_{_slug(name)}", rows, caption=f"{name}: gradient rollout, GMAR and flow (CLS maps; "
+                         "seconds per image: the forward + backward pass for the gradient methods, the max-flow for flow)")
+    return maps
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
