@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from einops import einsum
 
-from vitmech import HookedViT
 from vitmech.cli import load_model
 
 

@@ -19,52 +19,11 @@ import torch
 
 from vitmech.analysis.attention import AttentionSettings
 from vitmech.analysis.compare import ModelComparison, ModelMismatchError, check_comparable, summarize_attention
-from vitmech.cli import add_output_argument, image_files, load_model
-from vitmech.loading.registry import zoo_models
+from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
 from vitmech.viz import attention as viz
 
 
-# ------------------------------------------------------------------ plumbing shared by scripts 03-06 (kept thin)
-def load_models(names: list[str]) -> list[tuple[Any, str]]:
-    missing = [n for n in names if n.startswith("vitmech/") and n not in zoo_models()]
-    if missing:
-        sys.exit(f"error: the shipped model(s) {', '.join(missing)} are not in this checkout yet (the fine-tuning "
-                 "issue builds them). Pass other models: a timm name, a HF id, or a folder written by "
-                 "model.save_pretrained().")
-    return [load_model(n) for n in names]
-
-
-def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
-    parser.add_argument("--images", help="folder of images (default: synthetic galaxies)")
-    parser.add_argument("--synthetic-galaxies", type=int, default=default_galaxies, metavar="N",
-                        help=f"number of synthetic galaxies when no --images (default {default_galaxies})")
-    parser.add_argument("--limit", type=int, help="use at most this many images from --images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic galaxies")
-
-
-def load_images(args: argparse.Namespace) -> tuple[list[Any], str]:
-    """Raw images (each model preprocesses them its own way) and a description."""
-    from PIL import Image
-
-    if args.images:
-        images = []
-        for f in image_files(args.images)[: args.limit]:
-            with Image.open(f) as im:
-                images.append(im.convert("RGB"))
-        return images, f"{len(images)} images from {args.images}"
-    if args.synthetic_galaxies < 2:
-        sys.exit("error: --synthetic-galaxies must be at least 2")
-    try:
-        from vitmech.data.galaxies import generate_galaxies
-    except ImportError:
-        sys.exit("error: synthetic galaxies need vitmech.data.galaxies (the data issue), which this checkout "
-                 "lacks; pass --images FOLDER")
-    batch = generate_galaxies(args.synthetic_galaxies, seed=args.seed, size=224)
-    return list(batch.images), f"{len(batch)} synthetic galaxies (seed {args.seed}, classes balanced)"
-
-
-# ------------------------------------------------------------------ script
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -37,6 +38,42 @@ def load_model(name: str) -> tuple[HookedViT, str]:
         logger.warning("no model hub reachable: %s gets RANDOM weights", name)
         return HookedViT.from_timm(name, pretrained=False), "RANDOM INIT (no hub reachable: its attention means nothing)"
     return HookedViT.from_pretrained(name), "pretrained weights"  # raises a clear error offline
+
+
+def load_models(names: list[str]) -> list[tuple[HookedViT, str]]:
+    """`load_model` for each name; a shipped name missing from this checkout exits with a clear message."""
+    missing = [n for n in names if n.startswith("vitmech/") and n not in zoo_models()]
+    if missing:
+        raise SystemExit(
+            f"error: the shipped model(s) {', '.join(missing)} are not in this checkout. Pass other models: "
+            "a timm name, a HF hub id, or a folder written by model.save_pretrained()."
+        )
+    return [load_model(n) for n in names]
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
+    """--images FOLDER, or --synthetic-galaxies N (default) with --seed; --limit caps a folder."""
+    parser.add_argument("--images", help="folder of images (default: synthetic galaxies)")
+    parser.add_argument("--synthetic-galaxies", type=int, default=default_galaxies, metavar="N",
+                        help=f"number of synthetic galaxies when no --images (default {default_galaxies})")
+    parser.add_argument("--limit", type=int, help="use at most this many images from --images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic galaxies")
+
+
+def load_images(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """Raw PIL images (each model preprocesses them its own way) and a one-line description."""
+    if args.images:
+        images = []
+        for f in image_files(args.images)[: args.limit]:
+            with Image.open(f) as im:
+                images.append(im.convert("RGB"))
+        return images, f"{len(images)} images from {args.images}"
+    if args.synthetic_galaxies < 2:
+        raise SystemExit("error: --synthetic-galaxies must be at least 2")
+    from vitmech.data.galaxies import generate_galaxies
+
+    batch = generate_galaxies(args.synthetic_galaxies, seed=args.seed, size=224)
+    return list(batch.images), f"{len(batch)} synthetic galaxies (seed {args.seed}, classes balanced)"
 
 
 def image_files(path: str | Path) -> list[Path]:

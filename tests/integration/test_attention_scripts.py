@@ -98,7 +98,7 @@ def test_03_04_05_write_their_reports(setup):
 def test_bad_arguments_exit_with_a_clear_message(setup):
     s06 = script("06_before_after_comparison")
     if "vitmech/mini-galaxy" not in zoo_models():
-        with pytest.raises(SystemExit, match="not in this checkout yet"):
+        with pytest.raises(SystemExit, match="not in this checkout"):
             s06.main(["--images", str(setup / "images"), "--out", str(setup / "bad")])
     with pytest.raises(SystemExit, match="n_layers: 3 vs 2"):
         s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "shallow"),
