@@ -22,3 +22,7 @@ class UnknownModelError(ValueError):
 
 class ImageInputError(ValueError):
     """Model input of the wrong shape, dtype or with non-finite values."""
+
+
+class ModelMismatchError(ValueError):
+    """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics, image_batches
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
+from vitmech.errors import ModelMismatchError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CKATokens = Literal["all", "cls", "patches"]
-
-
-class ModelMismatchError(ValueError):
-    """Two models that cannot be compared head by head (depth, heads or patch grid differ)."""
 
 
 # ----------------------------------------------------------------------------------------- inputs

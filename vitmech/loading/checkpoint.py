@@ -191,7 +191,7 @@ def hooked_vit_from_checkpoint(
         raise CheckpointMismatchError(
             f"{path} holds bare HookedViT weights: pass config=ViTConfig(...), or save with model.save_pretrained(dir)"
         )
-    model = HookedViT(config, seed=None)
+    model = HookedViT(config, initialize=False)
     load_strict(model, state, f"HookedViT checkpoint {path}")
     return model.eval()
 

@@ -223,7 +223,7 @@ def hooked_vit_from_hf(
         state = {k: v for k, v in state.items() if k not in pooler_keys}
     id2label = getattr(model.config, "id2label", None) or {}
     class_names = [id2label.get(i, id2label.get(str(i), str(i))) for i in range(cfg.n_classes)] if cfg.has_classifier and id2label else None
-    hooked = HookedViT(cfg, preprocessing=preprocessing or prep, class_names=class_names, seed=None)
+    hooked = HookedViT(cfg, preprocessing=preprocessing or prep, class_names=class_names, initialize=False)
     load_strict(hooked, convert_hf_weights(state, cfg), "converted HuggingFace weights")
     first = next(model.parameters())
     return hooked.to(device=first.device, dtype=first.dtype).eval()

@@ -70,7 +70,7 @@ def model_from_description(meta: dict[str, Any]) -> HookedViT:
         ViTConfig.from_dict(meta["config"]),
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
         class_names=meta.get("class_names"),
-        seed=None,
+        initialize=False,
     )
 
 

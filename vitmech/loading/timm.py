@@ -249,7 +249,7 @@ def hooked_vit_from_timm(model_or_name: Any, **timm_kwargs: Any) -> HookedViT:
         cfg,
         preprocessing=preprocessing_from_timm(model),
         class_names=_timm_class_names(model, cfg.n_classes) if cfg.has_classifier else None,
-        seed=None,
+        initialize=False,
     )
     params = {k: v.detach() for k, v in model.state_dict().items()}
     load_strict(hooked, convert_timm_weights(params, cfg), "converted timm weights")

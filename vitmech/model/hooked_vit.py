@@ -58,7 +58,10 @@ class HookedViT(HookedRootModule):
         preprocessing: Preprocessing | None = None,
         class_names: Sequence[str] | None = None,
         seed: int | None = 0,
+        initialize: bool = True,
     ) -> None:
+        """A seeded timm-style random init (`seed=None`: torch's global RNG); loaders that overwrite every
+        weight pass initialize=False to skip it (it is many small ops, slow on a busy CPU)."""
         super().__init__()
         self.cfg = cfg
         self.preprocessing = preprocessing or Preprocessing(image_size=cfg.image_size, source="vitmech default")
@@ -87,7 +90,8 @@ class HookedViT(HookedRootModule):
         self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
             self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
-        self.init_weights(seed)
+        if initialize:
+            self.init_weights(seed)
         self.setup()
 
     # ------------------------------------------------------------------ construction
