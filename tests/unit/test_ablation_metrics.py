@@ -19,6 +19,7 @@ from vitmech.analysis.ablation import (
     logit_diff,
     metric_from_function,
     mse,
+    mse_to_clean,
     resolve_metric,
 )
 
@@ -49,6 +50,7 @@ def test_mse_and_kl_to_clean():
     reference = F.kl_div(F.log_softmax(LOGITS, -1), F.log_softmax(clean, -1), log_target=True, reduction="none").sum(-1)
     torch.testing.assert_close(kl_to_clean()(LOGITS, clean=clean), reference, atol=1e-6, rtol=0)
     assert kl_to_clean()(LOGITS, clean=LOGITS).abs().max() < 1e-6
+    torch.testing.assert_close(mse_to_clean()(LOGITS, clean=clean), ((LOGITS - clean) ** 2).mean(1))
 
 
 def test_user_functions_get_what_they_ask_for():

@@ -45,6 +45,7 @@ from vitmech.analysis.ablation.metrics import (
     logit_diff,
     metric_from_function,
     mse,
+    mse_to_clean,
     resolve_metric,
 )
 from vitmech.analysis.ablation.pruning import PrunedViT, PruningMeasurement, measure_pruning, prune_heads
@@ -96,6 +97,7 @@ __all__ = [
     "measure_pruning",
     "metric_from_function",
     "mse",
+    "mse_to_clean",
     "naive_head_sweep",
     "pair_interactions",
     "parse_heads",

@@ -5,7 +5,7 @@ A `Metric` reads one kind of output:
 - "features": the final-normalised CLS token [B, d_model] (models without a classifier);
 - "tokens": the final-normalised tokens [B, P, d_model] (then the exact sweep cannot use its CLS-only shortcut).
 
-Built-ins: `class_logit`, `logit_diff`, `cross_entropy`, `accuracy`, `mse`, `kl_to_clean`; any function
+Built-ins: `class_logit`, `logit_diff`, `cross_entropy`, `accuracy`, `mse`, `mse_to_clean`, `kl_to_clean`; any function
 of the output with `metric_from_function`. A metric is called as `metric(output, clean=..., targets=...)`
 and its result is checked: a finite float tensor [B].
 """
@@ -194,6 +194,14 @@ def kl_to_clean() -> Metric:
     return Metric("kl_to_clean", fn, needs_clean=True)
 
 
+def mse_to_clean() -> Metric:
+    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when clean)."""
+    def fn(out, clean, targets):
+        return (out - clean.to(out.dtype)).pow(2).mean(-1)
+
+    return Metric("mse_to_clean", fn, needs_clean=True)
+
+
 def metric_from_function(
     fn: Callable[..., torch.Tensor],
     name: str | None = None,
@@ -231,6 +239,7 @@ BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
     "mse": mse,
     "kl_to_clean": kl_to_clean,
     "kl": kl_to_clean,
+    "mse_to_clean": mse_to_clean,
     "class_logit": class_logit,
     "logit_diff": logit_diff,
 }

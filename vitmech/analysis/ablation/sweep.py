@@ -99,8 +99,9 @@ def _variant_masks(model: HookedViT, cells: Sequence[Cell]) -> dict[int, torch.T
     return masks
 
 
-def _exact_outputs(model, state, bound, cells: Sequence[Cell], output_kind) -> list[torch.Tensor]:
-    out = run_variants(model, state, bound, cells[0].start_layer, _variant_masks(model, cells), len(cells), output_kind)
+def _exact_outputs(model, state, bound, cells: Sequence[Cell], output_kind, weight_cache=None) -> list[torch.Tensor]:
+    masks = _variant_masks(model, cells)
+    out = run_variants(model, state, bound, cells[0].start_layer, masks, len(cells), output_kind, weight_cache)
     return list(out.reshape(len(cells), -1, *out.shape[1:]).unbind(0))
 
 
@@ -168,7 +169,7 @@ def ablation_sweep(
     *,
     targets: torch.Tensor | None = None,
     batch_size: int = 32,
-    max_batch: int = 64,
+    max_batch: int = 8,
     store: str | Path | None = None,
     progress: bool = True,
     engine: Engine = "exact",
@@ -214,6 +215,7 @@ def ablation_sweep(
         }
         sink = JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
 
+    weight_cache: dict = {}
     bar = tqdm(total=len(starts) * len(cells), initial=sink.n_cells_done, disable=not progress,
                desc=f"{ablation.name} ablation, {metric.name}", unit="cell")
     try:
@@ -236,7 +238,7 @@ def ablation_sweep(
             for chunk in pending:
                 chunk_cells = [cells[i] for i in chunk]
                 if engine == "exact":
-                    outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output)
+                    outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
                 else:
                     outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
                 records = []
@@ -260,7 +262,7 @@ def head_sweep(
     layers: Sequence[int] | None = None,
     targets: torch.Tensor | None = None,
     batch_size: int = 32,
-    max_batch: int = 64,
+    max_batch: int = 8,
     store: str | Path | None = None,
     progress: bool = True,
     engine: Engine = "exact",
