@@ -58,17 +58,35 @@ def load_targets(path: str, n: int) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.float32)
 
 
-def load_chirps(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chirp spectrograms and their regression targets from the data package (issue 6)."""
+CHIRP_STREAM_START = 1_000_000  # stream indices far beyond any training split (fine-tuning uses 0..n)
+
+
+def load_chirps(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Chirp spectrogram figures (vitmech.data.chirps) and their targets, z-scored as the model was trained.
+
+    The z-scoring mean/std come from the model card (`card["targets"]`, written by the chirp fine-tune);
+    without them they are fitted on these images, and the note says so.
+    """
     try:
-        from vitmech.data import chirps  # type: ignore[attr-defined]
+        from vitmech.data.chirps import TARGETS, generate_chirps
     except ImportError as err:
         raise SystemExit(
-            "--dataset chirps needs the chirp spectrogram generator vitmech.data.chirps (issue 6), which is not "
-            "available in this checkout. Pass --images DIR [--targets FILE] instead."
+            "--dataset chirps needs the chirp generator vitmech.data.chirps (issue 6), which is not in this "
+            "checkout; pass --images DIR [--targets FILE] instead"
         ) from err
-    batch = chirps.generate_chirps(n, seed=seed)
-    return model.preprocess(list(batch.images)), torch.as_tensor(batch.targets, dtype=torch.float32)
+    samples = generate_chirps(n, seed, start=CHIRP_STREAM_START, size=model.cfg.image_size)
+    images = model.preprocess([s.image for s in samples])
+    raw = torch.tensor([s.targets for s in samples], dtype=torch.float64)
+    card_targets = model.card.get("targets") if isinstance(model.card, dict) else None
+    if card_targets and "mean" in card_targets and "std" in card_targets:
+        mean, std = torch.tensor(card_targets["mean"], dtype=torch.float64), torch.tensor(card_targets["std"], dtype=torch.float64)
+        how = "z-scored with the mean/std of the model card (its training split)"
+    else:
+        mean, std = raw.mean(0), raw.std(0, unbiased=False)
+        how = "z-scored with these images' own mean/std (the model card has no `targets` mean/std)"
+    note = (f"{n} generated chirp spectrograms (seed {seed}, stream indices from {CHIRP_STREAM_START}); "
+            f"targets {', '.join(TARGETS)} {how}")
+    return images, ((raw - mean) / std).float(), note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation", default="zero", choices=["zero", "mean", "resample", "uniform_attention"],
                         help="how a head is removed (mean: over the images themselves; resample: within the batch)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-batch", type=int, default=64, help="images per stacked forward of the exact sweep")
+    parser.add_argument("--max-batch", type=int, default=8, help="images per stacked forward of the exact sweep")
     parser.add_argument("--no-estimates", action="store_true", help="skip the gradient estimates")
     parser.add_argument("--prune", type=int, default=0, help="also prune the N least important heads and time it")
     parser.add_argument("--seed", type=int, default=0, help="data generation and resampling seed")
@@ -107,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = load_targets(args.targets, images.shape[0]) if args.targets else None
         data_note = f"{images.shape[0]} images from {args.images}" + (f", targets from {args.targets}" if targets is not None else "")
     else:
-        images, targets = load_chirps(model, args.n_images, args.seed)
-        data_note = f"{images.shape[0]} generated chirp spectrograms (seed {args.seed})"
+        images, targets, data_note = load_chirps(model, args.n_images, args.seed)
 
     if args.metric is None:  # the loss the model would be trained with, else the drift of its output
         args.metric = "kl_to_clean" if targets is None else "cross_entropy" if not targets.is_floating_point() else "mse"
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model.cfg
     value = "pct_change" if result.clean != 0 else "delta"
     report.add_text(
-        f"Model `{args.model}` ({weights}): {cfg.n_layers} layers x {cfg.n_heads} heads, {cfg.n_tokens} tokens. "
+        f"Model `{args.model}` ({weights}{'; card: ' + str(model.card['note']) if model.card.get('note') else ''}): "
+        f"{cfg.n_layers} layers x {cfg.n_heads} heads, {cfg.n_tokens} tokens. "
         f"Data: {data_note}. Metric: `{result.metric['metric']}` (clean value {result.clean:.6g}, mean over "
         f"{result.n_examples} images). Ablation: `{ablation.name}` (REFERENCE §4: the head's z replaced before W_O). "
         f"Exact sweep of {len(result.cells)} heads: {sweep_seconds:.1f} s (results file `{result.store_path}`; "
@@ -171,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure_pruning(model, pruned, images, metric, targets=targets, batch_size=args.batch_size)
         report.add_text(
             f"Pruning the {args.prune} least important heads (by |exact effect|) physically: "
-            f"speed-up {measured.speedup:.3f}x (forward time, median of 3, this machine), metric "
+            f"speed-up {measured.speedup:.3f}x wall-clock, {measured.cpu_speedup:.3f}x CPU time (fastest of 5 "
+            f"alternating runs, this machine), metric "
             f"{measured.metric_before:.6g} -> {measured.metric_after:.6g} ({measured.pct_change:+.3f}%)."
         )
         report.add_table("pruning", measured.to_frame(), caption="Physically pruned model vs the original")

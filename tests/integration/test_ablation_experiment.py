@@ -62,6 +62,21 @@ def test_experiment_writes_the_report_and_resumes(saved):
     assert len(list((out / "store").glob("sweep-*.jsonl"))) == 1
 
 
+def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
+    exp = load_experiment()
+    model = tiny_model(seed=3, n_classes=3)
+    model.card = {"task": "regression", "targets": {"mean": [20.0, 50.0, 50.0], "std": [13.0, 29.0, 30.0]}}
+    model.save_pretrained(tmp_path / "chirp_model")
+    out = tmp_path / "report"
+    args = ["--model", str(tmp_path / "chirp_model"), "--dataset", "chirps", "--n-images", "6", "--out", str(out),
+            "--no-estimates", "--ablation", "mean"]
+    assert exp.main(args) == 0
+    text = (out / "report.md").read_text()
+    assert "generated chirp spectrograms" in text and "model card" in text
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["metric"]["metric"] == "mse" and sweep["ablation"]["ablation"] == "mean"
+
+
 def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys):
     exp = load_experiment()
     with pytest.raises(SystemExit):

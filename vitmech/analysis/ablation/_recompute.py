@@ -47,6 +47,13 @@ class CleanState:
     # (layer, positions) -> c(resid_mid) * ln2.w @ W_in [batch, pos, d_mlp], computed on first use
     centred_mlp_in: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
 
+    def release(self, layer: int) -> None:
+        """Free what restarting at `layer` needed (a sweep calls it once that layer's cells are done)."""
+        for store in (self.resid_mid, self.z, self.value_mean):
+            store.pop(layer, None)
+        for key in [k for k in self.centred_mlp_in if k[0] == layer]:
+            del self.centred_mlp_in[key]
+
 
 @torch.no_grad()
 def run_clean(

@@ -235,7 +235,7 @@ def ablation_sweep(
             clean_values = metric(clean_output, clean=clean_output, targets=batch_targets)
             if not sink.has_clean(b):
                 sink.write([{"type": "clean", "batch": b, "n": int(batch.shape[0]), "sum": float(clean_values.double().sum())}])
-            for chunk in pending:
+            for position, chunk in enumerate(pending):
                 chunk_cells = [cells[i] for i in chunk]
                 if engine == "exact":
                     outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
@@ -247,6 +247,9 @@ def ablation_sweep(
                     records.append(_cell_record(b, cell, values, clean_values))
                 sink.write(records)
                 bar.update(len(chunk))
+                layer = chunk_cells[0].start_layer
+                if engine == "exact" and (position + 1 == len(pending) or cells[pending[position + 1][0]].start_layer != layer):
+                    state.release(layer)  # chunks come in start-layer order: this layer's clean activations are done
     finally:
         bar.close()
     return _table(sink, cells, len(starts), metric, ablation)
