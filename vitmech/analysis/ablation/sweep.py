@@ -160,6 +160,55 @@ def _as_cells(model: HookedViT, cells: Sequence[CellLike]) -> list[Cell]:
     return out
 
 
+def _open_store(store, model, images, targets, metric: Metric, ablation: HeadAblation, cells: Sequence[Cell],
+                batch_size: int, max_batch: int, engine: str) -> MemoryStore:
+    """A MemoryStore, or the JSONL file under `store` keyed by everything that determines the results."""
+    if store is None:
+        return MemoryStore()
+    settings = {
+        "model": module_fingerprint(model),
+        "data": tensor_fingerprint(images, targets),
+        "n_images": images.shape[0],
+        "metric": metric.key(),
+        "output": metric.output,
+        "ablation": ablation.key(),
+        "cells": [c.to_dict() for c in cells],
+        "batch_size": batch_size,
+        "max_batch": max_batch,
+        "engine": engine,
+        "dtype": str(images.dtype),
+    }
+    return JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
+
+
+def _sweep_batch(model, batch, batch_targets, b: int, cells: Sequence[Cell], pending: list[list[int]], metric: Metric,
+                 ablation: HeadAblation, engine: str, sink: MemoryStore, bar: Any, weight_cache: dict) -> None:
+    """Evaluate the pending chunks of cells on batch number b, writing each chunk's records as it finishes."""
+    bound = ablation.bind(model, batch, b)
+    if engine == "exact":
+        state = run_clean(model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values)
+        clean_output = state.output
+    else:
+        with torch.no_grad():
+            clean_output = model(batch, return_type=metric.output)
+    clean_values = metric(clean_output, clean=clean_output, targets=batch_targets)
+    if not sink.has_clean(b):
+        sink.write([{"type": "clean", "batch": b, "n": int(batch.shape[0]), "sum": float(clean_values.double().sum())}])
+    for position, chunk in enumerate(pending):
+        chunk_cells = [cells[i] for i in chunk]
+        if engine == "exact":
+            outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
+        else:
+            outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
+        records = [_cell_record(b, cell, metric(output, clean=clean_output, targets=batch_targets), clean_values)
+                   for cell, output in zip(chunk_cells, outputs)]
+        sink.write(records)
+        bar.update(len(chunk))
+        layer = chunk_cells[0].start_layer
+        if engine == "exact" and (position + 1 == len(pending) or cells[pending[position + 1][0]].start_layer != layer):
+            state.release(layer)  # chunks come in start-layer order: this layer's clean activations are done
+
+
 def ablation_sweep(
     model: HookedViT,
     images: Float[torch.Tensor, "n c h w"],
@@ -197,59 +246,17 @@ def ablation_sweep(
     n_images = images.shape[0]
     starts = list(range(0, n_images, batch_size))
 
-    if store is None:
-        sink: MemoryStore = MemoryStore()
-    else:
-        settings = {
-            "model": module_fingerprint(model),
-            "data": tensor_fingerprint(images, targets),
-            "n_images": n_images,
-            "metric": metric.key(),
-            "output": metric.output,
-            "ablation": ablation.key(),
-            "cells": [c.to_dict() for c in cells],
-            "batch_size": batch_size,
-            "max_batch": max_batch,
-            "engine": engine,
-            "dtype": str(images.dtype),
-        }
-        sink = JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
-
+    sink = _open_store(store, model, images, targets, metric, ablation, cells, batch_size, max_batch, engine)
     weight_cache: dict = {}
     bar = tqdm(total=len(starts) * len(cells), initial=sink.n_cells_done, disable=not progress,
                desc=f"{ablation.name} ablation, {metric.name}", unit="cell")
     try:
         for b, start in enumerate(starts):
             pending = [chunk for chunk in chunks if not all(sink.has_cell(b, cells[i].name) for i in chunk)]
-            if not pending and sink.has_clean(b):
-                continue
-            batch = images[start : start + batch_size]
-            batch_targets = None if targets is None else targets[start : start + batch_size]
-            bound = ablation.bind(model, batch, b)
-            if engine == "exact":
-                state = run_clean(model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values)
-                clean_output = state.output
-            else:
-                with torch.no_grad():
-                    clean_output = model(batch, return_type=metric.output)
-            clean_values = metric(clean_output, clean=clean_output, targets=batch_targets)
-            if not sink.has_clean(b):
-                sink.write([{"type": "clean", "batch": b, "n": int(batch.shape[0]), "sum": float(clean_values.double().sum())}])
-            for position, chunk in enumerate(pending):
-                chunk_cells = [cells[i] for i in chunk]
-                if engine == "exact":
-                    outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
-                else:
-                    outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
-                records = []
-                for cell, output in zip(chunk_cells, outputs):
-                    values = metric(output, clean=clean_output, targets=batch_targets)
-                    records.append(_cell_record(b, cell, values, clean_values))
-                sink.write(records)
-                bar.update(len(chunk))
-                layer = chunk_cells[0].start_layer
-                if engine == "exact" and (position + 1 == len(pending) or cells[pending[position + 1][0]].start_layer != layer):
-                    state.release(layer)  # chunks come in start-layer order: this layer's clean activations are done
+            if pending or not sink.has_clean(b):
+                batch_targets = None if targets is None else targets[start : start + batch_size]
+                _sweep_batch(model, images[start : start + batch_size], batch_targets, b, cells, pending, metric,
+                             ablation, engine, sink, bar, weight_cache)
     finally:
         bar.close()
     return _table(sink, cells, len(starts), metric, ablation)
