@@ -1,0 +1,258 @@
+"""Metrics of a model's output: one value per example, so sweeps can average and give standard errors.
+
+A `Metric` reads one kind of output:
+- "logits": the classifier output [B, n_classes] (regression heads too: their outputs are "logits");
+- "features": the final-normalised CLS token [B, d_model] (models without a classifier);
+- "tokens": the final-normalised tokens [B, P, d_model] (then the exact sweep cannot use its CLS-only shortcut).
+
+Built-ins: `class_logit`, `logit_diff`, `cross_entropy`, `accuracy`, `mse`, `mse_to_clean`, `kl_to_clean`; any function
+of the output with `metric_from_function`. A metric is called as `metric(output, clean=..., targets=...)`
+and its result is checked: a finite float tensor [B].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+
+from vitmech.analysis.ablation.errors import MetricError
+
+if TYPE_CHECKING:
+    from vitmech.model.hooked_vit import HookedViT
+
+OutputKind = Literal["logits", "features", "tokens"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "features", "tokens")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-example function of the model output.
+
+    Attributes:
+        name: how tables call it; with `params` it keys stored sweeps.
+        fn: fn(output, clean, targets) -> [B] (clean and targets may be None).
+        output: which output it reads ("logits", "features" or "tokens").
+        needs_targets: whether targets (labels / regression values) are required.
+        needs_clean: whether the clean output is passed (e.g. KL to clean).
+        params: the metric's settings (class index, ...), recorded with results.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor] = field(repr=False)
+    output: OutputKind = "logits"
+    needs_targets: bool = False
+    needs_clean: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_KINDS:
+            raise MetricError(f"metric output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+
+    @property
+    def reads_cls_only(self) -> bool:
+        """True when the metric only sees the CLS token's output (all kinds but "tokens")."""
+        return self.output != "tokens"
+
+    def key(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({params})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.name, "output": self.output, **self.params}
+
+    def check_model(self, model: HookedViT) -> None:
+        """MetricError if the model lacks the output this metric reads."""
+        if self.output == "logits" and not model.cfg.has_classifier:
+            raise MetricError(
+                f"metric {self.name!r} reads classifier logits, but this model has no classifier head "
+                "(n_classes=0); use a features metric, e.g. metric_from_function(fn, output='features')"
+            )
+
+    def __call__(
+        self,
+        output: torch.Tensor,
+        clean: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> Float[torch.Tensor, "batch"]:
+        """Per-example values [B], validated."""
+        batch = output.shape[0]
+        if self.needs_targets:
+            if targets is None:
+                raise MetricError(f"metric {self.name!r} needs targets (labels or regression values): pass targets=")
+            if targets.shape[0] != batch:
+                raise MetricError(f"metric {self.name!r}: {targets.shape[0]} targets for {batch} examples")
+        if self.needs_clean and clean is None:
+            raise MetricError(f"metric {self.name!r} compares with the clean output, which was not given")
+        values = self.fn(output, clean, targets)
+        return check_per_example(values, batch, self.name)
+
+
+def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, "batch"]:
+    """values as a float tensor [batch], or MetricError saying what was wrong."""
+    if not isinstance(values, torch.Tensor):
+        raise MetricError(f"metric {name!r} must return a tensor with one value per example [{batch}], got {type(values).__name__}")
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.shape != (batch,):
+        hint = " (did it average over the batch? return per-example values)" if values.ndim == 0 else ""
+        raise MetricError(f"metric {name!r} must return one value per example, shape [{batch}]; got {list(values.shape)}{hint}")
+    if not values.is_floating_point():
+        values = values.float()
+    if not bool(torch.isfinite(values).all()):
+        raise MetricError(f"metric {name!r} returned non-finite values (NaN or inf)")
+    return values
+
+
+def _targets_as_index(targets: torch.Tensor, name: str) -> torch.Tensor:
+    if targets.ndim != 1 or targets.is_floating_point():
+        raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
+    return targets.long()
+
+
+def _check_class(index: int, output: torch.Tensor, name: str) -> None:
+    if not 0 <= index < output.shape[-1]:
+        raise MetricError(f"metric {name!r}: class {index} is out of range for {output.shape[-1]} outputs")
+
+
+def class_logit(target: int | None = None) -> Metric:
+    """The logit of a fixed class, or (target=None) of each example's target class."""
+    if target is None:
+        def fn(out, clean, targets):
+            idx = _targets_as_index(targets, "class_logit")
+            return out.gather(1, idx[:, None].to(out.device))[:, 0]
+
+        return Metric("class_logit", fn, needs_targets=True, params={"class": "target"})
+
+    def fixed(out, clean, targets):
+        _check_class(target, out, "class_logit")
+        return out[:, target]
+
+    return Metric("class_logit", fixed, params={"class": int(target)})
+
+
+def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
+    """logit[a] - logit[b]; with no classes, the margin: target logit minus the largest other logit."""
+    if (a is None) != (b is None):
+        raise MetricError("logit_diff takes two classes (a, b) or none (margin of the target class)")
+    if a is None:
+        def margin(out, clean, targets):
+            idx = _targets_as_index(targets, "logit_diff").to(out.device)
+            target_logit = out.gather(1, idx[:, None])[:, 0]
+            others = out.scatter(1, idx[:, None], float("-inf"))
+            return target_logit - others.max(1).values
+
+        return Metric("logit_diff", margin, needs_targets=True, params={"classes": "target vs best other"})
+
+    def diff(out, clean, targets):
+        _check_class(a, out, "logit_diff")
+        _check_class(b, out, "logit_diff")
+        return out[:, a] - out[:, b]
+
+    return Metric("logit_diff", diff, params={"a": int(a), "b": int(b)})
+
+
+def cross_entropy() -> Metric:
+    """Cross-entropy of the target class, in nats."""
+    def fn(out, clean, targets):
+        return F.cross_entropy(out, _targets_as_index(targets, "cross_entropy").to(out.device), reduction="none")
+
+    return Metric("cross_entropy", fn, needs_targets=True)
+
+
+def accuracy() -> Metric:
+    """1 where the arg-max class equals the target, else 0."""
+    def fn(out, clean, targets):
+        return (out.argmax(-1) == _targets_as_index(targets, "accuracy").to(out.device)).to(out.dtype)
+
+    return Metric("accuracy", fn, needs_targets=True)
+
+
+def mse() -> Metric:
+    """Mean over outputs of (output - target)^2 per example (regression heads); targets [B, C] or [B]."""
+    def fn(out, clean, targets):
+        t = targets.to(device=out.device, dtype=out.dtype)
+        if t.ndim == 1:
+            t = t[:, None]
+        if t.shape != out.shape:
+            raise MetricError(f"metric 'mse': targets {list(targets.shape)} do not match outputs {list(out.shape)}")
+        return (out - t).pow(2).mean(-1)
+
+    return Metric("mse", fn, needs_targets=True)
+
+
+def kl_to_clean() -> Metric:
+    """KL(softmax(clean) || softmax(output)) per example, in nats (0 for the clean run)."""
+    def fn(out, clean, targets):
+        log_p = F.log_softmax(clean.to(out.dtype), -1)
+        return (log_p.exp() * (log_p - F.log_softmax(out, -1))).sum(-1)
+
+    return Metric("kl_to_clean", fn, needs_clean=True)
+
+
+def mse_to_clean() -> Metric:
+    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when clean)."""
+    def fn(out, clean, targets):
+        return (out - clean.to(out.dtype)).pow(2).mean(-1)
+
+    return Metric("mse_to_clean", fn, needs_clean=True)
+
+
+def metric_from_function(
+    fn: Callable[..., torch.Tensor],
+    name: str | None = None,
+    output: OutputKind = "logits",
+    needs_targets: bool = False,
+    needs_clean: bool = False,
+    params: dict[str, Any] | None = None,
+) -> Metric:
+    """Wrap a user function of the output as a Metric.
+
+    fn is called as fn(output), fn(output, targets), fn(output, clean) or fn(output, clean, targets)
+    depending on needs_targets / needs_clean, and must return one value per example [B].
+    Stored sweeps are keyed by `name` and `params`: rename it (or change params) when you change fn.
+    """
+    if not callable(fn):
+        raise MetricError(f"a metric must be callable, got {type(fn).__name__}")
+    name = name or getattr(fn, "__name__", "custom")
+
+    def call(out, clean, targets):
+        args = [out]
+        if needs_clean:
+            args.append(clean)
+        if needs_targets:
+            args.append(targets)
+        return fn(*args)
+
+    return Metric(name, call, output=output, needs_targets=needs_targets, needs_clean=needs_clean, params=dict(params or {}))
+
+
+MetricLike = Union[str, Metric, Callable[..., torch.Tensor]]
+BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
+    "cross_entropy": cross_entropy,
+    "ce": cross_entropy,
+    "accuracy": accuracy,
+    "mse": mse,
+    "kl_to_clean": kl_to_clean,
+    "kl": kl_to_clean,
+    "mse_to_clean": mse_to_clean,
+    "class_logit": class_logit,
+    "logit_diff": logit_diff,
+}
+
+
+def resolve_metric(metric: MetricLike) -> Metric:
+    """A Metric from itself, a built-in name, or a plain function output -> [B]."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        if metric not in BUILTIN_METRICS:
+            raise MetricError(f"unknown metric {metric!r}; built-ins: {sorted(BUILTIN_METRICS)}, or pass a function")
+        return BUILTIN_METRICS[metric]()
+    if callable(metric):
+        return metric_from_function(metric)
+    raise MetricError(f"metric must be a name, a Metric or a function of the output; got {type(metric).__name__}")
