@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vitmech.analysis.attention import AttentionSettings
-from vitmech.analysis.compare import ModelComparison, ModelMismatchError, check_comparable, summarize_attention
+from vitmech.analysis.compare import ModelComparison, summarize_attention
 from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
 from vitmech.viz import attention as viz
@@ -37,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    loaded = load_models(args.models)
-    if len(loaded) == 2:
-        try:
-            check_comparable(loaded[0][0], loaded[1][0])
-        except ModelMismatchError as error:
-            sys.exit(f"error: {error}")
+    loaded = load_models(args.models, comparable=True)
     images, image_note = load_images(args)
     settings = AttentionSettings(distance_renormalise=not args.raw_distance)
     summaries = []

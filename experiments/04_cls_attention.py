@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vitmech.analysis.attention import AttentionSettings
-from vitmech.analysis.compare import ModelComparison, ModelMismatchError, check_comparable, prepare_images, summarize_attention
+from vitmech.analysis.compare import ModelComparison, prepare_images, summarize_attention
 from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
 from vitmech.viz import attention as viz
@@ -39,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    loaded = load_models(args.models)
-    if len(loaded) == 2:
-        try:
-            check_comparable(loaded[0][0], loaded[1][0])
-        except ModelMismatchError as error:
-            sys.exit(f"error: {error}")
+    loaded = load_models(args.models, comparable=True)
     images, image_note = load_images(args)
     if not 0 <= args.example_image < len(images):
         parser.error(f"--example-image must be in [0, {len(images)})")

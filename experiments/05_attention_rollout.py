@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from vitmech.analysis.compare import ModelMismatchError, check_comparable, prepare_images, summarize_attention
+from vitmech.analysis.compare import prepare_images, summarize_attention
 from vitmech.analysis.rollout import (
     RolloutSettings,
     attention_flow,
@@ -60,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    loaded = load_models(args.models)
-    if len(loaded) == 2:
-        try:
-            check_comparable(loaded[0][0], loaded[1][0])
-        except ModelMismatchError as error:
-            sys.exit(f"error: {error}")
+    loaded = load_models(args.models, comparable=True)
     images, image_note = load_images(args)
     index = args.example_image
     if not 0 <= index < len(images):

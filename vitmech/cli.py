@@ -40,15 +40,26 @@ def load_model(name: str) -> tuple[HookedViT, str]:
     return HookedViT.from_pretrained(name), "pretrained weights"  # raises a clear error offline
 
 
-def load_models(names: list[str]) -> list[tuple[HookedViT, str]]:
-    """`load_model` for each name; a shipped name missing from this checkout exits with a clear message."""
+def load_models(names: list[str], comparable: bool = False) -> list[tuple[HookedViT, str]]:
+    """`load_model` for each name; a shipped name missing from this checkout, or (with comparable=True)
+    models that cannot be compared head by head, exit with a clear message."""
     missing = [n for n in names if n.startswith("vitmech/") and n not in zoo_models()]
     if missing:
         raise SystemExit(
             f"error: the shipped model(s) {', '.join(missing)} are not in this checkout. Pass other models: "
             "a timm name, a HF hub id, or a folder written by model.save_pretrained()."
         )
-    return [load_model(n) for n in names]
+    loaded = [load_model(n) for n in names]
+    if comparable and len(loaded) > 1:
+        from vitmech.analysis.compare import check_comparable
+        from vitmech.errors import ModelMismatchError
+
+        try:
+            for model, _ in loaded[1:]:
+                check_comparable(loaded[0][0], model)
+        except ModelMismatchError as error:
+            raise SystemExit(f"error: {error}") from None
+    return loaded
 
 
 def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
