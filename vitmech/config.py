@@ -33,6 +33,8 @@ class ViTConfig:
         act_fn: MLP nonlinearity: "gelu" (erf), "gelu_tanh", "quick_gelu" or "relu".
         qkv_bias: whether query/key/value projections carry biases (zeros when False).
         pre_norm: a LayerNorm on the embeddings before the first block (CLIP-style `ln_pre`).
+        n_heads_per_layer: heads in each block when they differ (a pruned model); None means n_heads
+            in every block. Each count is in [0, n_heads].
     """
 
     n_layers: int
@@ -48,6 +50,7 @@ class ViTConfig:
     act_fn: ActFn = "gelu"
     qkv_bias: bool = True
     pre_norm: bool = False
+    n_heads_per_layer: tuple[int, ...] | None = None
 
     # transformer_lens' ActivationCache reads these two; a ViT always has both sublayers and LayerNorm.
     attn_only: bool = dataclasses.field(default=False, init=False, repr=False)
@@ -69,6 +72,22 @@ class ViTConfig:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if not self.ln_eps > 0:
             raise ValueError(f"ln_eps must be > 0, got {self.ln_eps!r}")
+        if self.n_heads_per_layer is not None:
+            counts = tuple(self.n_heads_per_layer)
+            object.__setattr__(self, "n_heads_per_layer", counts)  # lists (from JSON) become a hashable tuple
+            if len(counts) != self.n_layers or any(not isinstance(c, int) or not 0 <= c <= self.n_heads for c in counts):
+                raise ValueError(
+                    f"n_heads_per_layer must give {self.n_layers} counts in [0, {self.n_heads}], got {list(counts)}"
+                )
+
+    def heads_in_layer(self, layer: int) -> int:
+        """Number of attention heads in block `layer`."""
+        return self.n_heads if self.n_heads_per_layer is None else self.n_heads_per_layer[layer]
+
+    @property
+    def uniform_heads(self) -> bool:
+        """Whether every block has n_heads heads (so per-head weights stack over layers)."""
+        return self.n_heads_per_layer is None or all(c == self.n_heads for c in self.n_heads_per_layer)
 
     @property
     def grid_size(self) -> int:

@@ -8,7 +8,6 @@ import torch
 
 from tests.helpers.models import seeded_images, tiny_model
 from vitmech.analysis.ablation import (
-    PrunedViT,
     ablated_output,
     head_ablation_hooks,
     head_sweep,
@@ -16,6 +15,7 @@ from vitmech.analysis.ablation import (
     naive_head_sweep,
     prune_heads,
 )
+from vitmech import HookedViT
 
 HEADS = [(0, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3)]
 
@@ -32,9 +32,9 @@ def images():
 
 def test_pruned_model_computes_what_zero_ablation_computes(model, images):
     pruned = prune_heads(model, HEADS)
-    assert isinstance(pruned, PrunedViT)
-    assert pruned.n_heads_per_layer == [3, 2, 0]
-    assert pruned.kept_heads == [[0, 2, 3], [1, 3], []]
+    assert type(pruned) is HookedViT
+    assert pruned.cfg.n_heads_per_layer == (3, 2, 0)
+    assert pruned.card["kept_heads"] == [[0, 2, 3], [1, 3], []]
     assert pruned.blocks[1].attn.W_O.shape == (2, 8, 32)
     torch.testing.assert_close(pruned.blocks[0].attn.W_Q, model.blocks[0].attn.W_Q[[0, 2, 3]])
     with torch.no_grad():
@@ -62,9 +62,19 @@ def test_pruned_model_keeps_its_hooks(model, images):
 def test_pruning_composes(model, images):
     once = prune_heads(prune_heads(model, [(0, 1)]), [(0, 1)])  # second call: index 1 of the pruned layer = head 2
     direct = prune_heads(model, [(0, 1), (0, 2)])
-    assert once.kept_heads[0] == direct.kept_heads[0] == [0, 3]
+    assert once.card["kept_heads"][0] == direct.card["kept_heads"][0] == [0, 3]
     with torch.no_grad():
         torch.testing.assert_close(once(images), direct(images), atol=1e-6, rtol=0)
+
+
+def test_pruned_model_saves_and_loads(model, images, tmp_path):
+    pruned = prune_heads(model, HEADS)
+    loaded = HookedViT.from_pretrained(str(pruned.save_pretrained(tmp_path / "pruned")))
+    assert loaded.cfg == pruned.cfg and loaded.card["kept_heads"] == pruned.card["kept_heads"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), pruned(images), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"\[3, 2, 0\] heads per layer"):
+        pruned.W_Q
 
 
 def test_sweeps_run_on_pruned_models(model, images):
@@ -93,8 +103,11 @@ def test_what_a_pruned_model_cannot_do(model):
     pruned = prune_heads(model, [(1, 1)])
     with pytest.raises(ValueError, match="per block"):
         pruned.W_Q
-    with pytest.raises(NotImplementedError, match="per-layer head counts"):
-        pruned.save_pretrained("/nonexistent")
+    from vitmech import UnsupportedModelError
+    from vitmech.loading import to_timm
+
+    with pytest.raises(UnsupportedModelError, match="same number of heads in every layer"):
+        to_timm(pruned)
     assert pruned.W_in.shape == model.W_in.shape  # MLP weights still stack
     with pytest.raises(IndexError, match="head 4 is out of range"):
         prune_heads(model, [(0, 4)])

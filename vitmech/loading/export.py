@@ -17,6 +17,8 @@ from vitmech.model.hooked_vit import HookedViT
 
 def _check_standard_widths(model: HookedViT, target: str) -> None:
     cfg = model.cfg
+    if not cfg.uniform_heads:
+        raise UnsupportedModelError(f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer)}")
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         raise UnsupportedModelError(f"{target} needs n_heads * d_head == d_model ({cfg.n_heads} * {cfg.d_head} != {cfg.d_model})")
 

@@ -66,6 +66,9 @@ class Attention(nn.Module):
         return self.force_explicit or is_hooked(self.hook_attn_scores, self.hook_pattern)
 
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        if self.n_heads == 0:  # every head pruned: only b_O is left; hook_z still fires (empty) for caches
+            self.hook_z(x.new_zeros(*x.shape[:2], 0, self.d_head))
+            return torch.zeros_like(x) + self.b_O
         q, k, v = self.qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():

@@ -16,10 +16,10 @@ from vitmech.model.mlp import MLP
 class TransformerBlock(nn.Module):
     """Hooks (all [B, P, d_model]): hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out, hook_resid_post."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps)
-        self.attn = Attention(cfg.n_heads, cfg.d_model, cfg.d_head)
+        self.attn = Attention(cfg.heads_in_layer(layer), cfg.d_model, cfg.d_head)
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
         self.hook_resid_pre = HookPoint()

@@ -86,7 +86,7 @@ class HookedViT(HookedRootModule):
         if cfg.pre_norm:
             self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_eps)
             self.hook_ln_pre = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
             self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
@@ -158,7 +158,13 @@ class HookedViT(HookedRootModule):
         return sum(p.numel() for p in self.parameters())
 
     def _stack(self, get: Callable[[TransformerBlock], torch.Tensor]) -> torch.Tensor:
-        return torch.stack([get(block) for block in self.blocks])
+        tensors = [get(block) for block in self.blocks]
+        if len({t.shape for t in tensors}) > 1:
+            raise ValueError(
+                f"this model has {list(self.cfg.n_heads_per_layer or [])} heads per layer (pruned), so per-head "
+                "weights do not stack over layers; read them per block: model.blocks[l].attn.W_Q"
+            )
+        return torch.stack(tensors)
 
     @property
     def W_Q(self) -> Float[torch.Tensor, "layer head d_model d_head"]:

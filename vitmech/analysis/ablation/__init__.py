@@ -48,7 +48,7 @@ from vitmech.analysis.ablation.metrics import (
     mse_to_clean,
     resolve_metric,
 )
-from vitmech.analysis.ablation.pruning import PrunedViT, PruningMeasurement, measure_pruning, prune_heads
+from vitmech.analysis.ablation.pruning import PruningMeasurement, kept_heads, measure_pruning, prune_heads
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.sweep import ablated_output, ablation_sweep, head_sweep, naive_head_sweep
 
@@ -68,7 +68,6 @@ __all__ = [
     "Metric",
     "MetricError",
     "PairInteractions",
-    "PrunedViT",
     "PruningCurve",
     "PruningMeasurement",
     "ResampleAblation",
@@ -89,6 +88,7 @@ __all__ = [
     "head_set_ablation",
     "head_sweep",
     "heads_per_layer",
+    "kept_heads",
     "kl_to_clean",
     "layer_ablation",
     "logit_diff",

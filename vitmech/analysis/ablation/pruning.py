@@ -1,10 +1,11 @@
 """Physically remove heads: a smaller HookedViT whose layers may have different head counts.
 
-HookedViT's config has one n_heads for every layer, so the pruned model is a `PrunedViT`: a HookedViT
-whose blocks hold `PrunedAttention` modules with their own head counts (smaller W_Q, W_K, W_V [H_l, d, d_head],
-W_O [H_l, d_head, d]). Hooks keep their names and meaning (hook_z is [B, P, H_l, d_head]); b_O stays, so a
-pruned model computes exactly what zero-ablating those heads computes. Stacked weight properties
-(model.W_Q, ...) need equal head counts and raise a clear error; use model.blocks[l].attn.W_Q.
+The pruned model is a plain HookedViT whose config says how many heads each block keeps
+(`cfg.n_heads_per_layer`), with smaller W_Q, W_K, W_V [H_l, d, d_head] and W_O [H_l, d_head, d]. Hooks keep
+their names and meaning (hook_z is [B, P, H_l, d_head]); b_O stays, so a pruned model computes exactly what
+zero-ablating those heads computes. It saves and loads like any HookedViT; `model.card["kept_heads"]` lists
+the original index of every kept head. Stacked weight properties (model.W_Q, ...) need equal head counts and
+raise a clear error otherwise; use model.blocks[l].attn.W_Q.
 
     pruned = prune_heads(model, [(0, 3), (1, 7)])
     report = measure_pruning(model, pruned, images, "mse", targets=y)   # speed-up and metric change
@@ -13,7 +14,6 @@ pruned model computes exactly what zero-ablating those heads computes. Stacked w
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,86 +27,38 @@ from vitmech.analysis.ablation.heads import Head, HeadsLike, head_label, heads_p
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import percent_change
 from vitmech.analysis.ablation.sweep import check_inputs
-from vitmech.config import ViTConfig
-from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
-from vitmech.preprocessing import Preprocessing
 
 ATTENTION_PARAMS_BY_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
 
 
-class PrunedAttention(Attention):
-    """Attention with its own head count, including zero heads (then it only adds b_O)."""
-
-    def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
-        if self.n_heads > 0:
-            return super().forward(x)
-        self.hook_z(x.new_zeros(*x.shape[:2], 0, self.d_head))  # an empty z, so hooks and caches still see the layer
-        return torch.zeros_like(x) + self.b_O
+def kept_heads(model: HookedViT) -> list[list[int]]:
+    """Original indices of each layer's heads (all of them for an unpruned model)."""
+    stored = model.card.get("kept_heads")
+    return [list(k) for k in stored] if stored is not None else [list(range(n)) for n in heads_per_layer(model)]
 
 
-class PrunedViT(HookedViT):
-    """A HookedViT with heads removed; `kept_heads[l]` lists the original indices of layer l's heads."""
-
-    def __init__(
-        self,
-        cfg: ViTConfig,
-        kept_heads: Sequence[Sequence[int]],
-        preprocessing: Preprocessing | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(cfg, preprocessing, class_names, seed=None)
-        if len(kept_heads) != cfg.n_layers:
-            raise AblationError(f"kept_heads needs one list per layer ({cfg.n_layers}), got {len(kept_heads)}")
-        self.kept_heads = [list(k) for k in kept_heads]
-        for block, kept in zip(self.blocks, self.kept_heads):
-            if len(kept) != cfg.n_heads:
-                block.attn = PrunedAttention(len(kept), cfg.d_model, cfg.d_head)
-        self.setup()  # re-register hook points of the new attention modules
-
-    @property
-    def n_heads_per_layer(self) -> list[int]:
-        return heads_per_layer(self)
-
-    def _stack(self, get: Any) -> torch.Tensor:
-        try:
-            return super()._stack(get)
-        except RuntimeError as err:
-            raise ValueError(
-                f"this pruned model has {self.n_heads_per_layer} heads per layer, so per-head weights cannot be "
-                "stacked over layers; read them per block: model.blocks[l].attn.W_Q"
-            ) from err
-
-    def save_pretrained(self, directory: Any, card: dict[str, Any] | None = None) -> Any:
-        raise NotImplementedError(
-            "saving a pruned model needs per-layer head counts in ViTConfig (not there yet); "
-            "keep the original model and the list of pruned heads (model.card['pruned_heads']) instead"
-        )
-
-
-def prune_heads(model: HookedViT, heads: HeadsLike) -> PrunedViT:
+def prune_heads(model: HookedViT, heads: HeadsLike) -> HookedViT:
     """A copy of `model` without `heads` (indices of this model's heads; composes with earlier pruning)."""
     removed = set(parse_heads(model, heads))
-    current = [list(range(n)) for n in heads_per_layer(model)]
-    original = getattr(model, "kept_heads", current)
-    keep = [[h for h in range(len(current[layer])) if (layer, h) not in removed] for layer in range(len(current))]
+    original = kept_heads(model)
+    keep = [[h for h in range(n) if (layer, h) not in removed] for layer, n in enumerate(heads_per_layer(model))]
     state = model.state_dict()
     for layer, kept in enumerate(keep):
         index = torch.tensor(kept, dtype=torch.long, device=model.device)
         for name in ATTENTION_PARAMS_BY_HEAD:
             key = f"blocks.{layer}.attn.{name}"
             state[key] = state[key].index_select(0, index)
-    pruned = PrunedViT(
-        model.cfg,
-        [[original[layer][h] for h in kept] for layer, kept in enumerate(keep)],
-        preprocessing=model.preprocessing,
-        class_names=model.class_names,
-    ).to(device=model.device, dtype=model.dtype)
+    cfg = model.cfg.replace(n_heads_per_layer=tuple(len(k) for k in keep))
+    pruned = HookedViT(cfg, preprocessing=model.preprocessing, class_names=model.class_names, initialize=False)
+    pruned = pruned.to(device=model.device, dtype=model.dtype)
     pruned.load_state_dict(state)
+    kept_original = [[original[layer][h] for h in kept] for layer, kept in enumerate(keep)]
     pruned.card = {
         **model.card,
+        "kept_heads": kept_original,
         "pruned_heads": sorted(
-            [(layer, h) for layer, kept in enumerate(pruned.kept_heads) for h in range(model.cfg.n_heads) if h not in kept]
+            [layer, h] for layer, kept in enumerate(kept_original) for h in range(model.cfg.n_heads) if h not in kept
         ),
     }
     return pruned.eval()
@@ -233,4 +185,4 @@ def measure_pruning(
     )
 
 
-__all__ = ["PrunedAttention", "PrunedViT", "PruningMeasurement", "measure_pruning", "prune_heads"]
+__all__ = ["PruningMeasurement", "kept_heads", "measure_pruning", "prune_heads"]
