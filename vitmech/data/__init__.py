@@ -1,0 +1,75 @@
+"""Data layer: Galaxy Zoo 2 loader, synthetic galaxies, synthetic chirp spectrograms (all through
+HuggingFace ``datasets``).
+
+Conventions: images are uint8 RGB ``[H, W, 3]``; masks are bool ``[H, W]`` in the final image grid;
+boxes are ``(x0, y0, x1, y1)`` pixel coordinates in the final image (top-left origin, x right, y down,
+upper ends exclusive). Batches from the loaders are ``{"pixel_values": Float[Tensor, "B C H W"], ...}``
+once a model's ``preprocess`` is given.
+"""
+
+from vitmech.data._errors import (
+    DataError,
+    EmptySplitError,
+    InsufficientDataError,
+    SchemaError,
+    UnknownLabelError,
+    UnreadableImageError,
+)
+from vitmech.data._io import Box, mask_to_box
+from vitmech.data._transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocess
+from vitmech.data.galaxies import (
+    FEATURES,
+    GalaxyBatch,
+    GalaxyParams,
+    generate_galaxies,
+    iter_galaxies,
+    render_galaxies,
+    sample_galaxies,
+    unpack_masks,
+    write_galaxy_dataset,
+)
+from vitmech.data.gz2 import (
+    GZ2_CLASSES,
+    GZ2_EXCLUDED,
+    GZ2_HUB_ID,
+    GZ2Report,
+    GZ2Splits,
+    find_unreadable_images,
+    gz2_features,
+    load_gz2,
+    make_gz2_fixture,
+    open_gz2,
+)
+
+__all__ = [
+    "DataError",
+    "EmptySplitError",
+    "InsufficientDataError",
+    "SchemaError",
+    "UnknownLabelError",
+    "UnreadableImageError",
+    "Box",
+    "mask_to_box",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "default_preprocess",
+    "FEATURES",
+    "GalaxyBatch",
+    "GalaxyParams",
+    "generate_galaxies",
+    "iter_galaxies",
+    "render_galaxies",
+    "sample_galaxies",
+    "unpack_masks",
+    "write_galaxy_dataset",
+    "GZ2_CLASSES",
+    "GZ2_EXCLUDED",
+    "GZ2_HUB_ID",
+    "GZ2Report",
+    "GZ2Splits",
+    "find_unreadable_images",
+    "gz2_features",
+    "load_gz2",
+    "make_gz2_fixture",
+    "open_gz2",
+]

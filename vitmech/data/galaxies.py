@@ -1,0 +1,713 @@
+"""Synthetic galaxies with known features: one class per gz2 summary class, with masks and boxes.
+
+Model (REFERENCE section 8). Each galaxy is a sum of components in linear flux, each with an RGB
+colour (redder bulge, bluer arms): Sersic spheroid/bulge ``I(R) = I_e exp(-b_n((R/R_e)^(1/n) - 1))``
+with ``b_n ~ 2n - 1/3 + 4/(405n) + 46/(25515n^2)`` and elliptical ``R = sqrt(x'^2 + (y'/q)^2)``;
+exponential disk; logarithmic spiral arms ``[(1 + cos(m(phi - cot(psi) ln(R/R0))))/2]^p`` on the disk;
+a Sersic n ~ 0.5 bar whose ends start the arms; a Gaussian ring; Gaussian clumps; a dust lane that
+dims edge-on disks. Disk, bar, arms and ring live in the disk plane, projected to axis ratio q. Then:
+random rotation, small offset, log-uniform size, Gaussian PSF, Poisson + sky noise (Gaussian
+approximation, variance = counts), asinh stretch to uint8.
+
+Classes: smooth_round (n 3-5, q 0.8-1), smooth_cigar (n 1.5-4, q 0.2-0.4), smooth_inbetween (q 0.5-0.75;
+not one of the six, for testing the loader's filter), edge_on_disk (disk q 0.08-0.2, small bulge,
+dust lane half the time), unbarred_spiral (bulge + disk + m = 2 or 3 arms, pitch 10-35 deg, p 2-6,
+q 0.6-1), barred_spiral (the same with m = 2 and a bar, q_bar 0.2-0.35, arms from its ends),
+featured_without_bar_or_spiral (bulge + disk, ring and/or clumps or neither).
+
+Masks: for every feature in ``FEATURES``, a bool ``[H, W]`` mask of the region holding
+``flux_fraction`` (default 0.8) of that component's light in the noise-free, pre-PSF model: closed
+forms for the Sersic/exponential components (the incomplete-gamma enclosed-light radius), the
+Gaussian ring (+-z sigma) and clumps (radius sigma sqrt(-2 ln(1 - f))); arms are the ridge region
+``S * taper >= arms_ridge`` inside the disk's mask; the dust lane is its +-z sigma band inside the disk's
+mask. Boxes are the masks' tight boxes. Coordinates: pixels of the final ``size`` x ``size`` image,
+``(x0, y0, x1, y1)`` with exclusive upper ends, top-left origin. Absent features: empty mask, box None.
+
+Speed: components are evaluated with torch on whole batches of one class; on a 2-core CPU this runs
+well above 200 galaxies/s at 224 px (see ``benchmarks/data.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Features, List, Value
+from datasets import Image as HFImage
+from einops import rearrange
+from jaxtyping import Bool, Float, Int, UInt8
+from scipy.special import gammaincinv, ndtri
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vitmech.data._errors import DataError
+from vitmech.data._io import Box, ShardWriter, decode_image, encode_png, write_json
+from vitmech.data.gz2 import GZ2_CLASSES, gz2_features, gz2_votes_for
+
+logger = logging.getLogger(__name__)
+
+GALAXY_CLASSES: tuple[str, ...] = GZ2_CLASSES
+EXTRA_CLASSES: tuple[str, ...] = ("smooth_inbetween",)
+ALL_CLASSES: tuple[str, ...] = GALAXY_CLASSES + EXTRA_CLASSES
+FEATURES: tuple[str, ...] = ("bulge", "disk", "bar", "arms", "ring", "clumps", "dust_lane")
+"""Features with masks. For smooth classes the whole spheroid is the ``bulge``."""
+
+BASE = 224.0
+"""All lengths in ``GalaxyParams`` are pixels of a 224 px image (scaled for other sizes)."""
+
+MAX_CLUMPS = 8
+
+PathLike = Union[str, os.PathLike]
+
+# colours (linear RGB weights) before jitter
+_RED = (1.0, 0.72, 0.48)
+_WHITE = (0.85, 0.85, 0.9)
+_BLUE = (0.5, 0.7, 1.0)
+
+
+def sersic_b(n: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
+    """``b_n ~ 2n - 1/3 + 4/(405n) + 46/(25515 n^2)`` (Ciotti & Bertin), so R_e holds half the light."""
+    return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n**2)
+
+
+def sersic_radius_fraction(n: Union[float, np.ndarray], fraction: float) -> Union[float, np.ndarray]:
+    """Radius (in units of R_e) holding ``fraction`` of a Sersic profile's light:
+    ``(P^-1(2n, f) / b_n)^n`` with P the regularised lower incomplete gamma function."""
+    return (gammaincinv(2.0 * n, fraction) / sersic_b(n)) ** n
+
+
+def exponential_radius_fraction(fraction: float) -> float:
+    """Radius (in scale lengths h) holding ``fraction`` of an exponential disk's light: P^-1(2, f)."""
+    return float(gammaincinv(2.0, fraction))
+
+
+@dataclass(frozen=True)
+class GalaxyParams:
+    """Everything that defines one synthetic galaxy. Lengths: pixels at 224 px; angles: radians.
+
+    ``pa`` is the major axis angle from +x towards +y (image rows grow downwards). Disk-plane
+    coordinates: rotate by ``pa``, divide the minor-axis coordinate by ``q``, rotate by ``bar_angle``.
+    Amplitudes of absent components are 0.
+    """
+
+    cls: str
+    cx: float
+    cy: float
+    pa: float
+    q: float
+    bulge_amp: float = 0.0
+    bulge_re: float = 10.0
+    bulge_n: float = 4.0
+    bulge_q: float = 1.0
+    disk_amp: float = 0.0
+    disk_h: float = 10.0
+    arms_amp: float = 0.0
+    arms_m: int = 2
+    arms_pitch: float = 0.35
+    arms_p: float = 4.0
+    arms_r0: float = 10.0
+    bar_amp: float = 0.0
+    bar_re: float = 10.0
+    bar_n: float = 0.5
+    bar_q: float = 0.3
+    bar_angle: float = 0.0
+    ring_amp: float = 0.0
+    ring_r: float = 30.0
+    ring_w: float = 3.0
+    clumps: tuple[tuple[float, float, float, float], ...] = ()
+    """Clumps as (x, y, sigma, amp) in image pixels at 224."""
+    dust_tau: float = 0.0
+    dust_w: float = 1.0
+    dust_off: float = 0.0
+    colours: tuple[tuple[float, float, float], ...] = (_RED, _WHITE, _BLUE, _RED, _BLUE, _BLUE)
+    """RGB of bulge, disk, arms, bar, ring, clumps."""
+    psf_sigma: float = 1.0
+    sky: float = 40.0
+    """Sky level in counts per pixel (its Poisson noise is the background noise, sigma = sqrt(sky))."""
+    snr_e: float = 10.0
+    """Surface brightness of the main component at its half-light radius, in sky sigmas."""
+    white: float = 12.0
+    """Counts that map to full white, in units of that half-light surface brightness."""
+    stretch: float = 2.0
+    """asinh softening, in sky sigmas."""
+    noise_seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "GalaxyParams":
+        raw = json.loads(text)
+        raw["clumps"] = tuple(tuple(c) for c in raw["clumps"])
+        raw["colours"] = tuple(tuple(c) for c in raw["colours"])
+        return cls(**raw)
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+def _logu(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[float, float, float], amount: float = 0.08) -> tuple[float, float, float]:
+    return tuple(float(np.clip(c + rng.uniform(-amount, amount), 0.05, 1.2)) for c in colour)  # type: ignore[return-value]
+
+
+def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
+    """Draw the parameters of one galaxy of class ``cls`` (one of ``ALL_CLASSES``)."""
+    if cls not in ALL_CLASSES:
+        raise DataError(f"unknown galaxy class {cls!r}; known: {list(ALL_CLASSES)}")
+    common = dict(
+        cls=cls,
+        cx=BASE / 2 + rng.uniform(-6, 6),
+        cy=BASE / 2 + rng.uniform(-6, 6),
+        pa=rng.uniform(0, np.pi),
+        psf_sigma=rng.uniform(0.8, 1.5),
+        sky=rng.uniform(20, 80),
+        snr_e=_logu(rng, 4, 25),
+        white=rng.uniform(8, 20),
+        stretch=rng.uniform(1.0, 3.0),
+        noise_seed=int(rng.integers(0, 2**62)),
+        colours=(_jitter(rng, _RED), _jitter(rng, _WHITE), _jitter(rng, _BLUE), _jitter(rng, (1.0, 0.8, 0.6)),
+                 _jitter(rng, (0.6, 0.75, 1.0)), _jitter(rng, (0.55, 0.75, 1.0))),
+    )
+    extent = _logu(rng, 30, 75)  # radius holding 80% of the main component's light, px at 224
+    if cls.startswith("smooth"):
+        n, q = {
+            "smooth_round": (rng.uniform(3, 5), rng.uniform(0.8, 1.0)),
+            "smooth_cigar": (rng.uniform(1.5, 4), rng.uniform(0.2, 0.4)),
+            "smooth_inbetween": (rng.uniform(2, 5), rng.uniform(0.5, 0.75)),
+        }[cls]
+        re = extent / float(sersic_radius_fraction(n, 0.8))
+        return GalaxyParams(q=q, bulge_amp=1.0, bulge_re=re, bulge_n=n, bulge_q=q, **common)
+    h = extent / exponential_radius_fraction(0.8)
+    if cls == "edge_on_disk":
+        q = rng.uniform(0.08, 0.2)
+        dusty = rng.uniform() < 0.5
+        return GalaxyParams(
+            q=q, disk_amp=1.0, disk_h=h,
+            bulge_amp=rng.uniform(0.3, 1.2), bulge_re=h * rng.uniform(0.25, 0.5), bulge_n=rng.uniform(1.0, 2.5),
+            bulge_q=rng.uniform(0.5, 0.8),
+            dust_tau=rng.uniform(0.6, 0.9) if dusty else 0.0, dust_w=max(0.6, q * h * rng.uniform(0.25, 0.45)),
+            dust_off=q * h * rng.uniform(-0.3, 0.3), **common,
+        )
+    q = rng.uniform(0.6, 1.0) if cls != "featured_without_bar_or_spiral" else rng.uniform(0.5, 1.0)
+    bulge = dict(bulge_amp=rng.uniform(0.6, 2.0), bulge_re=h * rng.uniform(0.15, 0.3), bulge_n=rng.uniform(1.0, 4.0),
+                 bulge_q=min(1.0, q + rng.uniform(0.0, 0.3)))
+    if cls == "featured_without_bar_or_spiral":
+        ring = rng.uniform() < 0.5
+        n_clumps = int(rng.integers(3, MAX_CLUMPS + 1)) if rng.uniform() < 0.5 else 0
+        clumps = []
+        for _ in range(n_clumps):
+            r, t = h * rng.uniform(0.6, 2.5), rng.uniform(0, 2 * np.pi)
+            a, b = r * np.cos(t), r * np.sin(t) * q  # disk plane -> projected, major axis frame
+            x = common["cx"] + a * np.cos(common["pa"]) - b * np.sin(common["pa"])
+            y = common["cy"] + a * np.sin(common["pa"]) + b * np.cos(common["pa"])
+            clumps.append((float(x), float(y), rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.2)))
+        return GalaxyParams(
+            q=q, disk_amp=1.0, disk_h=h, **bulge,
+            ring_amp=rng.uniform(0.5, 1.0) if ring else 0.0, ring_r=h * rng.uniform(1.2, 2.4), ring_w=h * rng.uniform(0.12, 0.25),
+            clumps=tuple(clumps), **common,
+        )
+    spiral = dict(arms_amp=rng.uniform(1.0, 2.0), arms_pitch=np.deg2rad(rng.uniform(10, 35)), arms_p=rng.uniform(2, 6))
+    if cls == "unbarred_spiral":
+        return GalaxyParams(
+            q=q, disk_amp=rng.uniform(0.4, 0.8), disk_h=h, **bulge, **spiral,
+            arms_m=2 if rng.uniform() < 0.7 else 3, arms_r0=max(6.0, bulge["bulge_re"] * rng.uniform(1.5, 2.5)),
+            bar_angle=rng.uniform(0, 2 * np.pi), **common,
+        )
+    # barred_spiral: bar in the disk plane, arms start at its ends
+    bar_n = rng.uniform(0.4, 0.6)
+    bar_end = h * rng.uniform(1.1, 1.8)
+    bar_re = bar_end / float(sersic_radius_fraction(bar_n, 0.95))
+    bulge["bulge_re"] = min(bulge["bulge_re"], 0.35 * bar_end)
+    bulge["bulge_amp"] = rng.uniform(0.3, 1.0)
+    return GalaxyParams(
+        q=q, disk_amp=rng.uniform(0.4, 0.8), disk_h=h, **bulge, **spiral, arms_m=2, arms_r0=bar_end,
+        bar_amp=rng.uniform(0.6, 1.2), bar_re=bar_re, bar_n=bar_n, bar_q=rng.uniform(0.2, 0.35),
+        bar_angle=rng.uniform(0, 2 * np.pi), **common,
+    )
+
+
+def galaxy_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of image ``index`` under ``seed`` (images are independent of batch layout)."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def sample_galaxies(
+    n: int,
+    seed: int = 0,
+    *,
+    start: int = 0,
+    classes: Sequence[str] = GALAXY_CLASSES,
+    class_weights: Optional[Sequence[float]] = None,
+) -> list[GalaxyParams]:
+    """Parameters of images ``start .. start + n - 1`` of the stream defined by ``seed``.
+
+    Image i has class ``classes[i % len(classes)]`` (balanced) or, with ``class_weights``, a class drawn
+    from its own generator; its parameters come from ``galaxy_rng(seed, i)``.
+    """
+    for cls in classes:
+        if cls not in ALL_CLASSES:
+            raise DataError(f"unknown galaxy class {cls!r}; known: {list(ALL_CLASSES)}")
+    if class_weights is not None:
+        w = np.asarray(class_weights, dtype=float)
+        if w.shape != (len(classes),) or (w < 0).any() or w.sum() <= 0:
+            raise DataError(f"class_weights must be {len(classes)} non-negative numbers, got {class_weights}")
+        w = w / w.sum()
+    out = []
+    for i in range(start, start + n):
+        rng = galaxy_rng(seed, i)
+        cls = classes[i % len(classes)] if class_weights is None else classes[int(rng.choice(len(classes), p=w))]
+        out.append(sample_galaxy_params(cls, rng))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class GalaxyBatch:
+    """Rendered galaxies. ``images`` uint8 ``[B, H, W, 3]``; ``masks[f]`` bool ``[B, H, W]``;
+    ``boxes[f][i]`` a Box or None; ``labels`` index into ``classes``; ``linear`` (if asked) the
+    float ``[B, 3, H, W]`` image before the stretch (noise-free when ``noise=False``), in counts."""
+
+    images: UInt8[np.ndarray, "B H W 3"]
+    labels: Int[np.ndarray, "B"]
+    classes: tuple[str, ...]
+    masks: dict[str, Bool[np.ndarray, "B H W"]]
+    boxes: dict[str, list[Optional[Box]]]
+    params: list[GalaxyParams]
+    linear: Optional[Float[np.ndarray, "B 3 H W"]] = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [p.cls for p in self.params]
+
+
+def _col(params: Sequence[GalaxyParams], name: str) -> Tensor:
+    return torch.tensor([getattr(p, name) for p in params], dtype=torch.float32).view(-1, 1, 1)
+
+
+def _gaussian_blur(x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"]) -> Float[Tensor, "B C H W"]:
+    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding."""
+    b, c, h, w = x.shape
+    radius = int(math.ceil(3.0 * float(sigma.max())))
+    if radius < 1:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
+    kernel = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
+    flat = rearrange(x, "b c h w -> 1 (b c) h w")
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(b * c, 1, 1, -1), groups=b * c)
+    flat = F.conv2d(flat, kernel.view(b * c, 1, -1, 1), groups=b * c)
+    return rearrange(flat, "1 (b c) h w -> b c h w", b=b)
+
+
+def _sersic(r: Tensor, re: Tensor, n: Tensor) -> Tensor:
+    b = torch.as_tensor(sersic_b(n.numpy()))
+    return torch.exp(-b * (torch.exp(torch.log(r / re + 1e-6) / n) - 1.0))
+
+
+def reference_level(p: GalaxyParams) -> float:
+    """Model surface brightness of the main component at its half-light radius (spheroid for smooth
+    classes, disk otherwise): the unit that ``snr_e`` and ``white`` scale."""
+    level = p.bulge_amp if p.cls.startswith("smooth") else p.disk_amp * math.exp(-float(sersic_b(1.0)))
+    return level if level > 0 else 1.0
+
+
+def _render_group(
+    params: Sequence[GalaxyParams], res: int, flux_fraction: float, arms_ridge: float
+) -> tuple[Float[Tensor, "G K R R"], Float[Tensor, "G K 3"], dict[str, Bool[Tensor, "G R R"]]]:
+    """Noise-free, pre-PSF components (light of each of K components), their RGB colours, and the masks
+    of the features present, for galaxies sharing one class, at ``res`` px."""
+    g = len(params)
+    scale = BASE / res
+    coords = (torch.arange(res, dtype=torch.float32) + 0.5) * scale
+    xs, ys = coords.view(1, 1, res), coords.view(1, res, 1)
+    dx, dy = xs - _col(params, "cx"), ys - _col(params, "cy")
+    pa = _col(params, "pa")
+    cos_pa, sin_pa = torch.cos(pa), torch.sin(pa)
+    u = dx * cos_pa + dy * sin_pa  # major axis
+    v = -dx * sin_pa + dy * cos_pa  # minor axis
+    colours = torch.tensor([p.colours for p in params], dtype=torch.float32)  # [G, 6, 3]
+    components: list[Tensor] = []
+    colour_index: list[int] = []
+    masks: dict[str, Tensor] = {}  # only the features present in this group
+    cls = params[0].cls
+    f = flux_fraction
+    present = lambda name: any(getattr(p, name) > 0 for p in params)  # noqa: E731
+
+    def add(component: Tensor, index: int) -> None:
+        components.append(component)
+        colour_index.append(index)
+
+    def mix() -> tuple[Tensor, Tensor]:  # components [G, K, R, R], their colours [G, K, 3]
+        if not components:  # every amplitude zero: a blank image
+            return torch.zeros(g, 1, res, res), torch.zeros(g, 1, 3)
+        return torch.stack(components, dim=1), colours[:, colour_index]
+
+    # bulge / spheroid: Sersic in the image plane with its own axis ratio
+    if present("bulge_amp"):
+        bq, bre, bn = _col(params, "bulge_q"), _col(params, "bulge_re"), _col(params, "bulge_n")
+        r_b = torch.sqrt(u**2 + (v / bq) ** 2)
+        add(_col(params, "bulge_amp") * _sersic(r_b, bre, bn), 0)
+        r_f = torch.as_tensor(sersic_radius_fraction(bn.numpy(), f), dtype=torch.float32) * bre
+        masks["bulge"] = (r_b <= r_f) & (_col(params, "bulge_amp") > 0)
+    if cls.startswith("smooth"):
+        return (*mix(), masks)
+
+    # disk plane
+    q = _col(params, "q")
+    a0, b0 = u, v / q
+    r_d = torch.sqrt(a0**2 + b0**2).clamp_min(1e-3)
+    h = _col(params, "disk_h")
+    disk = torch.exp(-r_d / h)
+    r_disk = exponential_radius_fraction(f) * h
+    disk_mask = r_d <= r_disk
+    if present("disk_amp"):
+        add(_col(params, "disk_amp") * disk, 1)
+        masks["disk"] = disk_mask
+    if present("dust_tau"):  # dims disk and bulge along a band parallel to the major axis
+        tau, w, off = _col(params, "dust_tau"), _col(params, "dust_w"), _col(params, "dust_off")
+        z = (v - off) / w
+        depth = tau * torch.exp(-0.5 * z**2) * torch.exp(-0.5 * (u / (2.0 * h)) ** 2)
+        for component in components:  # only bulge and disk exist at this point
+            component.mul_(1.0 - depth)
+        masks["dust_lane"] = (z.abs() <= float(ndtri(0.5 + f / 2))) & disk_mask & (tau > 0)
+    if present("arms_amp") or present("bar_amp"):
+        beta = _col(params, "bar_angle")
+        a = a0 * torch.cos(beta) + b0 * torch.sin(beta)
+        b = -a0 * torch.sin(beta) + b0 * torch.cos(beta)
+    if present("arms_amp"):
+        m, pitch, p, r0 = _col(params, "arms_m"), _col(params, "arms_pitch"), _col(params, "arms_p"), _col(params, "arms_r0")
+        phi = torch.atan2(b, a)
+        phase = m * (phi - torch.log(r_d / r0) / torch.tan(pitch))
+        ridge = ((1.0 + torch.cos(phase)) * 0.5) ** p
+        taper = torch.sigmoid((r_d - 0.9 * r0) / (0.12 * r0))
+        shape = ridge * taper
+        add(_col(params, "arms_amp") * disk * shape, 2)
+        masks["arms"] = (shape >= arms_ridge) & disk_mask
+    if present("bar_amp"):
+        bar_q, bar_re, bar_n = _col(params, "bar_q"), _col(params, "bar_re"), _col(params, "bar_n")
+        r_bar = torch.sqrt(a**2 + (b / bar_q) ** 2)
+        add(_col(params, "bar_amp") * _sersic(r_bar, bar_re, bar_n), 3)
+        r_f = torch.as_tensor(sersic_radius_fraction(bar_n.numpy(), f), dtype=torch.float32) * bar_re
+        masks["bar"] = r_bar <= r_f
+    if present("ring_amp"):
+        ring_r, ring_w = _col(params, "ring_r"), _col(params, "ring_w")
+        z = (r_d - ring_r) / ring_w
+        add(_col(params, "ring_amp") * torch.exp(-0.5 * z**2), 4)
+        masks["ring"] = (z.abs() <= float(ndtri(0.5 + f / 2))) & (_col(params, "ring_amp") > 0)
+    if any(p.clumps for p in params):
+        table = torch.zeros(g, MAX_CLUMPS, 4)
+        for i, p in enumerate(params):
+            if p.clumps:
+                table[i, : len(p.clumps)] = torch.tensor(p.clumps, dtype=torch.float32)
+        clump_light = torch.zeros(g, res, res)
+        clump_mask = torch.zeros(g, res, res, dtype=torch.bool)
+        r_f = math.sqrt(-2.0 * math.log(1.0 - f))
+        for k in range(MAX_CLUMPS):
+            cx, cy, s, amp = (table[:, k, j].view(g, 1, 1) for j in range(4))
+            if not bool((amp > 0).any()):
+                continue
+            s = s.clamp_min(1e-3)
+            dx2, dy2 = ((xs - cx) / s) ** 2, ((ys - cy) / s) ** 2  # [G, 1, R], [G, R, 1]: separable
+            clump_light += (amp * torch.exp(-0.5 * dx2)) * torch.exp(-0.5 * dy2)
+            clump_mask |= ((dx2 + dy2) <= r_f**2) & (amp > 0)
+        add(clump_light, 5)
+        masks["clumps"] = clump_mask
+    return (*mix(), masks)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (None: leave the setting alone), then restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def render_galaxies(
+    params: Sequence[GalaxyParams],
+    *,
+    size: int = 224,
+    render_size: Optional[int] = None,
+    noise: bool = True,
+    flux_fraction: float = 0.8,
+    arms_ridge: float = 0.15,
+    return_linear: bool = False,
+    num_threads: Optional[int] = None,
+) -> GalaxyBatch:
+    """Render galaxies (a pure function of ``params``). ``render_size`` (e.g. 424, like the gz2 JPEGs)
+    renders larger and resizes to ``size`` (antialiased bilinear; masks by area share >= 0.5).
+    ``noise=False`` skips the Poisson + sky noise (for tests). Labels index ``GALAXY_CLASSES`` (or
+    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads`` sets torch's threads for
+    the call (1 is steadier when other jobs saturate a small shared CPU; None keeps the current setting).
+    Results do not depend on it."""
+    with torch_threads(num_threads):
+        return _render(params, size, render_size, noise, flux_fraction, arms_ridge, return_linear)
+
+
+def _render(
+    params: Sequence[GalaxyParams],
+    size: int,
+    render_size: Optional[int],
+    noise: bool,
+    flux_fraction: float,
+    arms_ridge: float,
+    return_linear: bool,
+) -> GalaxyBatch:
+    if len(params) == 0:
+        raise DataError("render_galaxies got no parameters")
+    if not 0.0 < flux_fraction < 1.0:
+        raise DataError(f"flux_fraction must be in (0, 1), got {flux_fraction}")
+    res = render_size or size
+    n = len(params)
+    by_class: dict[str, list[int]] = {}
+    for i, p in enumerate(params):
+        by_class.setdefault(p.cls, []).append(i)
+    out_images = np.empty((n, size, size, 3), dtype=np.uint8)
+    out_masks = {name: np.zeros((n, size, size), dtype=bool) for name in FEATURES}
+    out_boxes: dict[str, list[Optional[Box]]] = {name: [None] * n for name in FEATURES}
+    out_linear = np.empty((n, 3, size, size), dtype=np.float32) if return_linear else None
+    for index in by_class.values():
+        group = [params[i] for i in index]
+        rows = np.asarray(index)
+        components, colours, group_masks = _render_group(group, res, flux_fraction, arms_ridge)
+        # PSF and colour mixing are both linear: blur the K components (often fewer than 3 channels)
+        blurred = _gaussian_blur(components, torch.tensor([p.psf_sigma * res / BASE for p in group]))
+        counts = torch.einsum("gkhw,gkc->gchw", blurred, colours)
+        sky = _col(group, "sky").view(-1, 1, 1, 1)
+        sigma = torch.sqrt(sky)
+        snr = _col(group, "snr_e").view(-1, 1, 1, 1)
+        ref = torch.tensor([reference_level(p) for p in group], dtype=torch.float32).view(-1, 1, 1, 1)
+        counts.mul_(snr * sigma / ref)
+        if noise:
+            gens = [torch.Generator().manual_seed(p.noise_seed) for p in group]
+            eps = torch.stack([torch.randn(3, res, res, generator=gen) for gen in gens])
+            counts.add_(torch.sqrt(counts + sky).mul_(eps))
+        soft = _col(group, "stretch").view(-1, 1, 1, 1) * sigma
+        top = _asinh_pos(_col(group, "white").view(-1, 1, 1, 1) * snr * sigma / soft)
+        stretched = _asinh_pos(counts / soft).div_(top).clamp_(0.0, 1.0)
+        if res != size:
+            stretched = F.interpolate(stretched, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            if return_linear:
+                counts = F.interpolate(counts, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            for name, m in group_masks.items():
+                area = F.interpolate(m.unsqueeze(1).float(), size=(size, size), mode="area")
+                group_masks[name] = area.squeeze(1) >= 0.5
+        pixels = stretched.mul_(255.0).round_().to(torch.uint8)
+        out_images[rows] = rearrange(pixels, "b c h w -> b h w c").numpy()
+        if out_linear is not None:
+            out_linear[rows] = counts.numpy()
+        for name, m in group_masks.items():
+            out_masks[name][rows] = m.numpy()
+            for i, box in zip(index, _boxes(m)):
+                out_boxes[name][i] = box
+    classes = GALAXY_CLASSES if all(p.cls in GALAXY_CLASSES for p in params) else ALL_CLASSES
+    labels = np.array([classes.index(p.cls) for p in params], dtype=np.int64)
+    return GalaxyBatch(out_images, labels, classes, out_masks, out_boxes, list(params), out_linear)
+
+
+def _asinh_pos(x: Tensor) -> Tensor:
+    """asinh on max(x, 0) as log(x + sqrt(x^2 + 1)) (several times faster than torch.asinh on CPU)."""
+    x = x.clamp_min(0.0)
+    return torch.log(x + torch.sqrt(x * x + 1.0))
+
+
+def _boxes(masks: Bool[Tensor, "B H W"]) -> list[Optional[Box]]:
+    """Tight boxes of a batch of masks, vectorised (exclusive upper ends; None for empty masks)."""
+    h, w = masks.shape[1:]
+    rows, cols = masks.any(dim=2).to(torch.uint8), masks.any(dim=1).to(torch.uint8)  # [B, H], [B, W]
+    nonempty = rows.any(dim=1).tolist()
+    y0, y1 = rows.argmax(dim=1), h - rows.flip(1).argmax(dim=1)
+    x0, x1 = cols.argmax(dim=1), w - cols.flip(1).argmax(dim=1)
+    coords = torch.stack([x0, y0, x1, y1], dim=1).tolist()
+    return [tuple(c) if ok else None for c, ok in zip(coords, nonempty)]  # type: ignore[misc]
+
+
+def generate_galaxies(
+    n: int,
+    seed: int = 0,
+    *,
+    start: int = 0,
+    classes: Sequence[str] = GALAXY_CLASSES,
+    class_weights: Optional[Sequence[float]] = None,
+    size: int = 224,
+    render_size: Optional[int] = None,
+    noise: bool = True,
+    flux_fraction: float = 0.8,
+    return_linear: bool = False,
+    num_threads: Optional[int] = None,
+) -> GalaxyBatch:
+    """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch.
+    Deterministic: the same (seed, index) gives the same image whatever the batch it is rendered in."""
+    if n <= 0:
+        raise DataError(f"n must be positive, got {n}")
+    params = sample_galaxies(n, seed, start=start, classes=classes, class_weights=class_weights)
+    return render_galaxies(params, size=size, render_size=render_size, noise=noise, flux_fraction=flux_fraction,
+                           return_linear=return_linear, num_threads=num_threads)
+
+
+def iter_galaxies(
+    n: int, seed: int = 0, *, batch_size: int = 64, progress: bool = False, **kwargs: Any
+) -> Iterator[GalaxyBatch]:
+    """``generate_galaxies`` in batches of ``batch_size`` (same images as one big call)."""
+    start0 = kwargs.pop("start", 0)
+    bar = tqdm(total=n, desc="galaxies", unit="img", disable=not progress)
+    for offset in range(0, n, batch_size):
+        batch = generate_galaxies(min(batch_size, n - offset), seed, start=start0 + offset, **kwargs)
+        bar.update(len(batch))
+        yield batch
+    bar.close()
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+def pack_masks(masks: Mapping[str, Bool[np.ndarray, "H W"]]) -> UInt8[np.ndarray, "H W"]:
+    """Pack the feature masks of one image into one uint8 array: bit k (value 2**k) is ``FEATURES[k]``."""
+    packed = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
+    for k, name in enumerate(FEATURES):
+        if name in masks:
+            packed |= masks[name].astype(np.uint8) << k
+    return packed
+
+
+def unpack_masks(packed: Any) -> dict[str, Bool[np.ndarray, "H W"]]:
+    """Inverse of ``pack_masks``; accepts the uint8 array, a PIL image or a stored HF image dict."""
+    if isinstance(packed, dict) or hasattr(packed, "getpixel"):
+        packed = np.asarray(decode_image(packed, mode=None))
+    packed = np.asarray(packed, dtype=np.uint8)
+    return {name: (packed >> k) & 1 == 1 for k, name in enumerate(FEATURES)}
+
+
+def galaxy_features() -> Features:
+    """gz2 schema plus ``masks`` (greyscale PNG, bit k = ``FEATURES[k]``, see ``unpack_masks``),
+    ``box_{feature}`` (4 int32, or None when the feature is absent) and ``params`` (JSON of GalaxyParams)."""
+    extra: dict[str, Any] = {"masks": HFImage()}
+    for name in FEATURES:
+        extra[f"box_{name}"] = List(Value("int32"), length=4)
+    extra["params"] = Value("string")
+    return gz2_features(extra)
+
+
+def write_galaxy_dataset(
+    path: PathLike,
+    n: int,
+    seed: int = 0,
+    *,
+    test_fraction: float = 0.1,
+    classes: Sequence[str] = GALAXY_CLASSES,
+    class_weights: Optional[Sequence[float]] = None,
+    size: int = 224,
+    render_size: Optional[int] = None,
+    batch_size: int = 64,
+    shard_size: int = 1000,
+    overwrite: bool = False,
+    progress: bool = True,
+    num_threads: Optional[int] = None,
+) -> Path:
+    """Write ``n`` synthetic galaxies in the gz2 schema (+ packed masks, boxes, params) as hub-style parquet
+    shards ``data/train-*.parquet`` and ``data/test-*.parquet`` (PNG images), readable by ``load_gz2``.
+
+    Rows ``0 .. n_test - 1`` of the seeded stream form ``test`` (``n_test = round(n * test_fraction)``),
+    the rest ``train``; the ``summary`` column holds the class (include ``"smooth_inbetween"`` in
+    ``classes`` to exercise the loader's filter). Writes ``vitmech_dataset.json`` with the settings.
+    """
+    root = Path(path)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise DataError(f"{root} exists and is not empty; pass overwrite=True to replace its data/ folder")
+        for old in (root / "data").glob("*.parquet"):
+            old.unlink()
+    if n <= 0:
+        raise DataError(f"n must be positive, got {n}")
+    n_test = int(round(n * test_fraction))
+    if not 0 <= n_test < n:
+        raise DataError(f"test_fraction={test_fraction} leaves no training rows out of {n}")
+    features = galaxy_features()
+    writers = {"test": ShardWriter(root, "test", features, n_test, shard_size)} if n_test else {}
+    writers["train"] = ShardWriter(root, "train", features, n - n_test, shard_size)
+    bar = tqdm(total=n, desc="writing galaxies", unit="img", disable=not progress)
+    for offset in range(0, n, batch_size):
+        batch = generate_galaxies(min(batch_size, n - offset), seed, start=offset, classes=classes,
+                                  class_weights=class_weights, size=size, render_size=render_size,
+                                  num_threads=num_threads)
+        for i, p in enumerate(batch.params):
+            index = offset + i
+            vote_rng = np.random.default_rng([seed, index, 1])
+            row = {
+                "image": {"bytes": encode_png(batch.images[i]), "path": None},
+                "id_str": f"synth-{seed}-{index:07d}",
+                "ra": float(vote_rng.uniform(0, 360)),
+                "dec": float(vote_rng.uniform(-10, 70)),
+                "summary": p.cls,
+                "params": p.to_json(),
+            }
+            row.update(gz2_votes_for(p.cls, vote_rng))
+            row["masks"] = {"bytes": encode_png(pack_masks({k: m[i] for k, m in batch.masks.items()})), "path": None}
+            for name in FEATURES:
+                box = batch.boxes[name][i]
+                row[f"box_{name}"] = list(box) if box is not None else None
+            writers["test" if index < n_test else "train"].add(row)
+        bar.update(len(batch))
+    bar.close()
+    for writer in writers.values():
+        writer.close()
+    write_json(root / "vitmech_dataset.json", {
+        "kind": "synthetic_galaxies", "n": n, "n_test": n_test, "seed": seed, "classes": list(classes),
+        "class_weights": list(class_weights) if class_weights is not None else None, "size": size,
+        "render_size": render_size, "features": list(FEATURES),
+        "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
+    })
+    logger.info("wrote %d synthetic galaxies (%d test) to %s", n, n_test, root)
+    return root
+
+
+__all__ = [
+    "GALAXY_CLASSES",
+    "EXTRA_CLASSES",
+    "ALL_CLASSES",
+    "FEATURES",
+    "GalaxyParams",
+    "GalaxyBatch",
+    "sersic_b",
+    "sersic_radius_fraction",
+    "exponential_radius_fraction",
+    "sample_galaxy_params",
+    "galaxy_rng",
+    "sample_galaxies",
+    "render_galaxies",
+    "torch_threads",
+    "generate_galaxies",
+    "iter_galaxies",
+    "galaxy_features",
+    "write_galaxy_dataset",
+    "pack_masks",
+    "unpack_masks",
+]
