@@ -1,0 +1,40 @@
+"""Card entries shared by every trained model: hardware, software, and the command that made it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+
+
+def hardware_info() -> dict[str, Any]:
+    """CPU model, cores, torch threads, GPU (if any) and library versions of this run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(terse=True),
+    }
+    return info
+
+
+def command_line() -> str:
+    """The command that is running, as typed (module path relative to the repository)."""
+    return " ".join(["python", *sys.argv])
+
+
+__all__ = ["command_line", "hardware_info"]
