@@ -17,6 +17,19 @@ from vitmech.data._errors import (
 )
 from vitmech.data._io import Box, mask_to_box
 from vitmech.data._transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocess
+from vitmech.data.chirps import (
+    TARGETS,
+    ChirpParams,
+    ChirpSample,
+    ChirpSplits,
+    FigureStyle,
+    TargetScaler,
+    chirp_spectrogram,
+    generate_chirp,
+    generate_chirps,
+    load_chirps,
+    write_chirp_dataset,
+)
 from vitmech.data.galaxies import (
     FEATURES,
     GalaxyBatch,
@@ -53,6 +66,17 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "default_preprocess",
+    "TARGETS",
+    "ChirpParams",
+    "ChirpSample",
+    "ChirpSplits",
+    "FigureStyle",
+    "TargetScaler",
+    "chirp_spectrogram",
+    "generate_chirp",
+    "generate_chirps",
+    "load_chirps",
+    "write_chirp_dataset",
     "FEATURES",
     "GalaxyBatch",
     "GalaxyParams",

@@ -18,7 +18,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import PIL.Image
-import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features
 from jaxtyping import Bool, UInt8
@@ -157,8 +156,10 @@ class ShardWriter:
             return
         if self._shard >= len(self.paths):
             raise DataError(f"more rows than announced ({self.n_rows}) for {self.paths[0].name}")
-        encoded = self.features.encode_batch(self._buffer)
-        table = pa.Table.from_pydict(encoded, schema=self.schema)
+        from datasets import Dataset  # HF's writer handles every feature type (images, Array2D, lists)
+
+        table = Dataset.from_dict(self._buffer, features=self.features).data.table
+        table = table.replace_schema_metadata(self.schema.metadata)
         pq.write_table(table, self.paths[self._shard], row_group_size=PARQUET_ROW_GROUP_SIZE)
         self._written += n
         self._shard += 1
