@@ -1,8 +1,7 @@
 """In-memory training sets and the step -> batch map that makes runs resumable.
 
-Images are kept as uint8 [N, S, S, C] (4x smaller than float) and normalised per batch with the
-model's own `Preprocessing`, so training input equals `model.preprocess(images)` for images at the
-model's size. The sample order is a pure function of (seed, step): the stream of epochs, each a seeded
+Images are kept as uint8 [N, S, S, C] (4x smaller than float) and turned into model input per batch
+with the model's own `Preprocessing`, so training input equals `model.preprocess(images)`. The sample order is a pure function of (seed, step): the stream of epochs, each a seeded
 permutation, cut into consecutive batches. A resumed run therefore sees exactly the batches an
 uninterrupted one would, without storing any sampler state.
 """
@@ -15,12 +14,11 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float, Int, UInt8
 from torch import Tensor
 
-from vitmech.preprocessing import Preprocessing
+from vitmech.preprocessing import Preprocessing, preprocess
 from vitmech.train.errors import TrainingDataError
 
 Task = Literal["classification", "regression"]
@@ -167,15 +165,17 @@ def augment_batch(
 def to_model_input(
     images: UInt8[Tensor, "batch height width channel"], preprocessing: Preprocessing
 ) -> Float[Tensor, "batch channel size size"]:
-    """uint8 channels-last images -> the model's normalised float input [B, C, S, S].
+    """uint8 channels-last images -> the model's normalised float input [B, C, S, S], equal to
+    `model.preprocess(images)`.
 
-    Images already at `preprocessing.image_size` are only normalised (exactly what `model.preprocess`
-    does to them); others are resized with antialiased bilinear interpolation first.
+    Fast path (pure tensor ops) when the images are already square at `preprocessing.image_size` and the
+    preprocessing does not crop (squash with crop_pct 1, as the mini models and google/vit-base-patch16-224):
+    then resizing is the identity and only the normalisation remains. Otherwise `preprocess` (PIL) runs.
     """
-    x = rearrange(images, "b h w c -> b c h w").float().div_(255.0)
     size = preprocessing.image_size
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if images.shape[1] != size or images.shape[2] != size or preprocessing.crop_pct != 1.0:
+        return preprocess(images.cpu().numpy(), preprocessing, n_channels=images.shape[-1])
+    x = rearrange(images, "b h w c -> b c h w").float().div_(255.0)
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - mean) / std

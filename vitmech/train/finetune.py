@@ -88,7 +88,7 @@ def fit_head_on_features(
         if config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(head.parameters()), config.clip_norm)
         optimizer.step()
-        running, count = running + float(loss), count + 1
+        running, count = running + loss.item(), count + 1
         if (step + 1) % max(1, config.log_every) == 0 or step + 1 == config.steps:
             result.history.append({"step": step + 1, "loss": running / count, "lr_factor": lr_factor(step, config)})
             running, count = 0.0, 0

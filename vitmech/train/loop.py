@@ -186,7 +186,7 @@ def fit(
     if not trainable or not any(p.requires_grad for p in trainable):
         raise ValueError("no trainable parameters in the groups; call prepare_tier(model, tier_config) first")
     if train.image_size != model.cfg.image_size:
-        logger.warning("training images are %d px, the model takes %d px: batches are resized", train.image_size, model.cfg.image_size)
+        logger.warning("training images are %d px, the model takes %d px: every batch goes through PIL preprocessing", train.image_size, model.cfg.image_size)
 
     optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:
