@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     card = {
         "name": "vitmech/mini-pretrained",
-        "source_model": f"random init (timm-style trunc-normal, seed {args.seed})",
+        "source_model": f"random init (vitmech.train.mini.scaled_init_, seed {args.seed})",
         "data": {
             "generator": "vitmech.data.procedural (scenes of one textured shape among 0-3 small distractors)",
             "classes": f"{len(SHAPES)} shapes x {len(FILLS)} fills = {len(PROCEDURAL_CLASSES)}",

@@ -31,7 +31,7 @@ from einops import rearrange
 from jaxtyping import Int, UInt8
 from torch import Tensor
 
-SHAPES: tuple[str, ...] = ("disc", "ring", "square", "triangle", "cross", "star", "crescent", "hexagon")
+SHAPES: tuple[str, ...] = ("disc", "ring", "square", "triangle", "cross", "star", "crescent", "ellipse")
 FILLS: tuple[str, ...] = ("solid", "stripes", "checker", "dots")
 PROCEDURAL_CLASSES: tuple[str, ...] = tuple(f"{s}/{f}" for s in SHAPES for f in FILLS)
 
@@ -175,9 +175,8 @@ def shape_field(shape: int, u: Tensor, v: Tensor) -> Tensor:
     if name == "crescent":
         other = torch.sqrt((u - 0.45) ** 2 + v * v) - 0.8
         return torch.maximum(r - 1.0, -other)
-    if name == "hexagon":
-        d = [(u * math.cos(a) + v * math.sin(a)).abs() for a in (0.0, math.pi / 3, 2 * math.pi / 3)]
-        return torch.maximum(torch.maximum(d[0], d[1]), d[2]) - 0.87
+    if name == "ellipse":  # axis ratio 0.4 (the disc's elongated sibling)
+        return torch.sqrt(u * u + (v / 0.4) ** 2) - 1.0
     raise ValueError(f"unknown shape index {shape}")
 
 

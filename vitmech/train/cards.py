@@ -37,4 +37,29 @@ def command_line() -> str:
     return " ".join(["python", *sys.argv])
 
 
-__all__ = ["command_line", "hardware_info"]
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def card_table(card: dict[str, Any], keys: list[str] | None = None) -> str:
+    """A two-column Markdown table of a card's top-level entries (nested dicts flattened one level)."""
+    lines = ["| field | value |", "|---|---|"]
+    for key in keys or list(card):
+        if key not in card:
+            continue
+        value = card[key]
+        if isinstance(value, dict) and key not in ("hardware",):
+            for sub, v in value.items():
+                lines.append(f"| {key}.{sub} | {_fmt(v)} |")
+        else:
+            lines.append(f"| {key} | {_fmt(value)} |")
+    return "\n".join(lines)
+
+
+__all__ = ["card_table", "command_line", "hardware_info"]

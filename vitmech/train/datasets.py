@@ -60,7 +60,7 @@ def procedural_dataset(n: int, seed: int, size: int = 112, *, start: int = 0, ca
 
         return render_in_chunks(render, n, desc=f"procedural {size}px", progress=progress)
 
-    images, labels = cached(cache_dir, {"kind": "procedural", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make)
+    images, labels = cached(cache_dir, {"kind": "procedural", "n": n, "seed": seed, "size": size, "start": start, "v": 2}, make)
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), list(PROCEDURAL_CLASSES), "classification")
 
 
