@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model, weights_note = load_model(args.model)
 
     raw = chirp_dataset(args.n_train + args.n_val + args.n_test, args.data_seed, model.cfg.image_size,
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     base_card = {"source_model": args.model, "source_weights": weights_note, "data": data_card, "targets": targets}
     study = run_study(model, train, val, test, tier, config, probe_config=probe_config, probe_lr=args.probe_lr,
                       probe_train=probe_train, checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     name = "vitmech/mini-chirp" if args.out.rstrip("/").endswith("zoo/mini-chirp") else None
     card = study.tuned.card(
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics=study.card_metrics(),
         train_seconds=round(study.tuned.train_result.seconds, 1),
         probe_seconds=round(study.probe.train_result.seconds, 1) if study.probe else None,
+        probe_cpu_seconds=round(study.probe.train_result.cpu_seconds, 1) if study.probe else None,
         wall_seconds_total=round(wall, 1),
+        cpu_seconds_total=round(cpu, 1),
         hardware=hardware_info(),
         command=command_line(),
     )

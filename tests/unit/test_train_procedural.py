@@ -62,8 +62,9 @@ def test_object_box_sits_around_the_object_centre(index):
     x0, y0, x1, y1 = batch.boxes[0]
     cx, cy = params.cx * 64, params.cy * 64
     assert x1 > x0 and y1 > y0
-    # the box is within the object's reach (scale * max radius of any shape ~ 1 unit) of its centre
-    reach = params.scale * 64 * 1.05 + 1
+    # the box is within the object's reach of its centre: scale * the farthest point of any shape
+    # (the square's corner, 0.85 * sqrt(2) units), plus the one-pixel anti-aliasing ramp
+    reach = params.scale * 64 * 0.85 * math.sqrt(2) + 1
     assert x0 >= cx - reach and x1 <= cx + reach and y0 >= cy - reach and y1 <= cy + reach
 
 

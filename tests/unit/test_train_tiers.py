@@ -83,6 +83,12 @@ def test_lora_merged_changes_only_query_value_and_head(data):
     changed = {k for k in after if not torch.equal(before[k], after[k])}
     expected = {f"blocks.{i}.attn.W_{n}" for i in range(base.cfg.n_layers) for n in "QV"} | {"head.W_H", "head.b_H"}
     assert changed == expected
+    # the merged model is a plain HookedViT again: it exports to timm with the same logits
+    from vitmech.loading import to_timm
+
+    x = seeded_images(2, 32, seed=9)
+    with torch.no_grad():
+        assert (to_timm(result.model).eval()(x) - result.model(x)).abs().max() < 1e-5
     # rank of each block's merged update is at most the LoRA rank
     for i in range(base.cfg.n_layers):
         delta = after[f"blocks.{i}.attn.W_Q"] - before[f"blocks.{i}.attn.W_Q"]
@@ -207,3 +213,14 @@ def test_bad_tier_and_double_lora_are_refused():
         apply_lora(model)
     with pytest.raises(ValueError, match="out of range"):
         apply_lora(tiny_model(0), LoRAConfig(layers=(7,)))
+
+
+def test_lora_tier_groups_hold_only_adapters_and_head(data):
+    model = with_new_head(tiny_model(8), data.n_outputs, data.names)
+    groups = prepare_tier(model, TierConfig("lora", head_lr=1e-3, backbone_lr=5e-4, weight_decay=0.1))
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"head", "head_no_decay", "lora"}
+    assert {id(p) for p in by_name["lora"]["params"]} == {id(p) for p in lora_parameters(model)}
+    assert by_name["lora"]["lr"] == 5e-4 and by_name["lora"]["weight_decay"] == 0.1
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if n.startswith("head.") or ".lora_" in n} and len(trainable) == 2 + 2 * 2 * 3

@@ -62,4 +62,18 @@ def card_table(card: dict[str, Any], keys: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["card_table", "command_line", "hardware_info"]
+def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], intro: str, reproduce: str) -> str:
+    """A Markdown model-card page: intro, architecture, the card's entries, and the reproducing commands."""
+    arch = ", ".join(f"{k} {config[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes"))
+    return "\n\n".join([
+        f"# {name}",
+        intro.strip(),
+        f"**Architecture:** {arch} (`HookedViT.from_pretrained(\"{name}\")`).",
+        "## Card (from the model's `config.json`)",
+        card_table(card),
+        "## Reproduce",
+        reproduce.strip(),
+    ]) + "\n"
+
+
+__all__ = ["card_table", "command_line", "hardware_info", "model_card_page"]

@@ -51,6 +51,7 @@ class FineTuneResult:
             "train_config": self.train_config.to_dict(),
             "trainable_parameters": self.trainable_parameters,
             "train_seconds": round(self.train_result.seconds, 1),
+            "train_cpu_seconds": round(self.train_result.cpu_seconds, 1),
             "final_train_loss": self.train_result.final_loss,
             **self.extra,
         }
@@ -70,7 +71,7 @@ def fit_head_on_features(
 ) -> TrainResult:
     """The linear probe's fast path: compute the frozen backbone's CLS features once, then train only the
     head on them with the same AdamW / schedule / batches as `fit` (no augmentation: features are fixed)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     features = predict(model, train, return_type="features", progress=progress)
     head = model.head
     optimizer = torch.optim.AdamW(groups, betas=config.betas, eps=config.eps)
@@ -94,6 +95,7 @@ def fit_head_on_features(
             running, count = 0.0, 0
     result.steps_done = config.steps
     result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
     return result
 
 

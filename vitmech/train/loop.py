@@ -110,11 +110,13 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 @dataclass
 class TrainResult:
     """What a run did. `history` rows: step, loss (mean since the last row), lr factor, grad norm,
-    and any evaluation metrics; `interrupted` when it stopped early at `stop_at_step`."""
+    and any evaluation metrics; `seconds` wall time and `cpu_seconds` process CPU time (all threads)
+    of this call; `interrupted` when it stopped early at `stop_at_step`."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     steps_done: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     resumed_from: Optional[int] = None
     interrupted: bool = False
 
@@ -218,7 +220,7 @@ def fit(
         model.train()
         result.history.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     running, count = 0.0, 0
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
@@ -244,6 +246,7 @@ def fit(
     result.steps_done = end
     result.interrupted = end < config.steps
     result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
     return result
 
 

@@ -59,8 +59,12 @@ class TierConfig:
 
 
 def _decays(name: str, param: nn.Parameter) -> bool:
+    """Weight matrices (W_*, but not W_pos / W_cls) and LoRA adapters decay; biases (b_Q is [H, d_head]:
+    2-D but a bias) and LayerNorm parameters do not."""
     leaf = name.rsplit(".", 1)[-1]
-    return param.ndim >= 2 and leaf not in _NO_DECAY_LEAVES
+    if ".lora_A." in name or ".lora_B." in name:
+        return True
+    return leaf.startswith("W_") and leaf not in _NO_DECAY_LEAVES
 
 
 def _groups(named: list[tuple[str, nn.Parameter]], label: str, lr: float, weight_decay: float) -> list[dict[str, Any]]:
