@@ -48,10 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=None,
                    help="test images (synthetic, default 568) / test rows requested (gz2, default 1000 or all there are)")
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training set (sets --steps)")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the training set (sets --steps)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--head-lr", type=float, default=5e-4)
     p.add_argument("--backbone-lr", type=float, default=3e-4, help="backbone (full) or adapter (lora) learning rate")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--probe-steps", type=int, default=600, help="linear-probe steps on cached features (0: no probe)")
     p.add_argument("--probe-lr", type=float, default=1e-2)
+    p.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)")
     p.add_argument("--probe-train", type=int, default=None, help="training images for the probe (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     probe_train = train.subset(torch.arange(min(args.probe_train, len(train)))) if args.probe_train else None
     base_card = {"source_model": args.model, "source_weights": weights_note, "data": data_card}
     study = run_study(model, train, val, test, tier, config, probe_config=probe_config, probe_lr=args.probe_lr,
-                      probe_train=probe_train, checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
+                      probe_train=probe_train, head_from_probe=args.lp_ft and bool(args.probe_steps), checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     name = "vitmech/mini-galaxy" if args.out.rstrip("/").endswith("zoo/mini-galaxy") else None

@@ -43,11 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-val", type=int, default=500)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--backbone-lr", type=float, default=1e-3, help="adapter (lora) or backbone (full) learning rate")
+    p.add_argument("--backbone-lr", type=float, default=2e-3, help="adapter (lora) or backbone (full) learning rate")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--lora-rank", type=int, default=8)
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--probe-steps", type=int, default=600, help="linear-probe steps on cached features (0: no probe)")
     p.add_argument("--probe-lr", type=float, default=1e-2)
+    p.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)")
     p.add_argument("--probe-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                  "seed": args.data_seed, "images": "stream indices 0.. split in order train / val / test"}
     base_card = {"source_model": args.model, "source_weights": weights_note, "data": data_card, "targets": targets}
     study = run_study(model, train, val, test, tier, config, probe_config=probe_config, probe_lr=args.probe_lr,
-                      probe_train=probe_train, checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
+                      probe_train=probe_train, head_from_probe=args.lp_ft and bool(args.probe_steps), checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     name = "vitmech/mini-chirp" if args.out.rstrip("/").endswith("zoo/mini-chirp") else None

@@ -85,18 +85,29 @@ def run_study(
     probe_config: TrainConfig | None = None,
     probe_lr: float = 1e-2,
     probe_train: ArrayDataset | None = None,
+    head_from_probe: bool = False,
     checkpoint_dir: str | Path | None = None,
     card: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> StudyResult:
     """Fine-tune `model` by `tier`, train its linear probe (unless probe_config is None), and evaluate
-    both and the baselines on `test`. `probe_train` (default `train`) lets the probe use a subset."""
-    tuned = fine_tune(model, train, tier, config, val=val, checkpoint_dir=checkpoint_dir, card=card, progress=progress)
-    test_eval = evaluate(tuned.model, test, progress=progress)
+    both and the baselines on `test`. `probe_train` (default `train`) lets the probe use a subset.
+
+    `head_from_probe`: start the fine-tune from the trained linear probe's head instead of a zero head
+    (LP-FT, Kumar et al. 2022, "Fine-tuning can distort pretrained features"): the backbone then adapts
+    to a head that already reads its features, instead of to a random one.
+    """
     probe = probe_eval = None
     if probe_config is not None and tier.tier != "linear_probe":
         probe = fine_tune(model, probe_train or train, TierConfig("linear_probe", head_lr=probe_lr), probe_config, progress=progress)
         probe_eval = evaluate(probe.model, test, progress=progress)
+    if head_from_probe and probe is None:
+        raise ValueError("head_from_probe needs the linear probe: give probe_config (and a tier other than linear_probe)")
+    start, new_head = (probe.model, False) if head_from_probe and probe is not None else (model, True)
+    tuned = fine_tune(start, train, tier, config, val=val, new_head=new_head, checkpoint_dir=checkpoint_dir, card=card, progress=progress)
+    if head_from_probe:
+        tuned.extra["head_init"] = "linear probe (LP-FT)"
+    test_eval = evaluate(tuned.model, test, progress=progress)
     if train.task == "classification":
         baselines: dict[str, Any] = chance_baselines(train.targets, test.targets, train.n_outputs)
     else:
