@@ -1,0 +1,153 @@
+"""One call from a model and a labelled set to a fine-tuned HookedViT: head swap, tier, loop, merge, evaluation.
+
+    from vitmech.train import TierConfig, TrainConfig, fine_tune
+    result = fine_tune(HookedViT.from_pretrained("google/vit-base-patch16-224"), train, TierConfig("lora"),
+                       TrainConfig(steps=500, batch_size=32, warmup_steps=50), val=val)
+    result.model.save_pretrained("runs/vit_b16_lora", card=result.card())
+
+The input model is never changed: the result is a new HookedViT (LoRA merged into plain weights) that
+every analysis opens and that exports to timm/HF like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitmech.model.hooked_vit import HookedViT
+from vitmech.train.data import ArrayDataset, batch_indices
+from vitmech.train.evaluate import Evaluation, evaluate, predict
+from vitmech.train.heads import check_head, with_new_head
+from vitmech.train.lora import has_lora, lora_summary, merge_lora
+from vitmech.train.loop import TrainConfig, TrainResult, fit, lr_factor, task_loss
+from vitmech.train.tiers import TierConfig, prepare_tier, trainable_parameter_count
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FineTuneResult:
+    """The fine-tuned model, the run's history, and its evaluation on `val` (if given)."""
+
+    model: HookedViT
+    tier: TierConfig
+    train_config: TrainConfig
+    train_result: TrainResult
+    evaluation: Evaluation | None = None
+    trainable_parameters: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def card(self, **more: Any) -> dict[str, Any]:
+        """Card entries for `save_pretrained`: tier, hyperparameters, trainable parameters, time, metrics."""
+        card: dict[str, Any] = {
+            "tier": self.tier.tier,
+            "tier_config": self.tier.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "trainable_parameters": self.trainable_parameters,
+            "train_seconds": round(self.train_result.seconds, 1),
+            "train_cpu_seconds": round(self.train_result.cpu_seconds, 1),
+            "final_train_loss": self.train_result.final_loss,
+            **self.extra,
+        }
+        if self.evaluation is not None:
+            card["metrics"] = {"validation": self.evaluation.to_dict()}
+        card.update(more)
+        return card
+
+
+def _metric(model: HookedViT, data: ArrayDataset) -> dict[str, float]:
+    ev = evaluate(model, data)
+    return {"accuracy": ev.accuracy} if data.task == "classification" else {"mean_mse": ev.mean_mse}
+
+
+def fit_head_on_features(
+    model: HookedViT, train: ArrayDataset, config: TrainConfig, groups: list[dict[str, Any]], progress: bool = True
+) -> TrainResult:
+    """The linear probe's fast path: compute the frozen backbone's CLS features once, then train only the
+    head on them with the same AdamW / schedule / batches as `fit` (no augmentation: features are fixed)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    features = predict(model, train, return_type="features", progress=progress)
+    head = model.head
+    optimizer = torch.optim.AdamW(groups, betas=config.betas, eps=config.eps)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    result = TrainResult()
+    running, count = 0.0, 0
+    for step in range(config.steps):
+        rows = batch_indices(len(train), config.batch_size, step, config.seed)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, config)
+        loss = task_loss(head(features[rows]), train.targets[rows], train.task, config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(head.parameters()), config.clip_norm)
+        optimizer.step()
+        running, count = running + loss.item(), count + 1
+        if (step + 1) % max(1, config.log_every) == 0 or step + 1 == config.steps:
+            result.history.append({"step": step + 1, "loss": running / count, "lr_factor": lr_factor(step, config)})
+            running, count = 0.0, 0
+    result.steps_done = config.steps
+    result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
+    return result
+
+
+def fine_tune(
+    model: HookedViT,
+    train: ArrayDataset,
+    tier: TierConfig,
+    config: TrainConfig,
+    *,
+    val: ArrayDataset | None = None,
+    new_head: bool = True,
+    cache_features: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    card: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FineTuneResult:
+    """Fine-tune a copy of `model` on `train` by tier; returns the merged model and its history.
+
+    Args:
+        new_head: give the copy a fresh zero-initialised head sized for `train` (names = train.names);
+            False keeps the model's head, which must then match (HeadMismatchError otherwise).
+        cache_features: for the linear probe, train the head on features computed once (fast; no
+            augmentation); False runs the generic loop with the backbone frozen (checkpointed).
+        checkpoint_dir / resume: see `fit`.
+    """
+    if new_head:
+        work = with_new_head(model, train.n_outputs, train.names, task=train.task, seed=config.seed)
+    else:
+        check_head(model, train.n_outputs, f"the {train.task} targets")
+        work = copy.deepcopy(model)
+    if val is not None:
+        check_head(work, val.n_outputs, f"the validation {val.task} targets")
+    groups = prepare_tier(work, tier, seed=config.seed)
+    n_trainable = trainable_parameter_count(work)
+    adapters = lora_summary(work)
+    extra = {"lora": adapters} if adapters.get("adapters") else {}
+    if tier.tier == "linear_probe" and cache_features:
+        result = fit_head_on_features(work, train, config, groups, progress=progress)
+    else:
+        evaluate_fn = (lambda m: _metric(m, val)) if val is not None else None
+        result = fit(
+            work, groups, train, config, checkpoint_dir=checkpoint_dir, resume=resume, evaluate=evaluate_fn,
+            card=card, fingerprint_extra={"tier": tier.to_dict()}, progress=progress,
+        )
+    if has_lora(work):
+        merge_lora(work)
+    for param in work.parameters():
+        param.requires_grad_(True)
+    work.eval()
+    evaluation = evaluate(work, val) if val is not None else None
+    return FineTuneResult(work, tier, config, result, evaluation, n_trainable, extra)
+
+
+__all__ = ["FineTuneResult", "fine_tune", "fit_head_on_features"]

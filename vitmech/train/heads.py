@@ -1,0 +1,117 @@
+"""Swap a HookedViT's output head (classification or regression) and change its input resolution.
+
+Both return a new HookedViT with a new config and copy every other weight, so the result loads,
+saves and exports like any other model. A regression head is the same linear map on the final-normalised
+CLS token as a classifier (`W_H` [d_model, K]); its outputs are named by `class_names` (the target
+names) and `card["task"] = "regression"` says how to read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from vitmech.model.hooked_vit import HookedViT
+from vitmech.preprocessing import Preprocessing
+from vitmech.train.errors import HeadMismatchError
+
+HeadInit = Literal["zeros", "trunc_normal"]
+
+
+def _copy_model(model: HookedViT, cfg, preprocessing: Preprocessing, class_names: Sequence[str] | None, skip: tuple[str, ...]) -> HookedViT:
+    new = HookedViT(cfg, preprocessing=preprocessing, class_names=class_names, seed=0).to(model.device, model.dtype)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing_real = [k for k in missing if not k.startswith(skip)]
+    if missing_real or unexpected:
+        raise HeadMismatchError(f"copy does not fit: missing {missing_real[:10]}, unexpected {unexpected[:10]}")
+    new.card = dict(model.card)
+    new.set_attention_backend("explicit" if model.blocks[0].attn.force_explicit else "auto")
+    return new
+
+
+def with_new_head(
+    model: HookedViT,
+    n_outputs: int,
+    names: Sequence[str] | None = None,
+    *,
+    task: Literal["classification", "regression"] = "classification",
+    init: HeadInit = "zeros",
+    seed: int = 0,
+) -> HookedViT:
+    """A copy of `model` whose head maps the CLS features to `n_outputs` values.
+
+    The backbone (everything but `head.*`) is copied exactly. The new head starts at zero
+    (`init="zeros"`, so the first gradient step is the linear probe's) or trunc-normal std 0.02.
+    """
+    if not isinstance(n_outputs, int) or n_outputs <= 0:
+        raise HeadMismatchError(f"n_outputs must be a positive int, got {n_outputs!r}")
+    if names is not None and len(names) != n_outputs:
+        raise HeadMismatchError(f"{len(names)} names for a head with {n_outputs} outputs")
+    if init not in ("zeros", "trunc_normal"):
+        raise ValueError(f"init must be 'zeros' or 'trunc_normal', got {init!r}")
+    new = _copy_model(model, model.cfg.replace(n_classes=n_outputs), model.preprocessing, names, skip=("head.",))
+    with torch.no_grad():
+        new.head.b_H.zero_()
+        if init == "zeros":
+            new.head.W_H.zero_()
+        else:
+            g = torch.Generator().manual_seed(seed)
+            w = torch.nn.init.trunc_normal_(torch.empty(new.head.W_H.shape), std=0.02, a=-0.04, b=0.04, generator=g)
+            new.head.W_H.copy_(w)
+    new.card = {k: v for k, v in model.card.items() if k not in ("metrics", "task", "targets")}
+    new.card["task"] = task
+    return new
+
+
+def check_head(model: HookedViT, n_outputs: int, what: str = "the labels") -> None:
+    """Raise HeadMismatchError unless the model has a head with exactly `n_outputs` outputs."""
+    if not model.cfg.has_classifier:
+        raise HeadMismatchError(
+            f"the model has no head but {what} need {n_outputs} outputs; use with_new_head(model, {n_outputs})"
+        )
+    if model.cfg.n_classes != n_outputs:
+        raise HeadMismatchError(
+            f"the model's head has {model.cfg.n_classes} outputs but {what} need {n_outputs}; "
+            f"swap it with vitmech.train.with_new_head(model, {n_outputs}, names)"
+        )
+
+
+def interpolate_positions(
+    w_pos: Float[Tensor, "pos d_model"], new_grid: int, mode: str = "bicubic"
+) -> Float[Tensor, "new_pos d_model"]:
+    """Resample patch position embeddings from a g x g grid to new_grid x new_grid (CLS row kept).
+
+    As in DeiT/timm `resample_abs_pos_embed`: reshape to the grid, interpolate (align_corners=False),
+    flatten row-major again.
+    """
+    cls, patches = w_pos[:1], w_pos[1:]
+    grid = int(round(len(patches) ** 0.5))
+    if grid * grid != len(patches):
+        raise ValueError(f"{len(patches)} patch positions are not a square grid")
+    if grid == new_grid:
+        return w_pos.clone()
+    image = rearrange(patches, "(gh gw) d -> 1 d gh gw", gh=grid)
+    image = F.interpolate(image, size=(new_grid, new_grid), mode=mode, align_corners=False)
+    return torch.cat([cls, rearrange(image, "1 d gh gw -> (gh gw) d")])
+
+
+def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
+    """A copy of `model` taking `image_size` px input: same patch size, position embeddings resampled
+    to the new grid (train at low resolution, then fine-tune at full resolution)."""
+    cfg = model.cfg.replace(image_size=image_size)
+    pre = model.preprocessing
+    preprocessing = Preprocessing(**{**pre.to_dict(), "image_size": image_size, "mean": tuple(pre.mean), "std": tuple(pre.std)})
+    new = _copy_model(model, cfg, preprocessing, model.class_names, skip=("pos_embed.",))
+    with torch.no_grad():
+        new.pos_embed.W_pos.copy_(interpolate_positions(model.pos_embed.W_pos.detach(), cfg.grid_size))
+    return new
+
+
+__all__ = ["check_head", "interpolate_positions", "with_image_size", "with_new_head"]

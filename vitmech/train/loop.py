@@ -1,0 +1,280 @@
+"""The training loop: AdamW, linear warm-up then cosine decay, gradient clipping, seeded, resumable.
+
+Everything a step does is a function of (seed, step) and the state before it: the batch
+(`data.batch_indices`), its augmentation and any dropout (a generator seeded from (seed, step)), the
+learning rate (`lr_factor(step)`). Checkpoints hold the model and AdamW state, so a run interrupted
+after a checkpoint and resumed ends with the same weights as one that was never interrupted
+(bit-identical on the same machine and thread count; tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vitmech.model.hooked_vit import HookedViT
+from vitmech.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vitmech.train.data import ArrayDataset, Augment, augment_batch, batch_indices, step_generator, to_model_input
+from vitmech.train.errors import TrainingDataError
+from vitmech.train.heads import check_head
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe of one run (learning rates live in the tier's parameter groups).
+
+    Attributes:
+        steps: optimizer steps in total.
+        batch_size: images per step.
+        warmup_steps: linear warm-up from lr/warmup_steps to lr over the first steps.
+        min_lr_ratio: the cosine decays to lr * min_lr_ratio at the last step.
+        clip_norm: max global gradient norm (None: no clipping).
+        seed: everything random in the run derives from it.
+        augment: None, "hflip" or "dihedral" (see data.augment_batch).
+        label_smoothing: for classification losses.
+        betas, eps: AdamW's.
+        checkpoint_every: write a checkpoint every N steps (0: only at the end); needs a checkpoint_dir.
+        keep_checkpoints: newest checkpoints kept (0: all).
+        log_every: steps between history rows.
+        eval_every: steps between calls of the evaluation callback (0: only at the end).
+    """
+
+    steps: int
+    batch_size: int = 32
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    clip_norm: Optional[float] = 1.0
+    seed: int = 0
+    augment: Augment = None
+    label_smoothing: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.augment not in (None, "hflip", "dihedral"):
+            raise ValueError(f"augment must be None, 'hflip' or 'dihedral', got {self.augment!r}")
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that change the numbers (a resume must match them); bookkeeping left out."""
+        d = self.to_dict()
+        for key in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every"):
+            d.pop(key)
+        return d
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of each group's base lr at `step` (0-based): linear warm-up, then cosine to min_lr_ratio."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps - 1)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+@dataclass
+class TrainResult:
+    """What a run did. `history` rows: step, loss (mean since the last row), lr factor, grad norm,
+    and any evaluation metrics; `seconds` wall time and `cpu_seconds` process CPU time (all threads)
+    of this call; `interrupted` when it stopped early at `stop_at_step`."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps_done: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    resumed_from: Optional[int] = None
+    interrupted: bool = False
+
+    def to_frame(self):  # noqa: ANN201 (pandas is imported lazily)
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def final_loss(self) -> float:
+        losses = [row["loss"] for row in self.history if "loss" in row]
+        return losses[-1] if losses else float("nan")
+
+
+def task_loss(outputs: Tensor, targets: Tensor, task: str, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy on class indices, or mean squared error on (z-scored) regression targets."""
+    if task == "classification":
+        return F.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
+    return F.mse_loss(outputs, targets)
+
+
+def run_fingerprint(model: HookedViT, optimizer: torch.optim.Optimizer, train: ArrayDataset, config: TrainConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint's: architecture, trainable tensors, groups, recipe, data size."""
+    trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    groups = [{"name": g.get("name", str(i)), "lr": g["base_lr"], "weight_decay": g["weight_decay"], "n_params": len(g["params"])} for i, g in enumerate(optimizer.param_groups)]
+    return {
+        "model_config": model.cfg.to_dict(),
+        "trainable": trainable,
+        "groups": groups,
+        "recipe": config.recipe(),
+        "data": {"n": len(train), "task": train.task, "names": train.names, "image_size": train.image_size},
+        **({"extra": extra} if extra else {}),
+    }
+
+
+def fit(
+    model: HookedViT,
+    param_groups: list[dict[str, Any]],
+    train: ArrayDataset,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    evaluate: Callable[[HookedViT], dict[str, float]] | None = None,
+    card: dict[str, Any] | None = None,
+    fingerprint_extra: dict[str, Any] | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `train` with AdamW over `param_groups` (from `prepare_tier`).
+
+    Args:
+        checkpoint_dir: where checkpoints go; with `resume`, the newest one there is loaded first
+            (its fingerprint must match this run, else ResumeMismatchError).
+        evaluate: called on the model (in eval mode) every `eval_every` steps and at the end; its
+            metrics join the history.
+        card: stored in each checkpoint (source model, data, tier, ...).
+        stop_at_step: stop after this many steps as if interrupted (checkpoint written first).
+    Returns:
+        TrainResult. The model is left in eval mode.
+    """
+    if len(train) == 0:
+        raise TrainingDataError("the training split is empty")
+    check_head(model, train.n_outputs, f"the {train.task} targets ({len(train.names)} names)")
+    trainable = [p for g in param_groups for p in g["params"]]
+    if not trainable or not any(p.requires_grad for p in trainable):
+        raise ValueError("no trainable parameters in the groups; call prepare_tier(model, tier_config) first")
+    if train.image_size != model.cfg.image_size:
+        logger.warning("training images are %d px, the model takes %d px: every batch goes through PIL preprocessing", train.image_size, model.cfg.image_size)
+
+    optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    fingerprint = run_fingerprint(model, optimizer, train, config, fingerprint_extra)
+    result = TrainResult()
+    start = 0
+    if checkpoint_dir is not None and resume:
+        last = latest_checkpoint(checkpoint_dir)
+        if last is not None:
+            meta = load_checkpoint(last, model, optimizer, fingerprint)
+            start = int(meta["step"])
+            result.history = list(meta.get("history", []))
+            result.resumed_from = start
+            logger.info("resumed from %s (step %d of %d)", last, start, config.steps)
+
+    def checkpoint(step: int) -> None:
+        if checkpoint_dir is None:
+            return
+        state = {"fingerprint": fingerprint, "history": result.history, "card": card or {}, "train_config": config.to_dict()}
+        save_checkpoint(checkpoint_dir, step, model, optimizer, state, keep=config.keep_checkpoints)
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate(model)
+        model.train()
+        result.history.append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.train()
+    running, count = 0.0, 0
+    end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
+    bar = tqdm(range(start, end), total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
+    for step in bar:
+        loss, grad_norm = _train_step(model, optimizer, train, config, step, trainable)
+        running += loss
+        count += 1
+        done = step + 1
+        if done % max(1, config.log_every) == 0 or done == config.steps:
+            row = {"step": done, "loss": running / count, "lr_factor": lr_factor(step, config), "grad_norm": grad_norm}
+            result.history.append(row)
+            bar.set_postfix(loss=f"{running / count:.4f}")
+            running, count = 0.0, 0
+        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+            run_eval(done)
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done in (end, config.steps):
+            if done == config.steps:
+                run_eval(done)
+            checkpoint(done)
+    bar.close()
+    model.eval()
+    result.steps_done = end
+    result.interrupted = end < config.steps
+    result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
+    return result
+
+
+def _train_step(
+    model: HookedViT, optimizer: torch.optim.Optimizer, train: ArrayDataset, config: TrainConfig, step: int, trainable: list[torch.nn.Parameter]
+) -> tuple[float, float]:
+    rows = batch_indices(len(train), config.batch_size, step, config.seed)
+    images = augment_batch(train.images[rows], config.augment, step_generator(config.seed, step, stream=2))
+    x = to_model_input(images, model.preprocessing).to(model.device, model.dtype)
+    y = train.targets[rows].to(model.device)
+    factor = lr_factor(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    dropout_seed = int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(dropout_seed)
+        loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    params = [p for p in trainable if p.grad is not None]
+    if config.clip_norm is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
+    else:
+        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
+    optimizer.step()
+    return float(loss.item()), norm
+
+
+__all__ = ["TrainConfig", "TrainResult", "fit", "lr_factor", "run_fingerprint", "task_loss"]
