@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/01_manual_attention.py
+	$(PY) experiments/06_before_after_comparison.py --out reports/before_after
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -8,8 +8,8 @@ centred, value biases folded: the logits are unchanged, checked below):
   - direct logit attribution per head to each image's predicted class, and a logit lens;
   - how each of these changed with fine-tuning (same architecture required for the per-head deltas).
 
-    python experiments/08_circuits_report.py --model vitmech/mini-pretrained --finetuned vitmech/mini-galaxy \
-        --images path/to/galaxies --out reports/08_circuits
+    python experiments/08_circuits_report.py                      # the embedded pair on 16 synthetic galaxies
+    python experiments/08_circuits_report.py --model vit_base_patch16_224 --finetuned none --images path/to/folder
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
 from vitmech.analysis.circuits import (
     attention_distance_px, composition_changes, composition_scores, ov_copying_scores, positional_qk,
 )
-from vitmech.cli import add_output_argument, load_image_folder, load_model
-from vitmech.errors import UnknownModelError
+from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
 from vitmech.viz.circuits import (
     plot_composition, plot_head_change, plot_head_dla, plot_locality, plot_logit_lens, plot_positional_grids,
@@ -40,39 +39,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vitmech/mini-pretrained", help="shipped name, local path, timm name or hub id")
     parser.add_argument("--finetuned", default="vitmech/mini-galaxy", help="its fine-tuned twin; 'none' for one model")
-    parser.add_argument("--images", default=None, help="image folder (default: seeded noise images, said in the report)")
-    parser.add_argument("--n-images", type=int, default=16, help="images for DLA, logit lens and measured distances")
+    add_image_arguments(parser, default_galaxies=16)  # images for DLA, logit lens and measured distances
     parser.add_argument("--query", default="centre", help="query patch for the positional grids: 'centre', 'cls', k or row,col")
     parser.add_argument("--positional-mode", choices=("ln1", "raw"), default="ln1")
     parser.add_argument("--top-pairs", type=int, default=10, help="composing pairs listed per mode")
     parser.add_argument("--no-baseline", action="store_true", help="do not subtract the random-matrix composition baseline")
     parser.add_argument("--raw-weights", action="store_true", help="skip weight processing")
-    parser.add_argument("--seed", type=int, default=0)
     add_output_argument(parser, "reports/08_circuits")
     args = parser.parse_args(argv)
-    if args.n_images < 1:
-        parser.error("--n-images must be >= 1")
     if "," in args.query:
         args.query = tuple(int(v) for v in args.query.split(","))
     elif args.query.lstrip("-").isdigit():
         args.query = int(args.query)
     return args
-
-
-def load(name: str) -> tuple[HookedViT, str]:
-    try:
-        return load_model(name)
-    except (UnknownModelError, FileNotFoundError, OSError) as err:
-        hint = " (the shipped mini models come with the fine-tuning issue; pass a local path)" if name.startswith("vitmech/") else ""
-        raise SystemExit(f"error: cannot load model {name!r}{hint}: {err}") from None
-
-
-def images_for(model: HookedViT, args: argparse.Namespace) -> tuple[torch.Tensor, str]:
-    if args.images:
-        return load_image_folder(model, args.images, limit=args.n_images), f"images from {args.images}"
-    g = torch.Generator().manual_seed(args.seed)
-    size, c = model.cfg.image_size, model.cfg.n_channels
-    return torch.randn(args.n_images, c, size, size, generator=g).to(model.dtype), "SEEDED NOISE images (no --images given)"
 
 
 def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
@@ -84,10 +63,11 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
                         for l in range(cfg.n_layers)])
 
 
-def analyse(label: str, name: str, args: argparse.Namespace, report: Report) -> dict:
-    raw, weights = load(name)
+def analyse(label: str, name: str, loaded: tuple[HookedViT, str], images: list, image_note: str,
+            args: argparse.Namespace, report: Report) -> dict:
+    raw, weights = loaded
     model = raw if args.raw_weights else process_weights(raw)
-    images, image_note = images_for(model, args)
+    images = model.preprocess(images)
     with torch.no_grad():
         drift = float((model(images) - raw(images)).abs().max()) if model.cfg.has_classifier else 0.0
     report.add_text(f"**{label}**: `{name}` ({weights}); {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
@@ -110,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     names = {"pretrained": args.model}
     if args.finetuned and args.finetuned.lower() != "none":
         names["finetuned"] = args.finetuned
+    loaded = load_models(list(names.values()))
+    images, image_note = load_images(args)
     report = Report(args.out, "Circuits: positional QK, composition, direct logit attribution")
-    results = {label: analyse(label, name, args, report) for label, name in names.items()}
+    results = {label: analyse(label, name, model, images, image_note, args, report)
+               for (label, name), model in zip(names.items(), loaded)}
 
     report.add_text("## Positional QK\n\nScores of each head from the position embeddings alone "
                     f"(mode `{args.positional_mode}`, see docs/circuits.md); the grid shows the softmax over patch "

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
+from vitmech.errors import CheckpointMismatchError, UnknownModelError
 from vitmech.loading.registry import hub_reachable, zoo_models
 from vitmech.model.hooked_vit import HookedViT
 
@@ -49,7 +50,12 @@ def load_models(names: list[str], comparable: bool = False) -> list[tuple[Hooked
             f"error: the shipped model(s) {', '.join(missing)} are not in this checkout. Pass other models: "
             "a timm name, a HF hub id, or a folder written by model.save_pretrained()."
         )
-    loaded = [load_model(n) for n in names]
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(load_model(name))
+        except (UnknownModelError, CheckpointMismatchError, FileNotFoundError, OSError) as err:
+            raise SystemExit(f"error: cannot load model {name!r}: {err}") from None
     if comparable and len(loaded) > 1:
         from vitmech.analysis.compare import check_comparable
         from vitmech.errors import ModelMismatchError

@@ -38,7 +38,7 @@ def saved_pair(tmp_path_factory):
 def test_report_for_a_model_and_its_fine_tuned_twin(saved_pair, tmp_path):
     pre, ft = saved_pair
     out = tmp_path / "report"
-    assert load_script().main(["--model", str(pre), "--finetuned", str(ft), "--n-images", "3", "--out", str(out)]) == 0
+    assert load_script().main(["--model", str(pre), "--finetuned", str(ft), "--synthetic-galaxies", "3", "--out", str(out)]) == 0
     files = set(json.loads((out / "index.json").read_text())["files"])
     for name in ("positional_grids_pretrained.png", "positional_grids_finetuned.png", "locality.png", "locality_by_head.csv",
                  "composition_top_pretrained.csv", "composition_K_finetuned.png", "dla_heads.png", "dla_top_finetuned.csv",
@@ -46,7 +46,7 @@ def test_report_for_a_model_and_its_fine_tuned_twin(saved_pair, tmp_path):
                  "dla_change.png", "copying_change.png", "ov_copying_pretrained.csv", "settings.json"):
         assert name in files and (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
-    assert "## Changes with fine-tuning" in text and "SEEDED NOISE" in text
+    assert "## Changes with fine-tuning" in text and "3 synthetic galaxies" in text
     assert "max |sum of components - logit|" in text
     errors = [float(line.split("= ")[1].split(";")[0]) for line in text.splitlines() if "max |sum of components - logit|" in line]
     assert len(errors) == 2 and max(errors) < 1e-4
@@ -64,16 +64,17 @@ def test_report_for_one_model_from_an_image_folder(saved_pair, tmp_path):
     assert main(["--model", str(saved_pair[0]), "--finetuned", "none", "--images", str(folder), "--query", "1,2",
                  "--positional-mode", "raw", "--no-baseline", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "Changes with fine-tuning" not in text and f"images from {folder}" in text
+    assert "Changes with fine-tuning" not in text and f"2 images from {folder}" in text
 
 
-def test_missing_models_fail_clearly(tmp_path, capsys):
+def test_missing_models_fail_clearly(tmp_path):
     main = load_script().main
-    with pytest.raises(SystemExit, match="cannot load model 'vitmech/mini-pretrained'.*fine-tuning issue"):
-        main(["--model", "vitmech/mini-pretrained", "--finetuned", "none", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit):
-        main(["--n-images", "0"])
-    assert "--n-images must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="vitmech/not-shipped are not in this checkout"):
+        main(["--model", "vitmech/not-shipped", "--finetuned", "none", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="cannot load model '.*nowhere'"):
+        main(["--model", str(tmp_path / "nowhere"), "--finetuned", "none", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="at least 2"):
+        main(["--synthetic-galaxies", "1", "--finetuned", "none", "--out", str(tmp_path / "x")])
 
 
 def test_figures_have_one_panel_per_head_or_model():
