@@ -164,3 +164,37 @@ def test_frames_are_plain_tables(model, data):
     table = ablation_sweep(model, images[:4], [[(0, 0)]], "kl", progress=False)
     assert isinstance(table.to_frame(), pd.DataFrame)
     assert table.effect("L0H0") == pytest.approx(table.delta[0])
+
+
+def test_batch_bounds_cover_every_image_once_and_merge_a_too_small_last_batch():
+    from vitmech.analysis.ablation.sweep import batch_bounds
+
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4, 2) == [(0, 4), (4, 9)]
+    assert batch_bounds(9, 4) == [(0, 4), (4, 8), (8, 9)]
+    assert batch_bounds(1, 4, 2) == [(0, 1)]
+    for n in range(1, 30):
+        for size in range(2, 8):
+            bounds = batch_bounds(n, size, 2)
+            covered = [i for start, stop in bounds for i in range(start, stop)]
+            assert covered == list(range(n))
+            assert len(bounds) == 1 or all(stop - start >= 2 for start, stop in bounds)
+
+
+def test_resample_within_a_ragged_batch_of_one_is_merged_not_a_crash(model):
+    """5 images at batch 4 would leave a last batch of 1, which has no other example to resample from."""
+    images = seeded_images(5, 32, seed=11)
+    labels = torch.arange(5) % 5
+    kwargs = dict(targets=labels, batch_size=4, progress=False, heads=[(0, 1), (1, 2)])
+    exact = head_sweep(model, images, "cross_entropy", ResampleAblation(seed=1), **kwargs)
+    naive = naive_head_sweep(model, images, "cross_entropy", ResampleAblation(seed=1), **kwargs)
+    np.testing.assert_allclose(exact.ablated, naive.ablated, atol=TOL, rtol=0)
+
+
+def test_resample_within_the_batch_of_a_single_image_fails_before_any_compute(model):
+    from vitmech.analysis.ablation import EmptyReferenceError
+
+    with pytest.raises(EmptyReferenceError, match="at least 2 images"):
+        head_sweep(model, seeded_images(1, 32, seed=1), "kl_to_clean", ResampleAblation(), progress=False)
+    with pytest.raises(EmptyReferenceError, match="batches of 1"):
+        head_sweep(model, seeded_images(4, 32, seed=1), "kl_to_clean", ResampleAblation(), batch_size=1, progress=False)

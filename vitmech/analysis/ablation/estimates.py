@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation, z_hook_name
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import HeadSweepResult
-from vitmech.analysis.ablation.sweep import check_inputs
+from vitmech.analysis.ablation.sweep import batch_bounds, check_inputs
 from vitmech.model.hooked_vit import HookedViT
 
 
@@ -78,7 +78,7 @@ def estimate_head_effects(
     """Attribution-patching and Michel estimates for every head (one forward + backward per batch)."""
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
-    check_inputs(model, images, metric, targets, batch_size)
+    check_inputs(model, images, metric, targets, batch_size, ablation)
     n_layers = len(model.blocks)
     if len({block.attn.n_heads for block in model.blocks}) != 1:
         raise ValueError("estimates need the same number of heads in every layer (not a pruned model)")
@@ -87,9 +87,9 @@ def estimate_head_effects(
     michel = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     clean_sum = 0.0
 
-    for b, start in enumerate(range(0, images.shape[0], batch_size)):
-        batch = images[start : start + batch_size]
-        batch_targets = None if targets is None else targets[start : start + batch_size]
+    for b, (start, stop) in enumerate(batch_bounds(images.shape[0], batch_size, ablation.min_batch)):
+        batch = images[start:stop]
+        batch_targets = None if targets is None else targets[start:stop]
         bound = ablation.bind(model, batch, b)
         zs: dict[int, torch.Tensor] = {}
         probes: dict[int, torch.Tensor] = {}

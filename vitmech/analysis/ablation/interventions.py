@@ -72,6 +72,8 @@ class HeadAblation(ABC):
     name: ClassVar[str]
     #: whether replacements read the head's values v (uniform attention)
     needs_values: ClassVar[bool] = False
+    #: the fewest images a batch it is bound to may hold (resampling within the batch needs 2)
+    min_batch: int = 1
 
     @abstractmethod
     def bind(self, model: HookedViT, images: torch.Tensor | None = None, batch_index: int = 0) -> BoundAblation:
@@ -179,6 +181,7 @@ class ResampleAblation(HeadAblation):
             raise EmptyReferenceError(f"resample source must be a non-empty image batch [N, C, S, S]; got {shape}")
         self.source = source
         self.seed = int(seed)
+        self.min_batch = 1 if source is not None else 2
         self._key = f"resample:{self.seed}:{'self' if source is None else tensor_fingerprint(source)}"
 
     def source_indices(self, batch_size: int, batch_index: int = 0) -> torch.Tensor:

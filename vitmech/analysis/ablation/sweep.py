@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vitmech.analysis.ablation._fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.analysis.ablation._recompute import run_clean, run_variants
-from vitmech.analysis.ablation.errors import AblationError, MetricError
+from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError, MetricError
 from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
 from vitmech.analysis.ablation.interventions import (
     AblationLike,
@@ -54,6 +54,7 @@ def check_inputs(
     metric: Metric,
     targets: torch.Tensor | None,
     batch_size: int,
+    ablation: HeadAblation | None = None,
 ) -> None:
     """Clear errors for bad sweep inputs (before any compute)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
@@ -68,6 +69,20 @@ def check_inputs(
         raise MetricError(f"targets must be a tensor with one row per image ({images.shape[0]}); got {got}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise AblationError(f"batch_size must be a positive int, got {batch_size!r}")
+    if ablation is not None and min(images.shape[0], batch_size) < ablation.min_batch:
+        raise EmptyReferenceError(f"{ablation.name} ablation without source images needs at least {ablation.min_batch} "
+                                  f"images per batch; got {images.shape[0]} images in batches of {batch_size} "
+                                  "(or pass source=reference images)")
+
+
+def batch_bounds(n_images: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) of each batch: `batch_size` images each; a last batch smaller than `min_batch`
+    joins the one before it (so resampling within the batch never sees a batch of one)."""
+    bounds = [(start, min(start + batch_size, n_images)) for start in range(0, n_images, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_batch:
+        (start, _), (_, stop) = bounds[-2], bounds.pop()
+        bounds[-1] = (start, stop)
+    return bounds
 
 
 def plan_chunks(cells: Sequence[Cell], variants_per_chunk: int) -> list[list[int]]:
@@ -236,30 +251,29 @@ def ablation_sweep(
     """
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
-    check_inputs(model, images, metric, targets, batch_size)
+    check_inputs(model, images, metric, targets, batch_size, ablation)
     if engine not in ("exact", "naive"):
         raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
     if not isinstance(max_batch, int) or max_batch < 1:
         raise AblationError(f"max_batch must be a positive int, got {max_batch!r}")
     cells = _as_cells(model, cells)
     chunks = plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
-    n_images = images.shape[0]
-    starts = list(range(0, n_images, batch_size))
+    bounds = batch_bounds(images.shape[0], batch_size, ablation.min_batch)
 
     sink = _open_store(store, model, images, targets, metric, ablation, cells, batch_size, max_batch, engine)
     weight_cache: dict = {}
-    bar = tqdm(total=len(starts) * len(cells), initial=sink.n_cells_done, disable=not progress,
+    bar = tqdm(total=len(bounds) * len(cells), initial=sink.n_cells_done, disable=not progress,
                desc=f"{ablation.name} ablation, {metric.name}", unit="cell")
     try:
-        for b, start in enumerate(starts):
+        for b, (start, stop) in enumerate(bounds):
             pending = [chunk for chunk in chunks if not all(sink.has_cell(b, cells[i].name) for i in chunk)]
             if pending or not sink.has_clean(b):
-                batch_targets = None if targets is None else targets[start : start + batch_size]
-                _sweep_batch(model, images[start : start + batch_size], batch_targets, b, cells, pending, metric,
+                batch_targets = None if targets is None else targets[start:stop]
+                _sweep_batch(model, images[start:stop], batch_targets, b, cells, pending, metric,
                              ablation, engine, sink, bar, weight_cache)
     finally:
         bar.close()
-    return _table(sink, cells, len(starts), metric, ablation)
+    return _table(sink, cells, len(bounds), metric, ablation)
 
 
 def head_sweep(
@@ -331,4 +345,4 @@ def naive_head_sweep(model: HookedViT, images: torch.Tensor, metric: MetricLike,
     return head_sweep(model, images, metric, ablation, engine="naive", **kwargs)
 
 
-__all__ = ["BoundAblation", "ablated_output", "ablation_sweep", "check_inputs", "head_sweep", "naive_head_sweep", "plan_chunks"]
+__all__ = ["BoundAblation", "ablated_output", "ablation_sweep", "batch_bounds", "check_inputs", "head_sweep", "naive_head_sweep", "plan_chunks"]
