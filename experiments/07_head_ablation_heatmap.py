@@ -35,25 +35,33 @@ from vitmech.analysis.ablation import (
     resolve_ablation,
     resolve_metric,
 )
-from vitmech.cli import add_output_argument, load_image_folder, load_model
+from vitmech.cli import add_output_argument, load_model, read_image_folder
 from vitmech.report import Report
 from vitmech.viz.ablation import plot_estimates_vs_exact, plot_head_heatmap, plot_layer_summary
 
 logger = logging.getLogger("07_head_ablation_heatmap")
 
 
-def load_targets(path: str, n: int) -> torch.Tensor:
-    """Targets from .npy or .csv (header-less numbers), one row per image; integer columns become class labels."""
+def load_targets(path: str, rows: list[int], kind: str = "auto") -> torch.Tensor:
+    """Rows `rows` of the targets in .npy or .csv (header-less numbers), one row per image file.
+
+    kind "labels": class indices; "values": regression targets; "auto": integer-typed or whole-number
+    single columns are labels, unless the model card says the model is a regressor (the caller passes "values").
+    """
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"no targets file at {file}")
     values = np.load(file) if file.suffix == ".npy" else np.loadtxt(file, delimiter=",", ndmin=2)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
+    n = max(rows) + 1
     if values.shape[0] < n:
-        raise ValueError(f"{file} has {values.shape[0]} rows for {n} images")
-    values = values[:n]
-    if np.issubdtype(values.dtype, np.integer) or (values.ndim == 1 and np.all(values == np.round(values))):
+        raise ValueError(f"{file} has {values.shape[0]} rows for {n} image files")
+    values = values[rows]
+    whole = values.ndim == 1 and np.all(values == np.round(values))
+    if kind == "labels" or (kind == "auto" and (np.issubdtype(values.dtype, np.integer) or whole)):
+        if not whole:
+            raise ValueError(f"{file}: class labels must be one whole number per image")
         return torch.as_tensor(values.astype(np.int64))
     return torch.as_tensor(values, dtype=torch.float32)
 
@@ -96,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--images", help="folder of images (default: --dataset chirps)")
     source.add_argument("--dataset", choices=["chirps"], help="generated data set with targets (default)")
     parser.add_argument("--targets", help=".npy/.csv targets aligned with the sorted image files")
+    parser.add_argument("--targets-are", choices=["auto", "labels", "values"], default="auto",
+                        help="class labels or regression values (auto: whole numbers are labels, unless the "
+                             "model card says regression)")
     parser.add_argument("--n-images", type=int, default=64, help="images to average over (default 64)")
     parser.add_argument("--metric", default=None,
                         help="mse, cross_entropy, accuracy, class_logit, kl_to_clean, mse_to_clean, ... (default: mse "
@@ -121,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the shipped chirp model arrives with the fine-tuning issue
         parser.error(f"cannot load model {args.model!r}: {err}. Pass --model <name or path>.")
     if args.images:
-        images = load_image_folder(model, args.images, limit=args.n_images)
-        targets = load_targets(args.targets, images.shape[0]) if args.targets else None
+        pil_images, kept = read_image_folder(args.images, limit=args.n_images)
+        images = model.preprocess(pil_images)
+        kind = args.targets_are
+        if kind == "auto" and isinstance(model.card, dict) and model.card.get("task") == "regression":
+            kind = "values"
+        targets = load_targets(args.targets, kept, kind) if args.targets else None
         data_note = f"{images.shape[0]} images from {args.images}" + (f", targets from {args.targets}" if targets is not None else "")
     else:
         images, targets, data_note = load_chirps(model, args.n_images, args.seed)

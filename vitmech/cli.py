@@ -106,21 +106,28 @@ def image_files(path: str | Path) -> list[Path]:
     return files
 
 
-def load_image_folder(model: HookedViT, path: str | Path, limit: int | None = None) -> Float[torch.Tensor, "batch c h w"]:
-    """Images from a folder, preprocessed for `model`; unreadable files are skipped with a count in the log."""
+def read_image_folder(path: str | Path, limit: int | None = None) -> tuple[list[Image.Image], list[int]]:
+    """RGB images from a folder (sorted file order) and the index of each among the files; unreadable
+    files are skipped with a count in the log, so the indices say which rows of aligned targets to keep."""
     files = image_files(path)[:limit]
-    images, skipped = [], 0
-    for file in files:
+    images, kept = [], []
+    for index, file in enumerate(files):
         try:
             with Image.open(file) as im:
                 images.append(im.convert("RGB"))
+            kept.append(index)
         except OSError:
-            skipped += 1
-    if skipped:
-        logger.warning("skipped %d unreadable image files of %d under %s", skipped, len(files), path)
+            pass
+    if len(kept) < len(files):
+        logger.warning("skipped %d unreadable image files of %d under %s", len(files) - len(kept), len(files), path)
     if not images:
         raise ValueError(f"none of the {len(files)} image files under {path} could be read")
-    return model.preprocess(images)
+    return images, kept
+
+
+def load_image_folder(model: HookedViT, path: str | Path, limit: int | None = None) -> Float[torch.Tensor, "batch c h w"]:
+    """Images from a folder, preprocessed for `model`; unreadable files are skipped with a count in the log."""
+    return model.preprocess(read_image_folder(path, limit)[0])
 
 
 def add_output_argument(parser: argparse.ArgumentParser, default: str) -> None:

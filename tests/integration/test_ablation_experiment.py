@@ -107,3 +107,31 @@ def test_plots_draw_the_results():
         assert isinstance(figure, matplotlib.figure.Figure)
     with pytest.raises(ValueError, match="grid"):
         plot_head_heatmap(np.zeros(3))
+
+
+def test_targets_follow_their_image_files_when_one_cannot_be_read(saved, tmp_path):
+    exp = load_experiment()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in sorted((saved / "images").glob("*.png")):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "02.png").write_bytes(b"not a png")  # the third of six files
+    values = np.arange(12, dtype=np.float32).reshape(6, 2) + 0.5
+    np.save(tmp_path / "y.npy", values)
+    kept_targets = exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 3, 4, 5])
+    assert kept_targets.tolist() == values[[0, 1, 3, 4, 5]].tolist()
+    from vitmech.cli import read_image_folder
+
+    images, kept = read_image_folder(folder)
+    assert kept == [0, 1, 3, 4, 5] and len(images) == 5
+
+
+def test_whole_number_targets_are_labels_unless_told_or_the_model_is_a_regressor(tmp_path):
+    exp = load_experiment()
+    np.save(tmp_path / "y.npy", np.array([1.0, 0.0, 2.0]))
+    assert exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 2]).dtype == torch.int64
+    values = exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 2], "values")
+    assert values.dtype == torch.float32 and values.tolist() == [1.0, 0.0, 2.0]
+    np.save(tmp_path / "z.npy", np.array([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="whole number"):
+        exp.load_targets(str(tmp_path / "z.npy"), [0, 1, 2], "labels")
