@@ -86,3 +86,56 @@ def test_hf_gelu_tanh_and_no_qkv_bias():
     x = seeded_images(2, 32, seed=10)
     with torch.no_grad():
         torch.testing.assert_close(hooked(x), source(x).logits, atol=TOL, rtol=0)
+
+
+def _small_hf_dir(tmp_path, **overrides):
+    config = hf_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=3, **overrides)
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_hf_directory_with_missing_or_unexpected_weights_is_refused_with_the_keys(tmp_path):
+    """transformers would fill a missing weight at random and drop an unexpected one, only printing a report."""
+    from safetensors.torch import load_file, save_file
+
+    from vitmech import CheckpointMismatchError
+
+    _small_hf_dir(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(str(file))
+    dropped = next(k for k in state if k.endswith("layernorm_after.bias"))
+    del state[dropped]
+    state["vit.extra.weight"] = torch.zeros(2)
+    save_file(state, str(file), metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError) as err:
+        HookedViT.from_hf(str(tmp_path))
+    message = str(err.value)
+    assert "missing keys" in message and "layernorm_after.bias" in message
+    assert "unexpected keys" in message and "extra.weight" in message
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        HookedViT.from_checkpoint(file, hf_config=str(tmp_path))
+
+
+def test_hf_directory_with_a_mis_shaped_weight_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vitmech import CheckpointMismatchError
+
+    _small_hf_dir(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(str(file))
+    key = next(k for k in state if k.endswith("intermediate.dense.weight"))
+    state[key] = torch.zeros(65, 32)
+    save_file(state, str(file), metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        HookedViT.from_hf(str(tmp_path))
+
+
+def test_a_complete_small_hf_directory_still_loads_exactly(tmp_path):
+    source = _small_hf_dir(tmp_path)
+    model = HookedViT.from_hf(str(tmp_path))
+    x = seeded_images(2, 32, seed=1)
+    with torch.no_grad():
+        assert (model(x) - source(pixel_values=x).logits).abs().max() <= TOL

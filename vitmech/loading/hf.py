@@ -16,8 +16,8 @@ from einops import rearrange
 from torch import nn
 
 from vitmech.config import ViTConfig
-from vitmech.errors import UnsupportedModelError
-from vitmech.loading._state import SourceWeights, load_strict
+from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
+from vitmech.loading._state import SourceWeights, _listing, load_strict
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import HALF, Preprocessing
 
@@ -158,6 +158,33 @@ def convert_hf_weights(state_dict: dict[str, torch.Tensor], cfg: ViTConfig) -> d
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def check_hf_loading_info(info: dict[str, Any], what: str) -> None:
+    """Refuse what transformers' from_pretrained only reports: weights it had to initialise at random
+    (missing), weights it dropped (unexpected; a pooler the class has no place for is only logged),
+    and shape mismatches. Raises CheckpointMismatchError listing them."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    pooler = [k for k in unexpected if k.startswith(("pooler.", "vit.pooler."))]
+    if pooler:
+        logger.warning("%s: leaving out the pooler %s (HookedViT returns final-LayerNorm CLS features)", what, pooler)
+        unexpected = [k for k in unexpected if k not in pooler]
+    mismatched = sorted(f"{entry[0]}: checkpoint {tuple(entry[1])} vs model {tuple(entry[2])}"
+                        if isinstance(entry, (tuple, list)) and len(entry) == 3 else str(entry)
+                        for entry in info.get("mismatched_keys") or [])
+    errors = [str(e) for e in info.get("error_msgs") or []]
+    if missing or unexpected or mismatched or errors:
+        parts = []
+        if mismatched:
+            parts.append(f"shape mismatches {_listing(mismatched)}")
+        if missing:
+            parts.append(f"missing keys {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_listing(unexpected)}")
+        if errors:
+            parts.append(f"errors {errors}")
+        raise CheckpointMismatchError(f"{what} do not fit: " + "; ".join(parts), missing=missing, unexpected=unexpected)
+
+
 def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preprocessing]:
     """transformers' own loaders (hub or local directory); the class follows config.architectures."""
     from transformers import AutoConfig, ViTForImageClassification, ViTModel
@@ -179,7 +206,15 @@ def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preproces
     if cls is ViTForImageClassification and not archs and getattr(config, "num_labels", 0) == 0:
         cls = ViTModel
     kwargs.setdefault("attn_implementation", "eager")
-    model = cls.from_pretrained(id_or_path, config=config, **kwargs)
+    try:
+        model, info = cls.from_pretrained(id_or_path, config=config, output_loading_info=True, **kwargs)
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise CheckpointMismatchError(
+            f"HuggingFace weights of {id_or_path!r} do not fit its config: shape mismatches "
+            f"(transformers' load report, logged above, lists them): {err}") from err
+    check_hf_loading_info(info, f"HuggingFace weights of {id_or_path!r} ({cls.__name__})")
     try:
         from transformers import AutoImageProcessor
 
