@@ -98,6 +98,28 @@ def test_a_hook_return_value_flows_on(name):
     assert (changed - clean).abs().max() > 1e-3, f"editing {name} did not change the logits"
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", sorted(expected_hook_shapes(tiny_config(pre_norm=True), B)))
+def test_an_in_place_hook_edit_changes_this_run_only(name, batch):
+    """Editing the activation in place (README's style) works at any batch size and leaves the weights alone."""
+    model = tiny_model(pre_norm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = seeded_images(batch, 32)
+
+    def edit(t, hook):  # position- and feature-dependent (a LayerNorm would undo a uniform shift or scale)
+        t.add_(0.5 * torch.sin(torch.arange(1, t.numel() + 1).reshape(t.shape)))
+        return t
+
+    with torch.no_grad():
+        clean = model(x)
+        edited = model.run_with_hooks(x, fwd_hooks=[(name, edit)])
+        again = model(x)
+    assert (edited - clean).abs().max() > 1e-4, f"editing {name} in place did not change the logits"
+    torch.testing.assert_close(again, clean, atol=0, rtol=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"an in-place edit of {name} changed the weight {key}"
+
+
 def test_fused_and_explicit_attention_agree():
     model = tiny_model()
     x = seeded_images(4, 32)

@@ -51,4 +51,5 @@ class PosEmbed(nn.Module):
         self.W_pos = nn.Parameter(torch.zeros(n_tokens, d_model))
 
     def forward(self, batch_size: int) -> Float[torch.Tensor, "batch pos d_model"]:
-        return self.W_pos.expand(batch_size, -1, -1)
+        # a copy, not an expanded view: a hook that edits hook_pos_embed in place must not write into W_pos
+        return self.W_pos.expand(batch_size, -1, -1).clone()
