@@ -76,6 +76,15 @@ def test_resume_from_another_models_checkpoint_is_refused(tmp_path, data):
     longer = _model(data)
     with pytest.raises(ResumeMismatchError, match="recipe.steps"):
         fit(longer, prepare_tier(longer, TierConfig("full")), data, TrainConfig(steps=6, batch_size=8), checkpoint_dir=tmp_path, progress=False)
+    # a model of the same architecture with other weights (another source checkpoint) is another run
+    other_weights = _model(data, seed=123)
+    with pytest.raises(ResumeMismatchError, match="start_weights"):
+        fit(other_weights, prepare_tier(other_weights, TierConfig("full")), data, config, checkpoint_dir=tmp_path, progress=False)
+    # and so is other data of the same size and names
+    other_data = procedural_set(40, seed=6)
+    same = _model(data)
+    with pytest.raises(ResumeMismatchError, match="data.content"):
+        fit(same, prepare_tier(same, TierConfig("full")), other_data, config, checkpoint_dir=tmp_path, progress=False)
     # resume=False starts over instead
     fresh = _model(data)
     result = fit(fresh, prepare_tier(fresh, TierConfig("linear_probe")), data, config, checkpoint_dir=tmp_path / "new", resume=False, progress=False)

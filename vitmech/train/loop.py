@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitmech.fingerprint import module_fingerprint, tensor_fingerprint
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vitmech.train.data import ArrayDataset, Augment, augment_batch, batch_indices, step_generator, to_model_input
@@ -142,15 +143,18 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str, label_smoothing: floa
 
 
 def run_fingerprint(model: HookedViT, optimizer: torch.optim.Optimizer, train: ArrayDataset, config: TrainConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What a resumed run must share with the checkpoint's: architecture, trainable tensors, groups, recipe, data size."""
+    """What a resumed run must share with the checkpoint's: architecture, the starting weights, trainable
+    tensors, groups, recipe, and the data (size, names and a hash of its images and targets)."""
     trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     groups = [{"name": g.get("name", str(i)), "lr": g["base_lr"], "weight_decay": g["weight_decay"], "n_params": len(g["params"])} for i, g in enumerate(optimizer.param_groups)]
     return {
         "model_config": model.cfg.to_dict(),
+        "start_weights": module_fingerprint(model),
         "trainable": trainable,
         "groups": groups,
         "recipe": config.recipe(),
-        "data": {"n": len(train), "task": train.task, "names": train.names, "image_size": train.image_size},
+        "data": {"n": len(train), "task": train.task, "names": train.names, "image_size": train.image_size,
+                 "content": tensor_fingerprint(train.images, train.targets)},
         **({"extra": extra} if extra else {}),
     }
 

@@ -29,7 +29,7 @@ import torch
 from einops import repeat
 from jaxtyping import Float
 
-from vitmech.analysis.ablation._fingerprint import tensor_fingerprint
+from vitmech.fingerprint import tensor_fingerprint
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError
 from vitmech.analysis.ablation.heads import Head, HeadsLike, parse_heads
 

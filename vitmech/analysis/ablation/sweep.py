@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from vitmech.analysis.ablation._fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.analysis.ablation._recompute import run_clean, run_variants
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError, MetricError
 from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
@@ -182,6 +182,7 @@ def _open_store(store, model, images, targets, metric: Metric, ablation: HeadAbl
         return MemoryStore()
     settings = {
         "model": module_fingerprint(model),
+        "model_config": model.cfg.to_dict(),
         "data": tensor_fingerprint(images, targets),
         "n_images": images.shape[0],
         "metric": metric.key(),
