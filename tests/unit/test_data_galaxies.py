@@ -101,6 +101,18 @@ def test_images_do_not_depend_on_batch_layout_or_threads():
     assert np.array_equal(np.concatenate([p.images for p in pieces]), whole.images)
 
 
+def test_every_image_renders_alone_exactly_as_in_a_large_mixed_batch():
+    """The PSF width must not depend on the other galaxies of the batch (it once followed the batch's largest sigma)."""
+    whole = generate_galaxies(36, seed=21, num_threads=1)
+    sigmas = [p.psf_sigma for p in whole.params]
+    assert max(sigmas) - min(sigmas) > 0.4  # the batch really mixes narrow and wide PSFs
+    for i in range(0, 36, 5):
+        alone = generate_galaxies(1, seed=21, start=i, num_threads=1)
+        assert np.array_equal(alone.images[0], whole.images[i]), i
+        for name in alone.masks:
+            assert np.array_equal(alone.masks[name][0], whole.masks[name][i]), (i, name)
+
+
 def test_thread_policy(monkeypatch):
     import os
 

@@ -69,6 +69,9 @@ BASE = 224.0
 
 MAX_CLUMPS = 8
 
+PSF_SIGMA_MAX = 1.5
+"""Largest PSF sigma the sampler draws (px at 224); the blur is always at least this wide (see _gaussian_blur)."""
+
 PathLike = Union[str, os.PathLike]
 
 # colours (linear RGB weights) before jitter
@@ -175,7 +178,7 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
         cx=BASE / 2 + rng.uniform(-6, 6),
         cy=BASE / 2 + rng.uniform(-6, 6),
         pa=rng.uniform(0, np.pi),
-        psf_sigma=rng.uniform(0.8, 1.5),
+        psf_sigma=rng.uniform(0.8, PSF_SIGMA_MAX),
         sky=rng.uniform(20, 80),
         snr_e=_logu(rng, 4, 25),
         white=rng.uniform(8, 20),
@@ -305,14 +308,21 @@ def _col(params: Sequence[GalaxyParams], name: str) -> Tensor:
     return torch.tensor([getattr(p, name) for p in params], dtype=torch.float32).view(-1, 1, 1)
 
 
-def _gaussian_blur(x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"]) -> Float[Tensor, "B C H W"]:
-    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding."""
+def _gaussian_blur(x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"], min_radius: int = 0) -> Float[Tensor, "B C H W"]:
+    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding.
+
+    Each image's kernel is cut at its own radius ceil(3 sigma) (zeros beyond) and the convolution is
+    max(min_radius, largest radius) wide, so an image blurs the same whatever else is in the batch as
+    long as no sigma needs more than `min_radius` (reflect padding of any width agrees near the edge).
+    """
     b, c, h, w = x.shape
-    radius = int(math.ceil(3.0 * float(sigma.max())))
+    own = torch.ceil(3.0 * sigma).clamp_min(0)
+    radius = max(int(min_radius), int(own.max()))
     if radius < 1:
         return x
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernel = torch.exp(-0.5 * (t.view(1, -1) / sigma.clamp_min(1e-6).view(-1, 1)) ** 2)
+    kernel = torch.where(t.abs().view(1, -1) <= own.view(-1, 1), kernel, torch.zeros(()))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
     kernel = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
     flat = rearrange(x, "b c h w -> 1 (b c) h w")
@@ -521,7 +531,8 @@ def _render(
         radius = torch.tensor([round(p.psf_sigma * res / BASE) for p in group])
         group_masks = {name: _dilate(m, radius) for name, m in group_masks.items()}
         # PSF and colour mixing are both linear: blur the K components (often fewer than 3 channels)
-        blurred = _gaussian_blur(components, torch.tensor([p.psf_sigma * res / BASE for p in group]))
+        blurred = _gaussian_blur(components, torch.tensor([p.psf_sigma * res / BASE for p in group]),
+                                 min_radius=math.ceil(3.0 * PSF_SIGMA_MAX * res / BASE))
         counts = torch.einsum("gkhw,gkc->gchw", blurred, colours)
         sky = _col(group, "sky").view(-1, 1, 1, 1)
         sigma = torch.sqrt(sky)
