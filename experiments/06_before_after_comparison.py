@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     (before, note_before), (after, note_after) = load_models([args.pretrained, args.finetuned])
     images, image_note = load_images(args)
+    if len(images) < 2:
+        parser.error(f"the before/after tests are paired over images: give at least 2 (got {image_note})")
     if not 0 <= args.example_image < len(images):
         parser.error(f"--example-image must be in [0, {len(images)})")
     try:

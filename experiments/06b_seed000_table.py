@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from vitmech.cli import add_output_argument, load_model
+from vitmech.cli import HELD_OUT_GALAXY_SEED, add_output_argument, load_model
 from vitmech.report import Report
 from vitmech.train import evaluate
 from vitmech.train.attention_check import before_after_rows, cls_attention_summary
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", default="vitmech/mini-pretrained", help="the pretrained model")
     p.add_argument("--after", default="vitmech/mini-galaxy", help="its galaxy fine-tune")
     p.add_argument("--images", type=int, default=48, help="held-out synthetic galaxies")
-    p.add_argument("--data-seed", type=int, default=12345, help="galaxy stream (not the training one, seed 0)")
+    p.add_argument("--data-seed", type=int, default=HELD_OUT_GALAXY_SEED, help="galaxy stream (not the training one, seed 0)")
     p.add_argument("--layer", type=int, default=-1)
     p.add_argument("--threads", type=int, default=2)
     add_output_argument(p, "reports/seed000_table")

@@ -68,22 +68,25 @@ def load_models(names: list[str], comparable: bool = False) -> list[tuple[Hooked
     return loaded
 
 
+HELD_OUT_GALAXY_SEED = 12345
+"""Galaxy stream the scripts analyse by default; fine-tuning (02_fine_tune_galaxy.py) draws from seed 0."""
+
+
 def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
     """--images FOLDER, or --synthetic-galaxies N (default) with --seed; --limit caps a folder."""
     parser.add_argument("--images", help="folder of images (default: synthetic galaxies)")
     parser.add_argument("--synthetic-galaxies", type=int, default=default_galaxies, metavar="N",
                         help=f"number of synthetic galaxies when no --images (default {default_galaxies})")
     parser.add_argument("--limit", type=int, help="use at most this many images from --images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic galaxies")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_GALAXY_SEED,
+                        help=f"seed of the synthetic galaxies (default {HELD_OUT_GALAXY_SEED}: not the stream, seed 0, "
+                             "that the shipped galaxy model was trained on)")
 
 
 def load_images(args: argparse.Namespace) -> tuple[list[Any], str]:
     """Raw PIL images (each model preprocesses them its own way) and a one-line description."""
     if args.images:
-        images = []
-        for f in image_files(args.images)[: args.limit]:
-            with Image.open(f) as im:
-                images.append(im.convert("RGB"))
+        images, _ = read_image_folder(args.images, args.limit)
         return images, f"{len(images)} images from {args.images}"
     if args.synthetic_galaxies < 2:
         raise SystemExit("error: --synthetic-galaxies must be at least 2")

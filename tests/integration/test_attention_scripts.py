@@ -118,6 +118,22 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
     with pytest.raises(SystemExit, match="at least 2"):
         s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
                   "--synthetic-galaxies", "1", "--out", str(setup / "bad")])
+    with pytest.raises(SystemExit):  # one image from a folder: a clear usage error, not a traceback
+        s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
+                  "--images", str(setup / "images"), "--limit", "1", "--out", str(setup / "bad")])
+
+
+def test_scripts_skip_unreadable_image_files(setup, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in sorted((setup / "images").glob("*.png")):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "9.png").write_bytes(b"truncated")
+    out = tmp_path / "r06"
+    assert script("06_before_after_comparison").main([
+        "--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"), "--images", str(folder),
+        "--out", str(out), "--no-progress"]) == 0
+    assert "5 images from" in (out / "report.md").read_text()
 
 
 def test_synthetic_galaxies_feed_the_scripts(setup):
