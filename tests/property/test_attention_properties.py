@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -163,3 +164,46 @@ def test_holm_adjusted_p_values_are_monotone_and_bounded(pvalues):
 @given(row_stochastic(max_layers=3), alphas)
 def test_rollout_from_fused_matches_rollout_with_mean_fusion(patterns, alpha):
     torch.testing.assert_close(rollout_from_fused(patterns.mean(2), alpha).rows, rollout(patterns, alpha).rows)
+
+
+def _uniform_over_patches(g: int, cls_mass: float, batch: int = 1) -> torch.Tensor:
+    """[batch, P, P] patterns: every query puts cls_mass on the CLS key and the rest evenly on the patches."""
+    n = g * g
+    row = torch.full((n + 1,), (1.0 - cls_mass) / n, dtype=torch.float64)
+    row[0] = cls_mass
+    return row.expand(batch, n + 1, n + 1).clone()
+
+
+@SETTINGS
+@given(st.integers(1, 16), st.floats(0.0, 0.9), st.integers(1, 20))
+def test_uniform_attention_gives_ln_n_entropy_and_k_over_n_concentration(g, cls_mass, k):
+    """Closed forms on any grid and whatever mass the CLS key takes (renormalised away)."""
+    n = g * g
+    k = min(k, n)  # k > N is an error (tested in the unit tests)
+    p = cls_attention(_uniform_over_patches(g, cls_mass), renormalise=True)
+    assert p.shape[-1] == n
+    assert float(attention_entropy(p)[0]) == pytest.approx(math.log(n), abs=1e-9)
+    assert float(top_k_concentration(p, k)[0]) == pytest.approx(k / n, abs=1e-12)
+
+
+@SETTINGS
+@given(st.integers(1, 9), st.sampled_from([1, 8, 14, 16, 32]), st.floats(0.0, 0.9))
+def test_uniform_attention_mean_distance_equals_a_naive_double_loop(g, patch, cls_mass):
+    """Renormalised over the patch keys, uniform attention's mean distance is the grid's mean pairwise
+    distance (computed here by plain loops over the g^2 x g^2 pairs); without renormalising it shrinks
+    by the patch share."""
+    cells = [(y, x) for y in range(g) for x in range(g)]
+    pairwise = sum(math.dist(a, b) for a in cells for b in cells) / len(cells) ** 2 * patch
+    patterns = _uniform_over_patches(g, cls_mass)
+    renormalised = float(mean_attention_distance(patterns, patch, renormalise=True)[0])
+    raw = float(mean_attention_distance(patterns, patch, renormalise=False)[0])
+    assert renormalised == pytest.approx(pairwise, rel=1e-9, abs=1e-9)
+    assert raw == pytest.approx(pairwise * (1.0 - cls_mass), rel=1e-9, abs=1e-9)
+
+
+@SETTINGS
+@given(st.integers(1, 12), st.sampled_from([8, 16, 32]), st.integers(1, 3))
+def test_self_only_attention_has_distance_zero(g, patch, batch):
+    n = g * g
+    patterns = torch.eye(n + 1, dtype=torch.float64).expand(batch, n + 1, n + 1)
+    assert torch.equal(mean_attention_distance(patterns, patch), torch.zeros(batch, dtype=torch.float64))
