@@ -119,7 +119,7 @@ def test_unknown_name_lists_close_matches():
         HookedViT.from_pretrained("vit_base_patch16_244")
     with pytest.raises(UnknownModelError, match="unknown model 'vitmech/nope'"):
         HookedViT.from_pretrained("vitmech/nope")
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(UnknownModelError, match="Close matches: vit_base_patch16_224"):
         HookedViT.from_timm("vit_bsae_patch16_224")
 
 

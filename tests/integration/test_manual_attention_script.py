@@ -1,0 +1,39 @@
+"""experiments/01_manual_attention.py (seed 000's first script): offline, a timm name gets seeded random
+weights and says so; the hand-computed pattern must equal hook_pattern."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.models import tiny_model
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "01_manual_attention.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("exp01", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_timm_name_offline_runs_on_random_weights_and_says_so(capsys, monkeypatch):
+    import vitmech.cli
+
+    monkeypatch.setattr(vitmech.cli, "hub_reachable", lambda: False)
+    assert load_script().main(["--model", "vit_tiny_patch16_224", "--layer", "11"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM INIT" in out and "PASS" in out and "12 layers x 3 heads" in out
+
+
+def test_a_saved_model_by_path_and_a_bad_layer(tmp_path, capsys):
+    tiny_model(seed=4).save_pretrained(tmp_path / "m")
+    script = load_script()
+    assert script.main(["--model", str(tmp_path / "m"), "--layer", "0"]) == 0
+    assert "shipped/local weights" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(tmp_path / "m"), "--layer", "3"])
+    assert "--layer must be in [0, 3)" in capsys.readouterr().err
