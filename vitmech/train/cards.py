@@ -62,13 +62,71 @@ def card_table(card: dict[str, Any], keys: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _rows(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_section(card: dict[str, Any]) -> str:
+    """Held-out results against the baselines (classification: accuracy vs linear probe and chance, with
+    the confusion matrix; regression: MSE and Pearson r per target vs probe and mean predictor; otherwise
+    the card's own metrics), then the time to train and the hardware."""
+    metrics = card.get("metrics") or {}
+    test, probe = metrics.get("test") or {}, metrics.get("linear_probe_test") or {}
+    baselines = metrics.get("baselines") or {}
+    sizes = metrics.get("split_sizes")
+    parts = []
+    if "accuracy" in test:
+        rows = [[f"{card.get('tier', 'fine-tune')} fine-tune (this model)", test["accuracy"]]]
+        if "accuracy" in probe:
+            rows.append(["linear probe, same backbone and training images", probe["accuracy"]])
+        rows += [[f"chance ({k.replace('_', ' ')})", v] for k, v in baselines.items()]
+        parts.append(_rows(["model", "held-out test accuracy"], rows))
+        names = test.get("class_names") or []
+        if test.get("confusion") and names:
+            parts.append("Confusion matrix of this model on the test split (rows: true class, columns: predicted):")
+            parts.append(_rows(["true \\ predicted", *names], [[n, *row] for n, row in zip(names, test["confusion"])]))
+    elif "pearson_r" in test:
+        targets = list(test["pearson_r"])
+        rows = [[f"{card.get('tier', 'fine-tune')} fine-tune (this model)", test["mean_mse"], *test["pearson_r"].values()]]
+        if "pearson_r" in probe:
+            rows.append(["linear probe, same backbone and training images", probe["mean_mse"], *probe["pearson_r"].values()])
+        if "mean_predictor_mse" in baselines:
+            mse = baselines["mean_predictor_mse"]
+            rows.append(["mean predictor (training mean)", sum(mse) / len(mse), *["-"] * len(targets)])
+        parts.append(_rows(["model", "mean MSE (z-score units)", *[f"Pearson r, {t}" for t in targets]], rows))
+    elif metrics:
+        parts.append(_rows(["metric", "value"], [[k, v] for k, v in metrics.items() if not isinstance(v, dict)]))
+    if sizes:
+        parts.append("Split sizes: " + _fmt(sizes) + ".")
+    seconds = card.get("train_seconds")
+    cost = []
+    if seconds is not None:
+        cost.append(f"training {_fmt(seconds)} s")
+    for key, label in (("probe_seconds", "linear probe"), ("wall_seconds_total", "whole script (data, training, evaluation)")):
+        if card.get(key) is not None:
+            cost.append(f"{label} {_fmt(card[key])} s")
+    hardware = card.get("hardware") or {}
+    if hardware:
+        where = f"{hardware.get('cpu')} ({hardware.get('cpu_cores')} cores, {hardware.get('torch_threads')} torch threads)"
+        where += f", GPU {hardware['gpu']}" if hardware.get("gpu") else ", no GPU"
+        cost.append(f"on {where}, torch {hardware.get('torch')}")
+    if cost:
+        parts.append("**Time to train:** " + "; ".join(cost) + ".")
+    return "\n\n".join(parts)
+
+
 def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], intro: str, reproduce: str) -> str:
-    """A Markdown model-card page: intro, architecture, the card's entries, and the reproducing commands."""
+    """A Markdown model-card page: intro, architecture, held-out results and cost, the card's entries,
+    and the reproducing commands."""
     arch = ", ".join(f"{k} {config[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes"))
     return "\n\n".join([
         f"# {name}",
         intro.strip(),
         f"**Architecture:** {arch} (`HookedViT.from_pretrained(\"{name}\")`).",
+        "## Results on held-out data",
+        results_section(card),
         "## Card (from the model's `config.json`)",
         card_table(card),
         "## Reproduce",
@@ -76,4 +134,4 @@ def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], int
     ]) + "\n"
 
 
-__all__ = ["card_table", "command_line", "hardware_info", "model_card_page"]
+__all__ = ["card_table", "command_line", "hardware_info", "model_card_page", "results_section"]
