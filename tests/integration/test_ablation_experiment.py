@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.scripts import load_experiment as load_script
 from vitmech.analysis.ablation import compare_estimates, estimate_head_effects, head_sweep, pair_interactions, pruning_curve
 from vitmech.viz.ablation import (
     plot_estimates_vs_exact,
@@ -26,10 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_experiment():
-    spec = importlib.util.spec_from_file_location("exp07", ROOT / "experiments" / "07_head_ablation_heatmap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("07_head_ablation_heatmap.py")
 
 
 @pytest.fixture(scope="module")

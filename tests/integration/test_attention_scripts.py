@@ -4,7 +4,6 @@ library's on the same images; bad arguments exit with a clear message."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests.helpers.models import randomize_hooked_, tiny_model
+from tests.helpers.scripts import load_experiment
 from vitmech import HookedViT
 from vitmech.analysis.attention import AttentionSettings
 from vitmech.analysis.compare import compare_models
@@ -23,10 +23,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment(name)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -3,21 +3,18 @@ weights and says so; the hand-computed pattern must equal hook_pattern."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.models import tiny_model
+from tests.helpers.scripts import load_experiment
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "01_manual_attention.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("exp01", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("01_manual_attention.py")
 
 
 def test_a_timm_name_offline_runs_on_random_weights_and_says_so(capsys, monkeypatch):

@@ -44,14 +44,17 @@ def test_hf_base_loaded_by_path_matches_source(saved_base_model):
     with torch.no_grad():
         ref = source(x, output_hidden_states=True)
         logits, cache = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post")))
+        explicit_logits, explicit = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern")))
         fused = hooked(x)
     assert ref.logits.abs().max() > 0.1
     assert (logits - ref.logits).abs().max() <= TOL
+    assert (explicit_logits - ref.logits).abs().max() <= TOL
     assert (fused - ref.logits).abs().max() <= TOL
     torch.testing.assert_close(cache["resid_pre", 0], ref.hidden_states[0], atol=TOL, rtol=0)
     for layer in range(12):
-        got, want = cache["resid_post", layer], ref.hidden_states[layer + 1]
-        assert (got - want).abs().max() <= TOL * max(1.0, want.abs().max().item() / 10), layer
+        want = ref.hidden_states[layer + 1]
+        assert (cache["resid_post", layer] - want).abs().max() <= TOL, (layer, "fused")
+        assert (explicit["resid_post", layer] - want).abs().max() <= TOL, (layer, "explicit")
 
 
 def test_from_pretrained_dispatches_a_local_hf_directory(saved_base_model):

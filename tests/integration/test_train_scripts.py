@@ -3,7 +3,6 @@ that loads by path, write their report, and refuse bad arguments. Plus the shipp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,17 +11,11 @@ import pytest
 import torch
 
 from tests.helpers.models import tiny_model
+from tests.helpers.scripts import load_experiment as load_script
 from vitmech import HookedViT
 from vitmech.train import with_image_size
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), ROOT / "experiments" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

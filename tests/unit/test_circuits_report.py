@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.scripts import load_experiment
 from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
 from vitmech.analysis.circuits import composition_scores, positional_qk
 from vitmech.viz.circuits import (
@@ -20,10 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "08_circuits_repo
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("circuits_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("08_circuits_report.py")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ W_Q/W_K/W_V (as TransformerLens does on load) when the circuits should include t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal

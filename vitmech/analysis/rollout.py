@@ -290,7 +290,7 @@ def rollout(
     fused matrix (never CLS->CLS, per image and layer); R = A_L @ ... @ A_1. Returns the rows of R for
     `tokens` (all P rows when None; tokens=[0] for the CLS map costs 1/P of the full product).
     """
-    settings = RolloutSettings(alpha, head_fusion, discard_ratio)
+    RolloutSettings(alpha, head_fusion, discard_ratio)  # validates the arguments
     check_patterns(patterns, ndim=5)
     with torch.no_grad():
         fused = fuse_heads(patterns, head_fusion)

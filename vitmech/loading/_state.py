@@ -63,13 +63,22 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
         for k in set(own) & set(state_dict)
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
-    if missing or unexpected or mis_shaped:
-        parts = []
-        if mis_shaped:
-            parts.append(f"shape mismatches {_listing(mis_shaped)}")
-        if missing:
-            parts.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_listing(unexpected)}")
-        raise CheckpointMismatchError(f"{what} does not fit: " + "; ".join(parts), missing=missing, unexpected=unexpected)
+    raise_on_mismatch(what, missing, unexpected, mis_shaped)
     module.load_state_dict(state_dict, strict=True)
+
+
+def raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], mis_shaped: list[str],
+                      errors: list[str] | None = None) -> None:
+    """CheckpointMismatchError listing mis-shaped, missing and unexpected keys (and other load errors), if any."""
+    if not (missing or unexpected or mis_shaped or errors):
+        return
+    parts = []
+    if mis_shaped:
+        parts.append(f"shape mismatches {_listing(mis_shaped)}")
+    if missing:
+        parts.append(f"missing keys {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_listing(unexpected)}")
+    if errors:
+        parts.append(f"errors {errors}")
+    raise CheckpointMismatchError(f"{what} does not fit: " + "; ".join(parts), missing=missing, unexpected=unexpected)

@@ -17,7 +17,7 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
-from vitmech.loading._state import SourceWeights, _listing, load_strict
+from vitmech.loading._state import SourceWeights, load_strict, raise_on_mismatch
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import HALF, Preprocessing
 
@@ -172,17 +172,7 @@ def check_hf_loading_info(info: dict[str, Any], what: str) -> None:
                         if isinstance(entry, (tuple, list)) and len(entry) == 3 else str(entry)
                         for entry in info.get("mismatched_keys") or [])
     errors = [str(e) for e in info.get("error_msgs") or []]
-    if missing or unexpected or mismatched or errors:
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatches {_listing(mismatched)}")
-        if missing:
-            parts.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_listing(unexpected)}")
-        if errors:
-            parts.append(f"errors {errors}")
-        raise CheckpointMismatchError(f"{what} do not fit: " + "; ".join(parts), missing=missing, unexpected=unexpected)
+    raise_on_mismatch(what, missing, unexpected, mismatched, errors)
 
 
 def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preprocessing]:
@@ -214,7 +204,7 @@ def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preproces
         raise CheckpointMismatchError(
             f"HuggingFace weights of {id_or_path!r} do not fit its config: shape mismatches "
             f"(transformers' load report, logged above, lists them): {err}") from err
-    check_hf_loading_info(info, f"HuggingFace weights of {id_or_path!r} ({cls.__name__})")
+    check_hf_loading_info(info, f"HuggingFace checkpoint {id_or_path!r} ({cls.__name__})")
     try:
         from transformers import AutoImageProcessor
 
