@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--lora-targets", default="q,v", help="comma-separated projections among q, k, v (default q,v: the paper's)")
     p.add_argument("--probe-steps", type=int, default=600, help="linear-probe steps on cached features (0: no probe)")
     p.add_argument("--probe-lr", type=float, default=1e-2)
     p.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
     tier = TierConfig(args.tier, head_lr=args.head_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-                      lora=LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout))
+                      lora=LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                     targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())))
     config = TrainConfig(steps=steps, batch_size=args.batch_size, warmup_steps=int(args.warmup * steps), seed=args.seed,
                          augment=None, clip_norm=1.0, checkpoint_every=25)
     probe_config = TrainConfig(steps=args.probe_steps, batch_size=64, warmup_steps=args.probe_steps // 10, seed=args.seed) if args.probe_steps else None

@@ -303,3 +303,16 @@ def test_written_inbetween_rows_are_filtered_by_the_loader(tmp_path):
     # stream classes cycle through 7 names; rows 6 (test) and 13 (train) are smooth_inbetween
     assert splits.report.summary_counts["test"]["smooth_inbetween"] == 1
     assert splits.report.survived == {"train": 6, "test": 6}
+
+
+def test_rendering_on_threads_in_chunks_equals_one_batch_on_one_thread():
+    from vitmech.data.galaxies import GALAXY_CLASSES, RENDER_CHUNK, render_galaxies, sample_galaxies
+
+    params = sample_galaxies(2 * RENDER_CHUNK + 7, seed=3, classes=GALAXY_CLASSES + ("smooth_inbetween",))
+    one = render_galaxies(params, num_threads=1, return_linear=True)
+    threaded = render_galaxies(params, num_threads=2, return_linear=True)
+    assert one.classes == threaded.classes and np.array_equal(one.labels, threaded.labels)
+    assert np.array_equal(one.images, threaded.images) and np.array_equal(one.linear, threaded.linear)
+    for name in one.masks:
+        assert np.array_equal(one.masks[name], threaded.masks[name]) and one.boxes[name] == threaded.boxes[name]
+    assert [p.noise_seed for p in threaded.params] == [p.noise_seed for p in params]

@@ -31,6 +31,7 @@ well above 200 galaxies/s at 224 px (see ``benchmarks/data.py``).
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 import json
 import logging
@@ -165,7 +166,8 @@ def _logu(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[float, float, float], amount: float = 0.08) -> tuple[float, float, float]:
-    return tuple(float(np.clip(c + rng.uniform(-amount, amount), 0.05, 1.2)) for c in colour)  # type: ignore[return-value]
+    # python floats, not np.clip on scalars (7x slower; the values are the same)
+    return tuple(min(max(float(c + rng.uniform(-amount, amount)), 0.05), 1.2) for c in colour)  # type: ignore[return-value]
 
 
 def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
@@ -480,6 +482,10 @@ def torch_threads(n: Threads) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+RENDER_CHUNK = 48
+"""Galaxies per task when rendering on several threads (measured best for 192 galaxies on 2 cores: 32-48)."""
+
+
 def render_galaxies(
     params: Sequence[GalaxyParams],
     *,
@@ -494,11 +500,41 @@ def render_galaxies(
     """Render galaxies (a pure function of ``params``). ``render_size`` (e.g. 424, like the gz2 JPEGs)
     renders larger and resizes to ``size`` (antialiased bilinear; masks by area share >= 0.5).
     ``noise=False`` skips the Poisson + sky noise (for tests). Labels index ``GALAXY_CLASSES`` (or
-    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads`` sets torch's threads for
-    the call: ``"auto"`` (one thread while other jobs overload the CPU, else torch's setting), an int,
-    or None (torch's setting). Results do not depend on it."""
-    with torch_threads(num_threads):
-        return _render(params, size, render_size, noise, flux_fraction, arms_ridge, return_linear)
+    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads``: ``"auto"`` (one thread
+    while other jobs overload the CPU, else torch's setting), an int, or None (torch's setting).
+
+    With several threads and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
+    concurrently, each on one torch thread (the GIL is released inside torch's ops): 1.45x the rate of
+    torch's own intra-op threads on 2 cores, whose per-op overhead dominates these small elementwise ops.
+    Results do not depend on the threads or the chunking (each image is a function of its own params).
+    """
+    threads = resolve_threads(num_threads) or torch.get_num_threads()
+
+    def render(chunk: Sequence[GalaxyParams]) -> GalaxyBatch:
+        return _render(chunk, size, render_size, noise, flux_fraction, arms_ridge, return_linear)
+
+    if threads < 2 or len(params) < 2 * RENDER_CHUNK:
+        with torch_threads(threads):
+            return render(params)
+    chunks = [params[i : i + RENDER_CHUNK] for i in range(0, len(params), RENDER_CHUNK)]
+    with torch_threads(1), ThreadPoolExecutor(threads) as pool:
+        return _concatenate(list(pool.map(render, chunks)))
+
+
+def _concatenate(parts: Sequence[GalaxyBatch]) -> GalaxyBatch:
+    """One batch from consecutive rendered chunks. The six gz2 classes have the same indices in
+    GALAXY_CLASSES and ALL_CLASSES, so labels stay valid when one chunk needed ALL_CLASSES."""
+    classes = ALL_CLASSES if any(p.classes == ALL_CLASSES for p in parts) else GALAXY_CLASSES
+    linear = None if parts[0].linear is None else np.concatenate([p.linear for p in parts])
+    return GalaxyBatch(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        classes,
+        {name: np.concatenate([p.masks[name] for p in parts]) for name in parts[0].masks},
+        {name: [box for p in parts for box in p.boxes[name]] for name in parts[0].boxes},
+        [q for p in parts for q in p.params],
+        linear,
+    )
 
 
 def _render(
@@ -566,12 +602,18 @@ def _render(
 
 
 def _dilate(masks: Bool[Tensor, "G R R"], radius: Int[Tensor, "G"]) -> Bool[Tensor, "G R R"]:
-    """Grow each mask by its own radius in pixels (3 x 3 max-pool steps), so a mask drawn on the
-    pre-PSF model also covers the light the PSF spreads just outside it."""
+    """Grow each mask by its own radius in pixels, so a mask drawn on the pre-PSF model also covers the
+    light the PSF spreads just outside it. Each step is a 3 x 3 dilation (a max-pool that does not reach
+    beyond the edge) done as ORs of one-pixel shifts along each axis: about 12x faster than max_pool2d."""
     out = masks
     for step in range(1, int(radius.max()) + 1 if len(radius) else 1):
-        grown = F.max_pool2d(out.unsqueeze(1).float(), kernel_size=3, stride=1, padding=1).squeeze(1) > 0
-        out = torch.where((radius >= step).view(-1, 1, 1), grown, out)
+        tall = out.clone()
+        tall[:, 1:] |= out[:, :-1]
+        tall[:, :-1] |= out[:, 1:]
+        wide = tall.clone()
+        wide[:, :, 1:] |= tall[:, :, :-1]
+        wide[:, :, :-1] |= tall[:, :, 1:]
+        out = torch.where((radius >= step).view(-1, 1, 1), wide, out)
     return out
 
 
