@@ -72,7 +72,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():
-            scores = einsum(q, k, "b q h e, b k h e -> b h q k") * self.scale
+            scores = einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
             z = einsum(pattern, v, "b h q k, b k h e -> b q h e")

@@ -30,6 +30,8 @@ class LayerNorm(nn.Module):
     def forward(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_model"]:
         if not is_hooked(self.hook_scale, self.hook_normalized):
             return F.layer_norm(x, (self.d_model,), self.w, self.b, self.eps)
-        centred = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(centred / scale * self.w + self.b)
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+        scale = self.hook_scale((var + self.eps).sqrt())
+        # three passes over x: centre, divide by the (possibly hook-edited) scale, gain and bias
+        normalized = (x - mean) / scale
+        return self.hook_normalized(torch.addcmul(self.b, normalized, self.w))
