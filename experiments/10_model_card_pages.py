@@ -33,6 +33,14 @@ and value, merged) plus a 3-output regression head on chirp-spectrogram figures 
 image with title, axis labels and colour bar). Outputs are z-scores of start time (s), start frequency (Hz) and
 end frequency (Hz); the card's `targets` holds the mean and std that map them back. The 12 x 12 head-ablation
 heatmap experiment runs on it offline.
+
+**A weak regressor.** It beats the mean predictor and its linear probe, but only on the frequencies (Pearson r
+0.32 and 0.48), and it has not learned the start time (r about 0). The paper's model starts from an
+ImageNet-21k ViT-B/16; this 1.4 M-parameter backbone, pretrained on procedural scenes, lacks those features.
+Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
+q, k, v at rank 16 (lr 1e-2). Both ended at test MSE 0.97-0.98. The heatmap experiment therefore shows the
+pipeline on a trained model, not the paper's findings. A longer full fine-tune is the next thing to try
+(`--tier full --epochs 15`; about an hour here).
 """,
 }
 

@@ -24,8 +24,9 @@ mask. Each mask is then grown by the PSF sigma (rounded to whole pixels), so it 
 PSF spreads just outside thin features. Boxes are the masks' tight boxes. Coordinates: pixels of the final ``size`` x ``size`` image,
 ``(x0, y0, x1, y1)`` with exclusive upper ends, top-left origin. Absent features: empty mask, box None.
 
-Speed: components are evaluated with torch on whole batches of one class; on a 2-core CPU this runs
-well above 200 galaxies/s at 224 px (see ``benchmarks/data.py``).
+Speed: components are evaluated with torch on whole batches of one class, chunks of a large batch on
+concurrent threads; on our 2-core CPUs 158-280 galaxies/s at 224 px depending on the machine
+(``benchmarks/data.py``, docs/performance.md).
 """
 
 from __future__ import annotations
