@@ -505,7 +505,7 @@ def render_galaxies(
     while other jobs overload the CPU, else torch's setting), an int, or None (torch's setting).
 
     With several threads and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
-    concurrently, each on one torch thread (the GIL is released inside torch's ops): 1.45x the rate of
+    concurrently, each on one torch thread (the GIL is released inside torch's ops): 1.3-1.5x the rate of
     torch's own intra-op threads on 2 cores, whose per-op overhead dominates these small elementwise ops.
     Results do not depend on the threads or the chunking (each image is a function of its own params).
     """
