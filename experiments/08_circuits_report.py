@@ -70,6 +70,13 @@ def analyse(label: str, name: str, loaded: tuple[HookedViT, str], images: list, 
     images = model.preprocess(images)
     with torch.no_grad():
         drift = float((model(images) - raw(images)).abs().max()) if model.cfg.has_classifier else 0.0
+    scale = 1.0
+    if model.cfg.has_classifier:
+        with torch.no_grad():
+            scale = max(1.0, float(raw(images).abs().max()))
+    if drift > 1e-4 * scale:  # processing must not change the model: refuse to report circuits of another one
+        raise SystemExit(f"error: weight processing changed {label}'s logits by {drift:.2e} (> 1e-4 x {scale:.3g}); "
+                         "rerun with --raw-weights and report this as a bug")
     report.add_text(f"**{label}**: `{name}` ({weights}); {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
                     f"{model.cfg.grid_size}x{model.cfg.grid_size} patches; {image_note}; weight processing: "
                     f"{'none' if args.raw_weights else 'fold LN, centre writing weights, fold value biases'} "

@@ -91,3 +91,18 @@ def test_figures_have_one_panel_per_head_or_model():
     assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2 * 4
     assert len(plot_logit_lens({"a": logit_lens(model, images)}).axes) == 2
     assert len(plot_head_change(torch.rand(2, 4), torch.rand(2, 4), "x").axes) == 6
+
+
+def test_weight_processing_that_changes_the_logits_stops_the_report(saved_pair, tmp_path, monkeypatch):
+    script = load_script()
+    real = script.process_weights
+
+    def broken(model):
+        processed = real(model)
+        with torch.no_grad():
+            processed.head.b_H.add_(1.0)  # not a function-preserving edit
+        return processed
+
+    monkeypatch.setattr(script, "process_weights", broken)
+    with pytest.raises(SystemExit, match="weight processing changed"):
+        script.main(["--model", str(saved_pair[0]), "--synthetic-galaxies", "2", "--out", str(tmp_path / "r")])
