@@ -30,7 +30,7 @@ import torch
 from vitmech.cli import load_model
 from vitmech.report import Report
 from vitmech.train import TIERS, LoRAConfig, TierConfig, TrainConfig, standardize
-from vitmech.train.cards import command_line, hardware_info
+from vitmech.train.cards import command_line, hardware_info, shipped_name
 from vitmech.train.datasets import chirp_dataset, zscore
 from vitmech.train.study import run_study
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                       probe_train=probe_train, head_from_probe=args.lp_ft and bool(args.probe_steps), checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    name = "vitmech/mini-chirp" if args.out.rstrip("/").endswith("zoo/mini-chirp") else None
+    name = shipped_name(args.out)
     card = study.tuned.card(
         **({"name": name} if name else {}),
         **base_card,

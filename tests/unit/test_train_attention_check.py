@@ -73,3 +73,11 @@ def test_card_page_results_put_the_model_beside_its_probe_and_baselines():
     text = results_section(regression)
     assert "Pearson r, t0 | Pearson r, f0" in text
     assert "| lora fine-tune (this model) | 0.2 | 0.95 | 0.9 |" in text and "| mean predictor (training mean) | 1 | - | - |" in text
+
+
+def test_shipped_name_only_for_models_saved_into_the_zoo():
+    from vitmech.train.cards import shipped_name
+
+    assert shipped_name("vitmech/zoo/mini-chirp") == shipped_name("vitmech/zoo/mini-chirp/") == "vitmech/mini-chirp"
+    assert shipped_name("/repo/vitmech/zoo/mini-galaxy") == "vitmech/mini-galaxy"
+    assert shipped_name("runs/fine_tune_chirp/model") is None and shipped_name("zoo/mini-chirp") is None

@@ -37,6 +37,13 @@ def command_line() -> str:
     return " ".join(["python", *sys.argv])
 
 
+def shipped_name(out: str | os.PathLike) -> str | None:
+    """"vitmech/<folder>" when a model is saved straight into the package's zoo (vitmech/zoo/<folder>), else None."""
+    path = os.path.normpath(os.fspath(out))
+    parent, folder = os.path.split(path)
+    return f"vitmech/{folder}" if os.path.basename(parent) == "zoo" and os.path.basename(os.path.dirname(parent)) == "vitmech" else None
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -134,4 +141,4 @@ def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], int
     ]) + "\n"
 
 
-__all__ = ["card_table", "command_line", "hardware_info", "model_card_page", "results_section"]
+__all__ = ["card_table", "command_line", "hardware_info", "model_card_page", "results_section", "shipped_name"]
