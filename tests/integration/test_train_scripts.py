@@ -109,7 +109,7 @@ def test_seed000_table_script(tmp_path, small_pretrained):
     assert len(rows) == 5 and rows[0] == "metric,before,after,change"
 
 
-SHIPPED = ("vitmech/mini-pretrained", "vitmech/mini-galaxy", "vitmech/mini-chirp")
+SHIPPED = ("vitmech/mini-pretrained", "vitmech/mini-galaxy", "vitmech/mini-chirp", "vitmech/mini-chirp-full")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
