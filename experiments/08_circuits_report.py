@@ -68,12 +68,12 @@ def analyse(label: str, name: str, loaded: tuple[HookedViT, str], images: list, 
     raw, weights = loaded
     model = raw if args.raw_weights else process_weights(raw)
     images = model.preprocess(images)
-    with torch.no_grad():
-        drift = float((model(images) - raw(images)).abs().max()) if model.cfg.has_classifier else 0.0
-    scale = 1.0
+    drift, scale = 0.0, 1.0
     if model.cfg.has_classifier:
         with torch.no_grad():
-            scale = max(1.0, float(raw(images).abs().max()))
+            raw_logits = raw(images)
+            drift = float((model(images) - raw_logits).abs().max())
+        scale = max(1.0, float(raw_logits.abs().max()))
     if drift > 1e-4 * scale:  # processing must not change the model: refuse to report circuits of another one
         raise SystemExit(f"error: weight processing changed {label}'s logits by {drift:.2e} (> 1e-4 x {scale:.3g}); "
                          "rerun with --raw-weights and report this as a bug")
