@@ -81,8 +81,8 @@ Writes `vitmech/zoo/mini-chirp/` and `reports/fine_tune_chirp/`.
 PYTHONPATH=. python experiments/09_fine_tune_chirp.py --model vitmech/mini-pretrained --tier full --epochs 8 \\
     --backbone-lr 3e-4 --head-lr 1e-3 --weight-decay 0.05 --out vitmech/zoo/mini-chirp-full
 ```
-The shipped copy was trained with `--out runs/chirp_full/model` and copied into `vitmech/zoo/mini-chirp-full/`
-(its card's `name` set to match).
+The shipped copy was trained with `--out runs/chirp_full/model`, then saved into `vitmech/zoo/mini-chirp-full/` by
+`save_pretrained` with its card's `name` set to match.
 """,
 }
 
