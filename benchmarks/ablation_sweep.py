@@ -69,8 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arch", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--naive-heads-per-layer", type=int, default=None,
-                        help="heads per layer run in the naive loop (default: all, no extrapolation)")
+    parser.add_argument(
+        "--naive-heads-per-layer",
+        type=int,
+        default=None,
+        help="heads per layer run in the naive loop (default: all, no extrapolation)",
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="head_sweep's max_batch (images per stacked forward)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -93,12 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
     first, second = subsets[: (per + 1) // 2], subsets[(per + 1) // 2 :]
 
     naive_results, naive_wall, naive_cpu, naive_forwards = [], 0.0, 0.0, 0
+
     def run_naive(groups: list) -> None:
         nonlocal naive_wall, naive_cpu, naive_forwards
         for heads in groups:
             with Clock() as clock:
                 naive_results.append(naive_head_sweep(model, images, "cross_entropy", heads=heads, **kwargs))
-            naive_wall, naive_cpu, naive_forwards = naive_wall + clock.wall, naive_cpu + clock.cpu, naive_forwards + len(heads) + 1
+            naive_wall, naive_cpu, naive_forwards = (
+                naive_wall + clock.wall,
+                naive_cpu + clock.cpu,
+                naive_forwards + len(heads) + 1,
+            )
 
     run_naive(first)
     with Clock() as exact_clock:
@@ -139,13 +148,19 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"{args.arch}, batch {args.batch}, {args.threads} threads, {n_total} heads")
     how = "extrapolated from" if len(pairs) < n_total else "normalised from"
-    print(f"naive loop : {out['naive_seconds_per_forward']:.3f} s per forward x {n_total + 1} = "
-          f"{naive_full_wall:.1f} s ({how} {naive_forwards} forwards, {len(pairs)} heads)")
-    print(f"exact sweep: {exact_clock.wall:.1f} s -> ratio {out['exact_over_naive']:.3f} (CPU time {out['exact_over_naive_cpu']:.3f}); "
-          f"max |exact - naive| = {max_abs_diff:.2e} on {len(pairs)} heads")
-    print(f"estimates  : {estimate_clock.wall:.2f} s -> ratio {out['estimate_over_naive']:.4f} (CPU time "
-          f"{out['estimate_over_naive_cpu']:.4f}); Spearman vs exact: attribution {comparison.spearman_attribution:.3f}, "
-          f"Michel vs |effect| {comparison.spearman_michel:.3f}")
+    print(
+        f"naive loop : {out['naive_seconds_per_forward']:.3f} s per forward x {n_total + 1} = "
+        f"{naive_full_wall:.1f} s ({how} {naive_forwards} forwards, {len(pairs)} heads)"
+    )
+    print(
+        f"exact sweep: {exact_clock.wall:.1f} s -> ratio {out['exact_over_naive']:.3f} (CPU time {out['exact_over_naive_cpu']:.3f}); "
+        f"max |exact - naive| = {max_abs_diff:.2e} on {len(pairs)} heads"
+    )
+    print(
+        f"estimates  : {estimate_clock.wall:.2f} s -> ratio {out['estimate_over_naive']:.4f} (CPU time "
+        f"{out['estimate_over_naive_cpu']:.4f}); Spearman vs exact: attribution {comparison.spearman_attribution:.3f}, "
+        f"Michel vs |effect| {comparison.spearman_michel:.3f}"
+    )
     print(json.dumps(out))
     return out
 

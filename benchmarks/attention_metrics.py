@@ -92,8 +92,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = ViTConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, image_size=224, patch_size=16,
-                    n_classes=1000)
+    cfg = ViTConfig(
+        n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, image_size=224, patch_size=16, n_classes=1000
+    )
     model = HookedViT(cfg, seed=0).eval()
     images = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     print(f"ViT-B/16, batch {args.batch}, {args.threads} threads, {args.repeats} repeats", flush=True)
@@ -126,8 +127,9 @@ def main() -> int:
     # chunked distance equals the one-pass product
     distances = torch.zeros(cfg.n_tokens, cfg.n_tokens)
     distances[1:, 1:] = patch_distances(cfg.grid_size, cfg.patch_size)
-    one_pass_seconds, one_pass = timed(lambda: ((patterns * distances).sum(-1)[..., 1:]
-                                                / patterns[..., 1:, 1:].sum(-1)).mean(-1))
+    one_pass_seconds, one_pass = timed(
+        lambda: ((patterns * distances).sum(-1)[..., 1:] / patterns[..., 1:, 1:].sum(-1)).mean(-1)
+    )
     chunked_seconds, chunked = timed(lambda: mean_attention_distance(patterns, cfg.patch_size))
     torch.testing.assert_close(chunked, one_pass)
     del patterns, stacked

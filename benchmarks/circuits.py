@@ -40,7 +40,9 @@ def tl_all_composition(model: HookedViT) -> dict[str, torch.Tensor]:
     readers = {"Q": qk_circuits(model), "K": qk_circuits(model).T, "V": ov_circuits(model)}
     n = model.cfg.n_layers
     mask = torch.arange(n)[:, None, None, None] < torch.arange(n)[None, None, :, None]
-    return {m: torch.where(mask, tl_composition_scores(left, r, broadcast_dims=True), torch.nan) for m, r in readers.items()}
+    return {
+        m: torch.where(mask, tl_composition_scores(left, r, broadcast_dims=True), torch.nan) for m, r in readers.items()
+    }
 
 
 def tl_head_dla(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,9 @@ def main() -> int:
     with torch.no_grad():
         ours, theirs = composition_scores(model), tl_all_composition(model)
         for mode in "QKV":
-            assert torch.allclose(ours.scores[mode], theirs[mode], atol=1e-5, equal_nan=True), f"{mode}-composition differs"
+            assert torch.allclose(ours.scores[mode], theirs[mode], atol=1e-5, equal_nan=True), (
+                f"{mode}-composition differs"
+            )
         dla = direct_logit_attribution(model, images)
         assert (dla.head_attributions().flatten(1) - tl_head_dla(model, images)).abs().max() < 1e-4, "DLA differs"
         assert dla.max_abs_error < 1e-4
@@ -89,9 +93,13 @@ def main() -> int:
     for name in methods:
         print(f"  {name:30s} best {best[name]:.3f} s  median {med[name]:.3f} s")
     result = {
-        "composition_over_transformer_lens": round(best["composition_vitmech"] / best["composition_transformer_lens"], 3),
+        "composition_over_transformer_lens": round(
+            best["composition_vitmech"] / best["composition_transformer_lens"], 3
+        ),
         "dla_over_transformer_lens": round(best["dla_vitmech"] / best["dla_transformer_lens"], 3),
-        "median_composition_over_transformer_lens": round(med["composition_vitmech"] / med["composition_transformer_lens"], 3),
+        "median_composition_over_transformer_lens": round(
+            med["composition_vitmech"] / med["composition_transformer_lens"], 3
+        ),
         "median_dla_over_transformer_lens": round(med["dla_vitmech"] / med["dla_transformer_lens"], 3),
     }
     print(json.dumps(result))

@@ -27,8 +27,8 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -77,7 +77,8 @@ def main() -> None:
     results["galaxies"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1)), args.repeats)
     for threads in (1, 2):
         results[f"galaxies_{threads}thread"] = rate(
-            lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=threads)), args.repeats)
+            lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=threads)), args.repeats
+        )
     generate_chirps(4, seed=0)
     results["chirps"] = rate(lambda: len(generate_chirps(args.chirps, seed=1)), args.repeats)
 
@@ -90,15 +91,24 @@ def main() -> None:
             args.repeats,
         )
         n_rows = 8 * args.loader_batches
-        fixture = make_gz2_fixture(root / "gz2", train_summaries=["smooth_round", "barred_spiral"] * n_rows,
-                                   test_summaries=["smooth_cigar"] * 8, image_size=424)
-        gz2 = load_gz2(fixture, preprocess=default_preprocess, val_fraction=0.0, cache_dir=root / "cache", progress=False)
+        fixture = make_gz2_fixture(
+            root / "gz2",
+            train_summaries=["smooth_round", "barred_spiral"] * n_rows,
+            test_summaries=["smooth_cigar"] * 8,
+            image_size=424,
+        )
+        gz2 = load_gz2(
+            fixture, preprocess=default_preprocess, val_fraction=0.0, cache_dir=root / "cache", progress=False
+        )
         results["loader_gz2"] = rate(lambda: drain(gz2.train, args.loader_batches), args.repeats)
         synth_root = write_galaxy_dataset(root / "synth", 2 * n_rows, seed=4, test_fraction=0.1, progress=False)
-        synth = load_gz2(synth_root, preprocess=default_preprocess, val_fraction=0.0, cache_dir=root / "cache", progress=False)
+        synth = load_gz2(
+            synth_root, preprocess=default_preprocess, val_fraction=0.0, cache_dir=root / "cache", progress=False
+        )
         results["loader_synth"] = rate(lambda: drain(synth.train, args.loader_batches), args.repeats)
-        chirp_root = write_chirp_dataset(root / "chirps", n_rows + 16, seed=5, val_fraction=0.0,
-                                         test_fraction=0.1, progress=False)
+        chirp_root = write_chirp_dataset(
+            root / "chirps", n_rows + 16, seed=5, val_fraction=0.0, test_fraction=0.1, progress=False
+        )
         chirps = load_chirps(chirp_root, preprocess=default_preprocess, cache_dir=root / "cache")
         results["loader_chirp"] = rate(lambda: drain(chirps.train, args.loader_batches), args.repeats)
 
@@ -126,20 +136,32 @@ def main() -> None:
         "galaxies_over_200_target": results["galaxies"]["median"] / 200.0,
     }
     load_after = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, 1-min load average {load_before:.1f} before / {load_after:.1f} after "
-          "(shared machine: numbers are noisy)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}, 1-min load average {load_before:.1f} before / {load_after:.1f} after "
+        "(shared machine: numbers are noisy)"
+    )
     for name, r in results.items():
         print(f"{name:>13}: {r['median']:8.1f} img/s median, {r['best']:8.1f} best of {args.repeats}")
     for name, value in ratios.items():
         print(f"{name:>26}: {value:6.2f}")
-    ok = min(ratios["loader_gz2_over_forward"], ratios["loader_synth_over_forward"], ratios["loader_chirp_over_forward"]) >= 3
+    ok = (
+        min(ratios["loader_gz2_over_forward"], ratios["loader_synth_over_forward"], ratios["loader_chirp_over_forward"])
+        >= 3
+    )
     print("data is not the bottleneck (every loader >= 3x forward):", ok)
     summary = {f"{k}_per_s": round(v["median"], 2) for k, v in results.items()}
     summary.update({k: round(v, 2) for k, v in ratios.items()})
-    summary.update({"loaders_at_least_3x_forward": ok, "repeats": args.repeats, "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_avg_before": round(load_before, 2),
-                    "load_avg_after": round(load_after, 2)})
+    summary.update(
+        {
+            "loaders_at_least_3x_forward": ok,
+            "repeats": args.repeats,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_before": round(load_before, 2),
+            "load_avg_after": round(load_after, 2),
+        }
+    )
     print(json.dumps(summary))
 
 

@@ -109,10 +109,14 @@ def main() -> int:
 
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"ViT-B/16, batch {args.batch}, {args.threads} threads, {args.repeats} interleaved repeats; "
-          f"{n_hooks} activations cached by HookedViT")
+    print(
+        f"ViT-B/16, batch {args.batch}, {args.threads} threads, {args.repeats} interleaved repeats; "
+        f"{n_hooks} activations cached by HookedViT"
+    )
     for name in methods:
-        print(f"  {name:26s} best {best[name]:.3f} s  median {med[name]:.3f} s  ({args.batch / best[name]:.1f} images/s)")
+        print(
+            f"  {name:26s} best {best[name]:.3f} s  median {med[name]:.3f} s  ({args.batch / best[name]:.1f} images/s)"
+        )
     result = {
         "hooked_forward_over_timm": round(best["hooked_forward"] / best["timm_forward"], 3),
         "run_with_cache_over_timm": round(best["hooked_run_with_cache"] / best["timm_forward"], 3),
@@ -121,9 +125,12 @@ def main() -> int:
     }
     if bridge is not None:
         print(f"  (bridge caches {n_bridge_hooks} activations)")
-        result["run_with_cache_over_bridge"] = round(best["hf_hooked_run_with_cache"] / best["bridge_run_with_cache"], 3)
+        result["run_with_cache_over_bridge"] = round(
+            best["hf_hooked_run_with_cache"] / best["bridge_run_with_cache"], 3
+        )
         result["median_run_with_cache_over_bridge"] = round(
-            med["hf_hooked_run_with_cache"] / med["bridge_run_with_cache"], 3)
+            med["hf_hooked_run_with_cache"] / med["bridge_run_with_cache"], 3
+        )
         result["cache_bytes_over_bridge"] = round(memory_ratio, 3)
     print(json.dumps(result))
     return 0

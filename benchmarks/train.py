@@ -54,7 +54,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     scenes = generate_procedural(args.batch * 4, seed=0, size=args.size)
-    data = ArrayDataset(torch.from_numpy(scenes.images), torch.from_numpy(scenes.labels), list(PROCEDURAL_CLASSES), "classification")
+    data = ArrayDataset(
+        torch.from_numpy(scenes.images), torch.from_numpy(scenes.labels), list(PROCEDURAL_CLASSES), "classification"
+    )
     base = mini_vit(len(PROCEDURAL_CLASSES), PROCEDURAL_CLASSES, image_size=args.size)
     x = to_model_input(data.images[: args.batch], base.preprocessing)
     y = data.targets[: args.batch]
@@ -98,9 +100,13 @@ def main() -> None:
     runs = {}
     for cached in (True, False):
         t = time.perf_counter()
-        result = fine_tune(base, data, TierConfig("linear_probe", head_lr=1e-2), probe_cfg, cache_features=cached, progress=False)
+        result = fine_tune(
+            base, data, TierConfig("linear_probe", head_lr=1e-2), probe_cfg, cache_features=cached, progress=False
+        )
         runs[cached] = (time.perf_counter() - t, result.model.head.W_H.detach())
-    assert torch.allclose(runs[True][1], runs[False][1], atol=1e-5), "cached-feature probe differs from the generic loop"
+    assert torch.allclose(runs[True][1], runs[False][1], atol=1e-5), (
+        "cached-feature probe differs from the generic loop"
+    )
 
     ratios = {
         "lora_step_over_full_step": med["lora"] / med["full"],

@@ -19,6 +19,7 @@ from vitmech.data import GZ2_CLASSES
 from vitmech.data.chirps import FigureStyle, figure_renderer, generate_chirp, write_chirp_dataset
 from vitmech.data.galaxies import FEATURES, generate_galaxies, write_galaxy_dataset
 
+
 def save_small(fig, path: Path, dpi: int = 72) -> None:
     """Save a figure as an RGB PNG without alpha, at a modest resolution (noisy images compress badly)."""
     import io
@@ -31,8 +32,15 @@ def save_small(fig, path: Path, dpi: int = 72) -> None:
     PIL.Image.open(buffer).convert("RGB").save(path, optimize=True)
 
 
-FEATURE_COLOURS = {"bulge": "gold", "disk": "white", "bar": "red", "arms": "cyan", "ring": "magenta",
-                   "clumps": "lime", "dust_lane": "orange"}
+FEATURE_COLOURS = {
+    "bulge": "gold",
+    "disk": "white",
+    "bar": "red",
+    "arms": "cyan",
+    "ring": "magenta",
+    "clumps": "lime",
+    "dust_lane": "orange",
+}
 
 
 def galaxy_figure(path: Path, seed: int = 0, per_class: int = 4) -> None:
@@ -58,8 +66,11 @@ def galaxy_figure(path: Path, seed: int = 0, per_class: int = 4) -> None:
                 continue
             ax.contour(mask, levels=[0.5], colors=FEATURE_COLOURS[name], linewidths=0.8)
             x0, y0, x1, y1 = box
-            ax.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.6,
-                                           ls="--", ec=FEATURE_COLOURS[name]))
+            ax.add_patch(
+                patches.Rectangle(
+                    (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.6, ls="--", ec=FEATURE_COLOURS[name]
+                )
+            )
         axes[row, 0].set_ylabel(cls.replace("_", " "), fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -98,17 +109,25 @@ def chirp_figure(path: Path, seed: int = 0) -> None:
     axes[1, 0].imshow(s.spectrogram, origin="lower", cmap="viridis", aspect="auto")
     axes[1, 0].set_title("raw 128 x 128 array (freq x time)", fontsize=8)
     figure = figure_renderer(224)
-    for ax, (label, style) in zip(axes[1, 1:], [("no title", FigureStyle(title=False)),
-                                                ("no colour bar", FigureStyle(colorbar=False)),
-                                                ("no labels, no tick labels", FigureStyle(xlabel=False, ylabel=False, ticks=False))]):
+    for ax, (label, style) in zip(
+        axes[1, 1:],
+        [
+            ("no title", FigureStyle(title=False)),
+            ("no colour bar", FigureStyle(colorbar=False)),
+            ("no labels, no tick labels", FigureStyle(xlabel=False, ylabel=False, ticks=False)),
+        ],
+    ):
         image, _ = figure.render(s.spectrogram, f"Synthetic Spectrogram 1 ({s.params.kind} chirp)", style)
         ax.imshow(image)
         ax.set_title(label, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Synthetic chirp spectrograms (arXiv 2503.18762 design), 224 px; boxes: chirp red, "
-                 "axes orange, text and colour bar magenta", fontsize=10)
+    fig.suptitle(
+        "Synthetic chirp spectrograms (arXiv 2503.18762 design), 224 px; boxes: chirp red, "
+        "axes orange, text and colour bar magenta",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_small(fig, path)
     plt.close(fig)
@@ -129,12 +148,20 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.galaxies:
-        write_galaxy_dataset(args.out / "galaxies", args.galaxies, seed=args.seed, render_size=args.render_size,
-                             overwrite=args.overwrite)
+        write_galaxy_dataset(
+            args.out / "galaxies", args.galaxies, seed=args.seed, render_size=args.render_size, overwrite=args.overwrite
+        )
     if args.chirps:
-        write_chirp_dataset(args.out / "chirps", args.chirps, seed=args.seed, title=not args.no_title,
-                            colorbar=not args.no_colorbar, xlabel=not args.no_axis_labels,
-                            ylabel=not args.no_axis_labels, overwrite=args.overwrite)
+        write_chirp_dataset(
+            args.out / "chirps",
+            args.chirps,
+            seed=args.seed,
+            title=not args.no_title,
+            colorbar=not args.no_colorbar,
+            xlabel=not args.no_axis_labels,
+            ylabel=not args.no_axis_labels,
+            overwrite=args.overwrite,
+        )
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         galaxy_figure(args.figures / "galaxy_examples.png", seed=args.seed)

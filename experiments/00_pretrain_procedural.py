@@ -55,7 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=None, help="override d_model (tests; d_head = d_model / 12)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("stage1_images", "stage1_steps", "stage1_batch", "stage2_images", "stage2_steps", "stage2_batch", "test_images"):
+    for name in (
+        "stage1_images",
+        "stage1_steps",
+        "stage1_batch",
+        "stage2_images",
+        "stage2_steps",
+        "stage2_batch",
+        "test_images",
+    ):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.stage1_size % 16 or args.stage1_size > 224:
@@ -75,36 +83,76 @@ def main(argv: list[str] | None = None) -> int:
     if args.d_model:
         overrides.update(d_model=args.d_model, d_head=max(1, args.d_model // 12), d_mlp=4 * args.d_model)
 
-    model = mini_vit(len(PROCEDURAL_CLASSES), PROCEDURAL_CLASSES, image_size=args.stage1_size, seed=args.seed, **overrides)
+    model = mini_vit(
+        len(PROCEDURAL_CLASSES), PROCEDURAL_CLASSES, image_size=args.stage1_size, seed=args.seed, **overrides
+    )
     tier = TierConfig("full", head_lr=args.stage1_lr, backbone_lr=args.stage1_lr, weight_decay=0.05)
     t_start, c_start = time.perf_counter(), time.process_time()
 
     # stage 1: low resolution
-    train1 = procedural_dataset(args.stage1_images, args.seed, args.stage1_size, cache_dir=run / "data", progress=progress)
+    train1 = procedural_dataset(
+        args.stage1_images, args.seed, args.stage1_size, cache_dir=run / "data", progress=progress
+    )
     cfg1 = TrainConfig(
-        steps=args.stage1_steps, batch_size=args.stage1_batch, warmup_steps=max(1, args.stage1_steps // 12),
-        min_lr_ratio=0.05, clip_norm=1.0, seed=args.seed, augment="dihedral", label_smoothing=0.1,
-        checkpoint_every=50, log_every=10,
+        steps=args.stage1_steps,
+        batch_size=args.stage1_batch,
+        warmup_steps=max(1, args.stage1_steps // 12),
+        min_lr_ratio=0.05,
+        clip_norm=1.0,
+        seed=args.seed,
+        augment="dihedral",
+        label_smoothing=0.1,
+        checkpoint_every=50,
+        log_every=10,
     )
     groups = prepare_tier(model, tier)
-    res1 = fit(model, groups, train1, cfg1, checkpoint_dir=run / "stage1", progress=progress,
-               card={"stage": 1}, fingerprint_extra={"stage": 1})
+    res1 = fit(
+        model,
+        groups,
+        train1,
+        cfg1,
+        checkpoint_dir=run / "stage1",
+        progress=progress,
+        card={"stage": 1},
+        fingerprint_extra={"stage": 1},
+    )
     del train1
-    test1 = procedural_dataset(args.test_images, args.seed + 1000, args.stage1_size, cache_dir=run / "data", progress=progress)
+    test1 = procedural_dataset(
+        args.test_images, args.seed + 1000, args.stage1_size, cache_dir=run / "data", progress=progress
+    )
     acc1 = evaluate(model, test1).accuracy
-    logging.info("stage 1: %d steps, %.0f s, test accuracy %.3f at %d px", res1.steps_done, res1.seconds, acc1, args.stage1_size)
+    logging.info(
+        "stage 1: %d steps, %.0f s, test accuracy %.3f at %d px", res1.steps_done, res1.seconds, acc1, args.stage1_size
+    )
 
     # stage 2: full resolution (position embeddings resampled to the 14 x 14 grid)
     model = with_image_size(model, 224)
     train2 = procedural_dataset(args.stage2_images, args.seed + 1, 224, cache_dir=run / "data", progress=progress)
     cfg2 = TrainConfig(
-        steps=args.stage2_steps, batch_size=args.stage2_batch, warmup_steps=max(1, args.stage2_steps // 10),
-        min_lr_ratio=0.0, clip_norm=1.0, seed=args.seed + 1, augment="dihedral", label_smoothing=0.1,
-        checkpoint_every=25, log_every=5,
+        steps=args.stage2_steps,
+        batch_size=args.stage2_batch,
+        warmup_steps=max(1, args.stage2_steps // 10),
+        min_lr_ratio=0.0,
+        clip_norm=1.0,
+        seed=args.seed + 1,
+        augment="dihedral",
+        label_smoothing=0.1,
+        checkpoint_every=25,
+        log_every=5,
     )
-    groups = prepare_tier(model, TierConfig("full", head_lr=args.stage2_lr, backbone_lr=args.stage2_lr, weight_decay=0.05))
-    res2 = fit(model, groups, train2, cfg2, checkpoint_dir=run / "stage2", progress=progress,
-               card={"stage": 2}, fingerprint_extra={"stage": 2})
+    groups = prepare_tier(
+        model, TierConfig("full", head_lr=args.stage2_lr, backbone_lr=args.stage2_lr, weight_decay=0.05)
+    )
+    res2 = fit(
+        model,
+        groups,
+        train2,
+        cfg2,
+        checkpoint_dir=run / "stage2",
+        progress=progress,
+        card={"stage": 2},
+        fingerprint_extra={"stage": 2},
+    )
     del train2
     test2 = procedural_dataset(args.test_images, args.seed + 1000, 224, cache_dir=run / "data", progress=progress)
     ev = evaluate(model, test2)
@@ -125,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         "tier": "pretraining (all weights)",
         "recipe": {
             "stage1": {**cfg1.to_dict(), "lr": args.stage1_lr, "weight_decay": 0.05},
-            "stage2": {**cfg2.to_dict(), "lr": args.stage2_lr, "weight_decay": 0.05,
-                       "position_embeddings": "bicubic resample 7x7 -> 14x14" if args.stage1_size == 112 else "resampled"},
+            "stage2": {
+                **cfg2.to_dict(),
+                "lr": args.stage2_lr,
+                "weight_decay": 0.05,
+                "position_embeddings": "bicubic resample 7x7 -> 14x14" if args.stage1_size == 112 else "resampled",
+            },
             "optimizer": "AdamW, linear warm-up then cosine, grad-norm clip 1.0, label smoothing 0.1, dihedral flips/rotations",
         },
         "metrics": {
@@ -135,19 +187,31 @@ def main(argv: list[str] | None = None) -> int:
             "chance_uniform": chance["uniform"],
             "test_images": len(test2),
         },
-        "train_seconds": {"stage1": round(res1.seconds, 1), "stage2": round(res2.seconds, 1), "wall_total": round(wall, 1)},
-        "cpu_seconds": {"stage1": round(res1.cpu_seconds, 1), "stage2": round(res2.cpu_seconds, 1), "total": round(cpu, 1)},
+        "train_seconds": {
+            "stage1": round(res1.seconds, 1),
+            "stage2": round(res2.seconds, 1),
+            "wall_total": round(wall, 1),
+        },
+        "cpu_seconds": {
+            "stage1": round(res1.cpu_seconds, 1),
+            "stage2": round(res2.cpu_seconds, 1),
+            "total": round(cpu, 1),
+        },
         "hardware": hardware_info(),
         "command": command_line(),
     }
     model.save_pretrained(args.out, card=card)
 
     report = Report(args.report, "Procedural pretraining of the embedded 12 x 12-head ViT")
-    report.add_text(f"Saved to `{args.out}`. Test accuracy at 224 px: {ev.accuracy:.3f} (chance {chance['uniform']:.3f}); "
-                    f"after stage 1 at {args.stage1_size} px: {acc1:.3f}. Train time {res1.seconds + res2.seconds:.0f} s.")
+    report.add_text(
+        f"Saved to `{args.out}`. Test accuracy at 224 px: {ev.accuracy:.3f} (chance {chance['uniform']:.3f}); "
+        f"after stage 1 at {args.stage1_size} px: {acc1:.3f}. Train time {res1.seconds + res2.seconds:.0f} s."
+    )
     report.add_table("history_stage1", res1.to_frame(), caption="Stage 1 training history", show=False)
     report.add_table("history_stage2", res2.to_frame(), caption="Stage 2 training history", show=False)
-    report.add_table("confusion_224px", ev.to_frame().reset_index(), caption="Confusion matrix (224 px test set)", show=False)
+    report.add_table(
+        "confusion_224px", ev.to_frame().reset_index(), caption="Confusion matrix (224 px test set)", show=False
+    )
     report.add_json("card", card)
     report.write()
     print(f"saved {args.out}: procedural test accuracy {ev.accuracy:.3f} (chance {chance['uniform']:.3f})")

@@ -24,7 +24,7 @@ from vitmech.cli import load_model
 def demo_image(size: int = 224, seed: int = 0) -> np.ndarray:
     """A bright elliptical blob with a bar on a noisy dark sky: [size, size, 3] uint8."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     blob = np.exp(-((x / 0.35) ** 2 + (y / 0.2) ** 2) * 2.0) + 0.6 * np.exp(-((x / 0.5) ** 2 + (y / 0.04) ** 2))
     img = np.clip(blob[..., None] * np.array([1.0, 0.85, 0.7]) + 0.05 * rng.standard_normal((size, size, 3)), 0, 1)
     return (img * 255).astype(np.uint8)
@@ -59,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     p = cls_to_patches / cls_to_patches.sum(-1, keepdim=True)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
 
-    print(f"model      : {args.model} ({weights}); {cfg.n_layers} layers x {cfg.n_heads} heads, "
-          f"{cfg.n_tokens} tokens, {model.n_params / 1e6:.1f}M parameters")
+    print(
+        f"model      : {args.model} ({weights}); {cfg.n_layers} layers x {cfg.n_heads} heads, "
+        f"{cfg.n_tokens} tokens, {model.n_params / 1e6:.1f}M parameters"
+    )
     print(f"output     : {tuple(out.shape)}; {len(cache)} cached activations")
     print(f"layer {layer:<4} : manual softmax(QK^T/sqrt(d_head)) vs hook_pattern, max |diff| = {err:.2e}")
-    print(f"CLS->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
-          + " ".join(f"{e:.2f}" for e in entropy.tolist()))
+    print(
+        f"CLS->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
+        + " ".join(f"{e:.2f}" for e in entropy.tolist())
+    )
     ok = err < 1e-5
     print("PASS: hand-computed attention equals the cached pattern" if ok else "FAIL: attention mismatch")
     return 0 if ok else 1

@@ -42,11 +42,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", choices=("synthetic", "gz2"), default="synthetic")
     p.add_argument("--gz2-source", default="mwalmsley/gz2", help="hub id or local copy (with --data gz2)")
     p.add_argument("--tier", choices=TIERS, default="full")
-    p.add_argument("--n-train", type=int, default=None,
-                   help="training images (synthetic, default 4937) / training rows requested (gz2, default 10000 or all there are)")
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="training images (synthetic, default 4937) / training rows requested (gz2, default 10000 or all there are)",
+    )
     p.add_argument("--n-val", type=int, default=549, help="validation images (synthetic)")
-    p.add_argument("--n-test", type=int, default=None,
-                   help="test images (synthetic, default 568) / test rows requested (gz2, default 1000 or all there are)")
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="test images (synthetic, default 568) / test rows requested (gz2, default 1000 or all there are)",
+    )
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the training set (sets --steps)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
@@ -60,8 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--probe-steps", type=int, default=600, help="linear-probe steps on cached features (0: no probe)")
     p.add_argument("--probe-lr", type=float, default=1e-2)
-    p.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
-                   help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)")
+    p.add_argument(
+        "--lp-ft",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)",
+    )
     p.add_argument("--probe-train", type=int, default=None, help="training images for the probe (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -91,31 +103,75 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "synthetic":
         args.n_train = args.n_train or 4937
         args.n_test = args.n_test or 568
-        full = galaxy_dataset(args.n_train + args.n_val + args.n_test, args.data_seed, model.cfg.image_size,
-                              cache_dir=Path(args.run_dir) / "data", progress=progress)
+        full = galaxy_dataset(
+            args.n_train + args.n_val + args.n_test,
+            args.data_seed,
+            model.cfg.image_size,
+            cache_dir=Path(args.run_dir) / "data",
+            progress=progress,
+        )
         index = torch.arange(len(full))
         train = full.subset(index[: args.n_train])
         val = full.subset(index[args.n_train : args.n_train + args.n_val])
         test = full.subset(index[args.n_train + args.n_val :])
-        data_card = {"source": "vitmech.data.galaxies (synthetic, balanced classes)", "seed": args.data_seed,
-                     "images": "stream indices 0.. split in order train / val / test"}
+        data_card = {
+            "source": "vitmech.data.galaxies (synthetic, balanced classes)",
+            "seed": args.data_seed,
+            "images": "stream indices 0.. split in order train / val / test",
+        }
     else:
-        splits, gz2_report = gz2_datasets(args.gz2_source, model.preprocessing, n_train=args.n_train or 10000,
-                                          n_test=args.n_test or 1000, at_most=args.n_train is None, seed=args.data_seed,
-                                          progress=progress)
+        splits, gz2_report = gz2_datasets(
+            args.gz2_source,
+            model.preprocessing,
+            n_train=args.n_train or 10000,
+            n_test=args.n_test or 1000,
+            at_most=args.n_train is None,
+            seed=args.data_seed,
+            progress=progress,
+        )
         train, val, test = splits["train"], splits.get("val"), splits["test"]
         data_card = {"source": f"Galaxy Zoo 2 ({args.gz2_source})", "loader_report": gz2_report}
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
-    tier = TierConfig(args.tier, head_lr=args.head_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-                      lora=LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout))
-    config = TrainConfig(steps=steps, batch_size=args.batch_size, warmup_steps=int(args.warmup * steps), seed=args.seed,
-                         augment="dihedral", clip_norm=1.0, checkpoint_every=25, eval_every=0)
-    probe_config = TrainConfig(steps=args.probe_steps, batch_size=64, warmup_steps=args.probe_steps // 10, seed=args.seed) if args.probe_steps else None
+    tier = TierConfig(
+        args.tier,
+        head_lr=args.head_lr,
+        backbone_lr=args.backbone_lr,
+        weight_decay=args.weight_decay,
+        lora=LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout),
+    )
+    config = TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        warmup_steps=int(args.warmup * steps),
+        seed=args.seed,
+        augment="dihedral",
+        clip_norm=1.0,
+        checkpoint_every=25,
+        eval_every=0,
+    )
+    probe_config = (
+        TrainConfig(steps=args.probe_steps, batch_size=64, warmup_steps=args.probe_steps // 10, seed=args.seed)
+        if args.probe_steps
+        else None
+    )
     probe_train = train.subset(torch.arange(min(args.probe_train, len(train)))) if args.probe_train else None
     base_card = {"source_model": args.model, "source_weights": weights_note, "data": data_card}
-    study = run_study(model, train, val, test, tier, config, probe_config=probe_config, probe_lr=args.probe_lr,
-                      probe_train=probe_train, head_from_probe=args.lp_ft and bool(args.probe_steps), checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
+    study = run_study(
+        model,
+        train,
+        val,
+        test,
+        tier,
+        config,
+        probe_config=probe_config,
+        probe_lr=args.probe_lr,
+        probe_train=probe_train,
+        head_from_probe=args.lp_ft and bool(args.probe_steps),
+        checkpoint_dir=Path(args.run_dir) / args.tier,
+        card=base_card,
+        progress=progress,
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     name = shipped_name(args.out)
@@ -134,12 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     study.tuned.model.save_pretrained(args.out, card=card)
 
     report = Report(args.report, f"Fine-tuning {args.model} on galaxies ({args.data}, {args.tier} tier)")
-    report.add_text(f"Model saved to `{args.out}`. Source weights: {weights_note}. Splits: {study.split_sizes}. "
-                    f"{steps} steps of {args.batch_size} images; training took {study.tuned.train_result.seconds:.0f} s.")
+    report.add_text(
+        f"Model saved to `{args.out}`. Source weights: {weights_note}. Splits: {study.split_sizes}. "
+        f"{steps} steps of {args.batch_size} images; training took {study.tuned.train_result.seconds:.0f} s."
+    )
     report.add_table("summary", study.summary_rows(), caption="Held-out test accuracy")
-    report.add_table("confusion", study.test.to_frame().reset_index(), caption="Confusion matrix of the fine-tuned model (rows: true)")
+    report.add_table(
+        "confusion",
+        study.test.to_frame().reset_index(),
+        caption="Confusion matrix of the fine-tuned model (rows: true)",
+    )
     if study.probe_test is not None:
-        report.add_table("confusion_probe", study.probe_test.to_frame().reset_index(), caption="Linear probe confusion matrix", show=False)
+        report.add_table(
+            "confusion_probe",
+            study.probe_test.to_frame().reset_index(),
+            caption="Linear probe confusion matrix",
+            show=False,
+        )
     report.add_table("history", study.tuned.train_result.to_frame(), caption="Training history", show=False)
     report.add_json("card", card)
     report.write()

@@ -27,8 +27,12 @@ from vitmech.viz import attention as viz
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],
-                        help="one or more models (names or folders); with two, the second is compared to the first")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],
+        help="one or more models (names or folders); with two, the second is compared to the first",
+    )
     add_image_arguments(parser, default_galaxies=64)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--raw-cls", action="store_true", help="do not renormalise CLS attention over the patches")
@@ -44,48 +48,80 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.example_image < len(images):
         parser.error(f"--example-image must be in [0, {len(images)})")
     settings = AttentionSettings(renormalise=not args.raw_cls, k=args.top_k)
-    summaries = [summarize_attention(model, images, name=name, settings=settings, batch_size=args.batch_size,
-                                     progress=not args.no_progress)
-                 for name, (model, _) in zip(args.models, loaded)]
+    summaries = [
+        summarize_attention(
+            model, images, name=name, settings=settings, batch_size=args.batch_size, progress=not args.no_progress
+        )
+        for name, (model, _) in zip(args.models, loaded)
+    ]
 
     report = Report(args.out, title="CLS attention by layer")
-    report.add_text("\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
-                    + f"\n- images: {image_note}\n- settings: {settings.to_dict()}")
+    report.add_text(
+        "\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
+        + f"\n- images: {image_note}\n- settings: {settings.to_dict()}"
+    )
     k = settings.k
-    columns = ["layer", "cls_entropy_mean", "cls_entropy_std", "cls_entropy_head_mean_map_mean",
-               f"cls_top{k}_mean", f"cls_top{k}_head_mean_map_mean"]
+    columns = [
+        "layer",
+        "cls_entropy_mean",
+        "cls_entropy_std",
+        "cls_entropy_head_mean_map_mean",
+        f"cls_top{k}_mean",
+        f"cls_top{k}_head_mean_map_mean",
+    ]
     for s in summaries:
-        report.add_table(f"by_layer_{_slug(s.name)}", s.metrics.layer_frame()[columns],
-                         caption=f"{s.name}: CLS attention by layer (entropy in nats; means over images)")
+        report.add_table(
+            f"by_layer_{_slug(s.name)}",
+            s.metrics.layer_frame()[columns],
+            caption=f"{s.name}: CLS attention by layer (entropy in nats; means over images)",
+        )
     report.add_table("heads", _head_rows(summaries), caption="Per layer x head", show=False)
     if len(summaries) == 2:
         comparison = ModelComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
-        report.add_table("layer_change", comparison.layer_table(),
-                         caption=f"Change by layer ({args.models[1]} - {args.models[0]})", show=False)
+        report.add_table(
+            "layer_change",
+            comparison.layer_table(),
+            caption=f"Change by layer ({args.models[1]} - {args.models[0]})",
+            show=False,
+        )
     frames = {s.name: s.metrics.layer_frame() for s in summaries}
     n_patches = loaded[0][0].cfg.n_patches
-    for metric, label, ref in [("cls_entropy", "CLS entropy, mean of per-head (nats)", math.log(n_patches)),
-                               ("cls_entropy_head_mean_map", "CLS entropy of the head-mean map (nats)", math.log(n_patches)),
-                               (f"cls_top{k}", f"top-{k} concentration, mean of per-head", k / n_patches),
-                               (f"cls_top{k}_head_mean_map", f"top-{k} concentration of the head-mean map", k / n_patches)]:
-        report.add_figure(f"by_layer_{metric}", viz.plot_metric_by_layer(frames, metric, ylabel=label, title=label,
-                                                                          reference=ref, reference_label="uniform"))
+    for metric, label, ref in [
+        ("cls_entropy", "CLS entropy, mean of per-head (nats)", math.log(n_patches)),
+        ("cls_entropy_head_mean_map", "CLS entropy of the head-mean map (nats)", math.log(n_patches)),
+        (f"cls_top{k}", f"top-{k} concentration, mean of per-head", k / n_patches),
+        (f"cls_top{k}_head_mean_map", f"top-{k} concentration of the head-mean map", k / n_patches),
+    ]:
+        report.add_figure(
+            f"by_layer_{metric}",
+            viz.plot_metric_by_layer(
+                frames, metric, ylabel=label, title=label, reference=ref, reference_label="uniform"
+            ),
+        )
     index = args.example_image
     progression: dict[str, dict[int, Any]] = {}
     shown = {}
     for s, (model, _) in zip(summaries, loaded):
         cfg = model.cfg
-        shown[s.name] = viz.denormalize(prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean,
-                                        model.preprocessing.std)
+        shown[s.name] = viz.denormalize(
+            prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean, model.preprocessing.std
+        )
         maps = s.metrics.cls_attention[index].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
-        report.add_figure(f"heads_{_slug(s.name)}", viz.plot_head_grid(
-            maps, image=shown[s.name], title=f"{s.name}: CLS attention per head, image {index}"))
-        report.add_figure(f"entropy_heads_{_slug(s.name)}", viz.plot_head_heatmap(
-            s.metrics.cls_entropy.mean(0), f"{s.name}: CLS entropy per head (nats)", "nats"))
+        report.add_figure(
+            f"heads_{_slug(s.name)}",
+            viz.plot_head_grid(maps, image=shown[s.name], title=f"{s.name}: CLS attention per head, image {index}"),
+        )
+        report.add_figure(
+            f"entropy_heads_{_slug(s.name)}",
+            viz.plot_head_heatmap(s.metrics.cls_entropy.mean(0), f"{s.name}: CLS entropy per head (nats)", "nats"),
+        )
         layers = sorted({0, (cfg.n_layers - 1) // 2, cfg.n_layers - 1})
         progression[s.name] = {layer: maps[layer].mean(0) for layer in layers}
-    report.add_figure("layer_progression", viz.plot_layer_progression(shown, progression),
-                      caption=f"CLS attention (head mean) at early, middle and last layers, image {index}")
+    report.add_figure(
+        "layer_progression",
+        viz.plot_layer_progression(shown, progression),
+        caption=f"CLS attention (head mean) at early, middle and last layers, image {index}",
+    )
     print(report.write())
     return 0
 

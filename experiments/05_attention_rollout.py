@@ -37,8 +37,12 @@ from vitmech.viz import attention as viz
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],
-                        help="one or more models (names or folders)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["vitmech/mini-pretrained", "vitmech/mini-galaxy"],
+        help="one or more models (names or folders)",
+    )
     add_image_arguments(parser, default_galaxies=64)
     parser.add_argument("--alpha", type=float, default=0.5, help="attention weight against the identity")
     parser.add_argument("--discard-ratio", type=float, default=0.9, help="discard_ratio of the discard variant")
@@ -68,38 +72,64 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
 
     report = Report(args.out, title="Attention rollout vs last layer")
-    report.add_text("\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
-                    + f"\n- images: {image_note}\n- rollout variants: "
-                    + "; ".join(f"{k}: {v.to_dict()}" for k, v in variants.items()))
+    report.add_text(
+        "\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
+        + f"\n- images: {image_note}\n- rollout variants: "
+        + "; ".join(f"{k}: {v.to_dict()}" for k, v in variants.items())
+    )
     rows, shown, last_maps, rollout_grids = [], {}, {}, {}
     for name, (model, _) in zip(args.models, loaded):
-        summary = summarize_attention(model, images, name=name, rollout_settings=variants["rollout (mean)"],
-                                      batch_size=args.batch_size, progress=progress)
+        summary = summarize_attention(
+            model,
+            images,
+            name=name,
+            rollout_settings=variants["rollout (mean)"],
+            batch_size=args.batch_size,
+            progress=progress,
+        )
         pixels = prepare_images(model, images)
         variant_maps = rollout_maps(model, pixels, variants, batch_size=args.batch_size, progress=progress)
         last = summary.metrics.cls_entropy_head_mean[:, -1]
         test = paired_comparison(last, summary.rollout.entropy(0))
-        rows.append({"model": name, "last_layer_entropy": test.mean_before, "rollout_entropy": test.mean_after,
-                     "rollout_minus_last": test.mean_change, "p": test.p, "n_images": test.n,
-                     **{f"{k} entropy": float(v.entropy(0).mean()) for k, v in variant_maps.items()}})
+        rows.append(
+            {
+                "model": name,
+                "last_layer_entropy": test.mean_before,
+                "rollout_entropy": test.mean_after,
+                "rollout_minus_last": test.mean_change,
+                "p": test.p,
+                "n_images": test.n,
+                **{f"{k} entropy": float(v.entropy(0).mean()) for k, v in variant_maps.items()},
+            }
+        )
         cfg = model.cfg
         shown[name] = viz.denormalize(pixels[index], model.preprocessing.mean, model.preprocessing.std)
         last_maps[name] = summary.metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
         rollout_grids[name] = summary.rollout.grid(0)[index]
         maps = {"last layer": last_maps[name], **{k: v.grid(0)[index] for k, v in variant_maps.items()}}
         maps.update(family_maps(model, pixels, index, args, report, name, progress))
-        report.add_figure(f"maps_{_slug(name)}", viz.plot_overlays(shown[name], maps, ncols=4, title=name),
-                          caption=f"{name}: CLS maps of image {index} (each min-max scaled)")
-    report.add_table("rollout_vs_last_layer", pd.DataFrame(rows),
-                     caption="Entropy (nats) of the CLS map: last layer (head mean) vs rollout; means over images")
-    report.add_figure("rollout_vs_last_layer", viz.plot_rollout_vs_last_layer(shown, rollout_grids, last_maps),
-                      caption=f"Last-layer CLS attention vs rollout, image {index}")
+        report.add_figure(
+            f"maps_{_slug(name)}",
+            viz.plot_overlays(shown[name], maps, ncols=4, title=name),
+            caption=f"{name}: CLS maps of image {index} (each min-max scaled)",
+        )
+    report.add_table(
+        "rollout_vs_last_layer",
+        pd.DataFrame(rows),
+        caption="Entropy (nats) of the CLS map: last layer (head mean) vs rollout; means over images",
+    )
+    report.add_figure(
+        "rollout_vs_last_layer",
+        viz.plot_rollout_vs_last_layer(shown, rollout_grids, last_maps),
+        caption=f"Last-layer CLS attention vs rollout, image {index}",
+    )
     print(report.write())
     return 0
 
 
-def family_maps(model: Any, pixels: torch.Tensor, index: int, args: argparse.Namespace, report: Report, name: str,
-                progress: bool) -> dict[str, torch.Tensor]:
+def family_maps(
+    model: Any, pixels: torch.Tensor, index: int, args: argparse.Namespace, report: Report, name: str, progress: bool
+) -> dict[str, torch.Tensor]:
     """Gradient rollout, GMAR and flow maps of the example image; their entropies as a table."""
     maps: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
@@ -110,11 +140,19 @@ def family_maps(model: Any, pixels: torch.Tensor, index: int, args: argparse.Nam
         grads = attention_gradients(model, pixels[chosen], batch_size=args.batch_size, progress=progress)
         seconds = (time.perf_counter() - started) / len(chosen)
         position = chosen.index(index)
-        for label, result in (("gradient rollout", gradient_rollout(grads.patterns, grads.gradients, tokens=[0])),
-                              ("GMAR (L1)", gmar(grads.patterns, grads.gradients, "l1", args.alpha, tokens=[0]))):
+        for label, result in (
+            ("gradient rollout", gradient_rollout(grads.patterns, grads.gradients, tokens=[0])),
+            ("GMAR (L1)", gmar(grads.patterns, grads.gradients, "l1", args.alpha, tokens=[0])),
+        ):
             maps[label] = result.grid(0)[position]
-            rows.append({"method": label, "images": len(chosen), "entropy": float(result.entropy(0).mean()),
-                         "seconds_per_image": seconds})
+            rows.append(
+                {
+                    "method": label,
+                    "images": len(chosen),
+                    "entropy": float(result.entropy(0).mean()),
+                    "seconds_per_image": seconds,
+                }
+            )
     n_flow = min(args.flow_images, pixels.shape[0])
     if n_flow:
         from vitmech.analysis.attention import collect_patterns
@@ -126,11 +164,21 @@ def family_maps(model: Any, pixels: torch.Tensor, index: int, args: argparse.Nam
         seconds = (time.perf_counter() - started) / len(flow_images)
         if index in flow_images:
             maps["attention flow"] = flow.grid(0)[flow_images.index(index)]
-        rows.append({"method": "attention flow", "images": len(flow_images), "entropy": float(flow.entropy(0).mean()),
-                     "seconds_per_image": seconds})
+        rows.append(
+            {
+                "method": "attention flow",
+                "images": len(flow_images),
+                "entropy": float(flow.entropy(0).mean()),
+                "seconds_per_image": seconds,
+            }
+        )
     if rows:
-        report.add_table(f"family_{_slug(name)}", rows, caption=f"{name}: gradient rollout, GMAR and flow (CLS maps; "
-                         "seconds per image: the forward + backward pass for the gradient methods, the max-flow for flow)")
+        report.add_table(
+            f"family_{_slug(name)}",
+            rows,
+            caption=f"{name}: gradient rollout, GMAR and flow (CLS maps; "
+            "seconds per image: the forward + backward pass for the gradient methods, the max-flow for flow)",
+        )
     return maps
 
 

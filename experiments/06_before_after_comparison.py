@@ -28,6 +28,7 @@ from vitmech.cli import add_image_arguments, add_output_argument, load_images, l
 from vitmech.report import Report
 from vitmech.viz import attention as viz
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", default="vitmech/mini-pretrained", help="model before fine-tuning")
@@ -58,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         rollout_settings = RolloutSettings(args.alpha, args.head_fusion, args.discard_ratio)
         with torch.no_grad():
             comparison = compare_models(
-                before, after, images, names=("before", "after"), settings=settings,
-                rollout_settings=rollout_settings, batch_size=args.batch_size,
-                cka_tokens=None if args.cka_tokens == "none" else args.cka_tokens, progress=not args.no_progress,
+                before,
+                after,
+                images,
+                names=("before", "after"),
+                settings=settings,
+                rollout_settings=rollout_settings,
+                batch_size=args.batch_size,
+                cka_tokens=None if args.cka_tokens == "none" else args.cka_tokens,
+                progress=not args.no_progress,
             )
     except (ModelMismatchError, ValueError) as error:
         sys.exit(f"error: {error}")
@@ -84,16 +91,29 @@ def main(argv: list[str] | None = None) -> int:
     report.add_table("layers", layer_table, caption="Per-layer metrics (means over heads and images)", show=False)
     report.add_table("heads", comparison.head_table(), caption="Per layer x head metrics and weight change", show=False)
     if comparison.cka is not None:
-        report.add_table("cka", comparison.cka.to_frame(), caption="Linear CKA of the residual streams (before vs after)")
+        report.add_table(
+            "cka", comparison.cka.to_frame(), caption="Linear CKA of the residual streams (before vs after)"
+        )
     if comparison.weights is not None:
         w = comparison.weights
-        report.add_table("weight_change_by_layer", pd.DataFrame({
-            "layer": range(w.qk.shape[0]), "qk_mean": w.qk.mean(1).tolist(), "qk_max": w.qk.amax(1).tolist(),
-            "ov_mean": w.ov.mean(1).tolist(), "ov_max": w.ov.amax(1).tolist()}),
-            caption="Relative Frobenius change of W_QK and W_OV (over heads)")
+        report.add_table(
+            "weight_change_by_layer",
+            pd.DataFrame(
+                {
+                    "layer": range(w.qk.shape[0]),
+                    "qk_mean": w.qk.mean(1).tolist(),
+                    "qk_max": w.qk.amax(1).tolist(),
+                    "ov_mean": w.ov.mean(1).tolist(),
+                    "ov_max": w.ov.amax(1).tolist(),
+                }
+            ),
+            caption="Relative Frobenius change of W_QK and W_OV (over heads)",
+        )
     report.add_json("comparison", comparison.to_dict())
-    report.add_json("per_image", {s.name: {k: v.tolist() for k, v in s.image_scalars().items()}
-                                  for s in (comparison.before, comparison.after)})
+    report.add_json(
+        "per_image",
+        {s.name: {k: v.tolist() for k, v in s.image_scalars().items()} for s in (comparison.before, comparison.after)},
+    )
     add_figures(report, comparison, before, after, images, args.example_image)
     elapsed = time.perf_counter() - started
     report.add_text(f"Run time: {elapsed:.1f} s (torch threads: {torch.get_num_threads()}).")
@@ -110,43 +130,93 @@ def add_figures(report: Report, comparison: Any, before: Any, after: Any, images
     for metric, label, ref in [
         ("cls_entropy", "CLS entropy, mean of per-head (nats)", math.log(n_patches)),
         ("cls_entropy_head_mean_map", "CLS entropy of the head-mean map (nats)", math.log(n_patches)),
-        (f"cls_top{b.metrics.settings.k}_head_mean_map", f"top-{b.metrics.settings.k} concentration (head-mean map)", None),
+        (
+            f"cls_top{b.metrics.settings.k}_head_mean_map",
+            f"top-{b.metrics.settings.k} concentration (head-mean map)",
+            None,
+        ),
         ("mean_distance", "mean attention distance (px)", None),
     ]:
-        report.add_figure(f"by_layer_{metric}", viz.plot_metric_by_layer(
-            frames, metric, ylabel=label, title=label, reference=ref, reference_label="uniform" if ref else None))
-    report.add_figure("distance_by_head", viz.plot_distance_by_head(
-        {"before": b.metrics.mean_distance.mean(0), "after": a.metrics.mean_distance.mean(0)},
-        image_size=before.cfg.image_size))
+        report.add_figure(
+            f"by_layer_{metric}",
+            viz.plot_metric_by_layer(
+                frames, metric, ylabel=label, title=label, reference=ref, reference_label="uniform" if ref else None
+            ),
+        )
+    report.add_figure(
+        "distance_by_head",
+        viz.plot_distance_by_head(
+            {"before": b.metrics.mean_distance.mean(0), "after": a.metrics.mean_distance.mean(0)},
+            image_size=before.cfg.image_size,
+        ),
+    )
     head_table = comparison.head_table()
     n_layers, n_heads = before.cfg.n_layers, before.cfg.n_heads
-    report.add_figure("entropy_change_per_head", viz.plot_head_heatmap(
-        torch.tensor(head_table["cls_entropy_change"].to_numpy()).reshape(n_layers, n_heads),
-        "CLS entropy change per head (after - before, nats)", "nats", diverging=True))
+    report.add_figure(
+        "entropy_change_per_head",
+        viz.plot_head_heatmap(
+            torch.tensor(head_table["cls_entropy_change"].to_numpy()).reshape(n_layers, n_heads),
+            "CLS entropy change per head (after - before, nats)",
+            "nats",
+            diverging=True,
+        ),
+    )
     if comparison.weights is not None:
-        report.add_figure("qk_change_per_head", viz.plot_head_heatmap(
-            comparison.weights.qk, "Relative change of W_QK per head", "relative Frobenius change"))
-        report.add_figure("ov_change_per_head", viz.plot_head_heatmap(
-            comparison.weights.ov, "Relative change of W_OV per head", "relative Frobenius change"))
+        report.add_figure(
+            "qk_change_per_head",
+            viz.plot_head_heatmap(
+                comparison.weights.qk, "Relative change of W_QK per head", "relative Frobenius change"
+            ),
+        )
+        report.add_figure(
+            "ov_change_per_head",
+            viz.plot_head_heatmap(
+                comparison.weights.ov, "Relative change of W_OV per head", "relative Frobenius change"
+            ),
+        )
     if comparison.cka is not None:
         cka = comparison.cka.to_frame().rename(columns={"linear_cka": "linear_cka_mean"})
-        report.add_figure("cka_by_layer", viz.plot_metric_by_layer(
-            {"before vs after": cka}, "linear_cka", ylabel="linear CKA", title="Residual-stream CKA (layer -1: embeddings)"))
-    shown = {name: viz.denormalize(prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean,
-                                   model.preprocessing.std) for name, model in (("before", before), ("after", after))}
+        report.add_figure(
+            "cka_by_layer",
+            viz.plot_metric_by_layer(
+                {"before vs after": cka},
+                "linear_cka",
+                ylabel="linear CKA",
+                title="Residual-stream CKA (layer -1: embeddings)",
+            ),
+        )
+    shown = {
+        name: viz.denormalize(
+            prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean, model.preprocessing.std
+        )
+        for name, model in (("before", before), ("after", after))
+    }
     grid = before.cfg.grid_size
     for name, summary in (("before", b), ("after", a)):
         maps = summary.metrics.cls_attention[index].reshape(n_layers, n_heads, grid, grid)
-        report.add_figure(f"heads_{name}", viz.plot_head_grid(
-            maps, image=shown[name], title=f"{name}: CLS attention per head, image {index}"))
+        report.add_figure(
+            f"heads_{name}",
+            viz.plot_head_grid(maps, image=shown[name], title=f"{name}: CLS attention per head, image {index}"),
+        )
     progression = sorted({0, (n_layers - 1) // 2, n_layers - 1})
-    head_mean = {name: s.metrics.cls_attention[index].mean(1).reshape(n_layers, grid, grid) for name, s in
-                 (("before", b), ("after", a))}
-    report.add_figure("layer_progression", viz.plot_layer_progression(
-        shown, {name: {layer: maps[layer] for layer in progression} for name, maps in head_mean.items()}))
-    report.add_figure("rollout_vs_last_layer", viz.plot_rollout_vs_last_layer(
-        shown, {name: s.rollout.grid(0)[index] for name, s in (("before", b), ("after", a))},
-        {name: maps[-1] for name, maps in head_mean.items()}))
+    head_mean = {
+        name: s.metrics.cls_attention[index].mean(1).reshape(n_layers, grid, grid)
+        for name, s in (("before", b), ("after", a))
+    }
+    report.add_figure(
+        "layer_progression",
+        viz.plot_layer_progression(
+            shown, {name: {layer: maps[layer] for layer in progression} for name, maps in head_mean.items()}
+        ),
+    )
+    report.add_figure(
+        "rollout_vs_last_layer",
+        viz.plot_rollout_vs_last_layer(
+            shown,
+            {name: s.rollout.grid(0)[index] for name, s in (("before", b), ("after", a))},
+            {name: maps[-1] for name, maps in head_mean.items()},
+        ),
+    )
 
 
 if __name__ == "__main__":

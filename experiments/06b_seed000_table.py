@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", default="vitmech/mini-pretrained", help="the pretrained model")
     p.add_argument("--after", default="vitmech/mini-galaxy", help="its galaxy fine-tune")
     p.add_argument("--images", type=int, default=48, help="held-out synthetic galaxies")
-    p.add_argument("--data-seed", type=int, default=HELD_OUT_GALAXY_SEED, help="galaxy stream (not the training one, seed 0)")
+    p.add_argument(
+        "--data-seed", type=int, default=HELD_OUT_GALAXY_SEED, help="galaxy stream (not the training one, seed 0)"
+    )
     p.add_argument("--layer", type=int, default=-1)
     p.add_argument("--threads", type=int, default=2)
     add_output_argument(p, "reports/seed000_table")
@@ -48,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in (("before", before), ("after", after)):
         if not -model.cfg.n_layers <= args.layer < model.cfg.n_layers:
             p.error(f"--layer out of range for {label} ({model.cfg.n_layers} layers)")
-        summaries[label] = cls_attention_summary(model, to_model_input(galaxies.images, model.preprocessing), args.layer)
+        summaries[label] = cls_attention_summary(
+            model, to_model_input(galaxies.images, model.preprocessing), args.layer
+        )
     rows = before_after_rows(summaries["before"], summaries["after"])
 
     report = Report(args.out, "Seed 000's table: CLS attention before vs after galaxy fine-tuning")
-    report.add_text(f"Before: `{args.before}` ({note_b}). After: `{args.after}` ({note_a}). "
-                    f"{args.images} held-out synthetic galaxies (seed {args.data_seed}), layer {summaries['after'].layer}; "
-                    "CLS attention renormalised over the patches, entropy in nats (uniform over 196 patches: 5.278; "
-                    "top-10 of uniform: 0.051). Seed 000 (ViT-B/16 on Galaxy Zoo 2): entropy 4.81 -> 3.09, top-10 20.8% -> 79.4%.")
+    report.add_text(
+        f"Before: `{args.before}` ({note_b}). After: `{args.after}` ({note_a}). "
+        f"{args.images} held-out synthetic galaxies (seed {args.data_seed}), layer {summaries['after'].layer}; "
+        "CLS attention renormalised over the patches, entropy in nats (uniform over 196 patches: 5.278; "
+        "top-10 of uniform: 0.051). Seed 000 (ViT-B/16 on Galaxy Zoo 2): entropy 4.81 -> 3.09, top-10 20.8% -> 79.4%."
+    )
     report.add_table("seed000_table", rows, caption="Last-layer CLS attention")
     if after.cfg.n_classes == len(galaxies.names):
         acc = evaluate(after, galaxies).accuracy

@@ -87,13 +87,18 @@ def load_chirps(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, s
     raw = torch.tensor([s.targets for s in samples], dtype=torch.float64)
     card_targets = model.card.get("targets") if isinstance(model.card, dict) else None
     if card_targets and "mean" in card_targets and "std" in card_targets:
-        mean, std = torch.tensor(card_targets["mean"], dtype=torch.float64), torch.tensor(card_targets["std"], dtype=torch.float64)
+        mean, std = (
+            torch.tensor(card_targets["mean"], dtype=torch.float64),
+            torch.tensor(card_targets["std"], dtype=torch.float64),
+        )
         how = "z-scored with the mean/std of the model card (its training split)"
     else:
         mean, std = raw.mean(0), raw.std(0, unbiased=False)
         how = "z-scored with these images' own mean/std (the model card has no `targets` mean/std)"
-    note = (f"{n} generated chirp spectrograms (seed {seed}, stream indices from {CHIRP_STREAM_START}); "
-            f"targets {', '.join(TARGETS)} {how}")
+    note = (
+        f"{n} generated chirp spectrograms (seed {seed}, stream indices from {CHIRP_STREAM_START}); "
+        f"targets {', '.join(TARGETS)} {how}"
+    )
     return images, ((raw - mean) / std).float(), note
 
 
@@ -104,15 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--images", help="folder of images (default: --dataset chirps)")
     source.add_argument("--dataset", choices=["chirps"], help="generated data set with targets (default)")
     parser.add_argument("--targets", help=".npy/.csv targets aligned with the sorted image files")
-    parser.add_argument("--targets-are", choices=["auto", "labels", "values"], default="auto",
-                        help="class labels or regression values (auto: whole numbers are labels, unless the "
-                             "model card says regression)")
+    parser.add_argument(
+        "--targets-are",
+        choices=["auto", "labels", "values"],
+        default="auto",
+        help="class labels or regression values (auto: whole numbers are labels, unless the "
+        "model card says regression)",
+    )
     parser.add_argument("--n-images", type=int, default=64, help="images to average over (default 64)")
-    parser.add_argument("--metric", default=None,
-                        help="mse, cross_entropy, accuracy, class_logit, kl_to_clean, mse_to_clean, ... (default: mse "
-                             "for float targets, cross_entropy for class targets, kl_to_clean without targets)")
-    parser.add_argument("--ablation", default="zero", choices=["zero", "mean", "resample", "uniform_attention"],
-                        help="how a head is removed (mean: over the images themselves; resample: within the batch)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="mse, cross_entropy, accuracy, class_logit, kl_to_clean, mse_to_clean, ... (default: mse "
+        "for float targets, cross_entropy for class targets, kl_to_clean without targets)",
+    )
+    parser.add_argument(
+        "--ablation",
+        default="zero",
+        choices=["zero", "mean", "resample", "uniform_attention"],
+        help="how a head is removed (mean: over the images themselves; resample: within the batch)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=8, help="images per stacked forward of the exact sweep")
     parser.add_argument("--no-estimates", action="store_true", help="skip the gradient estimates")
@@ -138,16 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "auto" and isinstance(model.card, dict) and model.card.get("task") == "regression":
             kind = "values"
         targets = load_targets(args.targets, kept, kind) if args.targets else None
-        data_note = f"{images.shape[0]} images from {args.images}" + (f", targets from {args.targets}" if targets is not None else "")
+        data_note = f"{images.shape[0]} images from {args.images}" + (
+            f", targets from {args.targets}" if targets is not None else ""
+        )
     else:
         images, targets, data_note = load_chirps(model, args.n_images, args.seed)
 
     if args.metric is None:  # the loss the model would be trained with, else the drift of its output
-        args.metric = "kl_to_clean" if targets is None else "cross_entropy" if not targets.is_floating_point() else "mse"
+        args.metric = (
+            "kl_to_clean" if targets is None else "cross_entropy" if not targets.is_floating_point() else "mse"
+        )
     metric = resolve_metric(args.metric)
     if metric.needs_targets and targets is None:
-        parser.error(f"metric {args.metric!r} needs targets: pass --targets FILE or use --dataset "
-                     "(without targets: kl_to_clean for classifiers, mse_to_clean for regressors)")
+        parser.error(
+            f"metric {args.metric!r} needs targets: pass --targets FILE or use --dataset "
+            "(without targets: kl_to_clean for classifiers, mse_to_clean for regressors)"
+        )
     if args.ablation == "mean":
         ablation = MeanAblation.from_reference(model, images, batch_size=args.batch_size)
     elif args.ablation == "resample":
@@ -157,8 +179,16 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     start = time.perf_counter()
-    result = head_sweep(model, images, metric, ablation, targets=targets, batch_size=args.batch_size,
-                        max_batch=args.max_batch, store=out / "store")
+    result = head_sweep(
+        model,
+        images,
+        metric,
+        ablation,
+        targets=targets,
+        batch_size=args.batch_size,
+        max_batch=args.max_batch,
+        store=out / "store",
+    )
     sweep_seconds = time.perf_counter() - start
 
     report = Report(out, title=f"Head ablation heatmap: {args.model}")
@@ -173,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         "rerunning resumes from it). Layers and heads are 0-based. "
         "% change = 100 (ablated - clean) / |clean|; delta_se is the standard error over images."
     )
-    report.add_figure("heatmap", plot_head_heatmap(result, value), caption=f"{value} of the metric when each head is ablated")
+    report.add_figure(
+        "heatmap", plot_head_heatmap(result, value), caption=f"{value} of the metric when each head is ablated"
+    )
     summary = result.layer_summary()
     report.add_table("layer_summary", summary, caption="Per layer: mean and std (ddof 1) over heads")
     report.add_figure("layers", plot_layer_summary(result, value), caption="Per-layer mean +- std over heads")

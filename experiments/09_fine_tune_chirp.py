@@ -53,11 +53,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-dropout", type=float, default=0.1)
-    p.add_argument("--lora-targets", default="q,v", help="comma-separated projections among q, k, v (default q,v: the paper's)")
+    p.add_argument(
+        "--lora-targets", default="q,v", help="comma-separated projections among q, k, v (default q,v: the paper's)"
+    )
     p.add_argument("--probe-steps", type=int, default=600, help="linear-probe steps on cached features (0: no probe)")
     p.add_argument("--probe-lr", type=float, default=1e-2)
-    p.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
-                   help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)")
+    p.add_argument(
+        "--lp-ft",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the fine-tune from the linear probe's head (LP-FT; needs --probe-steps > 0)",
+    )
     p.add_argument("--probe-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -84,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     model, weights_note = load_model(args.model)
 
-    raw = chirp_dataset(args.n_train + args.n_val + args.n_test, args.data_seed, model.cfg.image_size,
-                        cache_dir=Path(args.run_dir) / "data", progress=progress)
+    raw = chirp_dataset(
+        args.n_train + args.n_val + args.n_test,
+        args.data_seed,
+        model.cfg.image_size,
+        cache_dir=Path(args.run_dir) / "data",
+        progress=progress,
+    )
     index = torch.arange(len(raw))
     raw_train = raw.subset(index[: args.n_train])
     mean, std = standardize(raw_train.targets)
@@ -94,20 +105,61 @@ def main(argv: list[str] | None = None) -> int:
     test = zscore(raw.subset(index[args.n_train + args.n_val :]), mean, std)
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
-    tier = TierConfig(args.tier, head_lr=args.head_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-                      lora=LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                     targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())))
-    config = TrainConfig(steps=steps, batch_size=args.batch_size, warmup_steps=int(args.warmup * steps), seed=args.seed,
-                         augment=None, clip_norm=1.0, checkpoint_every=25)
-    probe_config = TrainConfig(steps=args.probe_steps, batch_size=64, warmup_steps=args.probe_steps // 10, seed=args.seed) if args.probe_steps else None
+    tier = TierConfig(
+        args.tier,
+        head_lr=args.head_lr,
+        backbone_lr=args.backbone_lr,
+        weight_decay=args.weight_decay,
+        lora=LoRAConfig(
+            rank=args.lora_rank,
+            alpha=args.lora_alpha,
+            dropout=args.lora_dropout,
+            targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+        ),
+    )
+    config = TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        warmup_steps=int(args.warmup * steps),
+        seed=args.seed,
+        augment=None,
+        clip_norm=1.0,
+        checkpoint_every=25,
+    )
+    probe_config = (
+        TrainConfig(steps=args.probe_steps, batch_size=64, warmup_steps=args.probe_steps // 10, seed=args.seed)
+        if args.probe_steps
+        else None
+    )
     probe_train = train.subset(torch.arange(min(args.probe_train, len(train)))) if args.probe_train else None
-    targets = {"names": train.names, "units": ["s", "Hz", "Hz"], "mean": mean.tolist(), "std": std.tolist(),
-               "meaning": "outputs are z-scores: value = output * std + mean"}
-    data_card = {"source": "vitmech.data.chirps (synthetic spectrogram figures with title, axis labels, colour bar)",
-                 "seed": args.data_seed, "images": "stream indices 0.. split in order train / val / test"}
+    targets = {
+        "names": train.names,
+        "units": ["s", "Hz", "Hz"],
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "meaning": "outputs are z-scores: value = output * std + mean",
+    }
+    data_card = {
+        "source": "vitmech.data.chirps (synthetic spectrogram figures with title, axis labels, colour bar)",
+        "seed": args.data_seed,
+        "images": "stream indices 0.. split in order train / val / test",
+    }
     base_card = {"source_model": args.model, "source_weights": weights_note, "data": data_card, "targets": targets}
-    study = run_study(model, train, val, test, tier, config, probe_config=probe_config, probe_lr=args.probe_lr,
-                      probe_train=probe_train, head_from_probe=args.lp_ft and bool(args.probe_steps), checkpoint_dir=Path(args.run_dir) / args.tier, card=base_card, progress=progress)
+    study = run_study(
+        model,
+        train,
+        val,
+        test,
+        tier,
+        config,
+        probe_config=probe_config,
+        probe_lr=args.probe_lr,
+        probe_train=probe_train,
+        head_from_probe=args.lp_ft and bool(args.probe_steps),
+        checkpoint_dir=Path(args.run_dir) / args.tier,
+        card=base_card,
+        progress=progress,
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     name = shipped_name(args.out)
@@ -127,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     study.tuned.model.save_pretrained(args.out, card=card)
 
     report = Report(args.report, f"{args.tier} fine-tuning of {args.model} as a chirp regressor")
-    report.add_text(f"Model saved to `{args.out}`. Source weights: {weights_note}. Splits: {study.split_sizes}. "
-                    f"{steps} steps of {args.batch_size} images; training took {study.tuned.train_result.seconds:.0f} s. "
-                    "MSE in z-score units (1.0 = predicting the training mean).")
+    report.add_text(
+        f"Model saved to `{args.out}`. Source weights: {weights_note}. Splits: {study.split_sizes}. "
+        f"{steps} steps of {args.batch_size} images; training took {study.tuned.train_result.seconds:.0f} s. "
+        "MSE in z-score units (1.0 = predicting the training mean)."
+    )
     report.add_table("summary", study.summary_rows(), caption="Held-out test MSE and Pearson r per target")
     report.add_table("per_target", study.test.to_frame(), caption="Fine-tuned model, per target")
     report.add_table("history", study.tuned.train_result.to_frame(), caption="Training history", show=False)

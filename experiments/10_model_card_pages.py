@@ -1,6 +1,6 @@
 """Write docs/models/<name>.md for each shipped model from the card saved in its config.json.
 
-    python experiments/10_model_card_pages.py            # after (re)training any of the embedded models
+python experiments/10_model_card_pages.py            # after (re)training any of the embedded models
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """vitmech: mechanistic interpretability for Vision Transformers.
 
-    from vitmech import HookedViT
-    model = HookedViT.from_pretrained("vit_base_patch16_224")      # timm name, hub id, path or shipped model
-    logits, cache = model.run_with_cache(model.preprocess(images))
-    cache["pattern", 11]                                              # [batch, head, query, key]
+from vitmech import HookedViT
+model = HookedViT.from_pretrained("vit_base_patch16_224")      # timm name, hub id, path or shipped model
+logits, cache = model.run_with_cache(model.preprocess(images))
+cache["pattern", 11]                                              # [batch, head, query, key]
 """
 
 from vitmech.config import ViTConfig

@@ -37,7 +37,9 @@ def load_model(name: str) -> tuple[HookedViT, str]:
 
     if timm.is_model(name):
         logger.warning("no model hub reachable: %s gets RANDOM weights", name)
-        return HookedViT.from_timm(name, pretrained=False), "RANDOM INIT (no hub reachable: its attention means nothing)"
+        return HookedViT.from_timm(
+            name, pretrained=False
+        ), "RANDOM INIT (no hub reachable: its attention means nothing)"
     return HookedViT.from_pretrained(name), "pretrained weights"  # raises a clear error offline
 
 
@@ -75,12 +77,21 @@ HELD_OUT_GALAXY_SEED = 12345
 def add_image_arguments(parser: argparse.ArgumentParser, default_galaxies: int) -> None:
     """--images FOLDER, or --synthetic-galaxies N (default) with --seed; --limit caps a folder."""
     parser.add_argument("--images", help="folder of images (default: synthetic galaxies)")
-    parser.add_argument("--synthetic-galaxies", type=int, default=default_galaxies, metavar="N",
-                        help=f"number of synthetic galaxies when no --images (default {default_galaxies})")
+    parser.add_argument(
+        "--synthetic-galaxies",
+        type=int,
+        default=default_galaxies,
+        metavar="N",
+        help=f"number of synthetic galaxies when no --images (default {default_galaxies})",
+    )
     parser.add_argument("--limit", type=int, help="use at most this many images from --images")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_GALAXY_SEED,
-                        help=f"seed of the synthetic galaxies (default {HELD_OUT_GALAXY_SEED}: not the stream, seed 0, "
-                             "that the shipped galaxy model was trained on)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=HELD_OUT_GALAXY_SEED,
+        help=f"seed of the synthetic galaxies (default {HELD_OUT_GALAXY_SEED}: not the stream, seed 0, "
+        "that the shipped galaxy model was trained on)",
+    )
 
 
 def load_images(args: argparse.Namespace) -> tuple[list[Any], str]:
@@ -128,7 +139,9 @@ def read_image_folder(path: str | Path, limit: int | None = None) -> tuple[list[
     return images, kept
 
 
-def load_image_folder(model: HookedViT, path: str | Path, limit: int | None = None) -> Float[torch.Tensor, "batch c h w"]:
+def load_image_folder(
+    model: HookedViT, path: str | Path, limit: int | None = None
+) -> Float[torch.Tensor, "batch c h w"]:
     """Images from a folder, preprocessed for `model`; unreadable files are skipped with a count in the log."""
     return model.preprocess(read_image_folder(path, limit)[0])
 

@@ -35,6 +35,12 @@ class ViTConfig:
         pre_norm: a LayerNorm on the embeddings before the first block (CLIP-style `ln_pre`).
         n_heads_per_layer: heads in each block when they differ (a pruned model); None means n_heads
             in every block. Each count is in [0, n_heads].
+        class_token: whether a learned class token sits at position 0.
+        distill_token: whether a distillation token (DeiT) follows the class token.
+        n_register_tokens: learned register tokens (Darcet et al. 2024) after the class/distillation tokens.
+
+    Token order in the residual stream: [class?, distillation?, registers..., patches (row-major)];
+    `vitmech.tokens` splits prefix tokens from patch tokens, nothing else slices positions by hand.
     """
 
     n_layers: int
@@ -51,6 +57,9 @@ class ViTConfig:
     qkv_bias: bool = True
     pre_norm: bool = False
     n_heads_per_layer: tuple[int, ...] | None = None
+    class_token: bool = True
+    distill_token: bool = False
+    n_register_tokens: int = 0
 
     # transformer_lens' ActivationCache reads these two; a ViT always has both sublayers and LayerNorm.
     attn_only: bool = dataclasses.field(default=False, init=False, repr=False)
@@ -65,17 +74,21 @@ class ViTConfig:
         if not isinstance(self.n_classes, int) or self.n_classes < 0:
             raise ValueError(f"ViTConfig.n_classes must be an int >= 0 (0 = no head), got {self.n_classes!r}")
         if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if not self.ln_eps > 0:
             raise ValueError(f"ln_eps must be > 0, got {self.ln_eps!r}")
+        if not isinstance(self.n_register_tokens, int) or self.n_register_tokens < 0:
+            raise ValueError(f"n_register_tokens must be an int >= 0, got {self.n_register_tokens!r}")
+        if self.distill_token and not self.class_token:
+            raise ValueError("a distillation token needs a class token before it (DeiT layout)")
         if self.n_heads_per_layer is not None:
             counts = tuple(self.n_heads_per_layer)
             object.__setattr__(self, "n_heads_per_layer", counts)  # lists (from JSON) become a hashable tuple
-            if len(counts) != self.n_layers or any(not isinstance(c, int) or not 0 <= c <= self.n_heads for c in counts):
+            if len(counts) != self.n_layers or any(
+                not isinstance(c, int) or not 0 <= c <= self.n_heads for c in counts
+            ):
                 raise ValueError(
                     f"n_heads_per_layer must give {self.n_layers} counts in [0, {self.n_heads}], got {list(counts)}"
                 )
@@ -100,9 +113,14 @@ class ViTConfig:
         return self.grid_size**2
 
     @property
+    def n_prefix_tokens(self) -> int:
+        """Tokens before the patch grid: class, distillation and register tokens."""
+        return int(self.class_token) + int(self.distill_token) + self.n_register_tokens
+
+    @property
     def n_tokens(self) -> int:
-        """Sequence length P = 1 (CLS) + N patches."""
-        return 1 + self.n_patches
+        """Sequence length P = n_prefix_tokens + N patches."""
+        return self.n_prefix_tokens + self.n_patches
 
     @property
     def d_patch(self) -> int:

@@ -125,7 +125,8 @@ class Report:
         body = "\n\n".join([f"# {self.title}", *self._sections]) + "\n"
         md = self.directory / "report.md"
         md.write_text(body)
-        (self.directory / "index.json").write_text(json.dumps({"title": self.title, "files": self._artifacts}, indent=2) + "\n")
+        (self.directory / "index.json").write_text(
+            json.dumps({"title": self.title, "files": self._artifacts}, indent=2) + "\n"
+        )
         logger.info("report written to %s", md)
         return md
-

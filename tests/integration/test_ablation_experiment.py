@@ -13,7 +13,13 @@ from PIL import Image
 
 from tests.helpers.models import seeded_images, tiny_model
 from tests.helpers.scripts import load_experiment as load_script
-from vitmech.analysis.ablation import compare_estimates, estimate_head_effects, head_sweep, pair_interactions, pruning_curve
+from vitmech.analysis.ablation import (
+    compare_estimates,
+    estimate_head_effects,
+    head_sweep,
+    pair_interactions,
+    pruning_curve,
+)
 from vitmech.viz.ablation import (
     plot_estimates_vs_exact,
     plot_head_heatmap,
@@ -44,10 +50,30 @@ def saved(tmp_path_factory):
 def test_experiment_writes_the_report_and_resumes(saved):
     exp = load_experiment()
     out = saved / "report"
-    args = ["--model", str(saved / "model"), "--images", str(saved / "images"), "--targets", str(saved / "targets.npy"),
-            "--out", str(out), "--batch-size", "4", "--prune", "3"]
+    args = [
+        "--model",
+        str(saved / "model"),
+        "--images",
+        str(saved / "images"),
+        "--targets",
+        str(saved / "targets.npy"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--prune",
+        "3",
+    ]
     assert exp.main(args) == 0
-    for name in ("report.md", "heatmap.png", "layer_summary.csv", "all_heads.csv", "sweep.json", "estimates.csv", "pruning.csv"):
+    for name in (
+        "report.md",
+        "heatmap.png",
+        "layer_summary.csv",
+        "all_heads.csv",
+        "sweep.json",
+        "estimates.csv",
+        "pruning.csv",
+    ):
         assert (out / name).exists(), name
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["metric"]["metric"] == "mse" and len(sweep["rows"]) == 12
@@ -65,8 +91,19 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     model.card = {"task": "regression", "targets": {"mean": [20.0, 50.0, 50.0], "std": [13.0, 29.0, 30.0]}}
     model.save_pretrained(tmp_path / "chirp_model")
     out = tmp_path / "report"
-    args = ["--model", str(tmp_path / "chirp_model"), "--dataset", "chirps", "--n-images", "6", "--out", str(out),
-            "--no-estimates", "--ablation", "mean"]
+    args = [
+        "--model",
+        str(tmp_path / "chirp_model"),
+        "--dataset",
+        "chirps",
+        "--n-images",
+        "6",
+        "--out",
+        str(out),
+        "--no-estimates",
+        "--ablation",
+        "mean",
+    ]
     assert exp.main(args) == 0
     text = (out / "report.md").read_text()
     assert "generated chirp spectrograms" in text and "model card" in text
@@ -96,9 +133,15 @@ def test_plots_draw_the_results():
     figures = [
         fig,
         plot_layer_summary(result),
-        plot_estimates_vs_exact(compare_estimates(result, estimate_head_effects(model, images, "cross_entropy", targets=labels))),
-        plot_pruning_curve(pruning_curve(model, images, "cross_entropy", targets=labels, steps=[0, 4, 8], progress=False)),
-        plot_pair_interactions(pair_interactions(model, images, "cross_entropy", targets=labels, layers=[0], progress=False), 0),
+        plot_estimates_vs_exact(
+            compare_estimates(result, estimate_head_effects(model, images, "cross_entropy", targets=labels))
+        ),
+        plot_pruning_curve(
+            pruning_curve(model, images, "cross_entropy", targets=labels, steps=[0, 4, 8], progress=False)
+        ),
+        plot_pair_interactions(
+            pair_interactions(model, images, "cross_entropy", targets=labels, layers=[0], progress=False), 0
+        ),
     ]
     for figure in figures:
         assert isinstance(figure, matplotlib.figure.Figure)

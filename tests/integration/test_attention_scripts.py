@@ -47,13 +47,29 @@ def setup(tmp_path_factory):
 
 def test_06_writes_seed_000_table_equal_to_the_library(setup, capsys):
     out = setup / "r06"
-    code = script("06_before_after_comparison").main([
-        "--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"), "--images", str(setup / "images"),
-        "--top-k", "3", "--batch-size", "2", "--out", str(out), "--no-progress"])
+    code = script("06_before_after_comparison").main(
+        [
+            "--pretrained",
+            str(setup / "before"),
+            "--finetuned",
+            str(setup / "after"),
+            "--images",
+            str(setup / "images"),
+            "--top-k",
+            "3",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     summary = read_csv(out / "summary.csv")
-    assert [r["metric"] for r in summary][:2] == ["CLS attention entropy, last layer (head-mean map)",
-                                                   "CLS attention entropy, last layer (mean of per-head)"]
+    assert [r["metric"] for r in summary][:2] == [
+        "CLS attention entropy, last layer (head-mean map)",
+        "CLS attention entropy, last layer (mean of per-head)",
+    ]
     assert any(r["metric"] == "Rollout CLS entropy" for r in summary)
     # the same numbers from Python: raw images preprocessed by each model
     images = []
@@ -67,8 +83,13 @@ def test_06_writes_seed_000_table_equal_to_the_library(setup, capsys):
             assert float(row[column]) == pytest.approx(ref[column], rel=1e-5, abs=1e-7)
     assert len(read_csv(out / "heads.csv")) == 12 and len(read_csv(out / "locality.csv")) == 3
     assert len(read_csv(out / "cka.csv")) == 4
-    for figure in ("heads_before", "layer_progression", "rollout_vs_last_layer", "by_layer_mean_distance",
-                   "qk_change_per_head"):
+    for figure in (
+        "heads_before",
+        "layer_progression",
+        "rollout_vs_last_layer",
+        "by_layer_mean_distance",
+        "qk_change_per_head",
+    ):
         assert (out / f"{figure}.png").stat().st_size > 1000
     assert "Seed 000's table" in (out / "report.md").read_text()
     assert json.loads((out / "comparison.json").read_text())["names"] == ["before", "after"]
@@ -84,9 +105,14 @@ def test_03_04_05_write_their_reports(setup):
     assert script("04_cls_attention").main([*models, *common, "--top-k", "4", "--out", str(setup / "r04")]) == 0
     by_layer = read_csv(next((setup / "r04").glob("by_layer_*before.csv")))
     assert len(by_layer) == 3 and "cls_top4_mean" in by_layer[0]
-    assert script("05_attention_rollout").main([*models, *common, "--gradient-images", "2", "--out", str(setup / "r05")]) == 0
+    assert (
+        script("05_attention_rollout").main([*models, *common, "--gradient-images", "2", "--out", str(setup / "r05")])
+        == 0
+    )
     rows = read_csv(setup / "r05" / "rollout_vs_last_layer.csv")
-    assert len(rows) == 2 and float(rows[0]["rollout (mean) entropy"]) == pytest.approx(float(rows[0]["rollout_entropy"]))
+    assert len(rows) == 2 and float(rows[0]["rollout (mean) entropy"]) == pytest.approx(
+        float(rows[0]["rollout_entropy"])
+    )
     family = read_csv(next((setup / "r05").glob("family_*after.csv")))
     assert [r["method"] for r in family] == ["gradient rollout", "GMAR (L1)", "attention flow"]
     assert float(family[-1]["seconds_per_image"]) > 0
@@ -98,26 +124,86 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
         with pytest.raises(SystemExit, match="not in this checkout"):
             s06.main(["--images", str(setup / "images"), "--out", str(setup / "bad")])
     with pytest.raises(SystemExit, match="n_layers: 3 vs 2"):
-        s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "shallow"),
-                  "--images", str(setup / "images"), "--out", str(setup / "bad"), "--no-progress"])
+        s06.main(
+            [
+                "--pretrained",
+                str(setup / "before"),
+                "--finetuned",
+                str(setup / "shallow"),
+                "--images",
+                str(setup / "images"),
+                "--out",
+                str(setup / "bad"),
+                "--no-progress",
+            ]
+        )
     with pytest.raises(SystemExit, match="n_layers"):
-        script("03_spatial_attention").main(["--models", str(setup / "before"), str(setup / "shallow"),
-                                             "--images", str(setup / "images"), "--out", str(setup / "bad")])
+        script("03_spatial_attention").main(
+            [
+                "--models",
+                str(setup / "before"),
+                str(setup / "shallow"),
+                "--images",
+                str(setup / "images"),
+                "--out",
+                str(setup / "bad"),
+            ]
+        )
     with pytest.raises(SystemExit):
-        script("05_attention_rollout").main(["--models", str(setup / "before"), "--discard-ratio", "1.5",
-                                             "--images", str(setup / "images"), "--out", str(setup / "bad")])
+        script("05_attention_rollout").main(
+            [
+                "--models",
+                str(setup / "before"),
+                "--discard-ratio",
+                "1.5",
+                "--images",
+                str(setup / "images"),
+                "--out",
+                str(setup / "bad"),
+            ]
+        )
     try:
         import vitmech.data.galaxies  # noqa: F401
     except ImportError:
         with pytest.raises(SystemExit, match="vitmech.data.galaxies"):
-            s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
-                      "--out", str(setup / "bad")])
+            s06.main(
+                [
+                    "--pretrained",
+                    str(setup / "before"),
+                    "--finetuned",
+                    str(setup / "after"),
+                    "--out",
+                    str(setup / "bad"),
+                ]
+            )
     with pytest.raises(SystemExit, match="at least 2"):
-        s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
-                  "--synthetic-galaxies", "1", "--out", str(setup / "bad")])
+        s06.main(
+            [
+                "--pretrained",
+                str(setup / "before"),
+                "--finetuned",
+                str(setup / "after"),
+                "--synthetic-galaxies",
+                "1",
+                "--out",
+                str(setup / "bad"),
+            ]
+        )
     with pytest.raises(SystemExit):  # one image from a folder: a clear usage error, not a traceback
-        s06.main(["--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"),
-                  "--images", str(setup / "images"), "--limit", "1", "--out", str(setup / "bad")])
+        s06.main(
+            [
+                "--pretrained",
+                str(setup / "before"),
+                "--finetuned",
+                str(setup / "after"),
+                "--images",
+                str(setup / "images"),
+                "--limit",
+                "1",
+                "--out",
+                str(setup / "bad"),
+            ]
+        )
 
 
 def test_scripts_skip_unreadable_image_files(setup, tmp_path):
@@ -127,17 +213,34 @@ def test_scripts_skip_unreadable_image_files(setup, tmp_path):
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "9.png").write_bytes(b"truncated")
     out = tmp_path / "r06"
-    assert script("06_before_after_comparison").main([
-        "--pretrained", str(setup / "before"), "--finetuned", str(setup / "after"), "--images", str(folder),
-        "--out", str(out), "--no-progress"]) == 0
+    assert (
+        script("06_before_after_comparison").main(
+            [
+                "--pretrained",
+                str(setup / "before"),
+                "--finetuned",
+                str(setup / "after"),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "5 images from" in (out / "report.md").read_text()
 
 
 def test_synthetic_galaxies_feed_the_scripts(setup):
     pytest.importorskip("vitmech.data.galaxies")
     out = setup / "r04_galaxies"
-    assert script("04_cls_attention").main(["--models", str(setup / "before"), "--synthetic-galaxies", "3",
-                                            "--out", str(out), "--no-progress"]) == 0
+    assert (
+        script("04_cls_attention").main(
+            ["--models", str(setup / "before"), "--synthetic-galaxies", "3", "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
     assert "3 synthetic galaxies" in (out / "report.md").read_text()
 
 
@@ -157,9 +260,21 @@ def test_06_runs_on_two_vit_b16_sized_models(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     with torch.no_grad():
-        code = script("06_before_after_comparison").main([
-            "--pretrained", str(tmp_path / "before"), "--finetuned", str(tmp_path / "after"), "--images", str(folder),
-            "--batch-size", "2", "--out", str(tmp_path / "r06"), "--no-progress"])
+        code = script("06_before_after_comparison").main(
+            [
+                "--pretrained",
+                str(tmp_path / "before"),
+                "--finetuned",
+                str(tmp_path / "after"),
+                "--images",
+                str(folder),
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "r06"),
+                "--no-progress",
+            ]
+        )
     assert code == 0
     summary = read_csv(tmp_path / "r06" / "summary.csv")
     assert len(summary) == 6 and float(summary[0]["before"]) <= np.log(196) + 1e-4

@@ -24,8 +24,15 @@ bridge_module = pytest.importorskip("transformer_lens.model_bridge")
 
 @pytest.fixture(scope="module")
 def hf_model():
-    config = HFViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                         image_size=32, patch_size=8, num_labels=5)
+    config = HFViTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
     config.architectures = ["ViTForImageClassification"]
     return randomize_source_(ViTForImageClassification(config), seed=21).eval()
 
@@ -39,7 +46,9 @@ def ours_model(hf_model):
 def both(hf_model, ours_model):
     hf, ours = hf_model, ours_model
     # the bridge wraps the HF modules in place, so it gets its own copy
-    bridge = bridge_module.TransformerBridge.boot_transformers("google/vit-base-patch16-224", hf_model=copy.deepcopy(hf), device="cpu")
+    bridge = bridge_module.TransformerBridge.boot_transformers(
+        "google/vit-base-patch16-224", hf_model=copy.deepcopy(hf), device="cpu"
+    )
     x = seeded_images(2, 32, seed=22)
     with torch.no_grad():
         return ours.run_with_cache(x), bridge.run_with_cache(x)
@@ -60,7 +69,9 @@ def test_the_three_hooks_whose_meaning_differs(both, ours_model):
     torch.testing.assert_close(theirs["hook_embed"], ours["hook_full_embed"], atol=1e-5, rtol=0)
     for layer, block in enumerate(ours_model.blocks):
         pre_affine = theirs[f"blocks.{layer}.ln1.hook_normalized"]
-        torch.testing.assert_close(pre_affine * block.ln1.w + block.ln1.b, ours["normalized", layer, "ln1"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            pre_affine * block.ln1.w + block.ln1.b, ours["normalized", layer, "ln1"], atol=1e-5, rtol=0
+        )
     for layer in range(2):
         torch.testing.assert_close(torch.softmax(ours["attn_scores", layer], -1), ours["pattern", layer])
         torch.testing.assert_close(theirs["pattern", layer], ours["pattern", layer], atol=1e-6, rtol=0)

@@ -15,8 +15,16 @@ TOL = 1e-4
 
 
 def hf_config(**overrides) -> HFViTConfig:
-    base = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                image_size=224, patch_size=16, num_labels=10, layer_norm_eps=1e-12)
+    base = dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=224,
+        patch_size=16,
+        num_labels=10,
+        layer_norm_eps=1e-12,
+    )
     base.update(overrides)
     config = HFViTConfig(**base)
     config.architectures = ["ViTForImageClassification"]
@@ -31,7 +39,9 @@ def saved_base_model(tmp_path_factory):
     model = randomize_source_(ViTForImageClassification(hf_config()), seed=4).eval()
     path = tmp_path_factory.mktemp("hf_vit_base")
     model.save_pretrained(path)
-    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": 224, "width": 224}).save_pretrained(path)
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": 224, "width": 224}).save_pretrained(
+        path
+    )
     return model, path
 
 
@@ -43,8 +53,12 @@ def test_hf_base_loaded_by_path_matches_source(saved_base_model):
     x = seeded_images(2, 224, seed=5)
     with torch.no_grad():
         ref = source(x, output_hidden_states=True)
-        logits, cache = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post")))
-        explicit_logits, explicit = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern")))
+        logits, cache = hooked.run_with_cache(
+            x, names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post"))
+        )
+        explicit_logits, explicit = hooked.run_with_cache(
+            x, names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern"))
+        )
         fused = hooked(x)
     assert ref.logits.abs().max() > 0.1
     assert (logits - ref.logits).abs().max() <= TOL
@@ -66,8 +80,15 @@ def test_from_pretrained_dispatches_a_local_hf_directory(saved_base_model):
 
 
 def test_hf_vit_model_with_pooler_is_ported_with_a_warning(caplog):
-    config = hf_config(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2,
-                       image_size=32, patch_size=8, layer_norm_eps=1e-12)
+    config = hf_config(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        layer_norm_eps=1e-12,
+    )
     source = randomize_source_(ViTModel(config, add_pooling_layer=True), seed=7).eval()
     with caplog.at_level("WARNING"):
         hooked = HookedViT.from_hf(source)
@@ -81,8 +102,17 @@ def test_hf_vit_model_with_pooler_is_ported_with_a_warning(caplog):
 
 
 def test_hf_gelu_tanh_and_no_qkv_bias():
-    config = hf_config(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2,
-                       image_size=32, patch_size=8, hidden_act="gelu_pytorch_tanh", qkv_bias=False, num_labels=3)
+    config = hf_config(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        hidden_act="gelu_pytorch_tanh",
+        qkv_bias=False,
+        num_labels=3,
+    )
     source = randomize_source_(ViTForImageClassification(config), seed=9).eval()
     hooked = HookedViT.from_hf(source)
     assert hooked.cfg.act_fn == "gelu_tanh" and not hooked.cfg.qkv_bias
@@ -92,8 +122,16 @@ def test_hf_gelu_tanh_and_no_qkv_bias():
 
 
 def _small_hf_dir(tmp_path, **overrides):
-    config = hf_config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8, num_labels=3, **overrides)
+    config = hf_config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+        **overrides,
+    )
     model = ViTForImageClassification(config).eval()
     model.save_pretrained(tmp_path)
     return model
@@ -147,7 +185,9 @@ def test_a_complete_small_hf_directory_still_loads_exactly(tmp_path):
 def test_unsupported_hf_models_fail_at_load_naming_the_feature(tmp_path):
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTForMaskedImageModeling
 
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+    small = dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+    )
     deit = DeiTForImageClassificationWithTeacher(DeiTConfig(**small, num_labels=3)).eval()
     with pytest.raises(UnsupportedModelError, match="distillation token"):
         HookedViT.from_hf(deit)

@@ -36,7 +36,9 @@ def check_timm_port(name: str, batch: int = 2, **kwargs) -> HookedViT:
         fused = hooked(x)
         # residuals only: the fused (SDPA) path; with the pattern hooked: the explicit softmax path
         _, fused_cache = hooked.run_with_cache(x, names_filter=lambda n: n.endswith("hook_resid_post"))
-        _, explicit_cache = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern")))
+        _, explicit_cache = hooked.run_with_cache(
+            x, names_filter=lambda n: n.endswith(("hook_resid_post", "hook_pattern"))
+        )
     assert ref_logits.abs().max() > 0.1, "test weights should give O(1) logits"
     assert (fused - ref_logits).abs().max() <= TOL
     for layer, ref in enumerate(ref_blocks):
@@ -50,7 +52,9 @@ def check_timm_port(name: str, batch: int = 2, **kwargs) -> HookedViT:
     return hooked
 
 
-@pytest.mark.parametrize("name", ["vit_base_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224", "deit_tiny_patch16_224"])
+@pytest.mark.parametrize(
+    "name", ["vit_base_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224", "deit_tiny_patch16_224"]
+)
 def test_timm_port_matches_source(name):
     hooked = check_timm_port(name)
     assert hooked.cfg.ln_eps == 1e-6
@@ -74,7 +78,9 @@ def test_large_and_384_ports(name):
 
 
 def test_headless_timm_model_gives_features():
-    source = randomize_source_(timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=0), seed=3).eval()
+    source = randomize_source_(
+        timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=0), seed=3
+    ).eval()
     hooked = HookedViT.from_timm(source)
     x = seeded_images(2, 224)
     with torch.no_grad():

@@ -22,22 +22,52 @@ ROOT = Path(__file__).resolve().parents[2]
 def small_pretrained(tmp_path_factory) -> Path:
     """A 64 px, 3-layer model standing in for vitmech/mini-pretrained, saved by path."""
     model = with_image_size(tiny_model(0), 64)
-    model.preprocessing = type(model.preprocessing)(image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                                    resize_mode="squash", crop_pct=1.0, interpolation="bilinear")
+    model.preprocessing = type(model.preprocessing)(
+        image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash", crop_pct=1.0, interpolation="bilinear"
+    )
     return model.save_pretrained(tmp_path_factory.mktemp("models") / "small")
 
 
 def test_pretrain_script_runs_and_saves_a_loadable_model(tmp_path):
     script = load_script("00_pretrain_procedural.py")
     out = tmp_path / "model"
-    args = ["--out", str(out), "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "report"), "--no-progress",
-            "--threads", "1", "--layers", "1", "--d-model", "24", "--stage1-images", "64", "--stage1-steps", "3",
-            "--stage1-batch", "16", "--stage2-images", "16", "--stage2-steps", "2", "--stage2-batch", "8", "--test-images", "16"]
+    args = [
+        "--out",
+        str(out),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--report",
+        str(tmp_path / "report"),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--layers",
+        "1",
+        "--d-model",
+        "24",
+        "--stage1-images",
+        "64",
+        "--stage1-steps",
+        "3",
+        "--stage1-batch",
+        "16",
+        "--stage2-images",
+        "16",
+        "--stage2-steps",
+        "2",
+        "--stage2-batch",
+        "8",
+        "--test-images",
+        "16",
+    ]
     assert script.main(args) == 0
     model = HookedViT.from_pretrained(str(out))
     assert model.cfg.n_heads == 12 and model.cfg.grid_size == 14 and model.cfg.n_classes == 32
     card = model.card
-    assert card["metrics"]["chance_uniform"] == pytest.approx(1 / 32) and 0 <= card["metrics"]["procedural_test_accuracy"] <= 1
+    assert (
+        card["metrics"]["chance_uniform"] == pytest.approx(1 / 32)
+        and 0 <= card["metrics"]["procedural_test_accuracy"] <= 1
+    )
     assert {"source_model", "data", "tier", "recipe", "hardware", "train_seconds"} <= set(card)
     assert (tmp_path / "report" / "report.md").is_file()
     # a second run resumes from the finished checkpoints instead of training again
@@ -47,14 +77,43 @@ def test_pretrain_script_runs_and_saves_a_loadable_model(tmp_path):
 def test_galaxy_script_full_tier_with_probe(tmp_path, small_pretrained):
     script = load_script("02_fine_tune_galaxy.py")
     out = tmp_path / "galaxy"
-    assert script.main(["--model", str(small_pretrained), "--n-train", "24", "--n-val", "6", "--n-test", "12", "--steps", "3",
-                        "--batch-size", "8", "--probe-steps", "5", "--threads", "1", "--no-progress", "--out", str(out),
-                        "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "report")]) == 0
+    assert (
+        script.main(
+            [
+                "--model",
+                str(small_pretrained),
+                "--n-train",
+                "24",
+                "--n-val",
+                "6",
+                "--n-test",
+                "12",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--probe-steps",
+                "5",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     model = HookedViT.from_pretrained(str(out))
     assert model.cfg.n_classes == 6 and model.class_names[0] == "smooth_round"
     metrics = model.card["metrics"]
     assert metrics["split_sizes"] == {"train": 24, "val": 6, "test": 12, "probe_train": 24}
-    assert metrics["margins"]["over_linear_probe"] == pytest.approx(metrics["test"]["accuracy"] - metrics["linear_probe_test"]["accuracy"])
+    assert metrics["margins"]["over_linear_probe"] == pytest.approx(
+        metrics["test"]["accuracy"] - metrics["linear_probe_test"]["accuracy"]
+    )
     assert metrics["baselines"]["uniform"] == pytest.approx(1 / 6)
     summary = (tmp_path / "report" / "summary.csv").read_text()
     assert "linear probe" in summary and "chance (uniform)" in summary
@@ -63,12 +122,48 @@ def test_galaxy_script_full_tier_with_probe(tmp_path, small_pretrained):
 def test_galaxy_script_reads_a_local_gz2_copy(tmp_path, small_pretrained):
     from vitmech.data import make_gz2_fixture
 
-    classes = ["smooth_round", "smooth_cigar", "unbarred_spiral", "edge_on_disk", "barred_spiral", "featured_without_bar_or_spiral"]
-    source = make_gz2_fixture(tmp_path / "gz2", train_summaries=(classes + ["smooth_inbetween", ""]) * 4, test_summaries=classes * 2)
+    classes = [
+        "smooth_round",
+        "smooth_cigar",
+        "unbarred_spiral",
+        "edge_on_disk",
+        "barred_spiral",
+        "featured_without_bar_or_spiral",
+    ]
+    source = make_gz2_fixture(
+        tmp_path / "gz2", train_summaries=(classes + ["smooth_inbetween", ""]) * 4, test_summaries=classes * 2
+    )
     script = load_script("02_fine_tune_galaxy.py")
-    assert script.main(["--model", str(small_pretrained), "--data", "gz2", "--gz2-source", str(source), "--tier", "lora",
-                        "--steps", "2", "--batch-size", "4", "--probe-steps", "0", "--threads", "1", "--no-progress",
-                        "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "report")]) == 0
+    assert (
+        script.main(
+            [
+                "--model",
+                str(small_pretrained),
+                "--data",
+                "gz2",
+                "--gz2-source",
+                str(source),
+                "--tier",
+                "lora",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--probe-steps",
+                "0",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "m"),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     card = json.loads((tmp_path / "m" / "config.json").read_text())["card"]
     assert card["tier"] == "lora" and card["metrics"]["split_sizes"]["test"] == 12
     assert card["data"]["loader_report"]["survived"]["train"] == 24  # smooth_inbetween and '' dropped
@@ -77,9 +172,36 @@ def test_galaxy_script_reads_a_local_gz2_copy(tmp_path, small_pretrained):
 def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
     script = load_script("09_fine_tune_chirp.py")
     out = tmp_path / "chirp"
-    assert script.main(["--model", str(small_pretrained), "--n-train", "24", "--n-val", "4", "--n-test", "8", "--steps", "3",
-                        "--batch-size", "8", "--probe-steps", "5", "--threads", "1", "--no-progress", "--out", str(out),
-                        "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "report")]) == 0
+    assert (
+        script.main(
+            [
+                "--model",
+                str(small_pretrained),
+                "--n-train",
+                "24",
+                "--n-val",
+                "4",
+                "--n-test",
+                "8",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--probe-steps",
+                "5",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     model = HookedViT.from_pretrained(str(out))
     card = model.card
     assert model.cfg.n_classes == 3 and model.class_names == ["start_time", "start_freq", "end_freq"]
@@ -89,8 +211,12 @@ def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
 
 
 def test_scripts_refuse_bad_arguments(capsys):
-    for name, args in (("02_fine_tune_galaxy.py", ["--n-train", "0"]), ("09_fine_tune_chirp.py", ["--steps", "-1"]),
-                       ("00_pretrain_procedural.py", ["--stage1-size", "100"]), ("02_fine_tune_galaxy.py", ["--tier", "half"])):
+    for name, args in (
+        ("02_fine_tune_galaxy.py", ["--n-train", "0"]),
+        ("09_fine_tune_chirp.py", ["--steps", "-1"]),
+        ("00_pretrain_procedural.py", ["--stage1-size", "100"]),
+        ("02_fine_tune_galaxy.py", ["--tier", "half"]),
+    ):
         with pytest.raises(SystemExit) as exc:
             load_script(name).main(args)
         assert exc.value.code == 2
@@ -103,8 +229,23 @@ def test_seed000_table_script(tmp_path, small_pretrained):
     from vitmech.train import with_new_head
 
     with_new_head(HookedViT.from_pretrained(str(small_pretrained)), 6).save_pretrained(after)
-    assert script.main(["--before", str(small_pretrained), "--after", str(after), "--images", "6", "--threads", "1",
-                        "--out", str(tmp_path / "report")]) == 0
+    assert (
+        script.main(
+            [
+                "--before",
+                str(small_pretrained),
+                "--after",
+                str(after),
+                "--images",
+                "6",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     rows = (tmp_path / "report" / "seed000_table.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0] == "metric,before,after,change"
 

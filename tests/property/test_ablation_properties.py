@@ -26,8 +26,12 @@ head_sets = st.sets(st.tuples(st.integers(0, 2), st.integers(0, 3)), max_size=6)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(heads=head_sets, ablation=st.sampled_from(sorted(ABLATIONS)), output=st.sampled_from(["logits", "features", "tokens"]),
-       batch=st.integers(2, 6))
+@given(
+    heads=head_sets,
+    ablation=st.sampled_from(sorted(ABLATIONS)),
+    output=st.sampled_from(["logits", "features", "tokens"]),
+    batch=st.integers(2, 6),
+)
 def test_exact_output_equals_naive_for_any_head_set(heads, ablation, output, batch):
     images = IMAGES[:batch]
     exact = ablated_output(MODEL, images, heads, ABLATIONS[ablation], output=output)
@@ -36,14 +40,26 @@ def test_exact_output_equals_naive_for_any_head_set(heads, ablation, output, bat
 
 
 @settings(max_examples=15, deadline=None)
-@given(cells=st.lists(head_sets, min_size=1, max_size=5, unique_by=tuple), batch_size=st.integers(1, 6),
-       max_batch=st.integers(1, 30))
+@given(
+    cells=st.lists(head_sets, min_size=1, max_size=5, unique_by=tuple),
+    batch_size=st.integers(1, 6),
+    max_batch=st.integers(1, 30),
+)
 def test_sweep_tables_do_not_depend_on_batching(cells, batch_size, max_batch):
     labels = torch.arange(6) % 5
-    reference = ablation_sweep(MODEL, IMAGES, cells, "cross_entropy", targets=labels, batch_size=6, progress=False,
-                               engine="naive")
-    table = ablation_sweep(MODEL, IMAGES, cells, "cross_entropy", targets=labels, batch_size=batch_size,
-                           max_batch=max_batch, progress=False)
+    reference = ablation_sweep(
+        MODEL, IMAGES, cells, "cross_entropy", targets=labels, batch_size=6, progress=False, engine="naive"
+    )
+    table = ablation_sweep(
+        MODEL,
+        IMAGES,
+        cells,
+        "cross_entropy",
+        targets=labels,
+        batch_size=batch_size,
+        max_batch=max_batch,
+        progress=False,
+    )
     np.testing.assert_allclose(table.ablated, reference.ablated, atol=1e-4, rtol=0)
     assert table.clean == reference.clean or abs(table.clean - reference.clean) < 1e-6
 

@@ -128,11 +128,18 @@ def test_mean_distance_is_between_zero_and_the_grid_diagonal(patterns, patch):
 
 
 @SETTINGS
-@given(st.integers(3, 40), st.integers(1, 6), st.integers(1, 6), st.floats(0.01, 100) | st.floats(-100, -0.01),
-       st.integers(0, 10_000))
+@given(
+    st.integers(3, 40),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.floats(0.01, 100) | st.floats(-100, -0.01),
+    st.integers(0, 10_000),
+)
 def test_linear_cka_of_x_with_scaled_rotated_x_is_one(n, d, extra, scale, seed):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.rand(d, generator=gen, dtype=torch.float64).add(0.1)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.rand(d, generator=gen, dtype=torch.float64).add(
+        0.1
+    )
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     y = scale * x @ q
     assert abs(linear_cka(x, y) - 1) < 1e-9

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from tests.helpers.models import seeded_images, tiny_config, tiny_model
 from vitmech.analysis.attribution import direct_logit_attribution
-from vitmech.analysis.circuits import composition_scores, head_results, ov_circuits, positional_qk, qk_circuits, qk_scores
+from vitmech.analysis.circuits import (
+    composition_scores,
+    head_results,
+    ov_circuits,
+    positional_qk,
+    qk_circuits,
+    qk_scores,
+)
 from vitmech.weight_processing import process_weights
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -75,8 +82,12 @@ def test_scores_and_head_results_rebuilt_from_the_cache_equal_the_hooks(override
     model = model_for(overrides, seed)
     images = seeded_images(2, model.cfg.image_size, seed=seed)
     with torch.no_grad():
-        _, cache = model.run_with_cache(images, names_filter=lambda n: n.split(".")[-1] in (
-            "hook_normalized", "hook_attn_scores", "hook_pattern", "hook_v", "hook_result"))
+        _, cache = model.run_with_cache(
+            images,
+            names_filter=lambda n: (
+                n.split(".")[-1] in ("hook_normalized", "hook_attn_scores", "hook_pattern", "hook_v", "hook_result")
+            ),
+        )
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         x = cache["normalized", layer, "ln1"]
@@ -109,11 +120,14 @@ def test_dla_components_sum_to_the_logit(overrides, seed, data):
 
 @SETTINGS
 @given(small_configs(), seeds, st.booleans(), st.booleans(), st.booleans(), st.booleans())
-def test_processed_and_unprocessed_models_give_the_same_logits(overrides, seed, fold_ln, center, fold_v, center_reading):
+def test_processed_and_unprocessed_models_give_the_same_logits(
+    overrides, seed, fold_ln, center, fold_v, center_reading
+):
     model = model_for(overrides, seed)
     images = seeded_images(2, model.cfg.image_size, seed=seed)
-    processed = process_weights(model, fold_ln=fold_ln, center_writing=center, fold_value_bias=fold_v,
-                                center_reading_weights=center_reading)
+    processed = process_weights(
+        model, fold_ln=fold_ln, center_writing=center, fold_value_bias=fold_v, center_reading_weights=center_reading
+    )
     with torch.no_grad():
         torch.testing.assert_close(processed(images), model(images), atol=1e-4, rtol=1e-5)
 
@@ -159,7 +173,8 @@ def test_ln1_positional_qk_is_layer_zero_attention_without_content(overrides, se
         model.embed.W_E.zero_()
         model.embed.b_E.zero_()
         model.cls_token.W_cls.zero_()
-        _, cache = model.run_with_cache(seeded_images(1, model.cfg.image_size, seed=seed),
-                                        names_filter="blocks.0.attn.hook_attn_scores")
+        _, cache = model.run_with_cache(
+            seeded_images(1, model.cfg.image_size, seed=seed), names_filter="blocks.0.attn.hook_attn_scores"
+        )
     scores = positional_qk(model, mode="ln1", layers=[0]).scores[0]
     torch.testing.assert_close(scores, cache["attn_scores", 0][0], atol=1e-4, rtol=1e-4)

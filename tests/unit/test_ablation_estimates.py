@@ -45,7 +45,10 @@ def test_michel_importance_is_the_gate_gradient(model):
     reference = torch.zeros(3, 4)
     for i in range(3):
         gates = [torch.ones(4, requires_grad=True) for _ in range(3)]
-        hooks = [(f"blocks.{layer}.attn.hook_z", lambda z, hook, g=gates[layer]: z * g[None, None, :, None]) for layer in range(3)]
+        hooks = [
+            (f"blocks.{layer}.attn.hook_z", lambda z, hook, g=gates[layer]: z * g[None, None, :, None])
+            for layer in range(3)
+        ]
         logits = model.run_with_hooks(images[i : i + 1], fwd_hooks=hooks)
         loss = torch.nn.functional.cross_entropy(logits, labels[i : i + 1])
         reference += torch.stack(torch.autograd.grad(loss, gates)).abs() / 3
@@ -89,8 +92,15 @@ def test_compare_estimates_spearman(model):
     labels = torch.tensor([0, 1, 2, 3])
     sweep = head_sweep(model, images, "cross_entropy", targets=labels, progress=False)
     grid = sweep.grid("delta")
-    perfect = HeadEstimates(attribution=2 * grid, michel=-np.abs(grid), clean=sweep.clean, n_examples=4,
-                            metric={}, ablation={}, michel_normalized=False)
+    perfect = HeadEstimates(
+        attribution=2 * grid,
+        michel=-np.abs(grid),
+        clean=sweep.clean,
+        n_examples=4,
+        metric={},
+        ablation={},
+        michel_normalized=False,
+    )
     cmp = compare_estimates(sweep, perfect)
     assert cmp.spearman_attribution == pytest.approx(1.0)
     assert cmp.spearman_michel == pytest.approx(-1.0)

@@ -89,8 +89,12 @@ def test_pruning_curve_orders_by_exact_or_estimated_importance(setup):
     expected = [sweep.heads[i] for i in np.argsort(np.abs(sweep.delta), kind="stable")]
     assert curve.order == expected
     assert np.all(np.diff(curve.importance) >= 0)
-    assert curve.metric_values[-1] == pytest.approx(hooked_ce(model, images, labels, {0: "all", 1: "all", 2: "all"}), abs=1e-5)
-    estimated = pruning_curve(model, images, "cross_entropy", targets=labels, order="estimate", steps=[3], progress=False)
+    assert curve.metric_values[-1] == pytest.approx(
+        hooked_ce(model, images, labels, {0: "all", 1: "all", 2: "all"}), abs=1e-5
+    )
+    estimated = pruning_curve(
+        model, images, "cross_entropy", targets=labels, order="estimate", steps=[3], progress=False
+    )
     assert len(estimated.order) == 12 and estimated.ordered_by == "|estimate effect|"
     with pytest.raises(AblationError, match="steps"):
         pruning_curve(model, images, "cross_entropy", targets=labels, order=[(0, 0)], steps=[2])

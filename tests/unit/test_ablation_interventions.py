@@ -63,7 +63,9 @@ def test_uniform_attention_equals_zeroing_query_weights(model, images):
             edited.blocks[layer].attn.W_Q[head] = 0
             edited.blocks[layer].attn.b_Q[head] = 0
         reference = edited(images)
-    torch.testing.assert_close(run_hooked(model, images, head_ablation_hooks(model, heads, UniformAttention())), reference, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        run_hooked(model, images, head_ablation_hooks(model, heads, UniformAttention())), reference, atol=ATOL, rtol=0
+    )
     torch.testing.assert_close(ablated_output(model, images, heads, "uniform_attention"), reference, atol=ATOL, rtol=0)
 
 
@@ -84,7 +86,9 @@ def test_mean_ablation_with_reference_of_the_same_repeated_image_is_a_no_op(mode
     mean = MeanAblation.from_reference(model, batch, batch_size=2)
     heads = [(0, 0), (1, 2), (2, 3)]
     clean = model(batch)
-    torch.testing.assert_close(run_hooked(model, batch, head_ablation_hooks(model, heads, mean)), clean, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        run_hooked(model, batch, head_ablation_hooks(model, heads, mean)), clean, atol=ATOL, rtol=0
+    )
     torch.testing.assert_close(ablated_output(model, batch, heads, mean), clean, atol=ATOL, rtol=0)
     # ... and is not a no-op on other images
     other = seeded_images(3, 32, seed=8)
@@ -98,7 +102,9 @@ def test_mean_ablation_replaces_z_by_the_reference_mean_per_position(model):
     for layer in range(model.cfg.n_layers):
         torch.testing.assert_close(mean.mean_z[layer], cache["z", layer].mean(0), atol=1e-6, rtol=0)
     seen = {}
-    hooks = head_ablation_hooks(model, [(1, 2)], mean) + [("blocks.1.attn.hook_z", lambda z, hook: seen.setdefault("z", z))]
+    hooks = head_ablation_hooks(model, [(1, 2)], mean) + [
+        ("blocks.1.attn.hook_z", lambda z, hook: seen.setdefault("z", z))
+    ]
     run_hooked(model, seeded_images(2, 32, seed=4), hooks)
     torch.testing.assert_close(seen["z"][:, :, 2], cache["z", 1].mean(0)[:, 2].expand(2, -1, -1), atol=1e-6, rtol=0)
 
@@ -109,7 +115,9 @@ def test_resample_takes_z_from_the_drawn_source_images(model, images):
     index = ablation.source_indices(images.shape[0])
     _, source_cache = model.run_with_cache(source)
     seen = {}
-    hooks = head_ablation_hooks(model, [(2, 1)], ablation, images) + [("blocks.2.attn.hook_z", lambda z, hook: seen.setdefault("z", z))]
+    hooks = head_ablation_hooks(model, [(2, 1)], ablation, images) + [
+        ("blocks.2.attn.hook_z", lambda z, hook: seen.setdefault("z", z))
+    ]
     run_hooked(model, images, hooks)
     torch.testing.assert_close(seen["z"][:, :, 1], source_cache["z", 2][index][:, :, 1], atol=1e-5, rtol=0)
 

@@ -28,7 +28,9 @@ LABELS = torch.tensor([0, 1, 2])
 
 
 def test_cross_entropy_is_minus_log_softmax_of_the_target():
-    expected = [-math.log(math.exp(r[t]) / sum(math.exp(v) for v in r)) for r, t in zip(LOGITS.tolist(), LABELS.tolist())]
+    expected = [
+        -math.log(math.exp(r[t]) / sum(math.exp(v) for v in r)) for r, t in zip(LOGITS.tolist(), LABELS.tolist())
+    ]
     torch.testing.assert_close(cross_entropy()(LOGITS, targets=LABELS), torch.tensor(expected), atol=1e-6, rtol=0)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.helpers.models import seeded_images, tiny_model
+from vitmech import HookedViT
 from vitmech.analysis.ablation import (
     ablated_output,
     head_ablation_hooks,
@@ -15,7 +16,6 @@ from vitmech.analysis.ablation import (
     naive_head_sweep,
     prune_heads,
 )
-from vitmech import HookedViT
 
 HEADS = [(0, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3)]
 
@@ -92,7 +92,9 @@ def test_measure_pruning(model, images):
     report = measure_pruning(model, pruned, images, "cross_entropy", targets=labels, repeats=2, batch_size=3)
     expected = torch.nn.functional.cross_entropy(ablated_output(model, images, HEADS), labels).item()
     assert report.metric_after == pytest.approx(expected, abs=1e-5)
-    assert report.metric_before == pytest.approx(torch.nn.functional.cross_entropy(model(images), labels).item(), abs=1e-6)
+    assert report.metric_before == pytest.approx(
+        torch.nn.functional.cross_entropy(model(images), labels).item(), abs=1e-6
+    )
     assert report.n_heads_before == 12 and report.n_heads_after == 5
     assert report.speedup > 0 and report.seconds_per_image_after > 0
     assert report.to_frame().shape[0] == 1

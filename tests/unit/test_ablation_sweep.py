@@ -64,7 +64,9 @@ def test_exact_sweep_equals_naive_loop(model, data, name, metric):
 def test_naive_loop_is_an_independent_per_head_forward(model, data):
     """The reference itself: mean metric of a hooked forward, computed by hand for one head."""
     images, labels = data
-    naive = naive_head_sweep(model, images, "cross_entropy", heads=[(1, 2)], targets=labels, batch_size=3, progress=False)
+    naive = naive_head_sweep(
+        model, images, "cross_entropy", heads=[(1, 2)], targets=labels, batch_size=3, progress=False
+    )
     with torch.no_grad():
         logits = model.run_with_hooks(images, fwd_hooks=head_ablation_hooks(model, [(1, 2)], "zero"))
     by_hand = torch.nn.functional.cross_entropy(logits, labels).item()
@@ -95,9 +97,20 @@ def test_groups_across_layers_and_empty_cells(model, data):
         [(2, 0)],
     ]
     for ablation in ("zero", "uniform_attention", ResampleAblation(seed=1)):
-        exact = ablation_sweep(model, images, cells, "cross_entropy", ablation, targets=labels, batch_size=4, progress=False)
-        naive = ablation_sweep(model, images, cells, "cross_entropy", ablation, targets=labels, batch_size=4,
-                               progress=False, engine="naive")
+        exact = ablation_sweep(
+            model, images, cells, "cross_entropy", ablation, targets=labels, batch_size=4, progress=False
+        )
+        naive = ablation_sweep(
+            model,
+            images,
+            cells,
+            "cross_entropy",
+            ablation,
+            targets=labels,
+            batch_size=4,
+            progress=False,
+            engine="naive",
+        )
         np.testing.assert_allclose(exact.ablated, naive.ablated, atol=TOL, rtol=0)
         assert abs(exact.delta[0]) < 1e-6  # ablating nothing changes nothing
         assert exact.cells[1].name == "L0H1+L2H3"
@@ -105,7 +118,9 @@ def test_groups_across_layers_and_empty_cells(model, data):
 
 def test_stacking_variants_does_not_change_results(model, data):
     images, labels = data
-    one_at_a_time = head_sweep(model, images, "cross_entropy", targets=labels, batch_size=4, max_batch=4, progress=False)
+    one_at_a_time = head_sweep(
+        model, images, "cross_entropy", targets=labels, batch_size=4, max_batch=4, progress=False
+    )
     stacked = head_sweep(model, images, "cross_entropy", targets=labels, batch_size=4, max_batch=64, progress=False)
     np.testing.assert_allclose(one_at_a_time.ablated, stacked.ablated, atol=1e-6, rtol=0)
 
@@ -124,7 +139,8 @@ def test_result_table_grid_and_layer_summary(model, data):
     with torch.no_grad():
         clean = torch.nn.functional.cross_entropy(model(images), labels, reduction="none")
         ablated = torch.nn.functional.cross_entropy(
-            model.run_with_hooks(images, fwd_hooks=head_ablation_hooks(model, [(2, 1)])), labels, reduction="none")
+            model.run_with_hooks(images, fwd_hooks=head_ablation_hooks(model, [(2, 1)])), labels, reduction="none"
+        )
     d = (ablated - clean).double()
     assert frame.set_index("cell").loc["L2H1", "delta_se"] == pytest.approx(float(d.std() / len(d) ** 0.5), rel=1e-4)
     summary = result.layer_summary()

@@ -27,7 +27,7 @@ def test_stack_head_results_rebuilds_attention_outputs_from_z():
     H = model.cfg.n_heads
     assert heads.shape == (model.cfg.n_layers * H, 3, model.cfg.d_model) and labels[H + 1] == "L1H1"
     for layer in range(model.cfg.n_layers):
-        rebuilt = heads[layer * H:(layer + 1) * H].sum(0) + model.blocks[layer].attn.b_O
+        rebuilt = heads[layer * H : (layer + 1) * H].sum(0) + model.blocks[layer].attn.b_O
         torch.testing.assert_close(rebuilt, cache["attn_out", layer][:, 0], atol=1e-5, rtol=0)
 
 

@@ -30,18 +30,38 @@ def pair():
 @pytest.fixture(scope="module")
 def comparison(pair):
     before, after, images = pair
-    return compare_models(before, after, images, batch_size=2, settings=AttentionSettings(k=3),
-                          rollout_settings=RolloutSettings(alpha=0.6, head_fusion="max"), progress=False)
+    return compare_models(
+        before,
+        after,
+        images,
+        batch_size=2,
+        settings=AttentionSettings(k=3),
+        rollout_settings=RolloutSettings(alpha=0.6, head_fusion="max"),
+        progress=False,
+    )
 
 
 def test_streamed_summary_equals_metrics_of_collected_patterns(pair):
     model, _, images = pair
     settings = AttentionSettings(k=3, renormalise=False, distance_renormalise=False)
-    summary = summarize_attention(model, images, settings=settings, rollout_settings=RolloutSettings(0.7, "min", 0.3),
-                                  batch_size=2, progress=False)
+    summary = summarize_attention(
+        model,
+        images,
+        settings=settings,
+        rollout_settings=RolloutSettings(0.7, "min", 0.3),
+        batch_size=2,
+        progress=False,
+    )
     patterns = collect_patterns(model, images, progress=False)
     stacked = attention_metrics(patterns, model.cfg.patch_size, settings, keep_cls_attention=True)
-    for name in ("cls_entropy", "cls_entropy_head_mean", "cls_top_k", "cls_top_k_head_mean", "mean_distance", "cls_attention"):
+    for name in (
+        "cls_entropy",
+        "cls_entropy_head_mean",
+        "cls_top_k",
+        "cls_top_k_head_mean",
+        "mean_distance",
+        "cls_attention",
+    ):
         torch.testing.assert_close(getattr(summary.metrics, name), getattr(stacked, name))
     torch.testing.assert_close(summary.rollout.rows, rollout(patterns, 0.7, "min", 0.3, tokens=[0]).rows)
     with torch.no_grad():
@@ -61,8 +81,13 @@ def test_seed_000_table_holds_before_after_and_change(pair, comparison):
     before, after, images = pair
     table = comparison.summary_table()
     assert table["metric"].tolist()[0] == "CLS attention entropy, last layer (head-mean map)"
-    alone = summarize_attention(after, images, settings=AttentionSettings(k=3),
-                                rollout_settings=RolloutSettings(alpha=0.6, head_fusion="max"), progress=False)
+    alone = summarize_attention(
+        after,
+        images,
+        settings=AttentionSettings(k=3),
+        rollout_settings=RolloutSettings(alpha=0.6, head_fusion="max"),
+        progress=False,
+    )
     row = table.set_index("key").loc["cls_entropy_last_head_mean_map"]
     assert row["after"] == pytest.approx(float(alone.metrics.cls_entropy_head_mean[:, -1].mean()), rel=1e-6)
     assert row["change"] == pytest.approx(row["after"] - row["before"], abs=1e-6)
@@ -79,8 +104,12 @@ def test_locality_head_and_layer_tables(pair, comparison):
     assert locality["distance_before_px"].iloc[1] == pytest.approx(float(b), rel=1e-6)
     assert ((locality["change_px"] < 0) == (locality["direction"] == "more local")).all()
     heads = comparison.head_table()
-    assert len(heads) == 12 and {"cls_top3_before", "cls_top3_after", "cls_top3_change", "qk_relative_change"} <= set(heads)
-    np.testing.assert_allclose(heads["mean_distance_change"], heads["mean_distance_after"] - heads["mean_distance_before"])
+    assert len(heads) == 12 and {"cls_top3_before", "cls_top3_after", "cls_top3_change", "qk_relative_change"} <= set(
+        heads
+    )
+    np.testing.assert_allclose(
+        heads["mean_distance_change"], heads["mean_distance_after"] - heads["mean_distance_before"]
+    )
     layers = comparison.layer_table()
     assert len(layers) == 3 and "linear_cka" in layers and "cls_entropy_head_mean_map_change" in layers
     as_dict = comparison.to_dict()
@@ -118,7 +147,9 @@ def test_cka_equals_linear_cka_of_the_cached_residual_streams(pair, comparison):
         assert value == pytest.approx(linear_cka(x, y), abs=1e-5)
     assert comparison.cka.n_rows == 5 * 17
     cls_only = compare_models(before, after, images, cka_tokens="cls", progress=False)
-    assert cls_only.cka.cka[-1] == pytest.approx(linear_cka(cache_b[sites[-1]][:, 0], cache_a[sites[-1]][:, 0]), abs=1e-5)
+    assert cls_only.cka.cka[-1] == pytest.approx(
+        linear_cka(cache_b[sites[-1]][:, 0], cache_a[sites[-1]][:, 0]), abs=1e-5
+    )
 
 
 def test_raw_images_are_preprocessed_by_each_model(pair):
@@ -132,8 +163,11 @@ def test_raw_images_are_preprocessed_by_each_model(pair):
 
 def test_mismatched_models_get_a_clear_error(pair):
     before, _, images = pair
-    for overrides, field in [({"n_layers": 2}, "n_layers"), ({"n_heads": 2, "d_head": 16}, "n_heads"),
-                             ({"image_size": 40}, "grid_size")]:
+    for overrides, field in [
+        ({"n_layers": 2}, "n_layers"),
+        ({"n_heads": 2, "d_head": 16}, "n_heads"),
+        ({"image_size": 40}, "grid_size"),
+    ]:
         other = tiny_model(**overrides)
         with pytest.raises(ModelMismatchError, match=field):
             check_comparable(before, other)

@@ -79,7 +79,11 @@ def test_self_only_attention_has_distance_zero_and_nearest_neighbour_16_px():
     a = torch.zeros(1, 1, 1, p, p, dtype=torch.float64)
     for y in range(14):
         for x in range(14):
-            nbrs = [(y + dy, x + dx) for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)) if 0 <= y + dy < 14 and 0 <= x + dx < 14]
+            nbrs = [
+                (y + dy, x + dx)
+                for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                if 0 <= y + dy < 14 and 0 <= x + dx < 14
+            ]
             for ny, nx in nbrs:
                 a[..., 1 + y * 14 + x, 1 + ny * 14 + nx] = 1 / len(nbrs)
     assert math.isclose(float(mean_attention_distance(a, 16)), 16.0, rel_tol=1e-12)
@@ -113,8 +117,12 @@ def test_metrics_equal_naive_loops_over_heads_and_queries():
                     dist = [5 * math.dist(coords[i], coords[j]) for j in range(9)]
                     total += sum(w * d for w, d in zip(keys, dist)) / sum(keys)
                 assert m.mean_distance[b, layer, h] == pytest.approx(total / 9, rel=1e-12)
-            mean_row = [sum(a[b, layer, h, 0, 1 + j] / a[b, layer, h, 0, 1:].sum() for h in range(3)) / 3 for j in range(9)]
-            assert m.cls_entropy_head_mean[b, layer] == pytest.approx(-sum(float(v) * math.log(v) for v in mean_row), rel=1e-12)
+            mean_row = [
+                sum(a[b, layer, h, 0, 1 + j] / a[b, layer, h, 0, 1:].sum() for h in range(3)) / 3 for j in range(9)
+            ]
+            assert m.cls_entropy_head_mean[b, layer] == pytest.approx(
+                -sum(float(v) * math.log(v) for v in mean_row), rel=1e-12
+            )
 
 
 def test_mean_distance_chunks_give_the_same_result_as_one_pass(monkeypatch):
@@ -145,7 +153,9 @@ def test_entropy_from_hook_pattern_equals_entropy_of_attention_recomputed_by_han
     model = tiny_model(seed=3)
     images = seeded_images(3, 32, seed=4)
     with torch.no_grad():
-        _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith(("ln1.hook_normalized", "hook_pattern")))
+        _, cache = model.run_with_cache(
+            images, names_filter=lambda n: n.endswith(("ln1.hook_normalized", "hook_pattern"))
+        )
     patterns = collect_patterns(model, images, batch_size=2, progress=False)
     metrics = attention_metrics(patterns, model.cfg.patch_size)
     for layer in range(model.cfg.n_layers):
@@ -182,12 +192,21 @@ def test_metrics_tables_and_concatenation():
     layers = m.layer_frame()
     assert layers["mean_distance_mean"].iloc[1] == pytest.approx(float(m.mean_distance[:, 1].mean()))
     assert len(m.image_frame()) == 4 * 2 * 3
-    joined = AttentionMetrics.concat([attention_metrics(a[:1], 4, AttentionSettings(k=2), [3, 7], True),
-                                      attention_metrics(a[1:], 4, AttentionSettings(k=2), [3, 7], True)])
+    joined = AttentionMetrics.concat(
+        [
+            attention_metrics(a[:1], 4, AttentionSettings(k=2), [3, 7], True),
+            attention_metrics(a[1:], 4, AttentionSettings(k=2), [3, 7], True),
+        ]
+    )
     torch.testing.assert_close(joined.cls_entropy, m.cls_entropy)
     torch.testing.assert_close(joined.cls_attention, m.cls_attention)
-    assert m.to_dict()["settings"] == {"renormalise": True, "k": 2, "distance_renormalise": True,
-                                       "entropy_unit": "nats", "distance_unit": "pixels"}
+    assert m.to_dict()["settings"] == {
+        "renormalise": True,
+        "k": 2,
+        "distance_renormalise": True,
+        "entropy_unit": "nats",
+        "distance_unit": "pixels",
+    }
 
 
 # ----------------------------------------------------------------------------------- bad input

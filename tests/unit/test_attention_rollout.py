@@ -49,7 +49,9 @@ def numpy_rollout(layers: list[np.ndarray], alpha: float, fuse=np.mean) -> np.nd
     return np.stack(out)
 
 
-@pytest.mark.parametrize(("alpha", "fusion", "fuse"), [(0.5, "mean", np.mean), (0.8, "max", np.max), (0.3, "min", np.min)])
+@pytest.mark.parametrize(
+    ("alpha", "fusion", "fuse"), [(0.5, "mean", np.mean), (0.8, "max", np.max), (0.3, "min", np.min)]
+)
 def test_rollout_equals_a_plain_loop_over_layers_on_cached_patterns(cached, alpha, fusion, fuse):
     patterns = torch.stack([torch.from_numpy(p) for p in cached], 1)
     expected = numpy_rollout(cached, alpha, fuse)
@@ -57,8 +59,11 @@ def test_rollout_equals_a_plain_loop_over_layers_on_cached_patterns(cached, alph
     np.testing.assert_allclose(result.rows.numpy(), expected, atol=1e-12)
     cls_map = expected[:, 0, 1:] / expected[:, 0, 1:].sum(-1, keepdims=True)
     np.testing.assert_allclose(result.map(0).numpy(), cls_map, atol=1e-12)
-    np.testing.assert_allclose(rollout(patterns, alpha, fusion, tokens=[5, 0]).map(5).numpy(),
-                               expected[:, 5, 1:] / expected[:, 5, 1:].sum(-1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(
+        rollout(patterns, alpha, fusion, tokens=[5, 0]).map(5).numpy(),
+        expected[:, 5, 1:] / expected[:, 5, 1:].sum(-1, keepdims=True),
+        atol=1e-12,
+    )
     assert result.grid(0).shape == (3, 4, 4)
 
 
@@ -176,8 +181,10 @@ def test_gmar_weights_are_normalised_gradient_norms_and_feed_a_weighted_rollout(
         scores = np.linalg.norm(grads.numpy().reshape(*grads.shape[:3], -1), ord=ord_, axis=-1)
         np.testing.assert_allclose(weights.numpy(), scores / scores.sum(-1, keepdims=True), atol=1e-12)
         result = gmar(patterns, grads, norm=norm)
-        fused = [np.einsum("bhqk,bh->bqk", patterns[:, layer].numpy(), weights[:, layer].numpy())[:, None]
-                 for layer in range(3)]
+        fused = [
+            np.einsum("bhqk,bh->bqk", patterns[:, layer].numpy(), weights[:, layer].numpy())[:, None]
+            for layer in range(3)
+        ]
         expected = numpy_rollout(fused, 0.5)
         np.testing.assert_allclose(result.rows.numpy(), expected, atol=1e-12)
     # the chunked L1 norm gives the same weights with ragged chunks

@@ -75,7 +75,9 @@ def test_split_value_bias_moves_a_constant_out_of_each_head(model, images):
     split = direct_logit_attribution(model, images, split_value_bias=True)
     torch.testing.assert_close(split.total, plain.total, atol=1e-5, rtol=0)
     value_bias = split.attributions[:, [i for i, k in enumerate(split.kinds) if k == "value_bias"]]
-    torch.testing.assert_close(split.head_attributions().flatten(1) + value_bias, plain.head_attributions().flatten(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        split.head_attributions().flatten(1) + value_bias, plain.head_attributions().flatten(1), atol=1e-5, rtol=0
+    )
     # folding the value biases into b_O (an exact model change) gives the split heads
     folded = direct_logit_attribution(fold_value_biases(model), images, classes=plain.classes)
     torch.testing.assert_close(folded.head_attributions(), split.head_attributions(), atol=1e-5, rtol=1e-5)
@@ -141,11 +143,15 @@ def test_bad_inputs_get_clear_errors(model, images):
 def test_logit_lens_ends_at_the_logits_and_starts_at_the_embedding(model, images):
     lens = logit_lens(model, images, batch_size=3)
     L = model.cfg.n_layers
-    assert lens.logits.shape == (B, L + 1, model.cfg.n_classes) and lens.labels == ["embed"] + [f"L{l}" for l in range(L)]
+    assert lens.logits.shape == (B, L + 1, model.cfg.n_classes) and lens.labels == ["embed"] + [
+        f"L{l}" for l in range(L)
+    ]
     with torch.no_grad():
         logits = model(images)
         first = model.W_cls + model.W_pos[0]
-        by_hand = (first - first.mean()) / (first.var(unbiased=False) + model.cfg.ln_eps).sqrt() * model.ln_final.w + model.ln_final.b
+        by_hand = (first - first.mean()) / (
+            first.var(unbiased=False) + model.cfg.ln_eps
+        ).sqrt() * model.ln_final.w + model.ln_final.b
         by_hand = by_hand @ model.W_H + model.b_H
     torch.testing.assert_close(lens.logits[:, -1], logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lens.logits[:, 0], by_hand.expand(B, -1), atol=1e-5, rtol=1e-5)

@@ -57,11 +57,11 @@ def test_k_composition_is_not_q_composition():
 def test_closed_forms_projection_and_orthogonal_subspaces():
     d, dh = 16, 4
     basis = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))[0]
-    P = basis[:, :dh]                        # orthonormal columns
-    proj = FactoredMatrix(P, P.T)            # rank-dh projection
+    P = basis[:, :dh]  # orthonormal columns
+    proj = FactoredMatrix(P, P.T)  # rank-dh projection
     # ||P P||_F / ||P||_F^2 = sqrt(dh) / dh
     assert composition_score(proj, proj).item() == pytest.approx(1 / math.sqrt(dh), rel=1e-5)
-    other = basis[:, dh:2 * dh]
+    other = basis[:, dh : 2 * dh]
     assert composition_score(proj, FactoredMatrix(other, other.T)).item() == pytest.approx(0.0, abs=1e-6)
     rank_one = FactoredMatrix(P[:, :1], P[:, :1].T)
     assert composition_score(rank_one, rank_one).item() == pytest.approx(1.0, rel=1e-5)
@@ -75,7 +75,9 @@ def test_random_baseline_is_about_one_over_sqrt_d_and_seeded():
         value = random_composition_baseline(64, 4, mode, n_samples=128, seed=1)
         assert value == pytest.approx(1 / 8, rel=0.05)
         assert value == random_composition_baseline(64, 4, mode, n_samples=128, seed=1)
-    assert random_composition_baseline(64, 4, "Q", n_samples=16, seed=1) != random_composition_baseline(64, 4, "Q", n_samples=16, seed=2)
+    assert random_composition_baseline(64, 4, "Q", n_samples=16, seed=1) != random_composition_baseline(
+        64, 4, "Q", n_samples=16, seed=2
+    )
     with pytest.raises(ValueError):
         random_composition_baseline(64, 4, "X")
     with pytest.raises(ValueError):

@@ -36,7 +36,9 @@ def test_singular_directions_match_the_explicit_svd_and_reconstruct_the_circuit(
     frame = sd.to_frame()
     assert len(frame) == model.cfg.n_layers * model.cfg.n_heads * k
     shares = frame.groupby(["layer", "head"])["share_of_norm_sq"].sum()
-    torch.testing.assert_close(torch.tensor(shares.values), torch.ones(len(shares), dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(shares.values), torch.ones(len(shares), dtype=torch.float64), atol=1e-4, rtol=0
+    )
 
 
 def test_top_singular_directions_rejects_a_k_above_the_rank():
@@ -51,8 +53,8 @@ def test_copying_score_is_one_for_a_copying_head_and_minus_one_for_a_negating_he
     model = tiny_model()
     with torch.no_grad():
         attn = model.blocks[1].attn
-        attn.W_O.copy_(attn.W_V.transpose(-2, -1))       # OV = W_V W_V^T: positive semi-definite
-        attn.W_O[1].copy_(-attn.W_V[1].T)                 # head 1: negative semi-definite
+        attn.W_O.copy_(attn.W_V.transpose(-2, -1))  # OV = W_V W_V^T: positive semi-definite
+        attn.W_O[1].copy_(-attn.W_V[1].T)  # head 1: negative semi-definite
     scores = ov_copying_scores(model).scores
     assert torch.allclose(scores[1, 0], torch.tensor(1.0), atol=1e-4)
     assert torch.allclose(scores[1, 1], torch.tensor(-1.0), atol=1e-4)
@@ -100,7 +102,9 @@ def test_query_grid_is_the_query_row_reshaped_row_major():
     assert pick["score"].item() == pytest.approx(float(grid[0, 3]))
 
 
-@pytest.mark.parametrize("query, error", [((9, 0), IndexError), (16, IndexError), (-1, IndexError), ("middle", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "query, error", [((9, 0), IndexError), (16, IndexError), (-1, IndexError), ("middle", TypeError), (True, TypeError)]
+)
 def test_bad_queries_are_rejected(query, error):
     pqk = positional_qk(tiny_model())
     with pytest.raises(error):
@@ -122,7 +126,9 @@ def test_attention_distance_matches_the_reference_values():
     n = 196
     uniform = torch.full((n + 1, n + 1), 1.0 / n)
     assert attention_distance_px(uniform, 14, 16).item() == pytest.approx(116.49, abs=0.01)
-    assert attention_distance_px(torch.full((n + 1, n + 1), 1.0 / (n + 1)), 14, 16, renormalise=False).item() == pytest.approx(115.90, abs=0.01)
+    assert attention_distance_px(
+        torch.full((n + 1, n + 1), 1.0 / (n + 1)), 14, 16, renormalise=False
+    ).item() == pytest.approx(115.90, abs=0.01)
     assert uniform_distance_px(14, 16) == pytest.approx(116.49, abs=0.01)
     assert uniform_distance_px(7, 32) == pytest.approx(115.50, abs=0.01)
     self_only = torch.eye(n + 1)

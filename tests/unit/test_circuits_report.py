@@ -13,7 +13,12 @@ from tests.helpers.scripts import load_experiment
 from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
 from vitmech.analysis.circuits import composition_scores, positional_qk
 from vitmech.viz.circuits import (
-    plot_composition, plot_head_change, plot_head_dla, plot_locality, plot_logit_lens, plot_positional_grids,
+    plot_composition,
+    plot_head_change,
+    plot_head_dla,
+    plot_locality,
+    plot_logit_lens,
+    plot_positional_grids,
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "08_circuits_report.py"
@@ -35,17 +40,40 @@ def saved_pair(tmp_path_factory):
 def test_report_for_a_model_and_its_fine_tuned_twin(saved_pair, tmp_path):
     pre, ft = saved_pair
     out = tmp_path / "report"
-    assert load_script().main(["--model", str(pre), "--finetuned", str(ft), "--synthetic-galaxies", "3", "--out", str(out)]) == 0
+    assert (
+        load_script().main(
+            ["--model", str(pre), "--finetuned", str(ft), "--synthetic-galaxies", "3", "--out", str(out)]
+        )
+        == 0
+    )
     files = set(json.loads((out / "index.json").read_text())["files"])
-    for name in ("positional_grids_pretrained.png", "positional_grids_finetuned.png", "locality.png", "locality_by_head.csv",
-                 "composition_top_pretrained.csv", "composition_K_finetuned.png", "dla_heads.png", "dla_top_finetuned.csv",
-                 "logit_lens.png", "logit_lens_pretrained.csv", "locality_change.png", "composition_changes.csv",
-                 "dla_change.png", "copying_change.png", "ov_copying_pretrained.csv", "settings.json"):
+    for name in (
+        "positional_grids_pretrained.png",
+        "positional_grids_finetuned.png",
+        "locality.png",
+        "locality_by_head.csv",
+        "composition_top_pretrained.csv",
+        "composition_K_finetuned.png",
+        "dla_heads.png",
+        "dla_top_finetuned.csv",
+        "logit_lens.png",
+        "logit_lens_pretrained.csv",
+        "locality_change.png",
+        "composition_changes.csv",
+        "dla_change.png",
+        "copying_change.png",
+        "ov_copying_pretrained.csv",
+        "settings.json",
+    ):
         assert name in files and (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
     assert "## Changes with fine-tuning" in text and "3 synthetic galaxies" in text
     assert "max |sum of components - logit|" in text
-    errors = [float(line.split("= ")[1].split(";")[0]) for line in text.splitlines() if "max |sum of components - logit|" in line]
+    errors = [
+        float(line.split("= ")[1].split(";")[0])
+        for line in text.splitlines()
+        if "max |sum of components - logit|" in line
+    ]
     assert len(errors) == 2 and max(errors) < 1e-4
 
 
@@ -55,11 +83,31 @@ def test_report_for_one_model_from_an_image_folder(saved_pair, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(2):
-        Image.fromarray((torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()).save(folder / f"{i}.png")
+        Image.fromarray((torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()).save(
+            folder / f"{i}.png"
+        )
     out = tmp_path / "one"
     main = load_script().main
-    assert main(["--model", str(saved_pair[0]), "--finetuned", "none", "--images", str(folder), "--query", "1,2",
-                 "--positional-mode", "raw", "--no-baseline", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(saved_pair[0]),
+                "--finetuned",
+                "none",
+                "--images",
+                str(folder),
+                "--query",
+                "1,2",
+                "--positional-mode",
+                "raw",
+                "--no-baseline",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = (out / "report.md").read_text()
     assert "Changes with fine-tuning" not in text and f"2 images from {folder}" in text
 

@@ -56,7 +56,9 @@ def test_center_writing_weights_centres_every_residual_stream(images):
     model = center_writing_weights(tiny_model(seed=2))
     with torch.no_grad():
         _, cache = model.run_with_cache(images)
-    names = ["hook_full_embed"] + [f"blocks.{l}.hook_{k}" for l in range(3) for k in ("resid_mid", "resid_post", "attn_out", "mlp_out")]
+    names = ["hook_full_embed"] + [
+        f"blocks.{l}.hook_{k}" for l in range(3) for k in ("resid_mid", "resid_post", "attn_out", "mlp_out")
+    ]
     for name in names:
         assert cache[name].mean(-1).abs().max() < 1e-5, name
     with torch.no_grad():
@@ -80,7 +82,12 @@ def test_center_classifier_keeps_the_softmax_but_shifts_the_logits(images):
     assert shift.abs().max() > 1e-3
     assert centred.W_H.mean(-1).abs().max() < 1e-6 and abs(float(centred.b_H.detach().mean())) < 1e-6
     assert "center_classifier" not in [s["step"] for s in process_weights(model).card["weight_processing"]]
-    torch.testing.assert_close(logits_of(process_weights(model, center_head=True), images).log_softmax(-1), before.log_softmax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits_of(process_weights(model, center_head=True), images).log_softmax(-1),
+        before.log_softmax(-1),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_headless_models_keep_ln_final_and_their_features(images):
@@ -111,7 +118,11 @@ def test_processed_models_save_load_and_export(tmp_path, images):
     torch.testing.assert_close(logits_of(to_timm(processed), images), expected, atol=1e-4, rtol=1e-5)
     processed.save_pretrained(tmp_path / "processed")
     reloaded = HookedViT.from_pretrained(str(tmp_path / "processed"))
-    assert [s["step"] for s in reloaded.card["weight_processing"]] == ["fold_layer_norm", "center_writing_weights", "fold_value_biases"]
+    assert [s["step"] for s in reloaded.card["weight_processing"]] == [
+        "fold_layer_norm",
+        "center_writing_weights",
+        "fold_value_biases",
+    ]
     torch.testing.assert_close(logits_of(reloaded, images), expected, atol=0, rtol=0)
     model.save_pretrained(tmp_path / "raw")
     on_load = load_processed(str(tmp_path / "raw"), fold_value_bias=False)

@@ -61,7 +61,7 @@ def test_parameters_follow_the_generator_distributions():
     assert st.min() >= 0 and st.max() < 45 and du.min() >= 1 and du.max() < 15
     assert f0.min() >= 0 and f0.max() < 100 and f1.min() >= 0 and f1.max() <= 100
     assert np.all(np.abs(f1 - f0) <= 30 + 1e-9)
-    assert np.all((f1 == np.clip(f1, 0, 100)))
+    assert np.all(f1 == np.clip(f1, 0, 100))
     kinds = [p.kind for p in params]
     assert 100 < kinds.count("linear") < 200
     noise = np.array([p.noise_level for p in params])
@@ -208,8 +208,14 @@ def test_figure_matches_matplotlib():
         e = artist.get_window_extent()
         return (e.x0 * 224 / 640, (height - e.y1) * 224 / 480, e.x1 * 224 / 640, (height - e.y0) * 224 / 480)
 
-    reference = {"title": box(ax.title), "xlabel": box(ax.xaxis.label), "ylabel": box(ax.yaxis.label),
-                 "axes": box(ax), "colorbar": box(colorbar.ax), "colorbar_label": box(colorbar.ax.yaxis.label)}
+    reference = {
+        "title": box(ax.title),
+        "xlabel": box(ax.xaxis.label),
+        "ylabel": box(ax.yaxis.label),
+        "axes": box(ax),
+        "colorbar": box(colorbar.ax),
+        "colorbar_label": box(colorbar.ax.yaxis.label),
+    }
     plt.close(fig)
     ours = np.asarray(PIL.Image.fromarray(rgba).resize((224, 224), PIL.Image.BILINEAR)).astype(int)
     assert np.abs(ours - sample.image.astype(int)).mean() < 6.0
@@ -261,8 +267,9 @@ def test_target_scaler_round_trip(tmp_path):
 
 
 def test_written_dataset_loads_as_torch_splits(tmp_path):
-    root = write_chirp_dataset(tmp_path / "chirps", 20, seed=5, val_fraction=0.2, test_fraction=0.2,
-                               title=0.5, progress=False)
+    root = write_chirp_dataset(
+        tmp_path / "chirps", 20, seed=5, val_fraction=0.2, test_fraction=0.2, title=0.5, progress=False
+    )
     splits = load_chirps(root, preprocess=default_preprocess, cache_dir=tmp_path / "cache")
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 4)
     raw_train = np.stack([np.asarray(splits.raw["train"][name], dtype=np.float64) for name in TARGETS], -1)

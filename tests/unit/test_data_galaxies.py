@@ -55,7 +55,9 @@ def _feature_light(params, feature_amp: str, **zero):
     """Light of one component, measured as the difference of renders with and without it."""
     chosen = [p for p in params if getattr(p, feature_amp) > 0]
     on = render_galaxies(chosen, noise=False, return_linear=True)
-    off = render_galaxies([dataclasses.replace(p, **{feature_amp: 0.0}) for p in chosen], noise=False, return_linear=True)
+    off = render_galaxies(
+        [dataclasses.replace(p, **{feature_amp: 0.0}) for p in chosen], noise=False, return_linear=True
+    )
     return chosen, on, (on.linear - off.linear).sum(axis=1)
 
 

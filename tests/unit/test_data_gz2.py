@@ -37,13 +37,35 @@ TRAIN = (
     + ["barred_spiral"] * 1
     + ["featured_without_bar_or_spiral"] * 3
 )
-TEST = ["smooth_round", "", "smooth_inbetween", "barred_spiral", "smooth_cigar",
-        "edge_on_disk", "", "unbarred_spiral", "smooth_round", "featured_without_bar_or_spiral"]
+TEST = [
+    "smooth_round",
+    "",
+    "smooth_inbetween",
+    "barred_spiral",
+    "smooth_cigar",
+    "edge_on_disk",
+    "",
+    "unbarred_spiral",
+    "smooth_round",
+    "featured_without_bar_or_spiral",
+]
 # hand counts: train keeps 5+3+2+2+1+3 = 16 of 26; test keeps 7 of 10
-HAND_TRAIN = {"smooth_round": 5, "smooth_cigar": 3, "unbarred_spiral": 2, "edge_on_disk": 2,
-              "barred_spiral": 1, "featured_without_bar_or_spiral": 3}
-HAND_TEST = {"smooth_round": 2, "smooth_cigar": 1, "unbarred_spiral": 1, "edge_on_disk": 1,
-             "barred_spiral": 1, "featured_without_bar_or_spiral": 1}
+HAND_TRAIN = {
+    "smooth_round": 5,
+    "smooth_cigar": 3,
+    "unbarred_spiral": 2,
+    "edge_on_disk": 2,
+    "barred_spiral": 1,
+    "featured_without_bar_or_spiral": 3,
+}
+HAND_TEST = {
+    "smooth_round": 2,
+    "smooth_cigar": 1,
+    "unbarred_spiral": 1,
+    "edge_on_disk": 1,
+    "barred_spiral": 1,
+    "featured_without_bar_or_spiral": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +117,14 @@ def test_filtering_and_class_mapping_match_hand_count(fixture_dir, cache_dir):
 
 
 def test_class_order_is_reference_order():
-    assert GZ2_CLASSES == ("smooth_round", "smooth_cigar", "unbarred_spiral", "edge_on_disk",
-                           "barred_spiral", "featured_without_bar_or_spiral")
+    assert GZ2_CLASSES == (
+        "smooth_round",
+        "smooth_cigar",
+        "unbarred_spiral",
+        "edge_on_disk",
+        "barred_spiral",
+        "featured_without_bar_or_spiral",
+    )
 
 
 def test_without_preprocess_items_are_pil_images(fixture_dir, cache_dir):
@@ -192,8 +220,12 @@ def test_unknown_labels_are_reported_or_dropped(tmp_path, cache_dir):
 
 
 def test_unreadable_images_error_or_skip_and_count(tmp_path, cache_dir):
-    path = make_gz2_fixture(tmp_path / "corrupt", train_summaries=["smooth_round"] * 8 + ["smooth_cigar"] * 4,
-                            test_summaries=["smooth_round"] * 3, corrupt={"train": [1, 9]})
+    path = make_gz2_fixture(
+        tmp_path / "corrupt",
+        train_summaries=["smooth_round"] * 8 + ["smooth_cigar"] * 4,
+        test_summaries=["smooth_round"] * 3,
+        corrupt={"train": [1, 9]},
+    )
     # default: lazy error naming the row when the image is read
     lazy = load_gz2(path, val_fraction=0, cache_dir=cache_dir, progress=False)
     bad_position = lazy.ids["train"].index("train-000001")
@@ -212,8 +244,9 @@ def test_unreadable_images_error_or_skip_and_count(tmp_path, cache_dir):
 
 
 def test_empty_split_is_an_error(tmp_path, cache_dir):
-    path = make_gz2_fixture(tmp_path / "empty", train_summaries=["smooth_round"] * 6,
-                            test_summaries=["", "smooth_inbetween", ""])
+    path = make_gz2_fixture(
+        tmp_path / "empty", train_summaries=["smooth_round"] * 6, test_summaries=["", "smooth_inbetween", ""]
+    )
     with pytest.raises(EmptySplitError, match="'test'"):
         load_gz2(path, cache_dir=cache_dir, progress=False)
     path = make_gz2_fixture(tmp_path / "tiny", train_summaries=["smooth_round"] * 3, test_summaries=["smooth_round"])

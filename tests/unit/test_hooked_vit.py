@@ -26,29 +26,33 @@ def expected_hook_shapes(cfg, batch: int) -> dict[str, tuple[int, ...]]:
     if cfg.has_classifier:
         shapes["head.hook_logits"] = (batch, cfg.n_classes)
     if cfg.pre_norm:
-        shapes.update({"hook_ln_pre": (batch, P, d), "ln_pre.hook_scale": (batch, P, 1), "ln_pre.hook_normalized": (batch, P, d)})
+        shapes.update(
+            {"hook_ln_pre": (batch, P, d), "ln_pre.hook_scale": (batch, P, 1), "ln_pre.hook_normalized": (batch, P, d)}
+        )
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}."
-        shapes.update({
-            b + "hook_resid_pre": (batch, P, d),
-            b + "ln1.hook_scale": (batch, P, 1),
-            b + "ln1.hook_normalized": (batch, P, d),
-            b + "attn.hook_q": (batch, P, H, e),
-            b + "attn.hook_k": (batch, P, H, e),
-            b + "attn.hook_v": (batch, P, H, e),
-            b + "attn.hook_attn_scores": (batch, H, P, P),
-            b + "attn.hook_pattern": (batch, H, P, P),
-            b + "attn.hook_z": (batch, P, H, e),
-            b + "attn.hook_result": (batch, P, H, d),
-            b + "hook_attn_out": (batch, P, d),
-            b + "hook_resid_mid": (batch, P, d),
-            b + "ln2.hook_scale": (batch, P, 1),
-            b + "ln2.hook_normalized": (batch, P, d),
-            b + "mlp.hook_pre": (batch, P, m),
-            b + "mlp.hook_post": (batch, P, m),
-            b + "hook_mlp_out": (batch, P, d),
-            b + "hook_resid_post": (batch, P, d),
-        })
+        shapes.update(
+            {
+                b + "hook_resid_pre": (batch, P, d),
+                b + "ln1.hook_scale": (batch, P, 1),
+                b + "ln1.hook_normalized": (batch, P, d),
+                b + "attn.hook_q": (batch, P, H, e),
+                b + "attn.hook_k": (batch, P, H, e),
+                b + "attn.hook_v": (batch, P, H, e),
+                b + "attn.hook_attn_scores": (batch, H, P, P),
+                b + "attn.hook_pattern": (batch, H, P, P),
+                b + "attn.hook_z": (batch, P, H, e),
+                b + "attn.hook_result": (batch, P, H, d),
+                b + "hook_attn_out": (batch, P, d),
+                b + "hook_resid_mid": (batch, P, d),
+                b + "ln2.hook_scale": (batch, P, 1),
+                b + "ln2.hook_normalized": (batch, P, d),
+                b + "mlp.hook_pre": (batch, P, m),
+                b + "mlp.hook_post": (batch, P, m),
+                b + "hook_mlp_out": (batch, P, d),
+                b + "hook_resid_post": (batch, P, d),
+            }
+        )
     return shapes
 
 
@@ -93,7 +97,9 @@ def test_a_hook_return_value_flows_on(name):
         clean = model(x)
         observed = model.run_with_hooks(x, fwd_hooks=[(name, lambda t, hook: None)])
         # a position- and feature-dependent edit (a uniform shift or scale would vanish in a LayerNorm)
-        changed = model.run_with_hooks(x, fwd_hooks=[(name, lambda t, hook: t + 0.5 * torch.sin(torch.arange(t.numel()).reshape(t.shape)))])
+        changed = model.run_with_hooks(
+            x, fwd_hooks=[(name, lambda t, hook: t + 0.5 * torch.sin(torch.arange(t.numel()).reshape(t.shape)))]
+        )
     torch.testing.assert_close(observed, clean, atol=1e-6, rtol=0)
     assert (changed - clean).abs().max() > 1e-3, f"editing {name} did not change the logits"
 

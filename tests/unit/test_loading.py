@@ -24,8 +24,15 @@ def small_timm(**kwargs) -> VisionTransformer:
 
 
 def small_hf(num_labels: int = 3) -> ViTForImageClassification:
-    config = HFViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                         image_size=32, patch_size=8, num_labels=num_labels)
+    config = HFViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=num_labels,
+    )
     config._attn_implementation = "eager"  # exported models run eager attention; compare like with like
     return randomize_source_(ViTForImageClassification(config), seed=12).eval()
 
@@ -42,7 +49,9 @@ def assert_same_outputs(a, b, size: int = 32, atol: float = TOL) -> None:
 # ---------------------------------------------------------------- local files
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_fine_tuned_timm_checkpoint_with_six_classes_loads_from_a_file(tmp_path, suffix):
-    source = randomize_source_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=6), seed=14).eval()
+    source = randomize_source_(
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=6), seed=14
+    ).eval()
     path = tmp_path / f"finetuned{suffix}"
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
@@ -79,7 +88,9 @@ def test_checkpoint_with_missing_and_unexpected_keys_lists_them(tmp_path):
 def test_checkpoint_for_the_wrong_architecture_says_which_shapes_differ(tmp_path):
     path = tmp_path / "small.safetensors"
     save_file(dict(small_timm().state_dict()), str(path))
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches \[.*checkpoint \(32, 32\) vs model \(768, 768\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"shape mismatches \[.*checkpoint \(32, 32\) vs model \(768, 768\)"
+    ):
         HookedViT.from_checkpoint(path, arch="vit_base_patch16_224")
 
 

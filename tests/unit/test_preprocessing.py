@@ -35,7 +35,9 @@ def test_matches_timm_eval_transform():
 def test_matches_hf_image_processor():
     processor = ViTImageProcessor(image_mean=list(HALF), image_std=list(HALF), size={"height": 224, "width": 224})
     expected = processor(photo(), return_tensors="pt")["pixel_values"][0]
-    spec = Preprocessing(image_size=224, mean=HALF, std=HALF, interpolation="bilinear", resize_mode="squash", crop_pct=1.0)
+    spec = Preprocessing(
+        image_size=224, mean=HALF, std=HALF, interpolation="bilinear", resize_mode="squash", crop_pct=1.0
+    )
     got = preprocess(photo(), spec)[0]
     assert (got - expected).abs().max() < 0.05
 
@@ -74,7 +76,7 @@ def test_preprocessing_spec_validation():
     with pytest.raises(ValueError, match="interpolation"):
         Preprocessing(interpolation="cubic-ish")
     with pytest.raises(ValueError, match="preprocessing makes 224px images"):
-        from vitmech import HookedViT
         from tests.helpers.models import tiny_config
+        from vitmech import HookedViT
 
         HookedViT(tiny_config(), preprocessing=Preprocessing(image_size=224))

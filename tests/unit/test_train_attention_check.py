@@ -59,20 +59,37 @@ def test_card_page_lists_every_card_entry():
 def test_card_page_results_put_the_model_beside_its_probe_and_baselines():
     from vitmech.train.cards import results_section
 
-    classification = {"tier": "full", "train_seconds": 12.0, "hardware": {"cpu": "x", "cpu_cores": 2, "torch_threads": 1, "gpu": None},
-                      "metrics": {"test": {"accuracy": 0.9, "class_names": ["a", "b"], "confusion": [[4, 1], [0, 5]]},
-                                  "linear_probe_test": {"accuracy": 0.6}, "baselines": {"uniform": 0.5}}}
+    classification = {
+        "tier": "full",
+        "train_seconds": 12.0,
+        "hardware": {"cpu": "x", "cpu_cores": 2, "torch_threads": 1, "gpu": None},
+        "metrics": {
+            "test": {"accuracy": 0.9, "class_names": ["a", "b"], "confusion": [[4, 1], [0, 5]]},
+            "linear_probe_test": {"accuracy": 0.6},
+            "baselines": {"uniform": 0.5},
+        },
+    }
     text = results_section(classification)
-    assert "| full fine-tune (this model) | 0.9 |" in text and "| linear probe, same backbone and training images | 0.6 |" in text
+    assert (
+        "| full fine-tune (this model) | 0.9 |" in text
+        and "| linear probe, same backbone and training images | 0.6 |" in text
+    )
     assert "| chance (uniform) | 0.5 |" in text and "| a | 4 | 1 |" in text
     assert "training 12 s" in text and "no GPU" in text
-    regression = {"tier": "lora", "metrics": {
-        "test": {"mean_mse": 0.2, "pearson_r": {"t0": 0.95, "f0": 0.9}},
-        "linear_probe_test": {"mean_mse": 0.7, "pearson_r": {"t0": 0.5, "f0": 0.4}},
-        "baselines": {"mean_predictor_mse": [1.0, 1.0]}}}
+    regression = {
+        "tier": "lora",
+        "metrics": {
+            "test": {"mean_mse": 0.2, "pearson_r": {"t0": 0.95, "f0": 0.9}},
+            "linear_probe_test": {"mean_mse": 0.7, "pearson_r": {"t0": 0.5, "f0": 0.4}},
+            "baselines": {"mean_predictor_mse": [1.0, 1.0]},
+        },
+    }
     text = results_section(regression)
     assert "Pearson r, t0 | Pearson r, f0" in text
-    assert "| lora fine-tune (this model) | 0.2 | 0.95 | 0.9 |" in text and "| mean predictor (training mean) | 1 | - | - |" in text
+    assert (
+        "| lora fine-tune (this model) | 0.2 | 0.95 | 0.9 |" in text
+        and "| mean predictor (training mean) | 1 | - | - |" in text
+    )
 
 
 def test_shipped_name_only_for_models_saved_into_the_zoo():

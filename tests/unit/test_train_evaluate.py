@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from scipy.stats import pearsonr
 
 from tests.helpers.models import tiny_model
-from vitmech.train import ArrayDataset, chance_baselines, confusion_matrix, evaluate, mean_predictor_mse, pearson_r, predict
+from vitmech.train import (
+    ArrayDataset,
+    chance_baselines,
+    confusion_matrix,
+    evaluate,
+    mean_predictor_mse,
+    pearson_r,
+    predict,
+)
 from vitmech.train.evaluate import score_classification, score_regression
 
 
@@ -58,7 +66,9 @@ def test_evaluate_agrees_with_a_per_image_loop(squash):
 
     model = tiny_model(0)
     if squash:
-        model.preprocessing = Preprocessing(image_size=32, resize_mode="squash", crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
+        model.preprocessing = Preprocessing(
+            image_size=32, resize_mode="squash", crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3
+        )
     images = torch.randint(0, 256, (7, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = ArrayDataset(images, torch.tensor([0, 1, 2, 3, 4, 0, 1]), [str(i) for i in range(5)], "classification")
     ev = evaluate(model, data, batch_size=3)

@@ -48,7 +48,9 @@ def test_position_interpolation_matches_timm():
 
     w = torch.randn(1 + 16, 8, generator=torch.Generator().manual_seed(0))
     ours = interpolate_positions(w, 6)
-    ref = resample_abs_pos_embed(w[None], new_size=(6, 6), old_size=(4, 4), num_prefix_tokens=1, interpolation="bicubic", antialias=False)[0]
+    ref = resample_abs_pos_embed(
+        w[None], new_size=(6, 6), old_size=(4, 4), num_prefix_tokens=1, interpolation="bicubic", antialias=False
+    )[0]
     assert ours.shape == (37, 8) and torch.allclose(ours, ref, atol=1e-6)
     assert torch.equal(interpolate_positions(w, 4), w)
 

@@ -46,7 +46,15 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, data, tier):
     fit(straight, prepare_tier(straight, tier_cfg), data, config, progress=False)
 
     interrupted = _model(data)
-    result = fit(interrupted, prepare_tier(interrupted, tier_cfg), data, config, checkpoint_dir=tmp_path, stop_at_step=5, progress=False)
+    result = fit(
+        interrupted,
+        prepare_tier(interrupted, tier_cfg),
+        data,
+        config,
+        checkpoint_dir=tmp_path,
+        stop_at_step=5,
+        progress=False,
+    )
     assert result.interrupted and result.steps_done == 5
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000003", "step_0000005"]
 
@@ -58,28 +66,60 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, data, tier):
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     # and training really changed the weights
-    assert not torch.equal(a["blocks.0.attn.W_Q" if tier == "full" else "head.W_H"], _model(data).state_dict()["blocks.0.attn.W_Q" if tier == "full" else "head.W_H"])
+    assert not torch.equal(
+        a["blocks.0.attn.W_Q" if tier == "full" else "head.W_H"],
+        _model(data).state_dict()["blocks.0.attn.W_Q" if tier == "full" else "head.W_H"],
+    )
 
 
 def test_resume_from_another_models_checkpoint_is_refused(tmp_path, data):
     config = TrainConfig(steps=4, batch_size=8, checkpoint_every=2)
     first = _model(data)
-    fit(first, prepare_tier(first, TierConfig("full")), data, config, checkpoint_dir=tmp_path, stop_at_step=2, progress=False)
+    fit(
+        first,
+        prepare_tier(first, TierConfig("full")),
+        data,
+        config,
+        checkpoint_dir=tmp_path,
+        stop_at_step=2,
+        progress=False,
+    )
     other = _model(data, d_model=48, d_head=12)
     with pytest.raises(ResumeMismatchError, match="another model or recipe.*d_model"):
         fit(other, prepare_tier(other, TierConfig("full")), data, config, checkpoint_dir=tmp_path, progress=False)
     # another tier on the same model is another run too
     same_arch = _model(data)
     with pytest.raises(ResumeMismatchError, match="trainable"):
-        fit(same_arch, prepare_tier(same_arch, TierConfig("linear_probe")), data, config, checkpoint_dir=tmp_path, progress=False)
+        fit(
+            same_arch,
+            prepare_tier(same_arch, TierConfig("linear_probe")),
+            data,
+            config,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     # and so is another recipe
     longer = _model(data)
     with pytest.raises(ResumeMismatchError, match="recipe.steps"):
-        fit(longer, prepare_tier(longer, TierConfig("full")), data, TrainConfig(steps=6, batch_size=8), checkpoint_dir=tmp_path, progress=False)
+        fit(
+            longer,
+            prepare_tier(longer, TierConfig("full")),
+            data,
+            TrainConfig(steps=6, batch_size=8),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     # a model of the same architecture with other weights (another source checkpoint) is another run
     other_weights = _model(data, seed=123)
     with pytest.raises(ResumeMismatchError, match="start_weights"):
-        fit(other_weights, prepare_tier(other_weights, TierConfig("full")), data, config, checkpoint_dir=tmp_path, progress=False)
+        fit(
+            other_weights,
+            prepare_tier(other_weights, TierConfig("full")),
+            data,
+            config,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     # and so is other data of the same size and names
     other_data = procedural_set(40, seed=6)
     same = _model(data)
@@ -87,14 +127,30 @@ def test_resume_from_another_models_checkpoint_is_refused(tmp_path, data):
         fit(same, prepare_tier(same, TierConfig("full")), other_data, config, checkpoint_dir=tmp_path, progress=False)
     # resume=False starts over instead
     fresh = _model(data)
-    result = fit(fresh, prepare_tier(fresh, TierConfig("linear_probe")), data, config, checkpoint_dir=tmp_path / "new", resume=False, progress=False)
+    result = fit(
+        fresh,
+        prepare_tier(fresh, TierConfig("linear_probe")),
+        data,
+        config,
+        checkpoint_dir=tmp_path / "new",
+        resume=False,
+        progress=False,
+    )
     assert result.resumed_from is None
 
 
 def test_checkpoint_holds_safetensors_and_a_json_card(tmp_path, data):
     model = _model(data)
     config = TrainConfig(steps=4, batch_size=8, checkpoint_every=2, keep_checkpoints=1)
-    fit(model, prepare_tier(model, TierConfig("full")), data, config, checkpoint_dir=tmp_path, card={"data": "procedural"}, progress=False)
+    fit(
+        model,
+        prepare_tier(model, TierConfig("full")),
+        data,
+        config,
+        checkpoint_dir=tmp_path,
+        card={"data": "procedural"},
+        progress=False,
+    )
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000004"]
     last = latest_checkpoint(tmp_path)
     assert {p.name for p in last.iterdir()} == {"model.safetensors", "optimizer.safetensors", "trainer.json"}
@@ -145,14 +201,22 @@ def test_regression_targets_with_nan_are_refused():
 
 def test_an_empty_training_split_is_refused(data):
     with pytest.raises(TrainingDataError, match="empty"):
-        ArrayDataset(torch.zeros(0, 32, 32, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), ["a"], "classification")
+        ArrayDataset(
+            torch.zeros(0, 32, 32, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), ["a"], "classification"
+        )
     with pytest.raises(TrainingDataError, match="empty"):
         data.subset([])
 
 
 def test_bad_train_configs_are_refused():
-    for kwargs in (dict(steps=0), dict(steps=5, warmup_steps=6), dict(steps=5, batch_size=0), dict(steps=5, augment="crop"),
-                   dict(steps=5, clip_norm=0.0), dict(steps=5, min_lr_ratio=2.0)):
+    for kwargs in (
+        dict(steps=0),
+        dict(steps=5, warmup_steps=6),
+        dict(steps=5, batch_size=0),
+        dict(steps=5, augment="crop"),
+        dict(steps=5, clip_norm=0.0),
+        dict(steps=5, min_lr_ratio=2.0),
+    ):
         with pytest.raises(ValueError):
             TrainConfig(**kwargs)
 
@@ -166,7 +230,13 @@ def test_regression_training_lowers_the_mse():
     target = images.float().mean(dim=(1, 2, 3))
     target = ((target - target.mean()) / target.std())[:, None]
     data = ArrayDataset(images, target, ["brightness"], "regression")
-    result = fine_tune(tiny_model(0), data, TierConfig("full", head_lr=1e-2, backbone_lr=1e-3), TrainConfig(steps=30, batch_size=16),
-                       val=data, progress=False)
+    result = fine_tune(
+        tiny_model(0),
+        data,
+        TierConfig("full", head_lr=1e-2, backbone_lr=1e-3),
+        TrainConfig(steps=30, batch_size=16),
+        val=data,
+        progress=False,
+    )
     assert result.model.card["task"] == "regression"
     assert result.evaluation.mean_mse < 0.5 and result.evaluation.pearson_r[0] > 0.7

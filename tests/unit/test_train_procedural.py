@@ -33,7 +33,9 @@ def test_classes_are_balanced_and_named():
     batch = generate_procedural(64, seed=0, size=32)
     assert batch.images.shape == (64, 32, 32, 3) and batch.images.dtype == np.uint8
     assert np.bincount(batch.labels, minlength=32).tolist() == [2] * 32
-    assert len(PROCEDURAL_CLASSES) == len(SHAPES) * len(FILLS) == 32 and PROCEDURAL_CLASSES[5] == f"{SHAPES[1]}/{FILLS[1]}"
+    assert (
+        len(PROCEDURAL_CLASSES) == len(SHAPES) * len(FILLS) == 32 and PROCEDURAL_CLASSES[5] == f"{SHAPES[1]}/{FILLS[1]}"
+    )
 
 
 @pytest.mark.parametrize("shape", range(len(SHAPES)))

@@ -48,8 +48,15 @@ def data() -> ArrayDataset:
 def test_each_tier_lowers_the_loss(tier, data):
     base = with_new_head(tiny_model(0), data.n_outputs, data.names)
     before = full_loss(base, data)
-    result = fine_tune(base, data, TierConfig(tier, head_lr=3e-2, backbone_lr=3e-3), TrainConfig(steps=25, batch_size=16),
-                       new_head=False, cache_features=False, progress=False)
+    result = fine_tune(
+        base,
+        data,
+        TierConfig(tier, head_lr=3e-2, backbone_lr=3e-3),
+        TrainConfig(steps=25, batch_size=16),
+        new_head=False,
+        cache_features=False,
+        progress=False,
+    )
     after = full_loss(result.model, data)
     assert after < before - 0.05, (tier, before, after)
 
@@ -57,8 +64,14 @@ def test_each_tier_lowers_the_loss(tier, data):
 def test_linear_probe_leaves_the_backbone_bit_identical(data):
     base = tiny_model(1)
     for cache in (True, False):
-        result = fine_tune(base, data, TierConfig("linear_probe", head_lr=3e-2), TrainConfig(steps=10, batch_size=16),
-                           cache_features=cache, progress=False)
+        result = fine_tune(
+            base,
+            data,
+            TierConfig("linear_probe", head_lr=3e-2),
+            TrainConfig(steps=10, batch_size=16),
+            cache_features=cache,
+            progress=False,
+        )
         before, after = base.state_dict(), result.model.state_dict()
         backbone = [k for k in after if not k.startswith("head.")]
         assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
@@ -68,15 +81,29 @@ def test_linear_probe_leaves_the_backbone_bit_identical(data):
 def test_linear_probe_feature_cache_matches_the_generic_loop(data):
     """The fast path (features computed once) takes the same steps as the full loop with a frozen backbone."""
     base = tiny_model(2)
-    runs = [fine_tune(base, data, TierConfig("linear_probe", head_lr=1e-2), TrainConfig(steps=8, batch_size=16, clip_norm=None),
-                      cache_features=cache, progress=False).model for cache in (True, False)]
+    runs = [
+        fine_tune(
+            base,
+            data,
+            TierConfig("linear_probe", head_lr=1e-2),
+            TrainConfig(steps=8, batch_size=16, clip_norm=None),
+            cache_features=cache,
+            progress=False,
+        ).model
+        for cache in (True, False)
+    ]
     assert torch.allclose(runs[0].head.W_H, runs[1].head.W_H, atol=1e-5)
 
 
 def test_lora_merged_changes_only_query_value_and_head(data):
     base = tiny_model(3)
-    result = fine_tune(base, data, TierConfig("lora", head_lr=3e-2, backbone_lr=1e-2, lora=LoRAConfig(rank=4, alpha=8)),
-                       TrainConfig(steps=10, batch_size=16), progress=False)
+    result = fine_tune(
+        base,
+        data,
+        TierConfig("lora", head_lr=3e-2, backbone_lr=1e-2, lora=LoRAConfig(rank=4, alpha=8)),
+        TrainConfig(steps=10, batch_size=16),
+        progress=False,
+    )
     assert not has_lora(result.model)
     before, after = base.state_dict(), result.model.state_dict()
     assert set(after) == set(before)
@@ -142,15 +169,27 @@ def test_lora_matches_peft_on_a_hf_vit():
 
     from tests.helpers.models import randomize_source_
 
-    cfg = HFViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
-                      patch_size=8, num_labels=3, layer_norm_eps=1e-12)
+    cfg = HFViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+        layer_norm_eps=1e-12,
+    )
     cfg._attn_implementation = "eager"
     hf = randomize_source_(ViTForImageClassification(cfg), seed=1).eval()
     hooked = HookedViT.from_hf(hf)
     apply_lora(hooked, LoRAConfig(rank=4, alpha=8, targets=("q", "v")), seed=0)
     names = [n for n, _ in hf.named_modules()]
-    q_name, v_name = ("q_proj", "v_proj") if any(n.endswith("q_proj") for n in names) else ("query", "value")  # v5 / v4 layout
-    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=[q_name, v_name], lora_dropout=0.0))
+    q_name, v_name = (
+        ("q_proj", "v_proj") if any(n.endswith("q_proj") for n in names) else ("query", "value")
+    )  # v5 / v4 layout
+    peft_model = peft.get_peft_model(
+        hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=[q_name, v_name], lora_dropout=0.0)
+    )
     adapted = {n: m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and n.endswith((q_name, v_name))}
     assert len(adapted) == 4
     g = torch.Generator().manual_seed(7)
@@ -223,4 +262,7 @@ def test_lora_tier_groups_hold_only_adapters_and_head(data):
     assert {id(p) for p in by_name["lora"]["params"]} == {id(p) for p in lora_parameters(model)}
     assert by_name["lora"]["lr"] == 5e-4 and by_name["lora"]["weight_decay"] == 0.1
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n in trainable if n.startswith("head.") or ".lora_" in n} and len(trainable) == 2 + 2 * 2 * 3
+    assert (
+        trainable == {n for n in trainable if n.startswith("head.") or ".lora_" in n}
+        and len(trainable) == 2 + 2 * 2 * 3
+    )

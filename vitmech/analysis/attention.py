@@ -124,15 +124,19 @@ def grid_size_of(n_tokens: int) -> int:
 def check_patterns(patterns: Any, ndim: int | None = None, name: str = "patterns") -> int:
     """Validate a float tensor [..., P, P] (exactly `ndim` axes if given); returns the grid size g."""
     if not isinstance(patterns, Tensor) or not patterns.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor [..., query, key]; got {type(patterns).__name__}"
-                        + (f" of dtype {patterns.dtype}" if isinstance(patterns, Tensor) else ""))
+        raise TypeError(
+            f"{name} must be a float tensor [..., query, key]; got {type(patterns).__name__}"
+            + (f" of dtype {patterns.dtype}" if isinstance(patterns, Tensor) else "")
+        )
     if patterns.ndim < 2 or patterns.shape[-1] != patterns.shape[-2]:
         raise ValueError(f"{name} must end in square [query, key] axes, got shape {list(patterns.shape)}")
     if ndim is not None and patterns.ndim != ndim:
         hint = ""
         if ndim == 5 and patterns.ndim == 4:
-            hint = (" (one layer from a cache is [batch, head, P, P]: use stack_patterns(cache) for all layers, "
-                    "or patterns[:, None] for one)")
+            hint = (
+                " (one layer from a cache is [batch, head, P, P]: use stack_patterns(cache) for all layers, "
+                "or patterns[:, None] for one)"
+            )
         raise ValueError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
     return grid_size_of(patterns.shape[-1])
 
@@ -164,7 +168,9 @@ def token_attention(
     return _renormalised(row) if renormalise else row
 
 
-def cls_attention(patterns: Float[Tensor, "*batch query key"], renormalise: bool = True) -> Float[Tensor, "*batch patch"]:
+def cls_attention(
+    patterns: Float[Tensor, "*batch query key"], renormalise: bool = True
+) -> Float[Tensor, "*batch patch"]:
     """CLS -> patch attention p = A[..., 0, 1:], renormalised over the patches by default."""
     return token_attention(patterns, 0, renormalise)
 
@@ -191,7 +197,9 @@ def top_k_concentration(p: Float[Tensor, "*batch n"], k: int = 10) -> Float[Tens
     return p.topk(k, dim=-1, sorted=False).values.sum(-1)
 
 
-def patch_distances(grid_size: int, patch_size: float, dtype: torch.dtype = torch.float32) -> Float[Tensor, "patch patch"]:
+def patch_distances(
+    grid_size: int, patch_size: float, dtype: torch.dtype = torch.float32
+) -> Float[Tensor, "patch patch"]:
     """Euclidean distance between patch centres in pixels: patch_size * ||g_i - g_j||_2, [N, N]."""
     ys, xs = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
     centres = torch.stack([ys.flatten(), xs.flatten()], dim=-1).double()
@@ -286,10 +294,12 @@ class AttentionMetrics:
         import pandas as pd
 
         n_layers, n_heads = len(self.layers), self.n_heads
-        frame = pd.DataFrame({
-            "layer": [layer for layer in self.layers for _ in range(n_heads)],
-            "head": list(range(n_heads)) * n_layers,
-        })
+        frame = pd.DataFrame(
+            {
+                "layer": [layer for layer in self.layers for _ in range(n_heads)],
+                "head": list(range(n_heads)) * n_layers,
+            }
+        )
         for name, values in self.head_metrics().items():
             frame[f"{name}_mean"] = values.mean(0).flatten().tolist()
             frame[f"{name}_std"] = _std(values).flatten().tolist()
@@ -313,11 +323,13 @@ class AttentionMetrics:
 
         b, n_layers, n_heads = self.cls_entropy.shape
         index = torch.cartesian_prod(torch.arange(b), torch.arange(n_layers), torch.arange(n_heads))
-        frame = pd.DataFrame({
-            "image": index[:, 0].tolist(),
-            "layer": [self.layers[i] for i in index[:, 1].tolist()],
-            "head": index[:, 2].tolist(),
-        })
+        frame = pd.DataFrame(
+            {
+                "image": index[:, 0].tolist(),
+                "layer": [self.layers[i] for i in index[:, 1].tolist()],
+                "head": index[:, 2].tolist(),
+            }
+        )
         for name, values in self.head_metrics().items():
             frame[name] = values.flatten().tolist()
         return frame
@@ -428,8 +440,10 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
         layers = range(n_layers)
     missing = [layer for layer in layers if f"blocks.{layer}.attn.hook_pattern" not in cache]
     if missing:
-        raise KeyError(f"the cache holds no hook_pattern for layers {missing}; cache it with "
-                       "names_filter=lambda n: n.endswith('hook_pattern')")
+        raise KeyError(
+            f"the cache holds no hook_pattern for layers {missing}; cache it with "
+            "names_filter=lambda n: n.endswith('hook_pattern')"
+        )
     return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in layers], dim=1)
 
 

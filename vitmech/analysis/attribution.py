@@ -35,7 +35,9 @@ ClassSpec = Union[str, int, Sequence[int], Int[torch.Tensor, "batch"]]
 
 def _require_classifier(model: HookedViT) -> None:
     if not model.cfg.has_classifier:
-        raise ValueError("direct logit attribution and the logit lens need a model with a classifier head (n_classes > 0)")
+        raise ValueError(
+            "direct logit attribution and the logit lens need a model with a classifier head (n_classes > 0)"
+        )
 
 
 def resolve_classes(
@@ -51,7 +53,9 @@ def resolve_classes(
     if idx.ndim == 0:
         idx = idx.expand(batch)
     if idx.shape != (batch,):
-        raise ValueError(f"classes must be 'predicted', a class, or one class per image ({batch}); got shape {tuple(idx.shape)}")
+        raise ValueError(
+            f"classes must be 'predicted', a class, or one class per image ({batch}); got shape {tuple(idx.shape)}"
+        )
     if ((idx < 0) | (idx >= model.cfg.n_classes)).any():
         raise IndexError(f"class index out of range [0, {model.cfg.n_classes}): {idx.tolist()}")
     return idx.clone()
@@ -115,25 +119,47 @@ class DirectLogitAttribution:
         for b in range(self.attributions.shape[0]):
             c = int(self.classes[b])
             for i, label in enumerate(self.labels):
-                rows.append({"image": b, "class": c, "class_name": self.class_label(c), "component": label,
-                             "kind": self.kinds[i], "layer": self.layers[i], "head": self.heads[i],
-                             "attribution": float(self.attributions[b, i])})
+                rows.append(
+                    {
+                        "image": b,
+                        "class": c,
+                        "class_name": self.class_label(c),
+                        "component": label,
+                        "kind": self.kinds[i],
+                        "layer": self.layers[i],
+                        "head": self.heads[i],
+                        "attribution": float(self.attributions[b, i]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def summary_frame(self) -> pd.DataFrame:
         """One row per component: mean and mean |.| over the images, and mean share of the logit."""
         mean = self.attributions.mean(0)
         mean_abs = self.attributions.abs().mean(0)
-        return pd.DataFrame([
-            {"component": label, "kind": self.kinds[i], "layer": self.layers[i], "head": self.heads[i],
-             "mean_attribution": float(mean[i]), "mean_abs_attribution": float(mean_abs[i])}
-            for i, label in enumerate(self.labels)
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "component": label,
+                    "kind": self.kinds[i],
+                    "layer": self.layers[i],
+                    "head": self.heads[i],
+                    "mean_attribution": float(mean[i]),
+                    "mean_abs_attribution": float(mean_abs[i]),
+                }
+                for i, label in enumerate(self.labels)
+            ]
+        )
 
     def to_dict(self) -> dict:
-        return {"labels": self.labels, "kinds": self.kinds, "classes": self.classes.tolist(),
-                "logits": self.logits.tolist(), "attributions": self.attributions.tolist(),
-                "max_abs_error": self.max_abs_error}
+        return {
+            "labels": self.labels,
+            "kinds": self.kinds,
+            "classes": self.classes.tolist(),
+            "logits": self.logits.tolist(),
+            "attributions": self.attributions.tolist(),
+            "max_abs_error": self.max_abs_error,
+        }
 
 
 def _needed_hooks(model: HookedViT) -> list[str]:
@@ -145,7 +171,9 @@ def _needed_hooks(model: HookedViT) -> list[str]:
 
 
 def direct_logit_attribution_from_cache(
-    model: HookedViT, cache: ActivationCache | dict[str, torch.Tensor], classes: ClassSpec = "predicted",
+    model: HookedViT,
+    cache: ActivationCache | dict[str, torch.Tensor],
+    classes: ClassSpec = "predicted",
     split_value_bias: bool = False,
 ) -> DirectLogitAttribution:
     """Direct logit attribution at CLS from a cache holding `_needed_hooks(model)` (a full run_with_cache does).
@@ -157,8 +185,10 @@ def direct_logit_attribution_from_cache(
     cached = set(cache.keys())
     missing = [n for n in _needed_hooks(model) if n not in cached]
     if missing:
-        raise KeyError(f"the cache lacks {missing[:4]}{'...' if len(missing) > 4 else ''}; run model.run_with_cache(images) "
-                       "without a names_filter, or call direct_logit_attribution(model, images)")
+        raise KeyError(
+            f"the cache lacks {missing[:4]}{'...' if len(missing) > 4 else ''}; run model.run_with_cache(images) "
+            "without a names_filter, or call direct_logit_attribution(model, images)"
+        )
     cfg = model.cfg
     logits_all = cache["head.hook_logits"]
     classes_t = resolve_classes(model, classes, logits_all)
@@ -186,14 +216,25 @@ def direct_logit_attribution_from_cache(
             if split_value_bias:
                 z = z - attn.b_V
                 value_biases.append((layer, head_results(attn, attn.b_V)))  # [H, d]
-            add(head_results(attn, z), [head_label(layer, h) for h in range(cfg.n_heads)], "head", layer, list(range(cfg.n_heads)))
+            add(
+                head_results(attn, z),
+                [head_label(layer, h) for h in range(cfg.n_heads)],
+                "head",
+                layer,
+                list(range(cfg.n_heads)),
+            )
             add(attn.b_O.expand(batch, 1, -1), [f"b_O L{layer}"], "attn_bias", layer, [-1])
             mlp_out = cache[f"blocks.{layer}.hook_mlp_out"][:, 0:1]
             add(mlp_out - block.mlp.b_out, [f"MLP{layer}"], "mlp", layer, [-1])
             add(block.mlp.b_out.expand(batch, 1, -1), [f"b_out L{layer}"], "mlp_bias", layer, [-1])
         for layer, vb in value_biases:
-            add(vb.expand(batch, -1, -1), [f"b_V {head_label(layer, h)}" for h in range(cfg.n_heads)], "value_bias", layer,
-                list(range(cfg.n_heads)))
+            add(
+                vb.expand(batch, -1, -1),
+                [f"b_V {head_label(layer, h)}" for h in range(cfg.n_heads)],
+                "value_bias",
+                layer,
+                list(range(cfg.n_heads)),
+            )
         components = torch.cat(parts, dim=1)  # [batch, n_components, d]
         sigma = cache["ln_final.hook_scale"][:, 0]  # [batch, 1]
         directions = model.tokens_to_residual_directions(classes_t)  # [batch, d] = gamma * W_H[:, c]
@@ -206,8 +247,14 @@ def direct_logit_attribution_from_cache(
     layers += [-1, -1]
     heads += [-1, -1]
     return DirectLogitAttribution(
-        attributions=attributions, labels=labels, kinds=kinds, layers=layers, heads=heads, classes=classes_t,
-        logits=logits_all.gather(-1, classes_t[:, None])[:, 0], class_names=model.class_names,
+        attributions=attributions,
+        labels=labels,
+        kinds=kinds,
+        layers=layers,
+        heads=heads,
+        classes=classes_t,
+        logits=logits_all.gather(-1, classes_t[:, None])[:, 0],
+        class_names=model.class_names,
     )
 
 
@@ -218,8 +265,11 @@ def _batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Tensor]
 
 
 def direct_logit_attribution(
-    model: HookedViT, images: Float[torch.Tensor, "batch c h w"], classes: ClassSpec = "predicted",
-    split_value_bias: bool = False, batch_size: int | None = 32,
+    model: HookedViT,
+    images: Float[torch.Tensor, "batch c h w"],
+    classes: ClassSpec = "predicted",
+    split_value_bias: bool = False,
+    batch_size: int | None = 32,
 ) -> DirectLogitAttribution:
     """Run the model and attribute one class logit per image (default: its predicted class) to every component.
 
@@ -236,16 +286,21 @@ def direct_logit_attribution(
             if chunk_classes.ndim == 1:
                 if chunk_classes.shape[0] != images.shape[0]:
                     raise ValueError(f"{chunk_classes.shape[0]} classes for {images.shape[0]} images")
-                chunk_classes = chunk_classes[offset:offset + chunk.shape[0]]
+                chunk_classes = chunk_classes[offset : offset + chunk.shape[0]]
         with torch.no_grad():
             _, cache = model.run_with_cache(chunk, names_filter=_needed_hooks(model), return_type="logits")
         results.append(direct_logit_attribution_from_cache(model, cache, chunk_classes, split_value_bias))
         offset += chunk.shape[0]
     first = results[0]
     return DirectLogitAttribution(
-        attributions=torch.cat([r.attributions for r in results]), labels=first.labels, kinds=first.kinds,
-        layers=first.layers, heads=first.heads, classes=torch.cat([r.classes for r in results]),
-        logits=torch.cat([r.logits for r in results]), class_names=first.class_names,
+        attributions=torch.cat([r.attributions for r in results]),
+        labels=first.labels,
+        kinds=first.kinds,
+        layers=first.layers,
+        heads=first.heads,
+        classes=torch.cat([r.classes for r in results]),
+        logits=torch.cat([r.logits for r in results]),
+        class_names=first.class_names,
     )
 
 
@@ -293,19 +348,34 @@ class LogitLens:
         for b in range(self.logits.shape[0]):
             for s, label in enumerate(self.labels):
                 c = int(pred[b, s])
-                rows.append({"image": b, "stage": s, "after": label, "predicted_class": c,
-                             "predicted_name": self.class_names[c] if self.class_names else str(c),
-                             "predicted_probability": float(probs[b, s, c]), "final_class": int(self.final_classes[b]),
-                             "final_class_probability": float(pfinal[b, s])})
+                rows.append(
+                    {
+                        "image": b,
+                        "stage": s,
+                        "after": label,
+                        "predicted_class": c,
+                        "predicted_name": self.class_names[c] if self.class_names else str(c),
+                        "predicted_probability": float(probs[b, s, c]),
+                        "final_class": int(self.final_classes[b]),
+                        "final_class_probability": float(pfinal[b, s]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def summary_frame(self) -> pd.DataFrame:
         """One row per stage: share of images agreeing with the final class, mean p(final class)."""
         agree, pfinal = self.agreement, self.final_class_probability.mean(0)
-        return pd.DataFrame([
-            {"stage": s, "after": label, "agreement_with_final": float(agree[s]), "mean_final_class_probability": float(pfinal[s])}
-            for s, label in enumerate(self.labels)
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "stage": s,
+                    "after": label,
+                    "agreement_with_final": float(agree[s]),
+                    "mean_final_class_probability": float(pfinal[s]),
+                }
+                for s, label in enumerate(self.labels)
+            ]
+        )
 
 
 def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, torch.Tensor]) -> LogitLens:
@@ -315,15 +385,19 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
     cached = set(cache.keys())
     missing = [n for n in names if n not in cached]
     if missing:
-        raise KeyError(f"the cache lacks {missing[:4]}; run model.run_with_cache(images) or call logit_lens(model, images)")
+        raise KeyError(
+            f"the cache lacks {missing[:4]}; run model.run_with_cache(images) or call logit_lens(model, images)"
+        )
     with torch.no_grad():
         resid = torch.stack([cache[n][:, 0] for n in names], dim=1)  # [batch, L + 1, d]
         ln = model.ln_final
         normalized = torch.nn.functional.layer_norm(resid, (resid.shape[-1],), ln.w, ln.b, ln.eps)
         logits = normalized @ model.W_H + model.b_H
     return LogitLens(
-        logits=logits, labels=["embed"] + [f"L{l}" for l in range(model.cfg.n_layers)],
-        final_classes=logits[:, -1].argmax(-1), class_names=model.class_names,
+        logits=logits,
+        labels=["embed"] + [f"L{l}" for l in range(model.cfg.n_layers)],
+        final_classes=logits[:, -1].argmax(-1),
+        class_names=model.class_names,
     )
 
 
@@ -338,6 +412,8 @@ def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], bat
             _, cache = model.run_with_cache(chunk, names_filter=names, return_type=None)
         lenses.append(logit_lens_from_cache(model, cache))
     return LogitLens(
-        logits=torch.cat([lens.logits for lens in lenses]), labels=lenses[0].labels,
-        final_classes=torch.cat([lens.final_classes for lens in lenses]), class_names=model.class_names,
+        logits=torch.cat([lens.logits for lens in lenses]),
+        labels=lenses[0].labels,
+        final_classes=torch.cat([lens.final_classes for lens in lenses]),
+        class_names=model.class_names,
     )

@@ -73,9 +73,17 @@ class SingularDirections:
         n_layers, n_heads, k = self.values.shape
         share = self.values.pow(2) / self.total_norm_sq.clamp_min(1e-30)[..., None]
         rows = [
-            {"circuit": self.circuit, "layer": l, "head": h, "index": i,
-             "singular_value": float(self.values[l, h, i]), "share_of_norm_sq": float(share[l, h, i])}
-            for l in range(n_layers) for h in range(n_heads) for i in range(k)
+            {
+                "circuit": self.circuit,
+                "layer": l,
+                "head": h,
+                "index": i,
+                "singular_value": float(self.values[l, h, i]),
+                "share_of_norm_sq": float(share[l, h, i]),
+            }
+            for l in range(n_layers)
+            for h in range(n_heads)
+            for i in range(k)
         ]
         return pd.DataFrame(rows)
 
@@ -118,10 +126,13 @@ class OVCopyingScores:
 
     def to_frame(self) -> pd.DataFrame:
         n_layers, n_heads = self.scores.shape
-        return pd.DataFrame([
-            {"layer": l, "head": h, "copying_score": float(self.scores[l, h])}
-            for l in range(n_layers) for h in range(n_heads)
-        ])
+        return pd.DataFrame(
+            [
+                {"layer": l, "head": h, "copying_score": float(self.scores[l, h])}
+                for l in range(n_layers)
+                for h in range(n_heads)
+            ]
+        )
 
 
 def eigenvalue_copying_score(eigenvalues: Complex[torch.Tensor, "... n"]) -> Float[torch.Tensor, "..."]:
@@ -139,8 +150,10 @@ def ov_copying_scores(model: HookedViT) -> OVCopyingScores:
 
 # ---------------------------------------------------------------------------------------------- scores
 def qk_scores(
-    attn: Attention, queries_from: Float[torch.Tensor, "... pos_q d_model"],
-    keys_from: Float[torch.Tensor, "... pos_k d_model"] | None = None, scale: bool = True,
+    attn: Attention,
+    queries_from: Float[torch.Tensor, "... pos_q d_model"],
+    keys_from: Float[torch.Tensor, "... pos_k d_model"] | None = None,
+    scale: bool = True,
 ) -> Float[torch.Tensor, "... head pos_q pos_k"]:
     """Attention scores of one layer from LN1-output vectors: (x W_Q + b_Q)(y W_K + b_K)^T [/ sqrt(d_head)].
 
@@ -153,9 +166,7 @@ def qk_scores(
     return scores * attn.scale if scale else scores
 
 
-def head_results(
-    attn: Attention, z: Float[torch.Tensor, "... head d_head"]
-) -> Float[torch.Tensor, "... head d_model"]:
+def head_results(attn: Attention, z: Float[torch.Tensor, "... head d_head"]) -> Float[torch.Tensor, "... head d_model"]:
     """Each head's write to the residual stream, z[h] @ W_O[h] (what `attn.hook_result` holds; b_O excluded)."""
     return einsum(z, attn.W_O, "... h e, h e d -> ... h d")
 
@@ -181,7 +192,9 @@ def attention_distance_px(
     """
     n = grid_size * grid_size
     if pattern.shape[-1] != n + 1 or pattern.shape[-2] != n + 1:
-        raise ValueError(f"expected a pattern over 1 + {grid_size}x{grid_size} = {n + 1} tokens, got {tuple(pattern.shape)}")
+        raise ValueError(
+            f"expected a pattern over 1 + {grid_size}x{grid_size} = {n + 1} tokens, got {tuple(pattern.shape)}"
+        )
     patch = pattern[..., 1:, 1:]
     if renormalise:
         patch = patch / patch.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -214,11 +227,19 @@ class PositionalLocality:
     def to_frame(self) -> pd.DataFrame:
         n_layers, n_heads = self.mean_distance_px.shape
         loc = self.locality
-        return pd.DataFrame([
-            {"layer": l, "head": h, "positional_distance_px": float(self.mean_distance_px[l, h]),
-             "uniform_distance_px": self.uniform_distance_px, "locality": float(loc[l, h])}
-            for l in range(n_layers) for h in range(n_heads)
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": l,
+                    "head": h,
+                    "positional_distance_px": float(self.mean_distance_px[l, h]),
+                    "uniform_distance_px": self.uniform_distance_px,
+                    "locality": float(loc[l, h]),
+                }
+                for l in range(n_layers)
+                for h in range(n_heads)
+            ]
+        )
 
 
 @dataclass
@@ -252,7 +273,9 @@ class PositionalQK:
             return 1 + row * g + col
         if isinstance(query, int) and not isinstance(query, bool):
             if not 0 <= query < g * g:
-                raise IndexError(f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)")
+                raise IndexError(
+                    f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)"
+                )
             return 1 + query
         raise TypeError(f"query must be a patch index, a (row, col) pair, 'centre' or 'cls'; got {query!r}")
 
@@ -269,7 +292,9 @@ class PositionalQK:
             row = torch.softmax(row, -1)
         return rearrange(row, "(r c) -> r c", r=self.grid_size)
 
-    def query_grids(self, query: int | tuple[int, int] | str = "centre", softmax: bool = True) -> Float[torch.Tensor, "layer head g g"]:
+    def query_grids(
+        self, query: int | tuple[int, int] | str = "centre", softmax: bool = True
+    ) -> Float[torch.Tensor, "layer head g g"]:
         """`query_grid` for every head at once, [n_layers, n_heads, g, g]."""
         rows = self.scores[:, :, self._query_index(query), 1:]
         if softmax:
@@ -280,11 +305,23 @@ class PositionalQK:
         """One query's row for every head: (layer, head, key row, key col, score, softmax over patch keys)."""
         scores, probs = self.query_grids(query, softmax=False), self.query_grids(query, softmax=True)
         n_layers, n_heads, g, _ = scores.shape
-        return pd.DataFrame([
-            {"query": str(query), "layer": l, "head": h, "key_row": r, "key_col": c,
-             "score": float(scores[l, h, r, c]), "probability": float(probs[l, h, r, c])}
-            for l in range(n_layers) for h in range(n_heads) for r in range(g) for c in range(g)
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "query": str(query),
+                    "layer": l,
+                    "head": h,
+                    "key_row": r,
+                    "key_col": c,
+                    "score": float(scores[l, h, r, c]),
+                    "probability": float(probs[l, h, r, c]),
+                }
+                for l in range(n_layers)
+                for h in range(n_heads)
+                for r in range(g)
+                for c in range(g)
+            ]
+        )
 
     def locality(self, renormalise: bool = True) -> PositionalLocality:
         """Mean attention distance (pixels) of the attention the positional scores alone would give.
@@ -341,10 +378,12 @@ def positional_qk(
         raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     layer_ids = list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(l, "layer") for l in layers]
     with torch.no_grad():
-        scores = torch.stack([
-            qk_scores(model.blocks[l].attn, positional_inputs(model, l, mode), scale=scale) for l in layer_ids
-        ])
-    return PositionalQK(scores=scores, mode=mode, scaled=scale, grid_size=model.cfg.grid_size, patch_size=model.cfg.patch_size)
+        scores = torch.stack(
+            [qk_scores(model.blocks[l].attn, positional_inputs(model, l, mode), scale=scale) for l in layer_ids]
+        )
+    return PositionalQK(
+        scores=scores, mode=mode, scaled=scale, grid_size=model.cfg.grid_size, patch_size=model.cfg.patch_size
+    )
 
 
 # ---------------------------------------------------------------------------------------------- composition
@@ -405,9 +444,7 @@ def _scores_later_than(left: FactoredMatrix, right: FactoredMatrix) -> Float[tor
     return out
 
 
-def random_composition_baseline(
-    d_model: int, d_head: int, mode: str, n_samples: int = 64, seed: int = 0
-) -> float:
+def random_composition_baseline(d_model: int, d_head: int, mode: str, n_samples: int = 64, seed: int = 0) -> float:
     """Mean composition score of random Gaussian factors of a head's shapes (Elhage et al.'s baseline).
 
     Left: W_V [d, dh] @ W_O [dh, d]; right: W_Q W_K^T (Q, K modes) or W_V W_O (V); i.i.d. N(0, 1) entries
@@ -452,12 +489,23 @@ class CompositionScores:
         for mode, score in self.scores.items():
             idx = (~torch.isnan(score)).nonzero().tolist()
             adj = self.adjusted(mode)
-            frames.append(pd.DataFrame([
-                {"mode": mode, "src_layer": la, "src_head": ha, "dst_layer": lb, "dst_head": hb,
-                 "score": float(score[la, ha, lb, hb]), "baseline": self.baselines.get(mode, 0.0),
-                 "adjusted": float(adj[la, ha, lb, hb])}
-                for la, ha, lb, hb in idx
-            ]))
+            frames.append(
+                pd.DataFrame(
+                    [
+                        {
+                            "mode": mode,
+                            "src_layer": la,
+                            "src_head": ha,
+                            "dst_layer": lb,
+                            "dst_head": hb,
+                            "score": float(score[la, ha, lb, hb]),
+                            "baseline": self.baselines.get(mode, 0.0),
+                            "adjusted": float(adj[la, ha, lb, hb]),
+                        }
+                        for la, ha, lb, hb in idx
+                    ]
+                )
+            )
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def top_pairs(self, mode: str | None = None, k: int = 10) -> pd.DataFrame:
@@ -470,8 +518,11 @@ class CompositionScores:
         return frame.sort_values("adjusted", ascending=False).head(k).reset_index(drop=True)
 
     def to_dict(self) -> dict:
-        return {"baselines": dict(self.baselines), "subtract_baseline": self.subtract_baseline,
-                "scores": {m: s.tolist() for m, s in self.scores.items()}}
+        return {
+            "baselines": dict(self.baselines),
+            "subtract_baseline": self.subtract_baseline,
+            "scores": {m: s.tolist() for m, s in self.scores.items()},
+        }
 
 
 def composition_scores(

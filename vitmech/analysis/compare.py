@@ -47,8 +47,11 @@ CKATokens = Literal["all", "cls", "patches"]
 def check_comparable(before: HookedViT, after: HookedViT) -> None:
     """Raise ModelMismatchError unless both models have the same depth, heads, image size and patch grid."""
     fields = ("n_layers", "n_heads", "image_size", "patch_size", "grid_size")
-    diffs = [f"{f}: {getattr(before.cfg, f)} vs {getattr(after.cfg, f)}" for f in fields
-             if getattr(before.cfg, f) != getattr(after.cfg, f)]
+    diffs = [
+        f"{f}: {getattr(before.cfg, f)} vs {getattr(after.cfg, f)}"
+        for f in fields
+        if getattr(before.cfg, f) != getattr(after.cfg, f)
+    ]
     if diffs:
         raise ModelMismatchError(
             "the two models cannot be compared layer by layer and head by head; they differ in " + "; ".join(diffs)
@@ -132,8 +135,9 @@ def _run_batch(
 
     def on_pattern(pattern: Tensor, hook: Any) -> None:
         layer = int(hook.name.split(".")[1])
-        per_layer[layer] = attention_metrics(pattern[:, None], model.cfg.patch_size, settings, layers=[layer],
-                                             keep_cls_attention=True)
+        per_layer[layer] = attention_metrics(
+            pattern[:, None], model.cfg.patch_size, settings, layers=[layer], keep_cls_attention=True
+        )
         fused[layer] = fuse_heads(pattern, rollout_settings.head_fusion)
 
     def on_stream(resid: Tensor, hook: Any) -> None:
@@ -155,8 +159,13 @@ def _run_batch(
 
 def _summary(name: str, parts: list[_BatchResult], rollout_settings: RolloutSettings) -> AttentionSummary:
     rollouts = [
-        rollout_from_fused(p.fused, rollout_settings.alpha, rollout_settings.discard_ratio, tokens=[0],
-                           settings={"head_fusion": rollout_settings.head_fusion})
+        rollout_from_fused(
+            p.fused,
+            rollout_settings.alpha,
+            rollout_settings.discard_ratio,
+            tokens=[0],
+            settings={"head_fusion": rollout_settings.head_fusion},
+        )
         for p in parts
     ]
     return AttentionSummary(
@@ -198,7 +207,9 @@ def linear_cka(x: Float[Tensor, "n d1"], y: Float[Tensor, "n d2"]) -> float:
     """Linear CKA (Kornblith et al. 2019): ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), columns centred;
     computed in float64."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"linear_cka takes [n, d1] and [n, d2] with the same n, got {list(x.shape)} and {list(y.shape)}")
+        raise ValueError(
+            f"linear_cka takes [n, d1] and [n, d2] with the same n, got {list(x.shape)} and {list(y.shape)}"
+        )
     xc = x.double() - x.double().mean(0)
     yc = y.double() - y.double().mean(0)
     cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
@@ -266,8 +277,15 @@ class CKAResult:
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame({"layer": list(self.layers), "site": list(self.sites), "linear_cka": self.cka.tolist(),
-                             "tokens": self.tokens, "n_rows": self.n_rows})
+        return pd.DataFrame(
+            {
+                "layer": list(self.layers),
+                "site": list(self.sites),
+                "linear_cka": self.cka.tolist(),
+                "tokens": self.tokens,
+                "n_rows": self.n_rows,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "n_rows": self.n_rows, "sites": list(self.sites), "cka": self.cka.tolist()}
@@ -293,12 +311,14 @@ class WeightChange:
         import pandas as pd
 
         n_layers, n_heads = self.qk.shape
-        return pd.DataFrame({
-            "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
-            "head": list(range(n_heads)) * n_layers,
-            "qk_relative_change": self.qk.flatten().tolist(),
-            "ov_relative_change": self.ov.flatten().tolist(),
-        })
+        return pd.DataFrame(
+            {
+                "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
+                "head": list(range(n_heads)) * n_layers,
+                "qk_relative_change": self.qk.flatten().tolist(),
+                "ov_relative_change": self.ov.flatten().tolist(),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"qk_relative_change": self.qk.tolist(), "ov_relative_change": self.ov.tolist()}
@@ -358,7 +378,10 @@ class ModelComparison:
             "cls_entropy_last_head_mean_map": ("CLS attention entropy, last layer (head-mean map)", "nats"),
             "cls_entropy_last_mean_over_heads": ("CLS attention entropy, last layer (mean of per-head)", "nats"),
             f"cls_top{k}_last_head_mean_map": (f"Top-{k} patch concentration, last layer (head-mean map)", "fraction"),
-            f"cls_top{k}_last_mean_over_heads": (f"Top-{k} patch concentration, last layer (mean of per-head)", "fraction"),
+            f"cls_top{k}_last_mean_over_heads": (
+                f"Top-{k} patch concentration, last layer (mean of per-head)",
+                "fraction",
+            ),
             "rollout_entropy": ("Rollout CLS entropy", "nats"),
             f"rollout_top{k}": (f"Rollout top-{k} concentration", "fraction"),
         }
@@ -368,14 +391,26 @@ class ModelComparison:
         for (key, test), p_holm in zip(tests.items(), adjusted):
             label, unit = labels[key]
             entropy = "entropy" in key
-            rows.append({
-                "metric": label, "unit": unit, "before": test.mean_before, "after": test.mean_after,
-                "change": test.mean_change,
-                "direction": _direction(test.mean_change, "more focused", "more spread")
-                if entropy else _direction(test.mean_change, "more spread", "more focused"),
-                "ci95_low": test.ci_low, "ci95_high": test.ci_high, "t": test.t, "p": test.p, "p_holm": p_holm,
-                "cohens_dz": test.cohens_dz, "n_images": test.n, "key": key,
-            })
+            rows.append(
+                {
+                    "metric": label,
+                    "unit": unit,
+                    "before": test.mean_before,
+                    "after": test.mean_after,
+                    "change": test.mean_change,
+                    "direction": _direction(test.mean_change, "more focused", "more spread")
+                    if entropy
+                    else _direction(test.mean_change, "more spread", "more focused"),
+                    "ci95_low": test.ci_low,
+                    "ci95_high": test.ci_high,
+                    "t": test.t,
+                    "p": test.p,
+                    "p_holm": p_holm,
+                    "cohens_dz": test.cohens_dz,
+                    "n_images": test.n,
+                    "key": key,
+                }
+            )
         return pd.DataFrame(rows)
 
     def locality_table(self) -> pd.DataFrame:
@@ -386,13 +421,22 @@ class ModelComparison:
         before, after = self.before.metrics.mean_distance.mean(-1), self.after.metrics.mean_distance.mean(-1)
         tests = [paired_comparison(before[:, i], after[:, i]) for i in range(before.shape[1])]
         adjusted = holm([t.p for t in tests])
-        return pd.DataFrame([
-            {"layer": layer, "distance_before_px": t.mean_before, "distance_after_px": t.mean_after,
-             "change_px": t.mean_change, "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-             "direction": _direction(t.mean_change, "more local", "more global"), "p": t.p, "p_holm": p,
-             "cohens_dz": t.cohens_dz}
-            for layer, t, p in zip(self.before.metrics.layers, tests, adjusted)
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": layer,
+                    "distance_before_px": t.mean_before,
+                    "distance_after_px": t.mean_after,
+                    "change_px": t.mean_change,
+                    "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
+                    "direction": _direction(t.mean_change, "more local", "more global"),
+                    "p": t.p,
+                    "p_holm": p,
+                    "cohens_dz": t.cohens_dz,
+                }
+                for layer, t, p in zip(self.before.metrics.layers, tests, adjusted)
+            ]
+        )
 
     def layer_table(self) -> pd.DataFrame:
         """Per-layer metrics of both models (means over images and heads) and their change; CKA by layer."""
@@ -464,17 +508,23 @@ def compare_models(
     if pixels_before.shape[0] != pixels_after.shape[0]:
         raise ValueError("the two models got different numbers of images")
     if isinstance(images, Tensor) and images.is_floating_point() and before.preprocessing != after.preprocessing:
-        logger.warning("the models preprocess differently but got the same preprocessed tensor; pass raw images "
-                       "to have each model preprocess them its own way")
+        logger.warning(
+            "the models preprocess differently but got the same preprocessed tensor; pass raw images "
+            "to have each model preprocess them its own way"
+        )
     parts_before, parts_after = [], []
     accumulator = CKAAccumulator() if cka_tokens is not None else None
     bar = tqdm(total=pixels_before.shape[0], desc="compare models", unit="img", disable=not progress)
-    for (start, batch_b), (_, batch_a) in zip(image_batches(pixels_before, batch_size), image_batches(pixels_after, batch_size)):
+    for (start, batch_b), (_, batch_a) in zip(
+        image_batches(pixels_before, batch_size), image_batches(pixels_after, batch_size)
+    ):
         result_b = _run_batch(before, batch_b, settings, rollout_settings, keep_streams=accumulator is not None)
         result_a = _run_batch(after, batch_a, settings, rollout_settings, keep_streams=accumulator is not None)
         if accumulator is not None:
-            accumulator.update(torch.stack([_stream_rows(s, cka_tokens) for s in result_b.streams]),  # type: ignore[arg-type]
-                               torch.stack([_stream_rows(s, cka_tokens) for s in result_a.streams]))  # type: ignore[arg-type]
+            accumulator.update(
+                torch.stack([_stream_rows(s, cka_tokens) for s in result_b.streams]),  # type: ignore[arg-type]
+                torch.stack([_stream_rows(s, cka_tokens) for s in result_a.streams]),
+            )  # type: ignore[arg-type]
             result_b.streams, result_a.streams = [], []
         parts_before.append(result_b)
         parts_after.append(result_a)
@@ -484,8 +534,13 @@ def compare_models(
     if accumulator is not None:
         n_layers = before.cfg.n_layers
         sites = ("blocks.0.hook_resid_pre",) + tuple(f"blocks.{layer}.hook_resid_post" for layer in range(n_layers))
-        cka = CKAResult(cka=accumulator.result().float(), sites=sites, layers=tuple(range(-1, n_layers)),
-                        tokens=cka_tokens, n_rows=accumulator.n)  # type: ignore[arg-type]
+        cka = CKAResult(
+            cka=accumulator.result().float(),
+            sites=sites,
+            layers=tuple(range(-1, n_layers)),
+            tokens=cka_tokens,
+            n_rows=accumulator.n,
+        )  # type: ignore[arg-type]
     try:
         weights = weight_change(before, after)
     except ModelMismatchError as error:

@@ -82,8 +82,9 @@ def fuse_heads(
     head_weights, the weighted sum sum_h w_h A_h."""
     if head_weights is not None:
         if head_weights.shape != patterns.shape[:-2]:
-            raise ValueError(f"head_weights {list(head_weights.shape)} must match patterns' leading axes "
-                             f"{list(patterns.shape[:-2])}")
+            raise ValueError(
+                f"head_weights {list(head_weights.shape)} must match patterns' leading axes {list(patterns.shape[:-2])}"
+            )
         # a batched vector-matrix product over the contiguous [head, query * key] block (6x faster than einsum)
         fused = torch.matmul(head_weights.unsqueeze(-2).to(patterns.dtype), patterns.flatten(-2))
         return fused.reshape(patterns.shape[:-3] + patterns.shape[-2:])
@@ -131,7 +132,9 @@ def _residual_row_scales(
 
 
 @single_threaded
-def residual_attention(fused: Float[Tensor, "*batch query key"], alpha: float = 0.5) -> Float[Tensor, "*batch query key"]:
+def residual_attention(
+    fused: Float[Tensor, "*batch query key"], alpha: float = 0.5
+) -> Float[Tensor, "*batch query key"]:
     """rownorm(alpha * fused + (1 - alpha) * I). A row with no mass left (alpha = 1 after discarding) keeps
     its token: it becomes the identity row."""
     scale, diagonal = _residual_row_scales(fused, alpha)
@@ -210,7 +213,9 @@ class Rollout:
     def map(self, token: int = 0, renormalise: bool = True) -> Float[Tensor, "batch patch"]:
         """R[token, 1:]: the token's map over the patches, renormalised to sum 1 by default."""
         values = self.row(token)[:, 1:]
-        return values / values.sum(-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny) if renormalise else values
+        return (
+            values / values.sum(-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny) if renormalise else values
+        )
 
     def grid(self, token: int = 0, renormalise: bool = True) -> Float[Tensor, "batch g g"]:
         return to_grid(self.map(token, renormalise))
@@ -226,17 +231,23 @@ class Rollout:
         """One row per image: entropy and top-k concentration of the token's map."""
         import pandas as pd
 
-        return pd.DataFrame({
-            "image": range(self.rows.shape[0]),
-            "token": token,
-            "method": self.method,
-            "entropy": self.entropy(token).tolist(),
-            f"top{k}": self.top_k(k, token).tolist(),
-        })
+        return pd.DataFrame(
+            {
+                "image": range(self.rows.shape[0]),
+                "token": token,
+                "method": self.method,
+                "entropy": self.entropy(token).tolist(),
+                f"top{k}": self.top_k(k, token).tolist(),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "tokens": list(self.tokens), "settings": dict(self.settings),
-                "maps": {t: self.map(t).tolist() for t in self.tokens}}
+        return {
+            "method": self.method,
+            "tokens": list(self.tokens),
+            "settings": dict(self.settings),
+            "maps": {t: self.map(t).tolist() for t in self.tokens},
+        }
 
     @classmethod
     def concat(cls, parts: Sequence[Rollout]) -> Rollout:
@@ -329,8 +340,11 @@ def rollout_maps(
             model(batch, return_type=None)
         stacked = {f: torch.stack(layers, 1) for f, layers in fused.items()}  # type: ignore[arg-type]
         for name, v in variants.items():
-            parts[name].append(rollout_from_fused(stacked[v.head_fusion], v.alpha, v.discard_ratio, tokens,
-                                                  settings={"head_fusion": v.head_fusion}))
+            parts[name].append(
+                rollout_from_fused(
+                    stacked[v.head_fusion], v.alpha, v.discard_ratio, tokens, settings={"head_fusion": v.head_fusion}
+                )
+            )
         bar.update(batch.shape[0])
     bar.close()
     return {name: Rollout.concat(results) for name, results in parts.items()}
@@ -362,8 +376,9 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     if callable(target):
         values = target(outputs)
         if not isinstance(values, Tensor) or values.shape != outputs.shape[:1]:
-            raise ValueError(f"a target callable must map outputs {list(outputs.shape)} to one value per image "
-                             f"[{outputs.shape[0]}]")
+            raise ValueError(
+                f"a target callable must map outputs {list(outputs.shape)} to one value per image [{outputs.shape[0]}]"
+            )
         return values, None
     if target is None:
         index = outputs.argmax(-1)
@@ -372,8 +387,10 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     elif isinstance(target, Tensor) and target.ndim == 1 and target.shape[0] == outputs.shape[0]:
         index = target.to(device=outputs.device, dtype=torch.long)
     else:
-        raise ValueError("target must be None (predicted class), an int, a tensor [batch] of indices, "
-                         "or a callable outputs -> [batch]")
+        raise ValueError(
+            "target must be None (predicted class), an int, a tensor [batch] of indices, "
+            "or a callable outputs -> [batch]"
+        )
     if ((index < 0) | (index >= outputs.shape[-1])).any():
         raise IndexError(f"target index out of range for {outputs.shape[-1]} outputs: {index.tolist()}")
     return outputs.gather(-1, index[:, None])[:, 0], index
@@ -435,9 +452,7 @@ def _check_pair(patterns: Tensor, gradients: Tensor) -> None:
 
 
 @single_threaded
-def gradient_rollout(
-    patterns: PatternStack, gradients: PatternStack, tokens: Sequence[int] | None = None
-) -> Rollout:
+def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Sequence[int] | None = None) -> Rollout:
     """Gradient-weighted rollout (Chefer et al. 2021, generic rule): R = I; for each layer from the first,
     R <- R + mean_h[(dA * A)^+] @ R, i.e. R = (I + C_L) ... (I + C_1). Rows of R do not sum to 1; maps are
     renormalised on request. tokens=[0] computes only the CLS row (L vector-matrix products)."""
@@ -448,14 +463,23 @@ def gradient_rollout(
         v = torch.eye(n_tokens, dtype=patterns.dtype, device=patterns.device)[list(tokens_used)]
         v = v.expand(patterns.shape[0], -1, -1)
         # C_l = mean_h[(dA * A)^+] per layer (one layer at a time keeps the temporaries small)
-        cams = torch.stack([(gradients[:, layer] * patterns[:, layer]).clamp_min_(0).sum(1).div_(patterns.shape[2])
-                            for layer in range(patterns.shape[1])], 1)
+        cams = torch.stack(
+            [
+                (gradients[:, layer] * patterns[:, layer]).clamp_min_(0).sum(1).div_(patterns.shape[2])
+                for layer in range(patterns.shape[1])
+            ],
+            1,
+        )
         # R = (I + C_L) ... (I + C_1); row t: v <- v + v C_l from the top layer down
         for layer in range(patterns.shape[1] - 1, -1, -1):
             v = v + v @ cams[:, layer]
         rows = v
-    return Rollout(rows=rows, tokens=tokens_used, method="gradient_rollout",
-                   settings={"head_fusion": "mean of (grad * A)^+", "rule": "R += A_bar @ R"})
+    return Rollout(
+        rows=rows,
+        tokens=tokens_used,
+        method="gradient_rollout",
+        settings={"head_fusion": "mean of (grad * A)^+", "rule": "R += A_bar @ R"},
+    )
 
 
 @single_threaded
@@ -519,8 +543,10 @@ def flow_graph(capacities: Float[np.ndarray, "layer query key"], scale: int = FL
     layer, query, key = np.nonzero(quantised)
     n_nodes = (n_layers + 1) * n_tokens
     return csr_array(
-        (quantised[layer, query, key].astype(np.int32),
-         (((layer + 1) * n_tokens + query).astype(np.int32), (layer * n_tokens + key).astype(np.int32))),
+        (
+            quantised[layer, query, key].astype(np.int32),
+            (((layer + 1) * n_tokens + query).astype(np.int32), (layer * n_tokens + key).astype(np.int32)),
+        ),
         shape=(n_nodes, n_nodes),
     )
 
@@ -593,6 +619,10 @@ def attention_flow(
         rows=torch.as_tensor(rows, dtype=patterns.dtype),
         tokens=(token,),
         method="flow",
-        settings={**settings.to_dict(), "backend": backend, "normalised": "over all P input tokens",
-                  "capacity_quantum": 1 / FLOW_SCALE if backend == "scipy" else 0.0},
+        settings={
+            **settings.to_dict(),
+            "backend": backend,
+            "normalised": "over all P input tokens",
+            "capacity_quantum": 1 / FLOW_SCALE if backend == "scipy" else 0.0,
+        },
     )

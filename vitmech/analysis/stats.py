@@ -1,8 +1,8 @@
 """Paired before/after statistics (REFERENCE §6, seed 004): t-test, Cohen's d_z, bootstrap CI, Holm.
 
-    test = paired_comparison(entropy_before, entropy_after)      # one value per image, same images
-    test.t, test.p, test.cohens_dz, (test.ci_low, test.ci_high)
-    holm([t.p for t in tests])                                   # family-wise adjusted p-values
+test = paired_comparison(entropy_before, entropy_after)      # one value per image, same images
+test.t, test.p, test.cohens_dz, (test.ci_low, test.ci_high)
+holm([t.p for t in tests])                                   # family-wise adjusted p-values
 """
 
 from __future__ import annotations
@@ -89,9 +89,19 @@ def paired_comparison(
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return PairedComparison(
-        n=n, mean_before=float(x.mean()), mean_after=float(y.mean()), mean_change=mean, sd_change=sd,
-        t=float(t), p=p, cohens_dz=float(dz), ci_low=float(low), ci_high=float(high),
-        confidence=confidence, n_resamples=n_resamples, seed=seed,
+        n=n,
+        mean_before=float(x.mean()),
+        mean_after=float(y.mean()),
+        mean_change=mean,
+        sd_change=sd,
+        t=float(t),
+        p=p,
+        cohens_dz=float(dz),
+        ci_low=float(low),
+        ci_high=float(high),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
     )
 
 

@@ -17,7 +17,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import PIL.Image
@@ -39,8 +38,17 @@ FONT_PX = 10.0 * PT
 TITLE_PX = 12.0 * PT
 LINE = 1  # 0.8 pt spines and ticks -> 1 px
 
-ELEMENTS = ("title", "xlabel", "ylabel", "xticklabels", "yticklabels", "colorbar", "colorbar_ticklabels",
-            "colorbar_label", "axes")
+ELEMENTS = (
+    "title",
+    "xlabel",
+    "ylabel",
+    "xticklabels",
+    "yticklabels",
+    "colorbar",
+    "colorbar_ticklabels",
+    "colorbar_label",
+    "axes",
+)
 """Boxes reported for each rendered figure (None when an element is switched off)."""
 
 
@@ -55,7 +63,7 @@ class FigureStyle:
     ticks: bool = True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(px: float) -> PIL.ImageFont.FreeTypeFont:
     import matplotlib
 
@@ -67,7 +75,7 @@ def _font(px: float) -> PIL.ImageFont.FreeTypeFont:
         return PIL.ImageFont.load_default(size=px)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def viridis_lut() -> UInt8[np.ndarray, "256 3"]:
     """matplotlib's 256-entry viridis table as uint8 RGB."""
     import matplotlib
@@ -118,7 +126,7 @@ def _glyphs(text: str, px: float, anchor: str) -> tuple[PIL.Image.Image, tuple[i
     return mask, (left, top), mask.getbbox() or (0, 0, width, height)
 
 
-def _union(boxes: list[tuple[float, float, float, float]]) -> Optional[tuple[float, float, float, float]]:
+def _union(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float] | None:
     if not boxes:
         return None
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
@@ -142,7 +150,7 @@ class SpectrogramFigure:
         self.size = size
         self.extent = extent
         self.texts = {"xlabel": xlabel, "ylabel": ylabel, "colorbar_label": colorbar_label}
-        self._templates: dict[FigureStyle, tuple[PIL.Image.Image, np.ndarray, dict[str, Optional[tuple]]]] = {}
+        self._templates: dict[FigureStyle, tuple[PIL.Image.Image, np.ndarray, dict[str, tuple | None]]] = {}
         self._rotated: dict[str, tuple[PIL.Image.Image, tuple[int, int, int, int]]] = {}
         self.sx, self.sy = size / CANVAS[0], size / CANVAS[1]
 
@@ -189,7 +197,7 @@ class SpectrogramFigure:
         xb, yb = self.data_to_canvas(tb, fa, colorbar)
         return self._out((xa, ya, xb, yb))
 
-    def _out(self, box: Optional[tuple[float, float, float, float]]) -> Optional[Box]:
+    def _out(self, box: tuple[float, float, float, float] | None) -> Box | None:
         if box is None:
             return None
         return scale_box(box, self.sx, self.sy, self.size, self.size)
@@ -222,19 +230,25 @@ class SpectrogramFigure:
         canvas.paste((0, 0, 0), (x, y), mask)
         return (x + bx0, y + by0, x + bx1, y + by1)
 
-    def _template(self, style: FigureStyle) -> tuple[PIL.Image.Image, np.ndarray, dict[str, Optional[tuple]]]:
+    def _template(self, style: FigureStyle) -> tuple[PIL.Image.Image, np.ndarray, dict[str, tuple | None]]:
         """Static canvas of a style, its downsampled copy, and the static boxes (cached)."""
-        key = FigureStyle(title=False, xlabel=style.xlabel, ylabel=style.ylabel, colorbar=style.colorbar, ticks=style.ticks)
+        key = FigureStyle(
+            title=False, xlabel=style.xlabel, ylabel=style.ylabel, colorbar=style.colorbar, ticks=style.ticks
+        )
         if key in self._templates:
             return self._templates[key]
         canvas = PIL.Image.new("RGB", CANVAS, (255, 255, 255))
         draw = PIL.ImageDraw.Draw(canvas)
-        boxes: dict[str, Optional[tuple]] = {name: None for name in ELEMENTS}
+        boxes: dict[str, tuple | None] = {name: None for name in ELEMENTS}
         ax0, ay0, ax1, ay1 = self.axes_box(style.colorbar)
         boxes["axes"] = (ax0, ay0, ax1, ay1)
         fill = tuple(int(c) for c in viridis_lut()[64])  # stands in for the image under the spines
-        draw.rectangle([int(round(ax0)), int(round(ay0)), int(round(ax1)) - 1, int(round(ay1)) - 1], fill=fill,
-                       outline=(0, 0, 0), width=LINE)
+        draw.rectangle(
+            [int(round(ax0)), int(round(ay0)), int(round(ax1)) - 1, int(round(ay1)) - 1],
+            fill=fill,
+            outline=(0, 0, 0),
+            width=LINE,
+        )
         t0, t1, f0, f1 = self.extent
         xt = nice_ticks(t0, t1)
         yt = nice_ticks(f0, f1)
@@ -257,7 +271,9 @@ class SpectrogramFigure:
         if style.ylabel:
             right = (boxes["yticklabels"][0] if boxes["yticklabels"] else ax0 - 2 * TICK) - LABELPAD
             mask, (bx0, _, bx1, _) = self._vertical_text("ylabel", self.texts["ylabel"])
-            boxes["ylabel"] = self._paste_vertical(canvas, "ylabel", self.texts["ylabel"], right - (bx1 - bx0), (ay0 + ay1) / 2)
+            boxes["ylabel"] = self._paste_vertical(
+                canvas, "ylabel", self.texts["ylabel"], right - (bx1 - bx0), (ay0 + ay1) / 2
+            )
         if style.colorbar:
             cx0, cy0, cx1, cy1 = self.colorbar_box()
             top, bottom = int(round(cy0)), int(round(cy1))
@@ -274,8 +290,8 @@ class SpectrogramFigure:
     # ------------------------------------------------------------------ public
 
     def render(
-        self, values: Float[np.ndarray, "F T"], title: Optional[str] = None, style: FigureStyle = FigureStyle()
-    ) -> tuple[UInt8[np.ndarray, "S S 3"], dict[str, Optional[Box]]]:
+        self, values: Float[np.ndarray, "F T"], title: str | None = None, style: FigureStyle = FigureStyle()
+    ) -> tuple[UInt8[np.ndarray, "S S 3"], dict[str, Box | None]]:
         """The figure of ``values`` (row 0 = lowest frequency) as uint8 ``[size, size, 3]``, and the
         output-pixel box (x0, y0, x1, y1; exclusive ends) of each of ``ELEMENTS`` (None if absent).
         ``title`` is drawn when ``style.title`` and it is not None."""
@@ -298,18 +314,24 @@ class SpectrogramFigure:
                         label_boxes.append(self._text(canvas, (cx1 + 2 * TICK, y + 1.65), text, FONT_PX, "lm"))
                 boxes["colorbar_ticklabels"] = _union(label_boxes)
                 left = (boxes["colorbar_ticklabels"][2] if label_boxes else cx1 + 2 * TICK) + LABELPAD
-                boxes["colorbar_label"] = self._paste_vertical(canvas, "colorbar_label", self.texts["colorbar_label"],
-                                                               left, (cy0 + cy1) / 2)
+                boxes["colorbar_label"] = self._paste_vertical(
+                    canvas, "colorbar_label", self.texts["colorbar_label"], left, (cy0 + cy1) / 2
+                )
                 # right strip: from an output column clear of the image axes' filter support
                 col = int(math.floor((boxes["axes"][2] + 4.0) * self.sx)) + 1
-                strip = canvas.resize((self.size - col, self.size), PIL.Image.BILINEAR,
-                                      box=(col / self.sx, 0.0, float(CANVAS[0]), float(CANVAS[1])))
+                strip = canvas.resize(
+                    (self.size - col, self.size),
+                    PIL.Image.BILINEAR,
+                    box=(col / self.sx, 0.0, float(CANVAS[0]), float(CANVAS[1])),
+                )
                 out[:, col:] = np.asarray(strip)
             if style.title and title:
                 ax0, ay0, ax1, _ = boxes["axes"]
                 boxes["title"] = self._text(canvas, ((ax0 + ax1) / 2, ay0 - TITLE_PAD), title, TITLE_PX, "ms")
                 row = int(math.floor((ay0 - 3.0) * self.sy))  # top strip, above the image axes' filter support
-                strip = canvas.resize((self.size, row), PIL.Image.BILINEAR, box=(0.0, 0.0, float(CANVAS[0]), row / self.sy))
+                strip = canvas.resize(
+                    (self.size, row), PIL.Image.BILINEAR, box=(0.0, 0.0, float(CANVAS[0]), row / self.sy)
+                )
                 out[:row, :] = np.asarray(strip)
         self._paste_image(out, values, vmin, vmax, boxes["axes"])
         return out, {name: self._out(box) for name, box in boxes.items()}
@@ -322,14 +344,22 @@ class SpectrogramFigure:
         r0, r1 = int(math.ceil(ay0)), int(math.floor(ay1))
         rgb = viridis_lut()[colour_index(values[::-1], vmin, vmax)]  # origin='lower': top row = highest f
         n_f, n_t = values.shape
-        box = ((c0 - ax0) / (ax1 - ax0) * n_t, (r0 - ay0) / (ay1 - ay0) * n_f,
-               (c1 - ax0) / (ax1 - ax0) * n_t, (r1 - ay0) / (ay1 - ay0) * n_f)
+        box = (
+            (c0 - ax0) / (ax1 - ax0) * n_t,
+            (r0 - ay0) / (ay1 - ay0) * n_f,
+            (c1 - ax0) / (ax1 - ax0) * n_t,
+            (r1 - ay0) / (ay1 - ay0) * n_f,
+        )
         patch = np.array(PIL.Image.fromarray(rgb).resize((c1 - c0, r1 - r0), PIL.Image.BILINEAR, box=box))
         spine_x, spine_y = LINE * self.sx, LINE * self.sy
         shade_cols = np.ones(c1 - c0, np.float32)
         shade_rows = np.ones(r1 - r0, np.float32)
-        for lo, hi, shade, first in ((ax0, ax0 + spine_x, shade_cols, c0), (ax1 - spine_x, ax1, shade_cols, c0),
-                                     (ay0, ay0 + spine_y, shade_rows, r0), (ay1 - spine_y, ay1, shade_rows, r0)):
+        for lo, hi, shade, first in (
+            (ax0, ax0 + spine_x, shade_cols, c0),
+            (ax1 - spine_x, ax1, shade_cols, c0),
+            (ay0, ay0 + spine_y, shade_rows, r0),
+            (ay1 - spine_y, ay1, shade_rows, r0),
+        ):
             for k in range(int(math.floor(lo)), int(math.ceil(hi))):
                 if 0 <= k - first < len(shade):
                     shade[k - first] *= 1.0 - max(0.0, min(hi, k + 1) - max(lo, k))

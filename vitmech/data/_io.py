@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-import zlib
 import logging
 import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -57,7 +58,7 @@ def encode_jpeg(array: UInt8[np.ndarray, "H W 3"], quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(value: Any, mode: Optional[str] = "RGB", where: str = "") -> PIL.Image.Image:
+def decode_image(value: Any, mode: str | None = "RGB", where: str = "") -> PIL.Image.Image:
     """Decode one stored image (HF ``{"bytes", "path"}`` dict, raw bytes, a path, or a PIL image).
 
     Raises ``UnreadableImageError`` (naming ``where``) for corrupt bytes, missing files or a
@@ -91,7 +92,7 @@ def decode_image(value: Any, mode: Optional[str] = "RGB", where: str = "") -> PI
         raise UnreadableImageError(f"cannot decode image{(' ' + where) if where else ''}: {exc}") from exc
 
 
-def mask_to_box(mask: Bool[np.ndarray, "H W"]) -> Optional[Box]:
+def mask_to_box(mask: Bool[np.ndarray, "H W"]) -> Box | None:
     """Tight box ``(x0, y0, x1, y1)`` (exclusive ends) around the True pixels, or None if empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:

@@ -9,7 +9,7 @@ independent orders.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from jaxtyping import Int
@@ -21,10 +21,7 @@ def hash_rank(ids: Sequence[object], seed: int, salt: str) -> Int[np.ndarray, "N
     """Row indices sorted by ``blake2b(f"{seed}|{salt}|{id}")`` (ties broken by index)."""
     prefix = f"{int(seed)}|{salt}|".encode()
     keys = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest(), "little")
-            for i in ids
-        ),
+        (int.from_bytes(hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest(), "little") for i in ids),
         dtype=np.uint64,
         count=len(ids),
     )

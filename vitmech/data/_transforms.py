@@ -7,7 +7,8 @@ Preprocessing is the model's job (``model.preprocess(images) -> Float[Tensor, "B
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 import PIL.Image
@@ -86,10 +87,10 @@ class LazyImageTransform:
 
     def __init__(
         self,
-        preprocess: Optional[Preprocess],
+        preprocess: Preprocess | None,
         targets: Callable[[Mapping[str, list]], dict[str, Any]],
         image_column: str = "image",
-        id_column: Optional[str] = None,
+        id_column: str | None = None,
     ):
         self.preprocess = preprocess
         self.targets = targets

@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def chirp_track(params: ChirpParams) -> tuple[Int[np.ndarray, "T"], Float[np.nda
 
 
 def chirp_spectrogram(
-    params: ChirpParams, rng: Optional[np.random.Generator] = None, *, noise: bool = True, blur: bool = True
+    params: ChirpParams, rng: np.random.Generator | None = None, *, noise: bool = True, blur: bool = True
 ) -> Float[np.ndarray, "128 128"]:
     """The raw ``[freq, time]`` spectrogram (row 0 = 0 Hz). ``noise``/``blur`` off give the clean track."""
     spec = np.zeros((N_FREQ, N_TIME), dtype=np.float64)
@@ -147,7 +148,7 @@ class ChirpSample:
     params: ChirpParams
     spectrogram: Float[np.ndarray, "128 128"]
     image: UInt8[np.ndarray, "S S 3"]
-    boxes: dict[str, Optional[Box]]
+    boxes: dict[str, Box | None]
     style: FigureStyle
 
     @property
@@ -165,7 +166,7 @@ def figure_renderer(size: int = 224) -> SpectrogramFigure:
     return _FIGURES[size]
 
 
-def _pick(flag: Union[bool, float], rng: np.random.Generator) -> bool:
+def _pick(flag: bool | float, rng: np.random.Generator) -> bool:
     if isinstance(flag, bool):
         return flag
     if not 0.0 <= float(flag) <= 1.0:
@@ -177,11 +178,11 @@ def generate_chirp(
     index: int,
     seed: int = 0,
     *,
-    title: Union[bool, float] = True,
-    xlabel: Union[bool, float] = True,
-    ylabel: Union[bool, float] = True,
-    colorbar: Union[bool, float] = True,
-    ticks: Union[bool, float] = True,
+    title: bool | float = True,
+    xlabel: bool | float = True,
+    ylabel: bool | float = True,
+    colorbar: bool | float = True,
+    ticks: bool | float = True,
     size: int = 224,
     noise: bool = True,
 ) -> ChirpSample:
@@ -190,25 +191,36 @@ def generate_chirp(
     rng = chirp_rng(seed, index)
     params = sample_chirp_params(rng)
     spec = chirp_spectrogram(params, rng, noise=noise)
-    style = FigureStyle(title=_pick(title, rng), xlabel=_pick(xlabel, rng), ylabel=_pick(ylabel, rng),
-                        colorbar=_pick(colorbar, rng), ticks=_pick(ticks, rng))
+    style = FigureStyle(
+        title=_pick(title, rng),
+        xlabel=_pick(xlabel, rng),
+        ylabel=_pick(ylabel, rng),
+        colorbar=_pick(colorbar, rng),
+        ticks=_pick(ticks, rng),
+    )
     figure = figure_renderer(size)
     image, boxes = figure.render(spec, default_title(index, params), style)
     columns, bins = chirp_track(params)
     if len(columns):
         low, high = max(0.0, float(np.floor(bins.min())) - 2), min(float(N_FREQ), float(np.floor(bins.max())) + 3)
-        boxes["chirp"] = figure.grid_box(float(columns[0]), float(columns[-1] + 1), low, high, N_TIME, N_FREQ, style.colorbar)
+        boxes["chirp"] = figure.grid_box(
+            float(columns[0]), float(columns[-1] + 1), low, high, N_TIME, N_FREQ, style.colorbar
+        )
     else:
         boxes["chirp"] = None
     return ChirpSample(index, params, spec, image, boxes, style)
 
 
-def generate_chirps(n: int, seed: int = 0, *, start: int = 0, progress: bool = False, **kwargs: Any) -> list[ChirpSample]:
+def generate_chirps(
+    n: int, seed: int = 0, *, start: int = 0, progress: bool = False, **kwargs: Any
+) -> list[ChirpSample]:
     """Chirps ``start .. start + n - 1`` of the stream ``seed`` (see ``generate_chirp`` for options)."""
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
-    return [generate_chirp(i, seed, **kwargs) for i in tqdm(range(start, start + n), desc="chirps", unit="img",
-                                                             disable=not progress)]
+    return [
+        generate_chirp(i, seed, **kwargs)
+        for i in tqdm(range(start, start + n), desc="chirps", unit="img", disable=not progress)
+    ]
 
 
 # ----------------------------------------------------------------------------------------- targets
@@ -232,20 +244,22 @@ class TargetScaler:
             raise DataError(f"a target has zero spread (std {std.tolist()}); cannot z-score")
         return cls(tuple(raw.mean(axis=0).tolist()), tuple(std.tolist()))  # type: ignore[arg-type]
 
-    def transform(self, raw: Union[np.ndarray, Tensor]) -> Union[np.ndarray, Tensor]:
+    def transform(self, raw: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """``[..., 3]`` raw (s, Hz, Hz) -> z-scores (same type)."""
         mean, std = self._as(raw)
         return (raw - mean) / std
 
-    def inverse(self, z: Union[np.ndarray, Tensor]) -> Union[np.ndarray, Tensor]:
+    def inverse(self, z: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """``[..., 3]`` z-scores -> raw units (s, Hz, Hz)."""
         mean, std = self._as(z)
         return z * std + mean
 
     def _as(self, like: Any) -> tuple[Any, Any]:
         if isinstance(like, Tensor):
-            return (torch.tensor(self.mean, dtype=like.dtype, device=like.device),
-                    torch.tensor(self.std, dtype=like.dtype, device=like.device))
+            return (
+                torch.tensor(self.mean, dtype=like.dtype, device=like.device),
+                torch.tensor(self.std, dtype=like.dtype, device=like.device),
+            )
         return np.asarray(self.mean), np.asarray(self.std)
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,11 +319,11 @@ def write_chirp_dataset(
     *,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    title: Union[bool, float] = True,
-    xlabel: Union[bool, float] = True,
-    ylabel: Union[bool, float] = True,
-    colorbar: Union[bool, float] = True,
-    ticks: Union[bool, float] = True,
+    title: bool | float = True,
+    xlabel: bool | float = True,
+    ylabel: bool | float = True,
+    colorbar: bool | float = True,
+    ticks: bool | float = True,
     size: int = 224,
     store_spectrogram: bool = True,
     shard_size: int = 1000,
@@ -331,22 +345,29 @@ def write_chirp_dataset(
     n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
     n_train = n - n_test - n_val
     if n_train < 2:
-        raise DataError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave {n_train} training rows of {n}")
+        raise DataError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} leave {n_train} training rows of {n}"
+        )
     features = chirp_features(store_spectrogram)
     counts = {"test": n_test, "validation": n_val, "train": n_train}
     writers = {name: ShardWriter(root, name, features, count, shard_size) for name, count in counts.items() if count}
     train_targets = []
     started = time.perf_counter()
     for index in tqdm(range(n), desc="writing chirps", unit="img", disable=not progress):
-        sample = generate_chirp(index, seed, title=title, xlabel=xlabel, ylabel=ylabel, colorbar=colorbar,
-                                ticks=ticks, size=size)
+        sample = generate_chirp(
+            index, seed, title=title, xlabel=xlabel, ylabel=ylabel, colorbar=colorbar, ticks=ticks, size=size
+        )
         p = sample.params
         row: dict[str, Any] = {
             "image": {"bytes": encode_png(sample.image), "path": None},
             "id": f"chirp-{seed}-{index:07d}",
             "index": index,
-            "start_time": p.start_time, "duration": p.duration, "start_freq": p.start_freq, "end_freq": p.end_freq,
-            "chirp_type": p.kind, "noise_level": p.noise_level,
+            "start_time": p.start_time,
+            "duration": p.duration,
+            "start_freq": p.start_freq,
+            "end_freq": p.end_freq,
+            "chirp_type": p.kind,
+            "noise_level": p.noise_level,
         }
         for name, value in dataclasses.asdict(sample.style).items():
             row[f"has_{name}"] = value
@@ -364,12 +385,21 @@ def write_chirp_dataset(
     scaler = TargetScaler.fit(np.asarray(train_targets, dtype=np.float32).astype(np.float64))
     scaler.save(root / "target_scaler.json")
     elapsed = time.perf_counter() - started
-    write_json(root / "vitmech_dataset.json", {
-        "kind": "synthetic_chirps", "n": n, "splits": counts, "seed": seed, "size": size,
-        "style": {"title": title, "xlabel": xlabel, "ylabel": ylabel, "colorbar": colorbar, "ticks": ticks},
-        "targets": list(TARGETS), "target_scaler": scaler.to_dict(), "store_spectrogram": store_spectrogram,
-        "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
-    })
+    write_json(
+        root / "vitmech_dataset.json",
+        {
+            "kind": "synthetic_chirps",
+            "n": n,
+            "splits": counts,
+            "seed": seed,
+            "size": size,
+            "style": {"title": title, "xlabel": xlabel, "ylabel": ylabel, "colorbar": colorbar, "ticks": ticks},
+            "targets": list(TARGETS),
+            "target_scaler": scaler.to_dict(),
+            "store_spectrogram": store_spectrogram,
+            "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
+        },
+    )
     logger.info("wrote %d chirps to %s in %.1f s (%.0f/s)", n, root, elapsed, n / max(elapsed, 1e-9))
     return root
 
@@ -381,8 +411,8 @@ class ChirpSplits:
     ``{"image": PIL.Image, "targets": list[float]}`` without; ``raw[name]`` keeps every column."""
 
     train: Dataset
-    val: Optional[Dataset]
-    test: Optional[Dataset]
+    val: Dataset | None
+    test: Dataset | None
     scaler: TargetScaler
     raw: dict[str, Dataset]
 
@@ -394,11 +424,11 @@ class ChirpSplits:
 
 
 def load_chirps(
-    source: Union[PathLike, Dataset, DatasetDict],
+    source: PathLike | Dataset | DatasetDict,
     *,
-    preprocess: Optional[Preprocess] = None,
-    scaler: Optional[TargetScaler] = None,
-    cache_dir: Optional[PathLike] = None,
+    preprocess: Preprocess | None = None,
+    scaler: TargetScaler | None = None,
+    cache_dir: PathLike | None = None,
 ) -> ChirpSplits:
     """Open a chirp dataset (a ``write_chirp_dataset`` folder, parquet, or in-memory datasets) as
     torch-ready splits. The target scaler is ``scaler`` if given, else ``target_scaler.json`` of the
@@ -420,9 +450,13 @@ def load_chirps(
         else:
             table = dd["train"].with_format("numpy")
             scaler = TargetScaler.fit(np.stack([np.asarray(table[name], dtype=np.float64) for name in TARGETS], -1))
-    transform = LazyImageTransform(preprocess, ZScoredTargets(scaler), image_column="image",
-                                   id_column="id" if "id" in dd["train"].column_names else None)
-    out: dict[str, Optional[Dataset]] = {}
+    transform = LazyImageTransform(
+        preprocess,
+        ZScoredTargets(scaler),
+        image_column="image",
+        id_column="id" if "id" in dd["train"].column_names else None,
+    )
+    out: dict[str, Dataset | None] = {}
     for name in ("train", "validation", "test"):
         if name not in dd:
             out[name] = None
@@ -430,8 +464,13 @@ def load_chirps(
         split = dd[name]
         columns = ["image", *TARGETS] + (["id"] if "id" in split.column_names else [])
         out[name] = split.cast_column("image", HFImage(decode=False)).with_transform(transform, columns=columns)
-    return ChirpSplits(train=out["train"], val=out["validation"], test=out["test"], scaler=scaler,  # type: ignore[arg-type]
-                       raw={k: v for k, v in dd.items()})
+    return ChirpSplits(
+        train=out["train"],
+        val=out["validation"],
+        test=out["test"],
+        scaler=scaler,  # type: ignore[arg-type]
+        raw={k: v for k, v in dd.items()},
+    )
 
 
 __all__ = [

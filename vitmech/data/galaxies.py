@@ -32,15 +32,16 @@ concurrent threads; on our 2-core CPUs 158-280 galaxies/s at 224 px depending on
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -81,12 +82,12 @@ _WHITE = (0.85, 0.85, 0.9)
 _BLUE = (0.5, 0.7, 1.0)
 
 
-def sersic_b(n: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
+def sersic_b(n: float | np.ndarray) -> float | np.ndarray:
     """``b_n ~ 2n - 1/3 + 4/(405n) + 46/(25515 n^2)`` (Ciotti & Bertin), so R_e holds half the light."""
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n**2)
 
 
-def sersic_radius_fraction(n: Union[float, np.ndarray], fraction: float) -> Union[float, np.ndarray]:
+def sersic_radius_fraction(n: float | np.ndarray, fraction: float) -> float | np.ndarray:
     """Radius (in units of R_e) holding ``fraction`` of a Sersic profile's light:
     ``(P^-1(2n, f) / b_n)^n`` with P the regularised lower incomplete gamma function."""
     return (gammaincinv(2.0 * n, fraction) / sersic_b(n)) ** n
@@ -166,7 +167,9 @@ def _logu(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def _jitter(rng: np.random.Generator, colour: tuple[float, float, float], amount: float = 0.08) -> tuple[float, float, float]:
+def _jitter(
+    rng: np.random.Generator, colour: tuple[float, float, float], amount: float = 0.08
+) -> tuple[float, float, float]:
     # python floats, not np.clip on scalars (7x slower; the values are the same)
     return tuple(min(max(float(c + rng.uniform(-amount, amount)), 0.05), 1.2) for c in colour)  # type: ignore[return-value]
 
@@ -186,8 +189,14 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
         white=rng.uniform(8, 20),
         stretch=rng.uniform(1.0, 3.0),
         noise_seed=int(rng.integers(0, 2**62)),
-        colours=(_jitter(rng, _RED), _jitter(rng, _WHITE), _jitter(rng, _BLUE), _jitter(rng, (1.0, 0.8, 0.6)),
-                 _jitter(rng, (0.6, 0.75, 1.0)), _jitter(rng, (0.55, 0.75, 1.0))),
+        colours=(
+            _jitter(rng, _RED),
+            _jitter(rng, _WHITE),
+            _jitter(rng, _BLUE),
+            _jitter(rng, (1.0, 0.8, 0.6)),
+            _jitter(rng, (0.6, 0.75, 1.0)),
+            _jitter(rng, (0.55, 0.75, 1.0)),
+        ),
     )
     extent = _logu(rng, 30, 75)  # radius holding 80% of the main component's light, px at 224
     if cls.startswith("smooth"):
@@ -203,15 +212,25 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
         q = rng.uniform(0.08, 0.2)
         dusty = rng.uniform() < 0.5
         return GalaxyParams(
-            q=q, disk_amp=1.0, disk_h=h,
-            bulge_amp=rng.uniform(0.3, 1.2), bulge_re=h * rng.uniform(0.25, 0.5), bulge_n=rng.uniform(1.0, 2.5),
+            q=q,
+            disk_amp=1.0,
+            disk_h=h,
+            bulge_amp=rng.uniform(0.3, 1.2),
+            bulge_re=h * rng.uniform(0.25, 0.5),
+            bulge_n=rng.uniform(1.0, 2.5),
             bulge_q=rng.uniform(0.5, 0.8),
-            dust_tau=rng.uniform(0.6, 0.9) if dusty else 0.0, dust_w=max(0.6, q * h * rng.uniform(0.25, 0.45)),
-            dust_off=q * h * rng.uniform(-0.3, 0.3), **common,
+            dust_tau=rng.uniform(0.6, 0.9) if dusty else 0.0,
+            dust_w=max(0.6, q * h * rng.uniform(0.25, 0.45)),
+            dust_off=q * h * rng.uniform(-0.3, 0.3),
+            **common,
         )
     q = rng.uniform(0.6, 1.0) if cls != "featured_without_bar_or_spiral" else rng.uniform(0.5, 1.0)
-    bulge = dict(bulge_amp=rng.uniform(0.6, 2.0), bulge_re=h * rng.uniform(0.15, 0.3), bulge_n=rng.uniform(1.0, 4.0),
-                 bulge_q=min(1.0, q + rng.uniform(0.0, 0.3)))
+    bulge = dict(
+        bulge_amp=rng.uniform(0.6, 2.0),
+        bulge_re=h * rng.uniform(0.15, 0.3),
+        bulge_n=rng.uniform(1.0, 4.0),
+        bulge_q=min(1.0, q + rng.uniform(0.0, 0.3)),
+    )
     if cls == "featured_without_bar_or_spiral":
         ring = rng.uniform() < 0.5
         n_clumps = int(rng.integers(3, MAX_CLUMPS + 1)) if rng.uniform() < 0.5 else 0
@@ -223,16 +242,28 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
             y = common["cy"] + a * np.sin(common["pa"]) + b * np.cos(common["pa"])
             clumps.append((float(x), float(y), rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.2)))
         return GalaxyParams(
-            q=q, disk_amp=1.0, disk_h=h, **bulge,
-            ring_amp=rng.uniform(0.5, 1.0) if ring else 0.0, ring_r=h * rng.uniform(1.2, 2.4), ring_w=h * rng.uniform(0.12, 0.25),
-            clumps=tuple(clumps), **common,
+            q=q,
+            disk_amp=1.0,
+            disk_h=h,
+            **bulge,
+            ring_amp=rng.uniform(0.5, 1.0) if ring else 0.0,
+            ring_r=h * rng.uniform(1.2, 2.4),
+            ring_w=h * rng.uniform(0.12, 0.25),
+            clumps=tuple(clumps),
+            **common,
         )
     spiral = dict(arms_amp=rng.uniform(1.0, 2.0), arms_pitch=np.deg2rad(rng.uniform(10, 35)), arms_p=rng.uniform(2, 6))
     if cls == "unbarred_spiral":
         return GalaxyParams(
-            q=q, disk_amp=rng.uniform(0.4, 0.8), disk_h=h, **bulge, **spiral,
-            arms_m=2 if rng.uniform() < 0.7 else 3, arms_r0=max(6.0, bulge["bulge_re"] * rng.uniform(1.5, 2.5)),
-            bar_angle=rng.uniform(0, 2 * np.pi), **common,
+            q=q,
+            disk_amp=rng.uniform(0.4, 0.8),
+            disk_h=h,
+            **bulge,
+            **spiral,
+            arms_m=2 if rng.uniform() < 0.7 else 3,
+            arms_r0=max(6.0, bulge["bulge_re"] * rng.uniform(1.5, 2.5)),
+            bar_angle=rng.uniform(0, 2 * np.pi),
+            **common,
         )
     # barred_spiral: bar in the disk plane, arms start at its ends
     bar_n = rng.uniform(0.4, 0.6)
@@ -241,9 +272,19 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
     bulge["bulge_re"] = min(bulge["bulge_re"], 0.35 * bar_end)
     bulge["bulge_amp"] = rng.uniform(0.3, 1.0)
     return GalaxyParams(
-        q=q, disk_amp=rng.uniform(0.4, 0.8), disk_h=h, **bulge, **spiral, arms_m=2, arms_r0=bar_end,
-        bar_amp=rng.uniform(0.6, 1.2), bar_re=bar_re, bar_n=bar_n, bar_q=rng.uniform(0.2, 0.35),
-        bar_angle=rng.uniform(0, 2 * np.pi), **common,
+        q=q,
+        disk_amp=rng.uniform(0.4, 0.8),
+        disk_h=h,
+        **bulge,
+        **spiral,
+        arms_m=2,
+        arms_r0=bar_end,
+        bar_amp=rng.uniform(0.6, 1.2),
+        bar_re=bar_re,
+        bar_n=bar_n,
+        bar_q=rng.uniform(0.2, 0.35),
+        bar_angle=rng.uniform(0, 2 * np.pi),
+        **common,
     )
 
 
@@ -258,7 +299,7 @@ def sample_galaxies(
     *,
     start: int = 0,
     classes: Sequence[str] = GALAXY_CLASSES,
-    class_weights: Optional[Sequence[float]] = None,
+    class_weights: Sequence[float] | None = None,
 ) -> list[GalaxyParams]:
     """Parameters of images ``start .. start + n - 1`` of the stream defined by ``seed``.
 
@@ -294,9 +335,9 @@ class GalaxyBatch:
     labels: Int[np.ndarray, "B"]
     classes: tuple[str, ...]
     masks: dict[str, Bool[np.ndarray, "B H W"]]
-    boxes: dict[str, list[Optional[Box]]]
+    boxes: dict[str, list[Box | None]]
     params: list[GalaxyParams]
-    linear: Optional[Float[np.ndarray, "B 3 H W"]] = None
+    linear: Float[np.ndarray, "B 3 H W"] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -310,7 +351,9 @@ def _col(params: Sequence[GalaxyParams], name: str) -> Tensor:
     return torch.tensor([getattr(p, name) for p in params], dtype=torch.float32).view(-1, 1, 1)
 
 
-def _gaussian_blur(x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"], min_radius: int = 0) -> Float[Tensor, "B C H W"]:
+def _gaussian_blur(
+    x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"], min_radius: int = 0
+) -> Float[Tensor, "B C H W"]:
     """Separable Gaussian blur with one sigma (pixels) per image, reflect padding.
 
     Each image's kernel is cut at its own radius ceil(3 sigma) (zeros beyond) and the convolution is
@@ -410,7 +453,12 @@ def _render_group(
         a = a0 * torch.cos(beta) + b0 * torch.sin(beta)
         b = -a0 * torch.sin(beta) + b0 * torch.cos(beta)
     if present("arms_amp"):
-        m, pitch, p, r0 = _col(params, "arms_m"), _col(params, "arms_pitch"), _col(params, "arms_p"), _col(params, "arms_r0")
+        m, pitch, p, r0 = (
+            _col(params, "arms_m"),
+            _col(params, "arms_pitch"),
+            _col(params, "arms_p"),
+            _col(params, "arms_r0"),
+        )
         phi = torch.atan2(b, a)
         phase = m * (phi - torch.log(r_d / r0) / torch.tan(pitch))
         ridge = ((1.0 + torch.cos(phase)) * 0.5) ** p
@@ -453,7 +501,7 @@ def _render_group(
 Threads = Union[int, None, str]
 
 
-def resolve_threads(n: Threads) -> Optional[int]:
+def resolve_threads(n: Threads) -> int | None:
     """``"auto"``: one thread when the 1-minute load average exceeds the CPU count (other jobs keep the
     cores busy and spinning OpenMP threads stall: measured 4.7x slower on 2 threads than on 1 at load 5
     on a 2-core machine), else torch's setting; an int: that many; None: torch's setting."""
@@ -491,7 +539,7 @@ def render_galaxies(
     params: Sequence[GalaxyParams],
     *,
     size: int = 224,
-    render_size: Optional[int] = None,
+    render_size: int | None = None,
     noise: bool = True,
     flux_fraction: float = 0.8,
     arms_ridge: float = 0.25,
@@ -541,7 +589,7 @@ def _concatenate(parts: Sequence[GalaxyBatch]) -> GalaxyBatch:
 def _render(
     params: Sequence[GalaxyParams],
     size: int,
-    render_size: Optional[int],
+    render_size: int | None,
     noise: bool,
     flux_fraction: float,
     arms_ridge: float,
@@ -558,7 +606,7 @@ def _render(
         by_class.setdefault(p.cls, []).append(i)
     out_images = np.empty((n, size, size, 3), dtype=np.uint8)
     out_masks = {name: np.zeros((n, size, size), dtype=bool) for name in FEATURES}
-    out_boxes: dict[str, list[Optional[Box]]] = {name: [None] * n for name in FEATURES}
+    out_boxes: dict[str, list[Box | None]] = {name: [None] * n for name in FEATURES}
     out_linear = np.empty((n, 3, size, size), dtype=np.float32) if return_linear else None
     for index in by_class.values():
         group = [params[i] for i in index]
@@ -567,8 +615,11 @@ def _render(
         radius = torch.tensor([round(p.psf_sigma * res / BASE) for p in group])
         group_masks = {name: _dilate(m, radius) for name, m in group_masks.items()}
         # PSF and colour mixing are both linear: blur the K components (often fewer than 3 channels)
-        blurred = _gaussian_blur(components, torch.tensor([p.psf_sigma * res / BASE for p in group]),
-                                 min_radius=math.ceil(3.0 * PSF_SIGMA_MAX * res / BASE))
+        blurred = _gaussian_blur(
+            components,
+            torch.tensor([p.psf_sigma * res / BASE for p in group]),
+            min_radius=math.ceil(3.0 * PSF_SIGMA_MAX * res / BASE),
+        )
         counts = torch.einsum("gkhw,gkc->gchw", blurred, colours)
         sky = _col(group, "sky").view(-1, 1, 1, 1)
         sigma = torch.sqrt(sky)
@@ -583,7 +634,9 @@ def _render(
         top = _asinh_pos(_col(group, "white").view(-1, 1, 1, 1) * snr * sigma / soft)
         stretched = _asinh_pos(counts / soft).div_(top).clamp_(0.0, 1.0)
         if res != size:
-            stretched = F.interpolate(stretched, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            stretched = F.interpolate(
+                stretched, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             if return_linear:
                 counts = F.interpolate(counts, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             for name, m in group_masks.items():
@@ -624,7 +677,7 @@ def _asinh_pos(x: Tensor) -> Tensor:
     return torch.log(x + torch.sqrt(x * x + 1.0))
 
 
-def _boxes(masks: Bool[Tensor, "B H W"]) -> list[Optional[Box]]:
+def _boxes(masks: Bool[Tensor, "B H W"]) -> list[Box | None]:
     """Tight boxes of a batch of masks, vectorised (exclusive upper ends; None for empty masks)."""
     h, w = masks.shape[1:]
     rows, cols = masks.any(dim=2).to(torch.uint8), masks.any(dim=1).to(torch.uint8)  # [B, H], [B, W]
@@ -641,9 +694,9 @@ def generate_galaxies(
     *,
     start: int = 0,
     classes: Sequence[str] = GALAXY_CLASSES,
-    class_weights: Optional[Sequence[float]] = None,
+    class_weights: Sequence[float] | None = None,
     size: int = 224,
-    render_size: Optional[int] = None,
+    render_size: int | None = None,
     noise: bool = True,
     flux_fraction: float = 0.8,
     return_linear: bool = False,
@@ -654,8 +707,15 @@ def generate_galaxies(
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
     params = sample_galaxies(n, seed, start=start, classes=classes, class_weights=class_weights)
-    return render_galaxies(params, size=size, render_size=render_size, noise=noise, flux_fraction=flux_fraction,
-                           return_linear=return_linear, num_threads=num_threads)
+    return render_galaxies(
+        params,
+        size=size,
+        render_size=render_size,
+        noise=noise,
+        flux_fraction=flux_fraction,
+        return_linear=return_linear,
+        num_threads=num_threads,
+    )
 
 
 def iter_galaxies(
@@ -708,9 +768,9 @@ def write_galaxy_dataset(
     *,
     test_fraction: float = 0.1,
     classes: Sequence[str] = GALAXY_CLASSES,
-    class_weights: Optional[Sequence[float]] = None,
+    class_weights: Sequence[float] | None = None,
     size: int = 224,
-    render_size: Optional[int] = None,
+    render_size: int | None = None,
     batch_size: int = 64,
     shard_size: int = 1000,
     overwrite: bool = False,
@@ -740,9 +800,16 @@ def write_galaxy_dataset(
     writers["train"] = ShardWriter(root, "train", features, n - n_test, shard_size)
     bar = tqdm(total=n, desc="writing galaxies", unit="img", disable=not progress)
     for offset in range(0, n, batch_size):
-        batch = generate_galaxies(min(batch_size, n - offset), seed, start=offset, classes=classes,
-                                  class_weights=class_weights, size=size, render_size=render_size,
-                                  num_threads=num_threads)
+        batch = generate_galaxies(
+            min(batch_size, n - offset),
+            seed,
+            start=offset,
+            classes=classes,
+            class_weights=class_weights,
+            size=size,
+            render_size=render_size,
+            num_threads=num_threads,
+        )
         for i, p in enumerate(batch.params):
             index = offset + i
             vote_rng = np.random.default_rng([seed, index, 1])
@@ -764,12 +831,21 @@ def write_galaxy_dataset(
     bar.close()
     for writer in writers.values():
         writer.close()
-    write_json(root / "vitmech_dataset.json", {
-        "kind": "synthetic_galaxies", "n": n, "n_test": n_test, "seed": seed, "classes": list(classes),
-        "class_weights": list(class_weights) if class_weights is not None else None, "size": size,
-        "render_size": render_size, "features": list(FEATURES),
-        "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
-    })
+    write_json(
+        root / "vitmech_dataset.json",
+        {
+            "kind": "synthetic_galaxies",
+            "n": n,
+            "n_test": n_test,
+            "seed": seed,
+            "classes": list(classes),
+            "class_weights": list(class_weights) if class_weights is not None else None,
+            "size": size,
+            "render_size": render_size,
+            "features": list(FEATURES),
+            "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
+        },
+    )
     logger.info("wrote %d synthetic galaxies (%d test) to %s", n, n_test, root)
     return root
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Union
 
 import datasets
 import numpy as np
@@ -103,9 +104,14 @@ def gz2_vote_columns() -> list[str]:
     return names
 
 
-def gz2_features(extra: Optional[Mapping[str, Any]] = None) -> Features:
+def gz2_features(extra: Mapping[str, Any] | None = None) -> Features:
     """HF ``Features`` of the gz2 schema (+ ``extra`` columns, e.g. masks of synthetic galaxies)."""
-    spec: dict[str, Any] = {"image": HFImage(), "id_str": Value("string"), "ra": Value("float64"), "dec": Value("float64")}
+    spec: dict[str, Any] = {
+        "image": HFImage(),
+        "id_str": Value("string"),
+        "ra": Value("float64"),
+        "dec": Value("float64"),
+    }
     for name in gz2_vote_columns():
         spec[name] = Value("float32") if name.endswith("_fraction") else Value("int32")
     spec["summary"] = Value("string")
@@ -121,18 +127,35 @@ def gz2_votes_for(summary: str, rng: np.random.Generator) -> dict[str, Any]:
         "smooth_round": {"smooth-or-featured-gz2": "smooth", "how-rounded-gz2": "round"},
         "smooth_inbetween": {"smooth-or-featured-gz2": "smooth", "how-rounded-gz2": "in-between"},
         "smooth_cigar": {"smooth-or-featured-gz2": "smooth", "how-rounded-gz2": "cigar"},
-        "edge_on_disk": {"smooth-or-featured-gz2": "featured-or-disk", "disk-edge-on-gz2": "yes", "bulge-shape-gz2": "round"},
+        "edge_on_disk": {
+            "smooth-or-featured-gz2": "featured-or-disk",
+            "disk-edge-on-gz2": "yes",
+            "bulge-shape-gz2": "round",
+        },
         "unbarred_spiral": {
-            "smooth-or-featured-gz2": "featured-or-disk", "disk-edge-on-gz2": "no", "has-spiral-arms-gz2": "yes",
-            "bar-gz2": "no", "bulge-size-gz2": "just-noticeable", "spiral-winding-gz2": "medium", "spiral-arm-count-gz2": "2",
+            "smooth-or-featured-gz2": "featured-or-disk",
+            "disk-edge-on-gz2": "no",
+            "has-spiral-arms-gz2": "yes",
+            "bar-gz2": "no",
+            "bulge-size-gz2": "just-noticeable",
+            "spiral-winding-gz2": "medium",
+            "spiral-arm-count-gz2": "2",
         },
         "barred_spiral": {
-            "smooth-or-featured-gz2": "featured-or-disk", "disk-edge-on-gz2": "no", "has-spiral-arms-gz2": "yes",
-            "bar-gz2": "yes", "bulge-size-gz2": "obvious", "spiral-winding-gz2": "medium", "spiral-arm-count-gz2": "2",
+            "smooth-or-featured-gz2": "featured-or-disk",
+            "disk-edge-on-gz2": "no",
+            "has-spiral-arms-gz2": "yes",
+            "bar-gz2": "yes",
+            "bulge-size-gz2": "obvious",
+            "spiral-winding-gz2": "medium",
+            "spiral-arm-count-gz2": "2",
         },
         "featured_without_bar_or_spiral": {
-            "smooth-or-featured-gz2": "featured-or-disk", "disk-edge-on-gz2": "no", "has-spiral-arms-gz2": "no",
-            "bar-gz2": "no", "bulge-size-gz2": "obvious",
+            "smooth-or-featured-gz2": "featured-or-disk",
+            "disk-edge-on-gz2": "no",
+            "has-spiral-arms-gz2": "no",
+            "bar-gz2": "no",
+            "bulge-size-gz2": "obvious",
         },
     }.get(summary, {})
     total = int(rng.integers(20, 61))
@@ -144,7 +167,11 @@ def gz2_votes_for(summary: str, rng: np.random.Generator) -> dict[str, Any]:
             weights[answers.index(winner)] += 4.0 * len(answers)
         elif question == "smooth-or-featured-gz2":  # unassigned: a near tie
             weights[:2] += 3.0
-        asked = total if (winner is not None or question in ("smooth-or-featured-gz2", "something-odd-gz2")) else int(rng.integers(0, 4))
+        asked = (
+            total
+            if (winner is not None or question in ("smooth-or-featured-gz2", "something-odd-gz2"))
+            else int(rng.integers(0, 4))
+        )
         fractions = weights / weights.sum()
         counts = np.floor(fractions * asked).astype(int)
         counts[int(np.argmax(fractions))] += asked - counts.sum()
@@ -179,7 +206,7 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(".parquet")
 
 
-def open_gz2(source: Source = GZ2_HUB_ID, *, config: str = "default", cache_dir: Optional[PathLike] = None) -> DatasetDict:
+def open_gz2(source: Source = GZ2_HUB_ID, *, config: str = "default", cache_dir: PathLike | None = None) -> DatasetDict:
     """Open a gz2-schema source as a ``DatasetDict`` (a single-split source becomes ``{"train": ...}``).
 
     ``source``: the hub id (default ``mwalmsley/gz2``, ``config`` 'default' or 'tiny'); a local
@@ -286,7 +313,12 @@ class SummaryToLabel:
 
 
 def find_unreadable_images(
-    ds: Dataset, *, image_column: str = "image", id_column: Optional[str] = "id_str", batch_size: int = 64, progress: bool = True
+    ds: Dataset,
+    *,
+    image_column: str = "image",
+    id_column: str | None = "id_str",
+    batch_size: int = 64,
+    progress: bool = True,
 ) -> list[int]:
     """Row positions whose image cannot be decoded (each image is decoded once and discarded)."""
     if len(ds) == 0:
@@ -315,7 +347,7 @@ def find_unreadable_images(
 class GZ2Report:
     """What the loader asked for and what survived. Counts are rows."""
 
-    requested: dict[str, Optional[int]]
+    requested: dict[str, int | None]
     available: dict[str, int]
     taken: dict[str, int]
     summary_counts: dict[str, dict[str, int]]
@@ -347,7 +379,7 @@ class GZ2Splits:
     ``{"image": PIL.Image, "label": int}`` without; ``labels[name]`` holds each split's labels."""
 
     train: Dataset
-    val: Optional[Dataset]
+    val: Dataset | None
     test: Dataset
     labels: dict[str, Int[np.ndarray, "N"]]
     ids: dict[str, list[str]]
@@ -371,9 +403,9 @@ class GZ2Splits:
 def load_gz2(
     source: Source = GZ2_HUB_ID,
     *,
-    preprocess: Optional[Preprocess] = None,
-    n_train: Optional[int] = None,
-    n_test: Optional[int] = None,
+    preprocess: Preprocess | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 42,
     config: str = "default",
@@ -382,7 +414,7 @@ def load_gz2(
     verify_images: bool = False,
     on_unknown_label: Literal["error", "drop"] = "error",
     id_column: str = "id_str",
-    cache_dir: Optional[PathLike] = None,
+    cache_dir: PathLike | None = None,
     progress: bool = True,
 ) -> GZ2Splits:
     """Load Galaxy Zoo 2 (or a local copy / synthetic set with its schema) as seeded splits.
@@ -496,10 +528,14 @@ def load_gz2(
                 f"{ {k: len(v) for k, v in unreadable.items()} }); ask for more rows"
             )
 
-    transform = LazyImageTransform(preprocess, SummaryToLabel(classes), image_column="image",
-                                   id_column=id_column if id_column in base.column_names else None)
+    transform = LazyImageTransform(
+        preprocess,
+        SummaryToLabel(classes),
+        image_column="image",
+        id_column=id_column if id_column in base.column_names else None,
+    )
     columns = ["image", "summary"] + ([id_column] if id_column in base.column_names else [])
-    out: dict[str, Optional[Dataset]] = {}
+    out: dict[str, Dataset | None] = {}
     raw: dict[str, Dataset] = {}
     ids: dict[str, list[str]] = {}
     for name in ("train", "val", "test"):
@@ -508,7 +544,10 @@ def load_gz2(
             continue
         selected = sources[name].select(rows[name], keep_in_memory=True)
         raw[name] = selected
-        ids[name] = [str(i) for i in (_column(selected, id_column) if id_column in selected.column_names else rows[name].tolist())]
+        ids[name] = [
+            str(i)
+            for i in (_column(selected, id_column) if id_column in selected.column_names else rows[name].tolist())
+        ]
         lazy = selected.cast_column("image", HFImage(decode=False))
         out[name] = lazy.with_transform(transform, columns=columns)
 
@@ -521,7 +560,9 @@ def load_gz2(
         unreadable=unreadable,
         split_sizes={k: int(len(v)) for k, v in rows.items() if out.get(k) is not None},
         class_counts={
-            k: {c: int((split_labels[k] == i).sum()) for i, c in enumerate(classes)} for k in rows if out.get(k) is not None
+            k: {c: int((split_labels[k] == i).sum()) for i, c in enumerate(classes)}
+            for k in rows
+            if out.get(k) is not None
         },
         seed=seed,
         val_fraction=val_fraction,
@@ -529,13 +570,18 @@ def load_gz2(
     )
     logger.info("gz2 splits: %s", report)
     return GZ2Splits(
-        train=out["train"], val=out["val"], test=out["test"],
+        train=out["train"],
+        val=out["val"],
+        test=out["test"],
         labels={k: v for k, v in split_labels.items() if out.get(k) is not None},
-        ids=ids, classes=tuple(classes), report=report, raw=raw,
+        ids=ids,
+        classes=tuple(classes),
+        report=report,
+        raw=raw,
     )
 
 
-def _check_n(n: Optional[int], available: int, what: str, split: str) -> int:
+def _check_n(n: int | None, available: int, what: str, split: str) -> int:
     if n is None:
         return available
     if n < 0:
@@ -574,7 +620,7 @@ def make_gz2_fixture(
     image_size: int = 64,
     image_format: Literal["JPEG", "PNG"] = "JPEG",
     seed: int = 0,
-    corrupt: Optional[Mapping[str, Sequence[int]]] = None,
+    corrupt: Mapping[str, Sequence[int]] | None = None,
     drop_columns: Sequence[str] = (),
     shard_size: int = 1000,
 ) -> Path:
@@ -601,8 +647,13 @@ def make_gz2_fixture(
             data = encode_jpeg(pixels) if image_format == "JPEG" else encode_png(pixels)
             if i in bad:
                 data = b"\x89 this is not an image " + data[: len(data) // 8]
-            row = {"image": {"bytes": data, "path": None}, "id_str": f"{split}-{i:06d}",
-                   "ra": float(rng.uniform(0, 360)), "dec": float(rng.uniform(-10, 70)), "summary": summary}
+            row = {
+                "image": {"bytes": data, "path": None},
+                "id_str": f"{split}-{i:06d}",
+                "ra": float(rng.uniform(0, 360)),
+                "dec": float(rng.uniform(-10, 70)),
+                "summary": summary,
+            }
             row.update(gz2_votes_for(summary, rng))
             writer.add({k: v for k, v in row.items() if k in features})
         writer.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -163,7 +162,10 @@ def shape_field(shape: int, u: Tensor, v: Tensor) -> Tensor:
     if name == "square":
         return torch.maximum(u.abs(), v.abs()) - 0.85
     if name == "triangle":  # equilateral, apex up, inscribed radius 0.5
-        d = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)]
+        d = [
+            u * math.cos(a) + v * math.sin(a)
+            for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3, math.pi / 2 + 4 * math.pi / 3)
+        ]
         return torch.maximum(torch.maximum(-d[0], -d[1]), -d[2]) - 0.5
     if name == "cross":
         bar_h = torch.maximum(u.abs() - 0.95, v.abs() - 0.3)
@@ -248,7 +250,13 @@ def render_scenes(params: list[SceneParams], size: int = 112) -> ProceduralBatch
 
     # the labelled object, grouped by shape and fill so each group is one vectorised call
     u, v = _object_frame(
-        x, y, _column(params, "cx"), _column(params, "cy"), _column(params, "scale"), _column(params, "angle"), _column(params, "aspect")
+        x,
+        y,
+        _column(params, "cx"),
+        _column(params, "cy"),
+        _column(params, "scale"),
+        _column(params, "angle"),
+        _column(params, "aspect"),
     )
     pixel = 1.0 / (size * _column(params, "scale"))
     alpha = torch.empty(n, size, size)
@@ -293,7 +301,7 @@ def generate_procedural(n: int, seed: int = 0, *, start: int = 0, size: int = 11
     return render_scenes(sample_scenes(n, seed, start=start), size=size)
 
 
-def procedural_class_index(name: str) -> Optional[int]:
+def procedural_class_index(name: str) -> int | None:
     """Index of a class name such as ``"star/dots"``, or None."""
     return PROCEDURAL_CLASSES.index(name) if name in PROCEDURAL_CLASSES else None
 

@@ -67,8 +67,9 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
     module.load_state_dict(state_dict, strict=True)
 
 
-def raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], mis_shaped: list[str],
-                      errors: list[str] | None = None) -> None:
+def raise_on_mismatch(
+    what: str, missing: list[str], unexpected: list[str], mis_shaped: list[str], errors: list[str] | None = None
+) -> None:
     """CheckpointMismatchError listing mis-shaped, missing and unexpected keys (and other load errors), if any."""
     if not (missing or unexpected or mis_shaped or errors):
         return

@@ -49,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatchError(f"{path} does not hold a flat state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -122,9 +122,13 @@ def _hf_config_for(state: dict[str, torch.Tensor], hf_config: Any, near: Path) -
         marker = "encoder.layer." if any("encoder.layer." in k for k in stripped) else "layers."
         fc1 = next(v for k, v in stripped.items() if k.endswith(("intermediate.dense.weight", "mlp.fc1.weight")))
         config = HFViTConfig(
-            hidden_size=d_model, num_attention_heads=STANDARD_SIZES[d_model][1],
-            num_hidden_layers=_count_layers(stripped, marker), intermediate_size=fc1.shape[0],
-            patch_size=conv.shape[-1], image_size=grid * conv.shape[-1], num_channels=conv.shape[1],
+            hidden_size=d_model,
+            num_attention_heads=STANDARD_SIZES[d_model][1],
+            num_hidden_layers=_count_layers(stripped, marker),
+            intermediate_size=fc1.shape[0],
+            patch_size=conv.shape[-1],
+            image_size=grid * conv.shape[-1],
+            num_channels=conv.shape[1],
         )
         logger.info("no hf_config given: assuming %d heads for width %d", config.num_attention_heads, d_model)
     n_classes = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
@@ -194,4 +198,3 @@ def hooked_vit_from_checkpoint(
     model = HookedViT(config, initialize=False)
     load_strict(model, state, f"HookedViT checkpoint {path}")
     return model.eval()
-

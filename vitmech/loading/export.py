@@ -18,9 +18,13 @@ from vitmech.model.hooked_vit import HookedViT
 def _check_standard_widths(model: HookedViT, target: str) -> None:
     cfg = model.cfg
     if not cfg.uniform_heads:
-        raise UnsupportedModelError(f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer)}")
+        raise UnsupportedModelError(
+            f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer)}"
+        )
     if cfg.n_heads * cfg.d_head != cfg.d_model:
-        raise UnsupportedModelError(f"{target} needs n_heads * d_head == d_model ({cfg.n_heads} * {cfg.d_head} != {cfg.d_model})")
+        raise UnsupportedModelError(
+            f"{target} needs n_heads * d_head == d_model ({cfg.n_heads} * {cfg.d_head} != {cfg.d_model})"
+        )
 
 
 def _fit_to_target(state: dict[str, torch.Tensor], target: nn.Module, what: str) -> dict[str, torch.Tensor]:
@@ -69,7 +73,12 @@ def timm_state_dict(model: HookedViT) -> dict[str, torch.Tensor]:
 def _timm_act_layer(act_fn: str) -> Any:
     from timm.layers.activations import QuickGELU
 
-    return {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "quick_gelu": QuickGELU, "relu": nn.ReLU}[act_fn]
+    return {
+        "gelu": nn.GELU,
+        "gelu_tanh": partial(nn.GELU, approximate="tanh"),
+        "quick_gelu": QuickGELU,
+        "relu": nn.ReLU,
+    }[act_fn]
 
 
 def to_timm(model: HookedViT) -> nn.Module:
@@ -79,10 +88,20 @@ def to_timm(model: HookedViT) -> nn.Module:
     cfg = model.cfg
     _check_standard_widths(model, "timm")
     timm_model = VisionTransformer(
-        img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.n_channels, num_classes=cfg.n_classes,
-        global_pool="token", embed_dim=cfg.d_model, depth=cfg.n_layers, num_heads=cfg.n_heads,
-        mlp_ratio=cfg.d_mlp / cfg.d_model, qkv_bias=cfg.qkv_bias, class_token=True, pre_norm=cfg.pre_norm,
-        norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps), act_layer=_timm_act_layer(cfg.act_fn),
+        img_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.n_channels,
+        num_classes=cfg.n_classes,
+        global_pool="token",
+        embed_dim=cfg.d_model,
+        depth=cfg.n_layers,
+        num_heads=cfg.n_heads,
+        mlp_ratio=cfg.d_mlp / cfg.d_model,
+        qkv_bias=cfg.qkv_bias,
+        class_token=True,
+        pre_norm=cfg.pre_norm,
+        norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
+        act_layer=_timm_act_layer(cfg.act_fn),
     )
     if timm_model.blocks[0].mlp.fc1.out_features != cfg.d_mlp:
         raise UnsupportedModelError(f"timm rounds mlp_ratio to a hidden width other than d_mlp={cfg.d_mlp}")
@@ -101,10 +120,18 @@ def hf_config(model: HookedViT) -> Any:
         raise UnsupportedModelError("HuggingFace ViT has no pre-norm (ln_pre); export this model to timm instead")
     names = model.class_names or [f"LABEL_{i}" for i in range(cfg.n_classes)]
     return HFViTConfig(
-        hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        intermediate_size=cfg.d_mlp, hidden_act=VITMECH_TO_HF_ACT[cfg.act_fn], layer_norm_eps=cfg.ln_eps,
-        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.n_channels, qkv_bias=cfg.qkv_bias,
-        num_labels=max(cfg.n_classes, 1), id2label=dict(enumerate(names)) if cfg.has_classifier else None,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.d_mlp,
+        hidden_act=VITMECH_TO_HF_ACT[cfg.act_fn],
+        layer_norm_eps=cfg.ln_eps,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.n_channels,
+        qkv_bias=cfg.qkv_bias,
+        num_labels=max(cfg.n_classes, 1),
+        id2label=dict(enumerate(names)) if cfg.has_classifier else None,
         architectures=["ViTForImageClassification" if cfg.has_classifier else "ViTModel"],
     )
 
@@ -124,7 +151,9 @@ def hf_state_dict(model: HookedViT, layout: str | None = None) -> dict[str, torc
     out: dict[str, torch.Tensor] = {
         "embeddings.cls_token": sd["cls_token.W_cls"].reshape(1, 1, -1),
         "embeddings.position_embeddings": sd["pos_embed.W_pos"][None],
-        "embeddings.patch_embeddings.projection.weight": rearrange(sd["embed.W_E"], "(c p1 p2) d -> d c p1 p2", p1=p, p2=p),
+        "embeddings.patch_embeddings.projection.weight": rearrange(
+            sd["embed.W_E"], "(c p1 p2) d -> d c p1 p2", p1=p, p2=p
+        ),
         "embeddings.patch_embeddings.projection.bias": sd["embed.b_E"],
     }
     for layer in range(cfg.n_layers):
@@ -136,8 +165,14 @@ def hf_state_dict(model: HookedViT, layout: str | None = None) -> dict[str, torc
         out[f"{dst}{names['o']}.bias"] = sd[src + "attn.b_O"]
         for ln in ("ln1", "ln2"):
             out[f"{dst}{names[ln]}.weight"], out[f"{dst}{names[ln]}.bias"] = sd[f"{src}{ln}.w"], sd[f"{src}{ln}.b"]
-        out[f"{dst}{names['fc1']}.weight"], out[f"{dst}{names['fc1']}.bias"] = sd[src + "mlp.W_in"].T, sd[src + "mlp.b_in"]
-        out[f"{dst}{names['fc2']}.weight"], out[f"{dst}{names['fc2']}.bias"] = sd[src + "mlp.W_out"].T, sd[src + "mlp.b_out"]
+        out[f"{dst}{names['fc1']}.weight"], out[f"{dst}{names['fc1']}.bias"] = (
+            sd[src + "mlp.W_in"].T,
+            sd[src + "mlp.b_in"],
+        )
+        out[f"{dst}{names['fc2']}.weight"], out[f"{dst}{names['fc2']}.bias"] = (
+            sd[src + "mlp.W_out"].T,
+            sd[src + "mlp.b_out"],
+        )
     out["layernorm.weight"], out["layernorm.bias"] = sd["ln_final.w"], sd["ln_final.b"]
     if cfg.has_classifier:
         out = {f"vit.{k}": v for k, v in out.items()}
@@ -149,8 +184,12 @@ def _installed_layout() -> str:
     from transformers import ViTConfig as HFViTConfig
     from transformers import ViTModel
 
-    tiny = ViTModel(HFViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                                image_size=4, patch_size=2), add_pooling_layer=False)
+    tiny = ViTModel(
+        HFViTConfig(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=4, patch_size=2
+        ),
+        add_pooling_layer=False,
+    )
     return detect_layout(tiny.state_dict().keys())
 
 
@@ -160,7 +199,9 @@ def to_hf(model: HookedViT) -> nn.Module:
 
     config = hf_config(model)
     config._attn_implementation = "eager"
-    hf_model = ViTForImageClassification(config) if model.cfg.has_classifier else ViTModel(config, add_pooling_layer=False)
+    hf_model = (
+        ViTForImageClassification(config) if model.cfg.has_classifier else ViTModel(config, add_pooling_layer=False)
+    )
     state = hf_state_dict(model, detect_layout(_strip_vit(hf_model.state_dict().keys())))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
     return hf_model.to(device=model.device, dtype=model.dtype).eval()

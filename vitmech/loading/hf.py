@@ -23,21 +23,37 @@ from vitmech.preprocessing import HALF, Preprocessing
 
 logger = logging.getLogger(__name__)
 
-HF_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-           "quick_gelu": "quick_gelu", "relu": "relu"}
+HF_ACTS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+}
 VITMECH_TO_HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "relu": "relu"}
 
 # Per-layer parameter names in the two transformers layouts, keyed by a canonical name.
 LAYER_KEYS = {
     "v4": {
-        "q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value",
-        "o": "attention.output.dense", "ln1": "layernorm_before", "ln2": "layernorm_after",
-        "fc1": "intermediate.dense", "fc2": "output.dense",
+        "q": "attention.attention.query",
+        "k": "attention.attention.key",
+        "v": "attention.attention.value",
+        "o": "attention.output.dense",
+        "ln1": "layernorm_before",
+        "ln2": "layernorm_after",
+        "fc1": "intermediate.dense",
+        "fc2": "output.dense",
     },
     "v5": {
-        "q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj",
-        "o": "attention.o_proj", "ln1": "layernorm_before", "ln2": "layernorm_after",
-        "fc1": "mlp.fc1", "fc2": "mlp.fc2",
+        "q": "attention.q_proj",
+        "k": "attention.k_proj",
+        "v": "attention.v_proj",
+        "o": "attention.o_proj",
+        "ln1": "layernorm_before",
+        "ln2": "layernorm_after",
+        "fc1": "mlp.fc1",
+        "fc2": "mlp.fc2",
     },
 }
 LAYER_PREFIX = {"v4": "encoder.layer.{}.", "v5": "layers.{}."}
@@ -108,14 +124,28 @@ def preprocessing_from_hf_processor(processor: Any, image_size: int, source: str
     do_normalize = getattr(processor, "do_normalize", True)
     mean = tuple(processor.image_mean) if do_normalize else (0.0, 0.0, 0.0)
     std = tuple(processor.image_std) if do_normalize else (1.0, 1.0, 1.0)
-    return Preprocessing(image_size=image_size, mean=mean, std=std, interpolation=interpolation,
-                         resize_mode="squash", crop_pct=1.0, source=source)
+    return Preprocessing(
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        resize_mode="squash",
+        crop_pct=1.0,
+        source=source,
+    )
 
 
 def default_hf_preprocessing(image_size: int) -> Preprocessing:
     """ViTImageProcessor defaults: squash to size, bilinear, mean = std = 0.5."""
-    return Preprocessing(image_size=image_size, mean=HALF, std=HALF, interpolation="bilinear",
-                         resize_mode="squash", crop_pct=1.0, source="ViTImageProcessor defaults")
+    return Preprocessing(
+        image_size=image_size,
+        mean=HALF,
+        std=HALF,
+        interpolation="bilinear",
+        resize_mode="squash",
+        crop_pct=1.0,
+        source="ViTImageProcessor defaults",
+    )
 
 
 def convert_hf_weights(state_dict: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -139,7 +169,9 @@ def convert_hf_weights(state_dict: dict[str, torch.Tensor], cfg: ViTConfig) -> d
         for proj, name in (("q", "Q"), ("k", "K"), ("v", "V")):
             out[f"{new}attn.W_{name}"] = rearrange(src.take(f"{pre}{names[proj]}.weight"), "(h e) d -> h d e", h=h)
             bias = src.take_optional(f"{pre}{names[proj]}.bias")
-            out[f"{new}attn.b_{name}"] = torch.zeros(h, cfg.d_head) if bias is None else rearrange(bias, "(h e) -> h e", h=h)
+            out[f"{new}attn.b_{name}"] = (
+                torch.zeros(h, cfg.d_head) if bias is None else rearrange(bias, "(h e) -> h e", h=h)
+            )
         out[new + "attn.W_O"] = rearrange(src.take(f"{pre}{names['o']}.weight"), "m (h e) -> h e m", h=h)
         out[new + "attn.b_O"] = src.take(f"{pre}{names['o']}.bias")
         for ln in ("ln1", "ln2"):
@@ -168,9 +200,12 @@ def check_hf_loading_info(info: dict[str, Any], what: str) -> None:
     if pooler:
         logger.warning("%s: leaving out the pooler %s (HookedViT returns final-LayerNorm CLS features)", what, pooler)
         unexpected = [k for k in unexpected if k not in pooler]
-    mismatched = sorted(f"{entry[0]}: checkpoint {tuple(entry[1])} vs model {tuple(entry[2])}"
-                        if isinstance(entry, (tuple, list)) and len(entry) == 3 else str(entry)
-                        for entry in info.get("mismatched_keys") or [])
+    mismatched = sorted(
+        f"{entry[0]}: checkpoint {tuple(entry[1])} vs model {tuple(entry[2])}"
+        if isinstance(entry, (tuple, list)) and len(entry) == 3
+        else str(entry)
+        for entry in info.get("mismatched_keys") or []
+    )
     errors = [str(e) for e in info.get("error_msgs") or []]
     raise_on_mismatch(what, missing, unexpected, mismatched, errors)
 
@@ -203,7 +238,8 @@ def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preproces
             raise
         raise CheckpointMismatchError(
             f"HuggingFace weights of {id_or_path!r} do not fit its config: shape mismatches "
-            f"(transformers' load report, logged above, lists them): {err}") from err
+            f"(transformers' load report, logged above, lists them): {err}"
+        ) from err
     check_hf_loading_info(info, f"HuggingFace checkpoint {id_or_path!r} ({cls.__name__})")
     try:
         from transformers import AutoImageProcessor
@@ -243,11 +279,19 @@ def hooked_vit_from_hf(
     pooler_keys = [k for k in state if k.startswith(("pooler.", "vit.pooler."))]
     if pooler_keys:
         if not ignore_pooler:
-            raise UnsupportedModelError(f"ViTModel pooler {pooler_keys} has no place in HookedViT (pass ignore_pooler=True)")
-        logger.warning("leaving out the ViTModel pooler %s: HookedViT returns final-LayerNorm CLS features", pooler_keys)
+            raise UnsupportedModelError(
+                f"ViTModel pooler {pooler_keys} has no place in HookedViT (pass ignore_pooler=True)"
+            )
+        logger.warning(
+            "leaving out the ViTModel pooler %s: HookedViT returns final-LayerNorm CLS features", pooler_keys
+        )
         state = {k: v for k, v in state.items() if k not in pooler_keys}
     id2label = getattr(model.config, "id2label", None) or {}
-    class_names = [id2label.get(i, id2label.get(str(i), str(i))) for i in range(cfg.n_classes)] if cfg.has_classifier and id2label else None
+    class_names = (
+        [id2label.get(i, id2label.get(str(i), str(i))) for i in range(cfg.n_classes)]
+        if cfg.has_classifier and id2label
+        else None
+    )
     hooked = HookedViT(cfg, preprocessing=preprocessing or prep, class_names=class_names, initialize=False)
     load_strict(hooked, convert_hf_weights(state, cfg), "converted HuggingFace weights")
     first = next(model.parameters())

@@ -83,7 +83,9 @@ def unsupported_timm_features(model: nn.Module) -> list[str]:
             found.append("dynamic image padding")
         if pe.img_size is None or pe.img_size[0] != pe.img_size[1]:
             found.append(f"non-square or dynamic image size {pe.img_size}")
-    if not isinstance(model.head, (nn.Linear, nn.Identity)) or (isinstance(model.head, nn.Linear) and model.head.bias is None):
+    if not isinstance(model.head, (nn.Linear, nn.Identity)) or (
+        isinstance(model.head, nn.Linear) and model.head.bias is None
+    ):
         found.append(f"head {type(model.head).__name__} (only a Linear with bias, or none)")
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
@@ -154,11 +156,18 @@ def preprocessing_from_timm(model: nn.Module) -> Preprocessing:
     data_cfg = resolve_data_config({}, model=model)
     image_size = model.patch_embed.img_size[0]
     if data_cfg["input_size"][-1] != image_size:
-        logger.info("timm data config says %s but the model takes %dpx; using %dpx", data_cfg["input_size"], image_size, image_size)
+        logger.info(
+            "timm data config says %s but the model takes %dpx; using %dpx",
+            data_cfg["input_size"],
+            image_size,
+            image_size,
+        )
     crop_mode = data_cfg.get("crop_mode", "center")
     if crop_mode not in ("center", "squash"):
         logger.warning("timm crop_mode %r approximated by a centre crop", crop_mode)
-    name = getattr(model, "pretrained_cfg", {}).get("tag") or getattr(model, "default_cfg", {}).get("architecture", "timm")
+    name = getattr(model, "pretrained_cfg", {}).get("tag") or getattr(model, "default_cfg", {}).get(
+        "architecture", "timm"
+    )
     return Preprocessing(
         image_size=image_size,
         mean=tuple(float(m) for m in data_cfg["mean"]),

@@ -38,7 +38,9 @@ class ClassToken(nn.Module):
         super().__init__()
         self.W_cls = nn.Parameter(torch.zeros(d_model))
 
-    def forward(self, patch_embeddings: Float[torch.Tensor, "batch n_patches d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+    def forward(
+        self, patch_embeddings: Float[torch.Tensor, "batch n_patches d_model"]
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
         cls = self.W_cls.expand(patch_embeddings.shape[0], 1, -1)
         return torch.cat([cls, patch_embeddings], dim=1)
 

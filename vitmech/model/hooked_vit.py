@@ -103,7 +103,11 @@ class HookedViT(HookedRootModule):
             leaf = name.rsplit(".", 1)[-1]
             if leaf.startswith("W_"):
                 std = 1e-6 if leaf == "W_cls" else 0.02
-                param.copy_(torch.nn.init.trunc_normal_(torch.empty_like(param), std=std, a=-2 * std, b=2 * std, generator=generator))
+                param.copy_(
+                    torch.nn.init.trunc_normal_(
+                        torch.empty_like(param), std=std, a=-2 * std, b=2 * std, generator=generator
+                    )
+                )
             elif leaf == "w":
                 param.fill_(1.0)
             else:
@@ -288,7 +292,7 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ controls
     def set_attention_backend(self, backend: Literal["auto", "explicit"]) -> None:
-        """"auto": fused SDPA unless a hook needs scores/pattern; "explicit": always the explicit softmax."""
+        """ "auto": fused SDPA unless a hook needs scores/pattern; "explicit": always the explicit softmax."""
         if backend not in ("auto", "explicit"):
             raise ValueError(f"backend must be 'auto' or 'explicit', got {backend!r}")
         for block in self.blocks:
@@ -328,7 +332,9 @@ class HookedViT(HookedRootModule):
                 hint = f" (the model takes {s}px images; use model.preprocess(images) to resize)"
             raise ImageInputError(f"expected images of shape {expected}, got {list(images.shape)}{hint}")
         if images.dtype != self.dtype:
-            raise ImageInputError(f"images are {images.dtype} but the model is {self.dtype}; use images.to(model.dtype)")
+            raise ImageInputError(
+                f"images are {images.dtype} but the model is {self.dtype}; use images.to(model.dtype)"
+            )
         finite = torch.isfinite(images)
         if not bool(finite.all()):
             n_nan = int(torch.isnan(images).sum())
@@ -393,7 +399,9 @@ class HookedViT(HookedRootModule):
             expected = (self.cfg.n_tokens, self.cfg.d_model)
             if not isinstance(x, torch.Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != expected:
                 shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ImageInputError(f"with start_at_layer, x must be a residual stream [batch, {expected[0]}, {expected[1]}], got {shape}")
+                raise ImageInputError(
+                    f"with start_at_layer, x must be a residual stream [batch, {expected[0]}, {expected[1]}], got {shape}"
+                )
             resid = x
         stop = self.cfg.n_layers if stop_at_layer is None else self._layer_bound(stop_at_layer, "stop_at_layer")
         for block in self.blocks[start:stop]:

@@ -24,8 +24,8 @@ from vitmech.train.evaluate import (
 )
 from vitmech.train.finetune import FineTuneResult, fine_tune, fit_head_on_features
 from vitmech.train.heads import check_head, interpolate_positions, with_image_size, with_new_head
-from vitmech.train.lora import LoRAAttention, LoRAConfig, apply_lora, has_lora, lora_parameters, merge_lora
 from vitmech.train.loop import TrainConfig, TrainResult, fit, lr_factor
+from vitmech.train.lora import LoRAAttention, LoRAConfig, apply_lora, has_lora, lora_parameters, merge_lora
 from vitmech.train.tiers import TIERS, TierConfig, prepare_tier, trainable_parameter_count
 
 __all__ = [

@@ -50,7 +50,9 @@ def topk_mass(p: Float[Tensor, "... n"], k: int) -> Float[Tensor, "..."]:
 
 
 @torch.no_grad()
-def cls_attention_summary(model: HookedViT, images: Float[Tensor, "batch c h w"], layer: int = -1, k: int = 10) -> ClsAttentionSummary:
+def cls_attention_summary(
+    model: HookedViT, images: Float[Tensor, "batch c h w"], layer: int = -1, k: int = 10
+) -> ClsAttentionSummary:
     """Seed 000's two numbers (and their other averaging order) for `model` on `images`."""
     layer = layer % model.cfg.n_layers
     name = f"blocks.{layer}.attn.hook_pattern"
@@ -58,9 +60,13 @@ def cls_attention_summary(model: HookedViT, images: Float[Tensor, "batch c h w"]
     p = cls_patch_distribution(cache[name].double())  # [B, H, N]
     mean_p = p.mean(1)
     return ClsAttentionSummary(
-        layer=layer, k=k, n_images=len(images),
-        entropy_per_head=float(entropy(p).mean()), entropy_head_mean=float(entropy(mean_p).mean()),
-        topk_per_head=float(topk_mass(p, k).mean()), topk_head_mean=float(topk_mass(mean_p, k).mean()),
+        layer=layer,
+        k=k,
+        n_images=len(images),
+        entropy_per_head=float(entropy(p).mean()),
+        entropy_head_mean=float(entropy(mean_p).mean()),
+        topk_per_head=float(topk_mass(p, k).mean()),
+        topk_head_mean=float(topk_mass(mean_p, k).mean()),
     )
 
 
@@ -78,4 +84,11 @@ def before_after_rows(before: ClsAttentionSummary, after: ClsAttentionSummary) -
     return rows
 
 
-__all__ = ["ClsAttentionSummary", "before_after_rows", "cls_attention_summary", "cls_patch_distribution", "entropy", "topk_mass"]
+__all__ = [
+    "ClsAttentionSummary",
+    "before_after_rows",
+    "cls_attention_summary",
+    "cls_patch_distribution",
+    "entropy",
+    "topk_mass",
+]

@@ -38,10 +38,14 @@ def command_line() -> str:
 
 
 def shipped_name(out: str | os.PathLike) -> str | None:
-    """"vitmech/<folder>" when a model is saved straight into the package's zoo (vitmech/zoo/<folder>), else None."""
+    """ "vitmech/<folder>" when a model is saved straight into the package's zoo (vitmech/zoo/<folder>), else None."""
     path = os.path.normpath(os.fspath(out))
     parent, folder = os.path.split(path)
-    return f"vitmech/{folder}" if os.path.basename(parent) == "zoo" and os.path.basename(os.path.dirname(parent)) == "vitmech" else None
+    return (
+        f"vitmech/{folder}"
+        if os.path.basename(parent) == "zoo" and os.path.basename(os.path.dirname(parent)) == "vitmech"
+        else None
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -96,9 +100,13 @@ def results_section(card: dict[str, Any]) -> str:
             parts.append(_rows(["true \\ predicted", *names], [[n, *row] for n, row in zip(names, test["confusion"])]))
     elif "pearson_r" in test:
         targets = list(test["pearson_r"])
-        rows = [[f"{card.get('tier', 'fine-tune')} fine-tune (this model)", test["mean_mse"], *test["pearson_r"].values()]]
+        rows = [
+            [f"{card.get('tier', 'fine-tune')} fine-tune (this model)", test["mean_mse"], *test["pearson_r"].values()]
+        ]
         if "pearson_r" in probe:
-            rows.append(["linear probe, same backbone and training images", probe["mean_mse"], *probe["pearson_r"].values()])
+            rows.append(
+                ["linear probe, same backbone and training images", probe["mean_mse"], *probe["pearson_r"].values()]
+            )
         if "mean_predictor_mse" in baselines:
             mse = baselines["mean_predictor_mse"]
             rows.append(["mean predictor (training mean)", sum(mse) / len(mse), *["-"] * len(targets)])
@@ -111,12 +119,17 @@ def results_section(card: dict[str, Any]) -> str:
     cost = []
     if seconds is not None:
         cost.append(f"training {_fmt(seconds)} s")
-    for key, label in (("probe_seconds", "linear probe"), ("wall_seconds_total", "whole script (data, training, evaluation)")):
+    for key, label in (
+        ("probe_seconds", "linear probe"),
+        ("wall_seconds_total", "whole script (data, training, evaluation)"),
+    ):
         if card.get(key) is not None:
             cost.append(f"{label} {_fmt(card[key])} s")
     hardware = card.get("hardware") or {}
     if hardware:
-        where = f"{hardware.get('cpu')} ({hardware.get('cpu_cores')} cores, {hardware.get('torch_threads')} torch threads)"
+        where = (
+            f"{hardware.get('cpu')} ({hardware.get('cpu_cores')} cores, {hardware.get('torch_threads')} torch threads)"
+        )
         where += f", GPU {hardware['gpu']}" if hardware.get("gpu") else ", no GPU"
         cost.append(f"on {where}, torch {hardware.get('torch')}")
     if cost:
@@ -127,18 +140,26 @@ def results_section(card: dict[str, Any]) -> str:
 def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], intro: str, reproduce: str) -> str:
     """A Markdown model-card page: intro, architecture, held-out results and cost, the card's entries,
     and the reproducing commands."""
-    arch = ", ".join(f"{k} {config[k]}" for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes"))
-    return "\n\n".join([
-        f"# {name}",
-        intro.strip(),
-        f"**Architecture:** {arch} (`HookedViT.from_pretrained(\"{name}\")`).",
-        "## Results on held-out data",
-        results_section(card),
-        "## Card (from the model's `config.json`)",
-        card_table(card),
-        "## Reproduce",
-        reproduce.strip(),
-    ]) + "\n"
+    arch = ", ".join(
+        f"{k} {config[k]}"
+        for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes")
+    )
+    return (
+        "\n\n".join(
+            [
+                f"# {name}",
+                intro.strip(),
+                f'**Architecture:** {arch} (`HookedViT.from_pretrained("{name}")`).',
+                "## Results on held-out data",
+                results_section(card),
+                "## Card (from the model's `config.json`)",
+                card_table(card),
+                "## Reproduce",
+                reproduce.strip(),
+            ]
+        )
+        + "\n"
+    )
 
 
 __all__ = ["card_table", "command_line", "hardware_info", "model_card_page", "results_section", "shipped_name"]

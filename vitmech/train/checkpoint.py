@@ -37,8 +37,10 @@ def checkpoint_dirs(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [
+        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
@@ -62,7 +64,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.T
     for g, group in enumerate(state["param_groups"]):
         for i, pid in enumerate(group["params"]):
             prefix = f"{g}.{i}."
-            entry = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+            entry = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
             if entry:
                 restored[pid] = entry
     state["state"] = restored
@@ -137,7 +139,9 @@ def check_fingerprint(expected: dict[str, Any], meta: dict[str, Any], path: Path
         )
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
     """Restore model and optimizer from checkpoint `path` after checking its fingerprint; returns trainer.json."""
     path = Path(path)
     meta = read_trainer_state(path)
@@ -147,4 +151,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return meta
 
 
-__all__ = ["checkpoint_dirs", "check_fingerprint", "latest_checkpoint", "load_checkpoint", "read_trainer_state", "save_checkpoint"]
+__all__ = [
+    "checkpoint_dirs",
+    "check_fingerprint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_trainer_state",
+    "save_checkpoint",
+]

@@ -63,7 +63,9 @@ class ArrayDataset:
 
     def _check_labels(self) -> None:
         if self.targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or self.targets.ndim != 1:
-            raise TrainingDataError(f"class labels must be integers [N], got {self.targets.dtype} {list(self.targets.shape)}")
+            raise TrainingDataError(
+                f"class labels must be integers [N], got {self.targets.dtype} {list(self.targets.shape)}"
+            )
         self.targets = self.targets.long()
         low, high = int(self.targets.min()), int(self.targets.max())
         if low < 0 or high >= len(self.names):

@@ -22,7 +22,9 @@ Render = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 """(start, n) -> (uint8 images [n, S, S, 3], targets [n] or [n, K])."""
 
 
-def render_in_chunks(render: Render, n: int, chunk: int = 256, desc: str = "render", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def render_in_chunks(
+    render: Render, n: int, chunk: int = 256, desc: str = "render", progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     images, targets = [], []
     for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=not progress):
         im, tg = render(start, min(chunk, n - start))
@@ -31,7 +33,9 @@ def render_in_chunks(render: Render, n: int, chunk: int = 256, desc: str = "rend
     return np.concatenate(images), np.concatenate(targets)
 
 
-def cached(cache_dir: str | Path | None, key: dict[str, Any], make: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def cached(
+    cache_dir: str | Path | None, key: dict[str, Any], make: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
     """`make()` once per key: stored as .npy under cache_dir (None: no cache)."""
     if cache_dir is None:
         return make()
@@ -49,7 +53,9 @@ def cached(cache_dir: str | Path | None, key: dict[str, Any], make: Callable[[],
     return images, targets
 
 
-def procedural_dataset(n: int, seed: int, size: int = 112, *, start: int = 0, cache_dir: str | Path | None = None, progress: bool = True) -> ArrayDataset:
+def procedural_dataset(
+    n: int, seed: int, size: int = 112, *, start: int = 0, cache_dir: str | Path | None = None, progress: bool = True
+) -> ArrayDataset:
     """`n` procedural scenes (images start.. of stream `seed`) at `size` px, 32 shape/fill classes."""
     from vitmech.data.procedural import PROCEDURAL_CLASSES, generate_procedural
 
@@ -60,11 +66,15 @@ def procedural_dataset(n: int, seed: int, size: int = 112, *, start: int = 0, ca
 
         return render_in_chunks(render, n, desc=f"procedural {size}px", progress=progress)
 
-    images, labels = cached(cache_dir, {"kind": "procedural", "n": n, "seed": seed, "size": size, "start": start, "v": 2}, make)
+    images, labels = cached(
+        cache_dir, {"kind": "procedural", "n": n, "seed": seed, "size": size, "start": start, "v": 2}, make
+    )
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), list(PROCEDURAL_CLASSES), "classification")
 
 
-def galaxy_dataset(n: int, seed: int, size: int = 224, *, start: int = 0, cache_dir: str | Path | None = None, progress: bool = True) -> ArrayDataset:
+def galaxy_dataset(
+    n: int, seed: int, size: int = 224, *, start: int = 0, cache_dir: str | Path | None = None, progress: bool = True
+) -> ArrayDataset:
     """`n` synthetic galaxies (vitmech.data.galaxies, balanced over the six gz2 classes) at `size` px."""
     from vitmech.data.galaxies import GALAXY_CLASSES, generate_galaxies
 
@@ -75,11 +85,10 @@ def galaxy_dataset(n: int, seed: int, size: int = 224, *, start: int = 0, cache_
 
         return render_in_chunks(render, n, chunk=128, desc="galaxies", progress=progress)
 
-    images, labels = cached(cache_dir, {"kind": "galaxies", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make)
+    images, labels = cached(
+        cache_dir, {"kind": "galaxies", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make
+    )
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), list(GALAXY_CLASSES), "classification")
-
-
-
 
 
 def chirp_dataset(
@@ -96,7 +105,9 @@ def chirp_dataset(
 
         return render_in_chunks(render, n, chunk=128, desc="chirps", progress=progress)
 
-    images, targets = cached(cache_dir, {"kind": "chirps", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make)
+    images, targets = cached(
+        cache_dir, {"kind": "chirps", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make
+    )
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(targets), list(TARGETS), "regression")
 
 
@@ -106,8 +117,15 @@ def zscore(data: ArrayDataset, mean: torch.Tensor, std: torch.Tensor) -> ArrayDa
 
 
 def gz2_datasets(
-    source: str, preprocessing: Any, *, n_train: int | None, n_test: int | None, at_most: bool = False,
-    val_fraction: float = 0.1, seed: int = 42, progress: bool = True,
+    source: str,
+    preprocessing: Any,
+    *,
+    n_train: int | None,
+    n_test: int | None,
+    at_most: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    progress: bool = True,
 ) -> tuple[dict[str, ArrayDataset], dict[str, Any]]:
     """Galaxy Zoo 2 (hub id or local copy with its schema) as train/val/test ArrayDatasets, each image
     resized (and cropped) once to the model's input size exactly as `model.preprocess` would; also the
@@ -115,13 +133,14 @@ def gz2_datasets(
     requested gives all it has (logged) instead of raising InsufficientDataError."""
     from PIL import Image
 
+    from vitmech.data import InsufficientDataError
     from vitmech.data.gz2 import load_gz2
     from vitmech.preprocessing import _resize_and_crop
 
-    from vitmech.data import InsufficientDataError
-
     try:
-        splits = load_gz2(source, n_train=n_train, n_test=n_test, val_fraction=val_fraction, seed=seed, progress=progress)
+        splits = load_gz2(
+            source, n_train=n_train, n_test=n_test, val_fraction=val_fraction, seed=seed, progress=progress
+        )
     except InsufficientDataError as exc:
         if not at_most:
             raise
@@ -140,4 +159,12 @@ def gz2_datasets(
     return out, splits.report.to_dict()
 
 
-__all__ = ["cached", "chirp_dataset", "galaxy_dataset", "gz2_datasets", "procedural_dataset", "render_in_chunks", "zscore"]
+__all__ = [
+    "cached",
+    "chirp_dataset",
+    "galaxy_dataset",
+    "gz2_datasets",
+    "procedural_dataset",
+    "render_in_chunks",
+    "zscore",
+]

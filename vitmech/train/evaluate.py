@@ -93,7 +93,9 @@ def predict(
     return torch.cat(outs)
 
 
-def confusion_matrix(true: Sequence[int] | Tensor, predicted: Sequence[int] | Tensor, n_classes: int) -> Int[np.ndarray, "true predicted"]:
+def confusion_matrix(
+    true: Sequence[int] | Tensor, predicted: Sequence[int] | Tensor, n_classes: int
+) -> Int[np.ndarray, "true predicted"]:
     """Counts [n_classes, n_classes], rows = true class, columns = predicted class."""
     t = np.asarray(true, dtype=np.int64)
     p = np.asarray(predicted, dtype=np.int64)
@@ -109,13 +111,19 @@ def pearson_r(x: Float[np.ndarray, "n k"], y: Float[np.ndarray, "n k"]) -> Float
     return np.divide((xc * yc).sum(0), denom, out=np.full(x.shape[1], np.nan), where=denom > 0)
 
 
-def score_classification(logits: Float[Tensor, "n classes"], labels: Int[Tensor, "n"], class_names: Sequence[str]) -> ClassificationEval:
+def score_classification(
+    logits: Float[Tensor, "n classes"], labels: Int[Tensor, "n"], class_names: Sequence[str]
+) -> ClassificationEval:
     predicted = logits.argmax(dim=1)
     confusion = confusion_matrix(labels, predicted, len(class_names))
-    return ClassificationEval(float(np.trace(confusion) / max(1, confusion.sum())), confusion, list(class_names), int(len(labels)))
+    return ClassificationEval(
+        float(np.trace(confusion) / max(1, confusion.sum())), confusion, list(class_names), int(len(labels))
+    )
 
 
-def score_regression(outputs: Float[Tensor, "n k"], targets: Float[Tensor, "n k"], target_names: Sequence[str]) -> RegressionEval:
+def score_regression(
+    outputs: Float[Tensor, "n k"], targets: Float[Tensor, "n k"], target_names: Sequence[str]
+) -> RegressionEval:
     out, tgt = outputs.double().numpy(), targets.double().numpy()
     mse = ((out - tgt) ** 2).mean(0)
     return RegressionEval(mse, pearson_r(out, tgt), list(target_names), int(len(tgt)))

@@ -24,8 +24,8 @@ from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
 from vitmech.train.evaluate import Evaluation, evaluate, predict
 from vitmech.train.heads import check_head, with_new_head
-from vitmech.train.lora import has_lora, lora_summary, merge_lora
 from vitmech.train.loop import TrainConfig, TrainResult, fit, lr_factor, task_loss
+from vitmech.train.lora import has_lora, lora_summary, merge_lora
 from vitmech.train.tiers import TierConfig, prepare_tier, trainable_parameter_count
 
 logger = logging.getLogger(__name__)
@@ -138,8 +138,16 @@ def fine_tune(
     else:
         evaluate_fn = (lambda m: _metric(m, val)) if val is not None else None
         result = fit(
-            work, groups, train, config, checkpoint_dir=checkpoint_dir, resume=resume, evaluate=evaluate_fn,
-            card=card, fingerprint_extra={"tier": tier.to_dict()}, progress=progress,
+            work,
+            groups,
+            train,
+            config,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            evaluate=evaluate_fn,
+            card=card,
+            fingerprint_extra={"tier": tier.to_dict()},
+            progress=progress,
         )
     if has_lora(work):
         merge_lora(work)

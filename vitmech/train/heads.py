@@ -24,7 +24,9 @@ from vitmech.train.errors import HeadMismatchError
 HeadInit = Literal["zeros", "trunc_normal"]
 
 
-def _copy_model(model: HookedViT, cfg, preprocessing: Preprocessing, class_names: Sequence[str] | None, skip: tuple[str, ...]) -> HookedViT:
+def _copy_model(
+    model: HookedViT, cfg, preprocessing: Preprocessing, class_names: Sequence[str] | None, skip: tuple[str, ...]
+) -> HookedViT:
     new = HookedViT(cfg, preprocessing=preprocessing, class_names=class_names, seed=0).to(model.device, model.dtype)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     missing, unexpected = new.load_state_dict(state, strict=False)
@@ -107,7 +109,9 @@ def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
     to the new grid (train at low resolution, then fine-tune at full resolution)."""
     cfg = model.cfg.replace(image_size=image_size)
     pre = model.preprocessing
-    preprocessing = Preprocessing(**{**pre.to_dict(), "image_size": image_size, "mean": tuple(pre.mean), "std": tuple(pre.std)})
+    preprocessing = Preprocessing(
+        **{**pre.to_dict(), "image_size": image_size, "mean": tuple(pre.mean), "std": tuple(pre.std)}
+    )
     new = _copy_model(model, cfg, preprocessing, model.class_names, skip=("pos_embed.",))
     with torch.no_grad():
         new.pos_embed.W_pos.copy_(interpolate_positions(model.pos_embed.W_pos.detach(), cfg.grid_size))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class TrainConfig:
     batch_size: int = 32
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
-    clip_norm: Optional[float] = 1.0
+    clip_norm: float | None = 1.0
     seed: int = 0
     augment: Augment = None
     label_smoothing: float = 0.0
@@ -118,7 +118,7 @@ class TrainResult:
     steps_done: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
-    resumed_from: Optional[int] = None
+    resumed_from: int | None = None
     interrupted: bool = False
 
     def to_frame(self):  # noqa: ANN201 (pandas is imported lazily)
@@ -142,19 +142,38 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str, label_smoothing: floa
     return F.mse_loss(outputs, targets)
 
 
-def run_fingerprint(model: HookedViT, optimizer: torch.optim.Optimizer, train: ArrayDataset, config: TrainConfig, extra: dict[str, Any] | None) -> dict[str, Any]:
+def run_fingerprint(
+    model: HookedViT,
+    optimizer: torch.optim.Optimizer,
+    train: ArrayDataset,
+    config: TrainConfig,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     """What a resumed run must share with the checkpoint's: architecture, the starting weights, trainable
     tensors, groups, recipe, and the data (size, names and a hash of its images and targets)."""
     trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-    groups = [{"name": g.get("name", str(i)), "lr": g["base_lr"], "weight_decay": g["weight_decay"], "n_params": len(g["params"])} for i, g in enumerate(optimizer.param_groups)]
+    groups = [
+        {
+            "name": g.get("name", str(i)),
+            "lr": g["base_lr"],
+            "weight_decay": g["weight_decay"],
+            "n_params": len(g["params"]),
+        }
+        for i, g in enumerate(optimizer.param_groups)
+    ]
     return {
         "model_config": model.cfg.to_dict(),
         "start_weights": module_fingerprint(model),
         "trainable": trainable,
         "groups": groups,
         "recipe": config.recipe(),
-        "data": {"n": len(train), "task": train.task, "names": train.names, "image_size": train.image_size,
-                 "content": tensor_fingerprint(train.images, train.targets)},
+        "data": {
+            "n": len(train),
+            "task": train.task,
+            "names": train.names,
+            "image_size": train.image_size,
+            "content": tensor_fingerprint(train.images, train.targets),
+        },
         **({"extra": extra} if extra else {}),
     }
 
@@ -192,7 +211,11 @@ def fit(
     if not trainable or not any(p.requires_grad for p in trainable):
         raise ValueError("no trainable parameters in the groups; call prepare_tier(model, tier_config) first")
     if train.image_size != model.cfg.image_size:
-        logger.warning("training images are %d px, the model takes %d px: every batch goes through PIL preprocessing", train.image_size, model.cfg.image_size)
+        logger.warning(
+            "training images are %d px, the model takes %d px: every batch goes through PIL preprocessing",
+            train.image_size,
+            model.cfg.image_size,
+        )
 
     optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:
@@ -212,7 +235,12 @@ def fit(
     def checkpoint(step: int) -> None:
         if checkpoint_dir is None:
             return
-        state = {"fingerprint": fingerprint, "history": result.history, "card": card or {}, "train_config": config.to_dict()}
+        state = {
+            "fingerprint": fingerprint,
+            "history": result.history,
+            "card": card or {},
+            "train_config": config.to_dict(),
+        }
         save_checkpoint(checkpoint_dir, step, model, optimizer, state, keep=config.keep_checkpoints)
 
     def run_eval(step: int) -> None:
@@ -255,7 +283,12 @@ def fit(
 
 
 def _train_step(
-    model: HookedViT, optimizer: torch.optim.Optimizer, train: ArrayDataset, config: TrainConfig, step: int, trainable: list[torch.nn.Parameter]
+    model: HookedViT,
+    optimizer: torch.optim.Optimizer,
+    train: ArrayDataset,
+    config: TrainConfig,
+    step: int,
+    trainable: list[torch.nn.Parameter],
 ) -> tuple[float, float]:
     rows = batch_indices(len(train), config.batch_size, step, config.seed)
     images = augment_batch(train.images[rows], config.augment, step_generator(config.seed, step, stream=2))

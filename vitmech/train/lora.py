@@ -89,7 +89,10 @@ class LoRAAttention(Attention):
         bound = d_model**-0.5
         like = dict(device=base.W_Q.device, dtype=base.W_Q.dtype)
         self.lora_A = nn.ParameterDict(
-            {t: nn.Parameter((torch.rand(d_model, config.rank, generator=generator) * 2 - 1).mul_(bound).to(**like)) for t in config.targets}
+            {
+                t: nn.Parameter((torch.rand(d_model, config.rank, generator=generator) * 2 - 1).mul_(bound).to(**like))
+                for t in config.targets
+            }
         )
         self.lora_B = nn.ParameterDict({t: nn.Parameter(torch.zeros(config.rank, out, **like)) for t in config.targets})
         self.lora_dropout = nn.Dropout(config.dropout)
@@ -136,7 +139,9 @@ def has_lora(model: nn.Module) -> bool:
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter matrices (A and B of every target in every adapted block)."""
-    return [p for m in model.modules() if isinstance(m, LoRAAttention) for p in (*m.lora_A.values(), *m.lora_B.values())]
+    return [
+        p for m in model.modules() if isinstance(m, LoRAAttention) for p in (*m.lora_A.values(), *m.lora_B.values())
+    ]
 
 
 @torch.no_grad()

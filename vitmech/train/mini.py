@@ -64,8 +64,12 @@ def scaled_init_(model: HookedViT, seed: int = 0, pos_std: float = 0.05) -> Hook
 
 
 def mini_vit(
-    n_classes: int, class_names: Sequence[str] | None = None, image_size: int = 224, seed: int = 0,
-    init: str = "scaled", **overrides: int
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+    image_size: int = 224,
+    seed: int = 0,
+    init: str = "scaled",
+    **overrides: int,
 ) -> HookedViT:
     """A seeded random-init mini ViT: `init="scaled"` (`scaled_init_`, default) or "timm" (std 0.02)."""
     if init not in ("scaled", "timm"):

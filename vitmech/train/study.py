@@ -14,7 +14,14 @@ import numpy as np
 
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset
-from vitmech.train.evaluate import ClassificationEval, Evaluation, RegressionEval, chance_baselines, evaluate, mean_predictor_mse
+from vitmech.train.evaluate import (
+    ClassificationEval,
+    Evaluation,
+    RegressionEval,
+    chance_baselines,
+    evaluate,
+    mean_predictor_mse,
+)
 from vitmech.train.finetune import FineTuneResult, fine_tune
 from vitmech.train.loop import TrainConfig
 from vitmech.train.tiers import TierConfig
@@ -37,18 +44,26 @@ class StudyResult:
 
     def card_metrics(self) -> dict[str, Any]:
         """Test metrics, probe metrics, baselines and the margins between them."""
-        out: dict[str, Any] = {"split_sizes": self.split_sizes, "test": self.test.to_dict(), "baselines": self.baselines}
+        out: dict[str, Any] = {
+            "split_sizes": self.split_sizes,
+            "test": self.test.to_dict(),
+            "baselines": self.baselines,
+        }
         if self.probe_test is not None:
             out["linear_probe_test"] = self.probe_test.to_dict()
         if isinstance(self.test, ClassificationEval):
-            margins = {"over_uniform_chance": self.test.accuracy - self.baselines["uniform"],
-                       "over_majority_class": self.test.accuracy - self.baselines["majority_class"]}
+            margins = {
+                "over_uniform_chance": self.test.accuracy - self.baselines["uniform"],
+                "over_majority_class": self.test.accuracy - self.baselines["majority_class"],
+            }
             if isinstance(self.probe_test, ClassificationEval):
                 margins["over_linear_probe"] = self.test.accuracy - self.probe_test.accuracy
             out["margins"] = margins
         else:
             assert isinstance(self.test, RegressionEval)
-            out["mse_reduction_vs_mean_predictor"] = (1 - self.test.mse / np.asarray(self.baselines["mean_predictor_mse"])).tolist()
+            out["mse_reduction_vs_mean_predictor"] = (
+                1 - self.test.mse / np.asarray(self.baselines["mean_predictor_mse"])
+            ).tolist()
         if self.tuned.evaluation is not None:
             out["validation"] = self.tuned.evaluation.to_dict()
         return out
@@ -59,12 +74,24 @@ class StudyResult:
         if isinstance(self.test, ClassificationEval):
             rows = [{"model": f"{tier} fine-tune", "test_accuracy": self.test.accuracy, "n_test": self.test.n}]
             if self.probe_test is not None:
-                rows.append({"model": "linear probe", "test_accuracy": self.probe_test.accuracy, "n_test": self.probe_test.n})
-            rows.append({"model": "chance (uniform)", "test_accuracy": self.baselines["uniform"], "n_test": self.test.n})
-            rows.append({"model": "chance (majority class)", "test_accuracy": self.baselines["majority_class"], "n_test": self.test.n})
+                rows.append(
+                    {"model": "linear probe", "test_accuracy": self.probe_test.accuracy, "n_test": self.probe_test.n}
+                )
+            rows.append(
+                {"model": "chance (uniform)", "test_accuracy": self.baselines["uniform"], "n_test": self.test.n}
+            )
+            rows.append(
+                {
+                    "model": "chance (majority class)",
+                    "test_accuracy": self.baselines["majority_class"],
+                    "n_test": self.test.n,
+                }
+            )
             return rows
         rows = []
-        evals = [(f"{tier} fine-tune", self.test)] + ([("linear probe", self.probe_test)] if self.probe_test is not None else [])
+        evals = [(f"{tier} fine-tune", self.test)] + (
+            [("linear probe", self.probe_test)] if self.probe_test is not None else []
+        )
         for name, ev in evals:
             assert isinstance(ev, RegressionEval)
             row: dict[str, Any] = {"model": name, "mean_mse": ev.mean_mse}
@@ -99,12 +126,26 @@ def run_study(
     """
     probe = probe_eval = None
     if probe_config is not None and tier.tier != "linear_probe":
-        probe = fine_tune(model, probe_train or train, TierConfig("linear_probe", head_lr=probe_lr), probe_config, progress=progress)
+        probe = fine_tune(
+            model, probe_train or train, TierConfig("linear_probe", head_lr=probe_lr), probe_config, progress=progress
+        )
         probe_eval = evaluate(probe.model, test, progress=progress)
     if head_from_probe and probe is None:
-        raise ValueError("head_from_probe needs the linear probe: give probe_config (and a tier other than linear_probe)")
+        raise ValueError(
+            "head_from_probe needs the linear probe: give probe_config (and a tier other than linear_probe)"
+        )
     start, new_head = (probe.model, False) if head_from_probe and probe is not None else (model, True)
-    tuned = fine_tune(start, train, tier, config, val=val, new_head=new_head, checkpoint_dir=checkpoint_dir, card=card, progress=progress)
+    tuned = fine_tune(
+        start,
+        train,
+        tier,
+        config,
+        val=val,
+        new_head=new_head,
+        checkpoint_dir=checkpoint_dir,
+        card=card,
+        progress=progress,
+    )
     if head_from_probe:
         tuned.extra["head_init"] = "linear probe (LP-FT)"
     test_eval = evaluate(tuned.model, test, progress=progress)

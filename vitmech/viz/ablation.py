@@ -136,6 +136,8 @@ def plot_pruning_curve(curve: PruningCurve, value: str = "pct_change", title: st
 
 def plot_pair_interactions(pairs: PairInteractions, layer: int, title: str | None = None, **kwargs: Any) -> Figure:
     """A layer's symmetric head x head interaction matrix (pair effect minus the two single effects)."""
-    fig = plot_head_heatmap(pairs.matrix(layer), value="interaction", title=title or f"Pair interactions, layer {layer}", **kwargs)
+    fig = plot_head_heatmap(
+        pairs.matrix(layer), value="interaction", title=title or f"Pair interactions, layer {layer}", **kwargs
+    )
     fig.axes[0].set_ylabel("head")
     return fig

@@ -1,8 +1,8 @@
 """Attention plots: results in, matplotlib figures out (headless-safe; nothing here runs a model).
 
-    fig = plot_head_grid(summary.metrics.cls_attention[0])           # L x H grid of CLS maps, one image
-    fig = plot_overlays(image, {"layer 11": map_11, "rollout": r})   # maps over the image
-    fig = plot_metric_by_layer({"before": df0, "after": df1}, "cls_entropy")
+fig = plot_head_grid(summary.metrics.cls_attention[0])           # L x H grid of CLS maps, one image
+fig = plot_overlays(image, {"layer 11": map_11, "rollout": r})   # maps over the image
+fig = plot_metric_by_layer({"before": df0, "after": df1}, "cls_entropy")
 """
 
 from __future__ import annotations
@@ -64,8 +64,14 @@ def upsample_map(attention_map: ArrayLike, size: int) -> np.ndarray:
     return ((up - low) / (high - low) if high > low else torch.zeros_like(up)).numpy()
 
 
-def draw_overlay(ax: Axes, image: ArrayLike, attention_map: ArrayLike, alpha: float = 0.55, cmap: str = "jet",
-                 title: str | None = None) -> None:
+def draw_overlay(
+    ax: Axes,
+    image: ArrayLike,
+    attention_map: ArrayLike,
+    alpha: float = 0.55,
+    cmap: str = "jet",
+    title: str | None = None,
+) -> None:
     """The map (min-max scaled, upsampled) over the image on `ax`."""
     rgb = _as_rgb(image)
     ax.imshow(rgb)
@@ -75,8 +81,13 @@ def draw_overlay(ax: Axes, image: ArrayLike, attention_map: ArrayLike, alpha: fl
         ax.set_title(title, fontsize=9)
 
 
-def plot_overlays(image: ArrayLike, maps: Mapping[str, ArrayLike], ncols: int | None = None,
-                  alpha: float = 0.55, title: str | None = None) -> Figure:
+def plot_overlays(
+    image: ArrayLike,
+    maps: Mapping[str, ArrayLike],
+    ncols: int | None = None,
+    alpha: float = 0.55,
+    title: str | None = None,
+) -> Figure:
     """The image, then each named [g, g] map over it (min-max scaled per map)."""
     n = len(maps) + 1
     ncols = ncols or n
@@ -103,9 +114,15 @@ def _scaled(maps: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.0)
 
 
-def plot_head_grid(maps: Float[ArrayLike, "layer head g g"], layers: Sequence[int] | None = None,
-                   title: str | None = None, image: ArrayLike | None = None, tile: int = 56,
-                   alpha: float = 0.6, cmap: str = "jet") -> Figure:
+def plot_head_grid(
+    maps: Float[ArrayLike, "layer head g g"],
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+    image: ArrayLike | None = None,
+    tile: int = 56,
+    alpha: float = 0.6,
+    cmap: str = "jet",
+) -> Figure:
     """Per-head CLS attention of one image: a layer x head mosaic (12 x 12 for ViT-B/16), each map scaled
     to its own range; blended over the image (resized to `tile` px) when one is given. One imshow, so
     144 heads draw in a fraction of a second."""
@@ -142,8 +159,12 @@ def plot_head_grid(maps: Float[ArrayLike, "layer head g g"], layers: Sequence[in
     return fig
 
 
-def plot_layer_progression(image: ArrayLike | Mapping[str, ArrayLike], maps: Mapping[str, Mapping[int, ArrayLike]],
-                           alpha: float = 0.55, title: str | None = None) -> Figure:
+def plot_layer_progression(
+    image: ArrayLike | Mapping[str, ArrayLike],
+    maps: Mapping[str, Mapping[int, ArrayLike]],
+    alpha: float = 0.55,
+    title: str | None = None,
+) -> Figure:
     """Rows: models (or any named set); columns: layers. maps[row][layer] is a [g, g] map. `image` is one
     image, or one per row (when the rows preprocess differently)."""
     rows = list(maps)
@@ -162,8 +183,12 @@ def plot_layer_progression(image: ArrayLike | Mapping[str, ArrayLike], maps: Map
     return fig
 
 
-def plot_rollout_vs_last_layer(image: ArrayLike | Mapping[str, ArrayLike], rollout_maps: Mapping[str, ArrayLike],
-                               last_layer_maps: Mapping[str, ArrayLike], alpha: float = 0.55) -> Figure:
+def plot_rollout_vs_last_layer(
+    image: ArrayLike | Mapping[str, ArrayLike],
+    rollout_maps: Mapping[str, ArrayLike],
+    last_layer_maps: Mapping[str, ArrayLike],
+    alpha: float = 0.55,
+) -> Figure:
     """Columns: models; rows: last-layer CLS attention (head mean) and rollout, over the image."""
     names = list(rollout_maps)
     fig, axes = _figure(2, len(names), figsize=(2.8 * len(names), 5.6), squeeze=False)
@@ -175,9 +200,14 @@ def plot_rollout_vs_last_layer(image: ArrayLike | Mapping[str, ArrayLike], rollo
     return fig
 
 
-def plot_metric_by_layer(frames: Mapping[str, pd.DataFrame], metric: str, ylabel: str | None = None,
-                         title: str | None = None, reference: float | None = None,
-                         reference_label: str | None = None) -> Figure:
+def plot_metric_by_layer(
+    frames: Mapping[str, pd.DataFrame],
+    metric: str,
+    ylabel: str | None = None,
+    title: str | None = None,
+    reference: float | None = None,
+    reference_label: str | None = None,
+) -> Figure:
     """`<metric>_mean` against layer for each named frame (e.g. AttentionMetrics.layer_frame() before and
     after), with a +-1 std band over images from `<metric>_std` when present."""
     fig, ax = _figure(figsize=(6, 3.6))
@@ -202,8 +232,13 @@ def plot_metric_by_layer(frames: Mapping[str, pd.DataFrame], metric: str, ylabel
     return fig
 
 
-def plot_head_heatmap(values: Float[ArrayLike, "layer head"], title: str, colorbar_label: str = "",
-                      diverging: bool = False, layers: Sequence[int] | None = None) -> Figure:
+def plot_head_heatmap(
+    values: Float[ArrayLike, "layer head"],
+    title: str,
+    colorbar_label: str = "",
+    diverging: bool = False,
+    layers: Sequence[int] | None = None,
+) -> Figure:
     """A layer x head heatmap (e.g. entropy change per head); `diverging` centres the colours on 0."""
     grid = _numpy(values)
     if grid.ndim != 2:
@@ -224,8 +259,11 @@ def plot_head_heatmap(values: Float[ArrayLike, "layer head"], title: str, colorb
     return fig
 
 
-def plot_distance_by_head(distances: Mapping[str, Float[ArrayLike, "layer head"]], image_size: int | None = None,
-                          title: str = "Mean attention distance per head") -> Figure:
+def plot_distance_by_head(
+    distances: Mapping[str, Float[ArrayLike, "layer head"]],
+    image_size: int | None = None,
+    title: str = "Mean attention distance per head",
+) -> Figure:
     """Each head's mean attention distance (px) against its layer (Dosovitskiy et al. 2020, Fig. 7), per model."""
     fig, ax = _figure(figsize=(6, 3.8))
     markers = "os^vD"

@@ -20,8 +20,12 @@ COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
 def plot_positional_grids(
-    pqk: PositionalQK, query: int | tuple[int, int] | str = "centre", layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None, softmax: bool = True, title: str = "",
+    pqk: PositionalQK,
+    query: int | tuple[int, int] | str = "centre",
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    softmax: bool = True,
+    title: str = "",
 ) -> Figure:
     """One panel per (layer, head): the query's positional scores (or their softmax) on the patch grid."""
     n_layers, n_heads = pqk.scores.shape[:2]
@@ -78,8 +82,14 @@ def plot_locality(
         for k, (label, dist) in enumerate(measured.items()):
             if label not in localities:
                 continue
-            ax.scatter(localities[label].mean_distance_px.flatten().numpy(), dist.flatten().numpy(), s=10,
-                       color=COLOURS[k % len(COLOURS)], label=label, alpha=0.8)
+            ax.scatter(
+                localities[label].mean_distance_px.flatten().numpy(),
+                dist.flatten().numpy(),
+                s=10,
+                color=COLOURS[k % len(COLOURS)],
+                label=label,
+                alpha=0.8,
+            )
         lim = [0, uniform * 1.15 if uniform else 1]
         ax.plot(lim, lim, color="grey", lw=1, ls=":")
         ax.set_xlabel("positional QK distance (px)")
@@ -158,7 +168,9 @@ def plot_logit_lens(lenses: Mapping[str, LogitLens]) -> Figure:
 
 
 def plot_head_change(
-    before: Float[torch.Tensor, "layer head"], after: Float[torch.Tensor, "layer head"], quantity: str,
+    before: Float[torch.Tensor, "layer head"],
+    after: Float[torch.Tensor, "layer head"],
+    quantity: str,
     labels: tuple[str, str] = ("before", "after"),
 ) -> Figure:
     """Three [layer x head] heatmaps: before, after and after - before, of one per-head quantity."""

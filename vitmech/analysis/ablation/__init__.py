@@ -15,7 +15,12 @@ from vitmech.analysis.ablation.errors import (
     MetricError,
     StoreMismatchError,
 )
-from vitmech.analysis.ablation.estimates import EstimateComparison, HeadEstimates, compare_estimates, estimate_head_effects
+from vitmech.analysis.ablation.estimates import (
+    EstimateComparison,
+    HeadEstimates,
+    compare_estimates,
+    estimate_head_effects,
+)
 from vitmech.analysis.ablation.groups import (
     PairInteractions,
     PruningCurve,
@@ -24,7 +29,16 @@ from vitmech.analysis.ablation.groups import (
     pair_interactions,
     pruning_curve,
 )
-from vitmech.analysis.ablation.heads import Cell, Head, all_heads, head_label, heads_per_layer, make_cell, make_cells, parse_heads
+from vitmech.analysis.ablation.heads import (
+    Cell,
+    Head,
+    all_heads,
+    head_label,
+    heads_per_layer,
+    make_cell,
+    make_cells,
+    parse_heads,
+)
 from vitmech.analysis.ablation.interventions import (
     BoundAblation,
     HeadAblation,

@@ -30,8 +30,8 @@ from jaxtyping import Bool, Float
 from vitmech.analysis.ablation.interventions import BoundAblation
 from vitmech.analysis.ablation.metrics import OutputKind
 from vitmech.model.block import TransformerBlock
-from vitmech.model.mlp import ACTIVATIONS
 from vitmech.model.hooked_vit import HookedViT
+from vitmech.model.mlp import ACTIVATIONS
 
 VariantMasks = dict[int, Bool[torch.Tensor, "variant head"]]
 
@@ -94,7 +94,9 @@ def _activation_inplace(act_fn: str):
     return ACTIVATIONS[act_fn]
 
 
-def _fused_qkv(block: TransformerBlock, layer: int, weight_cache: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fused_qkv(
+    block: TransformerBlock, layer: int, weight_cache: dict | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_qkv [3 H d_head, d_model], b_qkv [3 H d_head], W_O [d_model, H d_head]) laid out for F.linear."""
     key = ("fused", layer)
     if weight_cache is not None and key in weight_cache:
@@ -156,6 +158,7 @@ def cls_block(
     pooled = torch.bmm(pattern, x)  # [n, h, d]
     z = einsum(pooled, attn.W_V, "n h d, h d e -> n h e") + attn.b_V
     if rows is not None:
+
         def value_mean() -> torch.Tensor:
             return einsum(x.mean(1), attn.W_V, "n d, h d e -> n h e") + attn.b_V
 
@@ -255,7 +258,9 @@ def run_variants(
         diff = bound.replacement(l0, z, positions, lambda: state.value_mean[l0]) - z
         resid = start_layer(model.blocks[l0], state, l0, positions, diff, start_mask, weight_cache)
     else:
-        resid = _mlp_half(model.blocks[l0], repeat(state.resid_mid[l0][:, positions], "b p d -> (k b) p d", k=n_variants))
+        resid = _mlp_half(
+            model.blocks[l0], repeat(state.resid_mid[l0][:, positions], "b p d -> (k b) p d", k=n_variants)
+        )
 
     for layer in range(l0 + 1, n_layers):
         block = model.blocks[layer]

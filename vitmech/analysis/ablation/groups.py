@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,17 @@ from jaxtyping import Float
 
 from vitmech.analysis.ablation.errors import AblationError
 from vitmech.analysis.ablation.estimates import estimate_head_effects
-from vitmech.analysis.ablation.heads import Cell, Head, HeadsLike, all_heads, check_layer, head_label, heads_per_layer, make_cells, parse_heads
+from vitmech.analysis.ablation.heads import (
+    Cell,
+    Head,
+    HeadsLike,
+    all_heads,
+    check_layer,
+    head_label,
+    heads_per_layer,
+    make_cells,
+    parse_heads,
+)
 from vitmech.analysis.ablation.interventions import AblationLike
 from vitmech.analysis.ablation.metrics import MetricLike
 from vitmech.analysis.ablation.results import AblationTable, percent_change
@@ -83,7 +93,12 @@ class PairInteractions:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clean": self.clean, "metric": self.metric, "ablation": self.ablation, "rows": self.frame.to_dict(orient="records")}
+        return {
+            "clean": self.clean,
+            "metric": self.metric,
+            "ablation": self.ablation,
+            "rows": self.frame.to_dict(orient="records"),
+        }
 
 
 def pair_interactions(
@@ -110,8 +125,17 @@ def pair_interactions(
     for cell in pairs:
         a, b = cell.heads
         ea, eb, eab = effect[head_label(a)], effect[head_label(b)], effect[cell.name]
-        rows.append({"layer": a[0], "head_a": a[1], "head_b": b[1], "effect_a": ea, "effect_b": eb,
-                     "pair_effect": eab, "interaction": eab - (ea + eb)})
+        rows.append(
+            {
+                "layer": a[0],
+                "head_a": a[1],
+                "head_b": b[1],
+                "effect_a": ea,
+                "effect_b": eb,
+                "pair_effect": eab,
+                "interaction": eab - (ea + eb),
+            }
+        )
     return PairInteractions(pd.DataFrame(rows), table.clean, max(heads_per_layer(model)), table.metric, table.ablation)
 
 
@@ -167,7 +191,7 @@ def pruning_curve(
     metric: MetricLike,
     ablation: AblationLike = "zero",
     *,
-    order: Union[Literal["exact", "estimate"], Sequence[Head]] = "exact",
+    order: Literal["exact", "estimate"] | Sequence[Head] = "exact",
     steps: Sequence[int] | None = None,
     targets: torch.Tensor | None = None,
     **sweep_kwargs: Any,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
 
 Head = tuple[int, int]
-HeadsLike = Union[Head, Sequence[Head], Mapping[int, Union[Sequence[int], str]], None]
+HeadsLike = Union[Head, Sequence[Head], Mapping[int, Sequence[int] | str], None]
 
 
 def heads_per_layer(model: HookedViT) -> list[int]:

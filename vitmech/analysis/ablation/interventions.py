@@ -29,9 +29,9 @@ import torch
 from einops import repeat
 from jaxtyping import Float
 
-from vitmech.fingerprint import tensor_fingerprint
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError
 from vitmech.analysis.ablation.heads import Head, HeadsLike, parse_heads
+from vitmech.fingerprint import tensor_fingerprint
 
 if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
@@ -145,7 +145,9 @@ class MeanAblation(HeadAblation):
         expected = [(model.cfg.n_tokens, block.attn.n_heads, block.attn.d_head) for block in model.blocks]
         got = [tuple(m.shape) for m in self.mean_z]
         if got != expected:
-            raise AblationError(f"mean_z shapes {got} do not fit this model (expected [pos, head, d_head] per layer: {expected})")
+            raise AblationError(
+                f"mean_z shapes {got} do not fit this model (expected [pos, head, d_head] per layer: {expected})"
+            )
         return _BoundMean([m.to(model.device) for m in self.mean_z])
 
     def key(self) -> str:
@@ -165,7 +167,9 @@ class _BoundResample(BoundAblation):
         source = self.source_z[layer][:, positions]
         copies, rem = divmod(z.shape[0], source.shape[0])
         if rem:
-            raise AblationError(f"resample ablation was bound to a batch of {source.shape[0]} but sees {z.shape[0]} rows")
+            raise AblationError(
+                f"resample ablation was bound to a batch of {source.shape[0]} but sees {z.shape[0]} rows"
+            )
         return repeat(source, "b p h e -> (k b) p h e", k=copies)
 
 
@@ -190,7 +194,9 @@ class ResampleAblation(HeadAblation):
         if self.source is not None:
             return torch.randint(self.source.shape[0], (batch_size,), generator=g)
         if batch_size < 2:
-            raise EmptyReferenceError("resampling within the batch needs at least 2 images; pass source=reference images")
+            raise EmptyReferenceError(
+                "resampling within the batch needs at least 2 images; pass source=reference images"
+            )
         order = torch.randperm(batch_size, generator=g)
         index = torch.empty(batch_size, dtype=torch.long)
         index[order] = order.roll(-1)  # a cycle through a random order: no example keeps its own z
@@ -287,7 +293,9 @@ def head_ablation_hooks(
     return hooks_for_bound(model, parsed, ablation, ablation.bind(model, images, batch_index))
 
 
-def hooks_for_bound(model: HookedViT, heads: Sequence[Head], ablation: HeadAblation, bound: BoundAblation) -> list[Hook]:
+def hooks_for_bound(
+    model: HookedViT, heads: Sequence[Head], ablation: HeadAblation, bound: BoundAblation
+) -> list[Hook]:
     """The hooks of `head_ablation_hooks` for validated heads and an already bound ablation."""
     hooks: list[Hook] = []
     for layer, hs in _by_layer(heads).items():
@@ -324,8 +332,8 @@ def ablated(
 ) -> Iterator[HookedViT]:
     """Context manager: inside it, every forward of `model` runs with `heads` ablated.
 
-        with ablated(model, [(3, 5)]):
-            logits = model(images)
+    with ablated(model, [(3, 5)]):
+        logits = model(images)
     """
     with model.hooks(fwd_hooks=head_ablation_hooks(model, heads, ablation, images)):
         yield model

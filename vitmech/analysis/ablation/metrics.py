@@ -95,12 +95,16 @@ class Metric:
 def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, "batch"]:
     """values as a float tensor [batch], or MetricError saying what was wrong."""
     if not isinstance(values, torch.Tensor):
-        raise MetricError(f"metric {name!r} must return a tensor with one value per example [{batch}], got {type(values).__name__}")
+        raise MetricError(
+            f"metric {name!r} must return a tensor with one value per example [{batch}], got {type(values).__name__}"
+        )
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
     if values.shape != (batch,):
         hint = " (did it average over the batch? return per-example values)" if values.ndim == 0 else ""
-        raise MetricError(f"metric {name!r} must return one value per example, shape [{batch}]; got {list(values.shape)}{hint}")
+        raise MetricError(
+            f"metric {name!r} must return one value per example, shape [{batch}]; got {list(values.shape)}{hint}"
+        )
     if not values.is_floating_point():
         values = values.float()
     if not bool(torch.isfinite(values).all()):
@@ -122,6 +126,7 @@ def _check_class(index: int, output: torch.Tensor, name: str) -> None:
 def class_logit(target: int | None = None) -> Metric:
     """The logit of a fixed class, or (target=None) of each example's target class."""
     if target is None:
+
         def fn(out, clean, targets):
             idx = _targets_as_index(targets, "class_logit")
             return out.gather(1, idx[:, None].to(out.device))[:, 0]
@@ -140,6 +145,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
     if (a is None) != (b is None):
         raise MetricError("logit_diff takes two classes (a, b) or none (margin of the target class)")
     if a is None:
+
         def margin(out, clean, targets):
             idx = _targets_as_index(targets, "logit_diff").to(out.device)
             target_logit = out.gather(1, idx[:, None])[:, 0]
@@ -158,6 +164,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
 
 def cross_entropy() -> Metric:
     """Cross-entropy of the target class, in nats."""
+
     def fn(out, clean, targets):
         return F.cross_entropy(out, _targets_as_index(targets, "cross_entropy").to(out.device), reduction="none")
 
@@ -166,6 +173,7 @@ def cross_entropy() -> Metric:
 
 def accuracy() -> Metric:
     """1 where the arg-max class equals the target, else 0."""
+
     def fn(out, clean, targets):
         return (out.argmax(-1) == _targets_as_index(targets, "accuracy").to(out.device)).to(out.dtype)
 
@@ -174,6 +182,7 @@ def accuracy() -> Metric:
 
 def mse() -> Metric:
     """Mean over outputs of (output - target)^2 per example (regression heads); targets [B, C] or [B]."""
+
     def fn(out, clean, targets):
         t = targets.to(device=out.device, dtype=out.dtype)
         if t.ndim == 1:
@@ -187,6 +196,7 @@ def mse() -> Metric:
 
 def kl_to_clean() -> Metric:
     """KL(softmax(clean) || softmax(output)) per example, in nats (0 for the clean run)."""
+
     def fn(out, clean, targets):
         log_p = F.log_softmax(clean.to(out.dtype), -1)
         return (log_p.exp() * (log_p - F.log_softmax(out, -1))).sum(-1)
@@ -196,6 +206,7 @@ def kl_to_clean() -> Metric:
 
 def mse_to_clean() -> Metric:
     """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when clean)."""
+
     def fn(out, clean, targets):
         return (out - clean.to(out.dtype)).pow(2).mean(-1)
 
@@ -228,7 +239,9 @@ def metric_from_function(
             args.append(targets)
         return fn(*args)
 
-    return Metric(name, call, output=output, needs_targets=needs_targets, needs_clean=needs_clean, params=dict(params or {}))
+    return Metric(
+        name, call, output=output, needs_targets=needs_targets, needs_clean=needs_clean, params=dict(params or {})
+    )
 
 
 MetricLike = Union[str, Metric, Callable[..., torch.Tensor]]

@@ -104,7 +104,12 @@ class HeadSweepResult(AblationTable):
 
     def grid(self, value: str = "pct_change") -> np.ndarray:
         """[n_layers, max_heads] array of `value` ('delta', 'pct_change', 'ablated', 'delta_se'); NaN where not swept."""
-        values = {"delta": self.delta, "pct_change": self.pct_change, "ablated": self.ablated, "delta_se": self.delta_se}
+        values = {
+            "delta": self.delta,
+            "pct_change": self.pct_change,
+            "ablated": self.ablated,
+            "delta_se": self.delta_se,
+        }
         if value not in values:
             raise KeyError(f"value must be one of {sorted(values)}, got {value!r}")
         out = np.full((len(self.heads_per_layer), max(self.heads_per_layer, default=0)), np.nan)

@@ -26,7 +26,6 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.analysis.ablation._recompute import run_clean, run_variants
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError, MetricError
 from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
@@ -40,6 +39,7 @@ from vitmech.analysis.ablation.interventions import (
 from vitmech.analysis.ablation.metrics import OUTPUT_KINDS, Metric, MetricLike, OutputKind, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore
+from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.model.hooked_vit import HookedViT
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,11 @@ def check_inputs(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise AblationError(f"batch_size must be a positive int, got {batch_size!r}")
     if ablation is not None and min(images.shape[0], batch_size) < ablation.min_batch:
-        raise EmptyReferenceError(f"{ablation.name} ablation without source images needs at least {ablation.min_batch} "
-                                  f"images per batch; got {images.shape[0]} images in batches of {batch_size} "
-                                  "(or pass source=reference images)")
+        raise EmptyReferenceError(
+            f"{ablation.name} ablation without source images needs at least {ablation.min_batch} "
+            f"images per batch; got {images.shape[0]} images in batches of {batch_size} "
+            "(or pass source=reference images)"
+        )
 
 
 def batch_bounds(n_images: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
@@ -123,7 +125,9 @@ def _exact_outputs(model, state, bound, cells: Sequence[Cell], output_kind, weig
 @torch.no_grad()
 def _naive_outputs(model, images, ablation, bound, cells: Sequence[Cell], output_kind) -> list[torch.Tensor]:
     return [
-        model.run_with_hooks(images, fwd_hooks=hooks_for_bound(model, cell.heads, ablation, bound), return_type=output_kind)
+        model.run_with_hooks(
+            images, fwd_hooks=hooks_for_bound(model, cell.heads, ablation, bound), return_type=output_kind
+        )
         for cell in cells
     ]
 
@@ -140,7 +144,9 @@ def _cell_record(batch: int, cell: Cell, values: torch.Tensor, clean_values: tor
     }
 
 
-def _table(store: MemoryStore, cells: Sequence[Cell], n_batches: int, metric: Metric, ablation: HeadAblation) -> AblationTable:
+def _table(
+    store: MemoryStore, cells: Sequence[Cell], n_batches: int, metric: Metric, ablation: HeadAblation
+) -> AblationTable:
     clean_sum = math.fsum(store.clean[b]["sum"] for b in range(n_batches))
     n = sum(store.clean[b]["n"] for b in range(n_batches))
     ablated, se = [], []
@@ -175,8 +181,18 @@ def _as_cells(model: HookedViT, cells: Sequence[CellLike]) -> list[Cell]:
     return out
 
 
-def _open_store(store, model, images, targets, metric: Metric, ablation: HeadAblation, cells: Sequence[Cell],
-                batch_size: int, max_batch: int, engine: str) -> MemoryStore:
+def _open_store(
+    store,
+    model,
+    images,
+    targets,
+    metric: Metric,
+    ablation: HeadAblation,
+    cells: Sequence[Cell],
+    batch_size: int,
+    max_batch: int,
+    engine: str,
+) -> MemoryStore:
     """A MemoryStore, or the JSONL file under `store` keyed by everything that determines the results."""
     if store is None:
         return MemoryStore()
@@ -197,12 +213,26 @@ def _open_store(store, model, images, targets, metric: Metric, ablation: HeadAbl
     return JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
 
 
-def _sweep_batch(model, batch, batch_targets, b: int, cells: Sequence[Cell], pending: list[list[int]], metric: Metric,
-                 ablation: HeadAblation, engine: str, sink: MemoryStore, bar: Any, weight_cache: dict) -> None:
+def _sweep_batch(
+    model,
+    batch,
+    batch_targets,
+    b: int,
+    cells: Sequence[Cell],
+    pending: list[list[int]],
+    metric: Metric,
+    ablation: HeadAblation,
+    engine: str,
+    sink: MemoryStore,
+    bar: Any,
+    weight_cache: dict,
+) -> None:
     """Evaluate the pending chunks of cells on batch number b, writing each chunk's records as it finishes."""
     bound = ablation.bind(model, batch, b)
     if engine == "exact":
-        state = run_clean(model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values)
+        state = run_clean(
+            model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values
+        )
         clean_output = state.output
     else:
         with torch.no_grad():
@@ -216,8 +246,10 @@ def _sweep_batch(model, batch, batch_targets, b: int, cells: Sequence[Cell], pen
             outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
         else:
             outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
-        records = [_cell_record(b, cell, metric(output, clean=clean_output, targets=batch_targets), clean_values)
-                   for cell, output in zip(chunk_cells, outputs)]
+        records = [
+            _cell_record(b, cell, metric(output, clean=clean_output, targets=batch_targets), clean_values)
+            for cell, output in zip(chunk_cells, outputs)
+        ]
         sink.write(records)
         bar.update(len(chunk))
         layer = chunk_cells[0].start_layer
@@ -258,20 +290,39 @@ def ablation_sweep(
     if not isinstance(max_batch, int) or max_batch < 1:
         raise AblationError(f"max_batch must be a positive int, got {max_batch!r}")
     cells = _as_cells(model, cells)
-    chunks = plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
+    chunks = (
+        plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
+    )
     bounds = batch_bounds(images.shape[0], batch_size, ablation.min_batch)
 
     sink = _open_store(store, model, images, targets, metric, ablation, cells, batch_size, max_batch, engine)
     weight_cache: dict = {}
-    bar = tqdm(total=len(bounds) * len(cells), initial=sink.n_cells_done, disable=not progress,
-               desc=f"{ablation.name} ablation, {metric.name}", unit="cell")
+    bar = tqdm(
+        total=len(bounds) * len(cells),
+        initial=sink.n_cells_done,
+        disable=not progress,
+        desc=f"{ablation.name} ablation, {metric.name}",
+        unit="cell",
+    )
     try:
         for b, (start, stop) in enumerate(bounds):
             pending = [chunk for chunk in chunks if not all(sink.has_cell(b, cells[i].name) for i in chunk)]
             if pending or not sink.has_clean(b):
                 batch_targets = None if targets is None else targets[start:stop]
-                _sweep_batch(model, images[start:stop], batch_targets, b, cells, pending, metric,
-                             ablation, engine, sink, bar, weight_cache)
+                _sweep_batch(
+                    model,
+                    images[start:stop],
+                    batch_targets,
+                    b,
+                    cells,
+                    pending,
+                    metric,
+                    ablation,
+                    engine,
+                    sink,
+                    bar,
+                    weight_cache,
+                )
     finally:
         bar.close()
     return _table(sink, cells, len(bounds), metric, ablation)
@@ -304,8 +355,17 @@ def head_sweep(
         raise AblationError("no heads to sweep")
     cells = [Cell(head_label(h), (h,)) for h in chosen]
     table = ablation_sweep(
-        model, images, cells, metric, ablation, targets=targets, batch_size=batch_size, max_batch=max_batch,
-        store=store, progress=progress, engine=engine,
+        model,
+        images,
+        cells,
+        metric,
+        ablation,
+        targets=targets,
+        batch_size=batch_size,
+        max_batch=max_batch,
+        store=store,
+        progress=progress,
+        engine=engine,
     )
     return HeadSweepResult(**vars(table), heads_per_layer=heads_per_layer(model))
 
@@ -341,9 +401,20 @@ def ablated_output(
     return _exact_outputs(model, state, bound, [cell], output)[0]
 
 
-def naive_head_sweep(model: HookedViT, images: torch.Tensor, metric: MetricLike, ablation: AblationLike = "zero", **kwargs: Any) -> HeadSweepResult:
+def naive_head_sweep(
+    model: HookedViT, images: torch.Tensor, metric: MetricLike, ablation: AblationLike = "zero", **kwargs: Any
+) -> HeadSweepResult:
     """The reference: `head_sweep` with one full hooked forward per head."""
     return head_sweep(model, images, metric, ablation, engine="naive", **kwargs)
 
 
-__all__ = ["BoundAblation", "ablated_output", "ablation_sweep", "batch_bounds", "check_inputs", "head_sweep", "naive_head_sweep", "plan_chunks"]
+__all__ = [
+    "BoundAblation",
+    "ablated_output",
+    "ablation_sweep",
+    "batch_bounds",
+    "check_inputs",
+    "head_sweep",
+    "naive_head_sweep",
+    "plan_chunks",
+]
