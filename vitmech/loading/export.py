@@ -104,7 +104,7 @@ def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
         no_embed_class=cfg.pos_embed_prefix == 0,
         reg_tokens=cfg.n_register_tokens,
         pre_norm=cfg.pre_norm,
-        final_norm=cfg.final_norm == "tokens",
+        final_norm=cfg.final_norm != "none",
         fc_norm=cfg.final_norm == "pooled",
         dynamic_img_size=cfg.pos_grid is not None,
         norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),

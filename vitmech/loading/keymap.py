@@ -9,13 +9,13 @@ so nothing is dropped silently; keys a family deliberately leaves out are `Rule.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
 
-from vitmech.errors import CheckpointMismatchError
+from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
 from vitmech.loading._state import SourceWeights
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,15 @@ def import_weights(state: Mapping[str, torch.Tensor], key_map: KeyMap, source: s
     return out
 
 
-def export_weights(state: Mapping[str, torch.Tensor], key_map: KeyMap) -> dict[str, torch.Tensor]:
+def export_weights(
+    state: Mapping[str, torch.Tensor], key_map: KeyMap, source_keys: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
     """vitmech state dict -> source state dict by the same rules read backwards (unused keys are absent).
 
-    Raises CheckpointMismatchError if a vitmech weight is not covered by the map (it would be lost)."""
+    With `source_keys` (the target model's keys), optional parameters the target lacks are left out, provided
+    they are zero. Raises CheckpointMismatchError if a vitmech weight is not covered by the map (it would be
+    lost), UnsupportedModelError if a non-zero weight has no place in the target."""
+    present = set(source_keys)
     covered = {k for r in key_map for k in r.target}
     uncovered = sorted(set(state) - covered)
     if uncovered:
@@ -115,6 +120,11 @@ def export_weights(state: Mapping[str, torch.Tensor], key_map: KeyMap) -> dict[s
     out: dict[str, torch.Tensor] = {}
     for r in key_map:
         if r.is_unused:
+            continue
+        if r.absent is not None and present and not any(k in present for k in r.source):
+            nonzero = [k for k in r.target if state[k].abs().max() > 0]
+            if nonzero:
+                raise UnsupportedModelError(f"the target model has no parameter {r.source} for the non-zero {nonzero}")
             continue
         parts = r._backward([state[k].detach() for k in r.target])
         for key, tensor in zip(r.source, parts):

@@ -86,4 +86,4 @@ def export(
     family: Family, cfg: ViTConfig, state: dict[str, torch.Tensor], source_keys: Collection[str]
 ) -> dict[str, torch.Tensor]:
     """A vitmech state dict in the family's source layout (the key map read backwards)."""
-    return export_weights(state, family.key_map(cfg, source_keys))
+    return export_weights(state, family.key_map(cfg, source_keys), source_keys)

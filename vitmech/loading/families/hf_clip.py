@@ -81,9 +81,8 @@ def _prefix(keys: Collection[str]) -> str:
 def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     """HF CLIP / SigLIP vision keys <-> HookedViT keys."""
     siglip = not cfg.class_token
-    rules: KeyMap = R.patch_embed(
-        "embeddings.patch_embedding.weight", "embeddings.patch_embedding.bias" if siglip else None, cfg
-    )
+    # CLIP's patch embedding has no bias (zero-filled here, left out again on export)
+    rules: KeyMap = R.patch_embed("embeddings.patch_embedding.weight", "embeddings.patch_embedding.bias", cfg)
     if not siglip:
         rules.append(R.vector("embeddings.class_embedding", "cls_token.W_cls", unit_axes=0))
         rules += R.layer_norm("pre_layrnorm", "ln_pre")
