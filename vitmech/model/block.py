@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, overload
+
 import torch
 from jaxtyping import Float
 from torch import nn
@@ -34,3 +37,22 @@ class TransformerBlock(nn.Module):
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+
+class BlockList(nn.ModuleList):
+    """The model's TransformerBlocks: an nn.ModuleList whose items type-check as TransformerBlock.
+
+    (nn.ModuleList yields plain Modules, whose attributes torch types as `Tensor | Module`.)
+    """
+
+    if TYPE_CHECKING:
+
+        def __iter__(self) -> Iterator[TransformerBlock]: ...
+
+        @overload
+        def __getitem__(self, idx: slice) -> BlockList: ...
+
+        @overload
+        def __getitem__(self, idx: int) -> TransformerBlock: ...
+
+        def __getitem__(self, idx: int | slice) -> TransformerBlock | BlockList: ...
