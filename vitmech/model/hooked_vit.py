@@ -123,7 +123,7 @@ class HookedViT(HookedRootModule):
             object.__setattr__(cfg, name, value)
         self.cfg = cfg
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> HookedViT:  # type: ignore[override]
+    def _apply(self, fn: Callable, recurse: bool = True) -> HookedViT:
         """nn.Module.to / cuda / half: also keep `cfg.device` current."""
         result = super()._apply(fn, recurse)
         if "blocks" in self._modules:
