@@ -18,7 +18,9 @@ TOL = 1e-4
 
 
 @torch.no_grad()
-def block_outputs(layers: nn.ModuleList, run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def block_outputs(
+    layers: nn.ModuleList, reference: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     outputs: list[torch.Tensor] = []
 
     def keep(module, inputs, output):
@@ -26,7 +28,7 @@ def block_outputs(layers: nn.ModuleList, run: Callable[[], torch.Tensor]) -> tup
 
     handles = [layer.register_forward_hook(keep) for layer in layers]
     try:
-        out = run()
+        out = reference(x)
     finally:
         for h in handles:
             h.remove()
@@ -48,7 +50,7 @@ def check_port(
     size = image_size or hooked.cfg.image_size
     for batch in batches:
         x = seeded_images(batch, size, channels=hooked.cfg.n_channels, seed=seed + batch)
-        ref, ref_blocks = block_outputs(layers, lambda: reference(x))
+        ref, ref_blocks = block_outputs(layers, reference, x)
         assert len(ref_blocks) == hooked.cfg.n_layers
         assert ref.abs().max() > 0.1, "test weights should give O(1) outputs"
         for backend in ("auto", "explicit"):
@@ -65,7 +67,9 @@ def check_port(
                 assert err <= TOL, (backend, batch, layer, err)
 
 
-def check_export_round_trip(source: nn.Module, hooked: HookedViT, source_name: str, left_out: tuple[str, ...] = ()) -> None:
+def check_export_round_trip(
+    source: nn.Module, hooked: HookedViT, source_name: str, left_out: tuple[str, ...] = ()
+) -> None:
     """The family's key map read backwards gives the source weights exactly; read forwards again, the same model."""
     family = family_for(source, source_name)
     own = {k: v for k, v in source.state_dict().items() if not k.endswith(left_out) or not left_out}

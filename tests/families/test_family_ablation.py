@@ -35,7 +35,9 @@ MODELS = {
     "deit_distilled": lambda: timm_port("deit_tiny_distilled_patch16_224", img_size=32, num_classes=5),
     "deit3": lambda: timm_port("deit3_small_patch16_224", img_size=32, num_classes=5),
     "siglip_map": lambda: timm_port("vit_base_patch16_siglip_224", img_size=32, num_classes=0),
-    "gap_fc_norm": lambda: timm_port("vit_base_patch16_224", img_size=32, global_pool="avg", fc_norm=True, num_classes=5),
+    "gap_fc_norm": lambda: timm_port(
+        "vit_base_patch16_224", img_size=32, global_pool="avg", fc_norm=True, num_classes=5
+    ),
     "qk_norm": lambda: timm_port("vit_base_patch16_224", img_size=32, qk_norm=True, num_classes=5),
     "hf_dinov2_registers": lambda: hf_port(
         T.Dinov2WithRegistersConfig, T.Dinov2WithRegistersModel, image_size=28, patch_size=14, num_register_tokens=2

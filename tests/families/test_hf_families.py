@@ -12,7 +12,9 @@ from torch import nn
 from tests.families._check import check_export_round_trip, check_port, randomized
 from vitmech import HookedViT
 
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14)
+SMALL = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14
+)
 
 
 def layers_of(model: nn.Module, n: int) -> nn.ModuleList:
@@ -31,7 +33,12 @@ def build(config_cls, model_cls, **overrides):
 CASES = {
     "dinov2": (lambda: build(T.Dinov2Config, T.Dinov2Model), "pooler_output", "features", {}),
     "dinov2_tokens": (lambda: build(T.Dinov2Config, T.Dinov2Model), "last_hidden_state", "tokens", {}),
-    "dinov2_swiglu": (lambda: build(T.Dinov2Config, T.Dinov2Model, use_swiglu_ffn=True), "pooler_output", "features", {}),
+    "dinov2_swiglu": (
+        lambda: build(T.Dinov2Config, T.Dinov2Model, use_swiglu_ffn=True),
+        "pooler_output",
+        "features",
+        {},
+    ),
     "dinov2_registers": (
         lambda: build(T.Dinov2WithRegistersConfig, T.Dinov2WithRegistersModel, num_register_tokens=4),
         "last_hidden_state",

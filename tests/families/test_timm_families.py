@@ -41,7 +41,10 @@ CASES = {
     "qk_norm": ("vit_base_patch16_224", dict(img_size=32, qk_norm=True, num_classes=3)),
     "layer_scale": ("vit_base_patch16_224", dict(img_size=32, init_values=0.1, num_classes=3)),
     "registers_with_positions": ("vit_base_patch16_224", dict(img_size=32, reg_tokens=2, num_classes=3)),
-    "no_class_token_avg": ("vit_base_patch16_224", dict(img_size=32, class_token=False, global_pool="avg", num_classes=3)),
+    "no_class_token_avg": (
+        "vit_base_patch16_224",
+        dict(img_size=32, class_token=False, global_pool="avg", num_classes=3),
+    ),
 }
 
 
@@ -72,7 +75,9 @@ def test_dinov2_at_518_and_224_px_resamples_positions_as_timm():
     check_export_round_trip(source, at_224, "timm")
 
 
-@pytest.mark.parametrize("case", ["dinov2_reg4", "deit_distilled", "siglip_map_head", "dinov2_swiglu", "global_pool_fc_norm"])
+@pytest.mark.parametrize(
+    "case", ["dinov2_reg4", "deit_distilled", "siglip_map_head", "dinov2_swiglu", "global_pool_fc_norm"]
+)
 def test_timm_export_builds_an_equal_timm_model(case):
     name, kwargs = CASES[case]
     source = timm_model(name, **kwargs)

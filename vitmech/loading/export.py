@@ -18,6 +18,7 @@ from vitmech.config import ViTConfig
 from vitmech.errors import UnsupportedModelError
 from vitmech.loading._state import load_strict
 from vitmech.loading.families import Family, by_name, export, hf_vit, timm_vit
+from vitmech.loading.families.base import ViTModelLike
 from vitmech.loading.families.hf_vit import LAYER_PREFIX, VITMECH_TO_HF_ACT, detect_layout
 
 
@@ -43,12 +44,12 @@ def _fit_to_target(state: dict[str, torch.Tensor], target: nn.Module, what: str)
     return {k: v for k, v in state.items() if k not in absent}
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+def _state(model: ViTModelLike) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def export_state_dict(
-    model: nn.Module, family: Family | str, source_keys: Collection[str] = ()
+    model: ViTModelLike, family: Family | str, source_keys: Collection[str] = ()
 ) -> dict[str, torch.Tensor]:
     """The model's weights in a family's source layout. source_keys (e.g. the target model's state-dict keys)
     pick a layout variant where the family has several (transformers 4 / 5 names, a classifier prefix)."""
@@ -57,7 +58,7 @@ def export_state_dict(
 
 
 # ---------------------------------------------------------------------------------------------- timm
-def timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def timm_state_dict(model: ViTModelLike) -> dict[str, torch.Tensor]:
     """State dict of the equivalent timm VisionTransformer (loads strictly into `to_timm`'s model)."""
     _check_standard_widths(model.cfg, "timm")
     return export_state_dict(model, timm_vit.FAMILY)
@@ -113,7 +114,7 @@ def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
     )
 
 
-def to_timm(model: nn.Module) -> nn.Module:
+def to_timm(model: ViTModelLike) -> nn.Module:
     """A timm VisionTransformer (VisionTransformerDistilled for DeiT) with this model's weights, built from its
     config (no model name needed)."""
     from timm.models.deit import VisionTransformerDistilled
@@ -151,7 +152,7 @@ def _feature_fields() -> list[Any]:
 _FEATURE_FIELDS = _feature_fields()
 
 
-def hf_config(model: nn.Module) -> Any:
+def hf_config(model: ViTModelLike) -> Any:
     """The transformers ViTConfig describing this model."""
     from transformers import ViTConfig as HFViTConfig
 
@@ -169,7 +170,7 @@ def hf_config(model: nn.Module) -> Any:
         patch_size=cfg.patch_size,
         num_channels=cfg.n_channels,
         qkv_bias=cfg.qkv_bias,
-        num_labels=max(cfg.n_classes, 1),
+        num_labels=max(cfg.n_classes, 1),  # type: ignore[call-arg]  # a PretrainedConfig kwarg, not in ViTConfig's signature
         id2label=dict(enumerate(names)) if cfg.has_classifier else None,
         architectures=["ViTForImageClassification" if cfg.has_classifier else "ViTModel"],
     )
@@ -181,7 +182,7 @@ def _layout_keys(layout: str, classifier: bool) -> list[str]:
     return [prefix + "embeddings.cls_token", prefix + LAYER_PREFIX[layout].format(0)]
 
 
-def hf_state_dict(model: nn.Module, layout: str | None = None) -> dict[str, torch.Tensor]:
+def hf_state_dict(model: ViTModelLike, layout: str | None = None) -> dict[str, torch.Tensor]:
     """State dict for HF ViTForImageClassification (or ViTModel without pooler when there is no head).
 
     layout: "v4" (transformers 4.x key names) or "v5"; default: that of the installed transformers.
@@ -205,7 +206,7 @@ def _installed_layout() -> str:
     return detect_layout(tiny.state_dict().keys())
 
 
-def to_hf(model: nn.Module) -> nn.Module:
+def to_hf(model: ViTModelLike) -> nn.Module:
     """A transformers ViTForImageClassification (ViTModel without pooler if headless) with these weights."""
     from transformers import ViTForImageClassification, ViTModel
 
@@ -216,4 +217,5 @@ def to_hf(model: nn.Module) -> nn.Module:
     )
     state = export_state_dict(model, hf_vit.FAMILY, list(hf_model.state_dict()))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
-    return hf_model.to(device=model.device, dtype=model.dtype).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the bound self
+    return hf_model.to(device=model.device, dtype=model.dtype).eval()  # type: ignore[call-arg]

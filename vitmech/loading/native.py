@@ -12,11 +12,10 @@ from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError
-from vitmech.loading.families.base import Converted
+from vitmech.loading.families.base import Converted, ViTModelLike
 from vitmech.preprocessing import Preprocessing
 
 FORMAT = "vitmech"
@@ -24,7 +23,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def describe(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(model: ViTModelLike, card: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": 1,
@@ -35,7 +34,7 @@ def describe(model: nn.Module, card: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-def save_native(model: nn.Module, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+def save_native(model: ViTModelLike, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
     """Write the model to `directory` (created); returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def _timm_model(model_or_name: Any, timm_kwargs: dict[str, Any]) -> nn.Module:
     return model_or_name
 
 
-def model_name(model: nn.Module) -> str:
+def model_name(model: Any) -> str:
     return getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
 
 
@@ -40,7 +40,7 @@ def convert_timm(model_or_name: Any, *, image_size: int | None = None, **timm_kw
     return convert(family, model, f"timm model {model_name(model)!r}", image_size=image_size)
 
 
-def unsupported_timm_features(model: nn.Module) -> list[str]:
+def unsupported_timm_features(model: Any) -> list[str]:
     """Names of the features of this timm model that HookedViT cannot represent (empty when supported)."""
     try:
         family = family_for(model, "timm")
@@ -49,7 +49,7 @@ def unsupported_timm_features(model: nn.Module) -> list[str]:
     return family.unsupported(model)
 
 
-def preprocessing_from_timm(model: nn.Module) -> Preprocessing:
+def preprocessing_from_timm(model: Any) -> Preprocessing:
     """The eval transform timm itself would build for this model (`resolve_data_config`)."""
     family = family_for(model, "timm")
     return family.preprocessing(model, family.config(model))

@@ -12,7 +12,7 @@ nothing needs the scores or the pattern, and the explicit softmax, used when hoo
 hook_pattern is hooked (caching, pattern edits, gradients w.r.t. the pattern) or when
 `force_explicit` is set.
 
-The maths lives in hook-free steps (`qkv`, `transform_qk`, `attend`, `write`) that `forward` chains
+The maths lives in hook-free steps (`qkv`, `transform_qk`, `context`, `write`) that `forward` chains
 with hook points between them; the exact ablation engine calls the same steps, so both run one definition.
 """
 
@@ -81,7 +81,7 @@ class Attention(nn.Module):
         return self.W_O if self.ls is None else self.W_O * self.ls.gamma
 
     # ------------------------------------------------------------------ hook-free steps
-    def qkv(self, x: Float[torch.Tensor, "batch pos d_model"]) -> tuple[Heads, Heads, Heads]:
+    def qkv(self, x: Float[torch.Tensor, "batch pos d_model"]) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values from one fused matmul; returned as views [B, P, H, d_head]."""
         w = rearrange(torch.cat([self.W_Q, self.W_K, self.W_V]), "h d e -> d (h e)")
         b = torch.cat([self.b_Q, self.b_K, self.b_V]).flatten()
@@ -98,7 +98,7 @@ class Attention(nn.Module):
     def scores(self, q: Heads, k: Heads) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
         return einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor
 
-    def attend(self, q: Heads, k: Heads, v: Heads) -> Heads:
+    def context(self, q: Heads, k: Heads, v: Heads) -> Heads:
         """z = softmax(q k^T / sqrt(d_head)) v through the fused kernel, [B, P_q, H, d_head]."""
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return z.transpose(1, 2)
@@ -131,7 +131,7 @@ class Attention(nn.Module):
         q, k = self.transform_qk(q, k)
         if queries is not None:
             q = q[:, queries]
-        z = self.attend(q, k, v)
+        z = self.context(q, k, v)
         if edit_z is not None:
             z = edit_z(z, v)
         return self.write(z)
@@ -144,7 +144,23 @@ class Attention(nn.Module):
         if self.n_heads == 0:  # every head pruned: only b_O is left; hook_z still fires (empty) for caches
             self.hook_z(x.new_zeros(*x.shape[:2], 0, self.d_head))
             return torch.zeros_like(x) + self.output_bias()
-        q, k, v = self.qkv(x)
+        return self.attend(*self.qkv(x))
+
+    def forward_per_head(
+        self,
+        q_input: Float[torch.Tensor, "batch pos head d_model"],
+        k_input: Float[torch.Tensor, "batch pos head d_model"],
+        v_input: Float[torch.Tensor, "batch pos head d_model"],
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The same attention from one (normalised) input copy per head and per query/key/value
+        (TransformerLens' `use_split_qkv_input` / `use_attn_in`): q[h] = q_input[:, :, h] @ W_Q[h] + b_Q[h]."""
+        q = einsum(q_input, self.W_Q, "b p h d, h d e -> b p h e") + self.b_Q
+        k = einsum(k_input, self.W_K, "b p h d, h d e -> b p h e") + self.b_K
+        v = einsum(v_input, self.W_V, "b p h d, h d e -> b p h e") + self.b_V
+        return self.attend(q, k, v)
+
+    def attend(self, q: Heads, k: Heads, v: Heads) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Everything after the projections: qk-norm, hook_q/k/v, the pattern, hook_z and the output map."""
         q, k = self.transform_qk(q, k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():
@@ -152,7 +168,7 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
             z = einsum(pattern, v, "b h q k, b k h e -> b q h e")
         else:
-            z = self.attend(q, k, v)
+            z = self.context(q, k, v)
         z = self.hook_z(z)
         if is_hooked(self.hook_result):
             return self.hook_result(self.head_results(z)).sum(dim=2) + self.output_bias()

@@ -79,6 +79,10 @@ class MLP(nn.Module):
         out = F.linear(post, self.W_out.T, self.b_out)
         return out if self.ls is None else self.ls(out)
 
+    def output_bias(self) -> Float[torch.Tensor, " d_model"]:
+        """b_out as written to the residual stream (times the LayerScale gain)."""
+        return self.b_out if self.ls is None else self.ls(self.b_out)
+
     def pure(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         return self.write(self.activate(self.pre_activations(x)))
 

@@ -6,16 +6,16 @@ one module here plus its line in `FAMILIES`.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from vitmech.errors import UnsupportedModelError
-from vitmech.loading.families import hf_clip, hf_vit, timm_vit
+from vitmech.loading.families import hf_clip, hf_vit, open_clip_vit, timm_vit
 from vitmech.loading.families.base import Converted, Family, check_supported, convert, export
 
-FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY, hf_vit.FAMILY, hf_clip.FAMILY)
+FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY, hf_vit.FAMILY, hf_clip.FAMILY, open_clip_vit.FAMILY)
 
 
-def family_for(model: nn.Module, source: str) -> Family:
+def family_for(model: Any, source: str) -> Family:
     """The family that ports `model` from `source` ("timm", "hf", "open_clip"); names what is supported else."""
     candidates = [f for f in FAMILIES if f.source == source]
     for family in candidates:

@@ -10,15 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.errors import UnsupportedModelError
 from vitmech.loading.keymap import KeyMap, export_weights, import_weights
 from vitmech.preprocessing import Preprocessing
+
+
+class ViTModelLike(Protocol):
+    """What export and saving read from a model (a HookedViT), without importing it."""
+
+    cfg: ViTConfig
+    class_names: list[str] | None
+    preprocessing: Preprocessing
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -42,22 +57,22 @@ class Family:
 
     name: str
     source: str
-    matches: Callable[[nn.Module], bool]
-    unsupported: Callable[[nn.Module], list[str]]
-    config: Callable[[nn.Module], ViTConfig]
+    matches: Callable[[Any], bool]
+    unsupported: Callable[[Any], list[str]]
+    config: Callable[[Any], ViTConfig]
     key_map: Callable[[ViTConfig, Collection[str]], KeyMap]
-    preprocessing: Callable[[nn.Module, ViTConfig], Preprocessing]
-    class_names: Callable[[nn.Module, ViTConfig], list[str] | None] = lambda model, cfg: None
+    preprocessing: Callable[[Any, ViTConfig], Preprocessing]
+    class_names: Callable[[Any, ViTConfig], list[str] | None] = lambda model, cfg: None
 
 
-def check_supported(family: Family, model: nn.Module, what: str) -> None:
+def check_supported(family: Family, model: Any, what: str) -> None:
     features = family.unsupported(model)
     if features:
         raise UnsupportedModelError(f"cannot port {what} ({family.name}): unsupported " + "; ".join(features))
 
 
 def convert(
-    family: Family, model: nn.Module, what: str, image_size: int | None = None, exclude: tuple[str, ...] = ()
+    family: Family, model: Any, what: str, image_size: int | None = None, exclude: tuple[str, ...] = ()
 ) -> Converted:
     """Check, read the config, convert every weight by the family's key map (strict).
 

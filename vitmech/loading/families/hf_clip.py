@@ -9,6 +9,7 @@ token only (final_norm="pooled"), and optionally `visual_projection` (bias-free)
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from torch import nn
 
@@ -24,21 +25,21 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLASSES = ("CLIPVisionModel", "CLIPVisionModelWithProjection", "SiglipVisionModel")
 
 
-def _vision_config(model: nn.Module) -> object:
+def _vision_config(model: Any) -> Any:
     cfg = model.config
     return getattr(cfg, "vision_config", cfg)
 
 
-def _is_siglip(model: nn.Module) -> bool:
+def _is_siglip(model: Any) -> bool:
     return "siglip" in getattr(_vision_config(model), "model_type", "")
 
 
-def matches(model: nn.Module) -> bool:
+def matches(model: Any) -> bool:
     kind = getattr(_vision_config(model), "model_type", None) if hasattr(model, "config") else None
     return kind in ("clip_vision_model", "siglip_vision_model")
 
 
-def unsupported(model: nn.Module) -> list[str]:
+def unsupported(model: Any) -> list[str]:
     cfg = _vision_config(model)
     found = []
     if type(model).__name__ not in CLASSES:
@@ -48,7 +49,7 @@ def unsupported(model: nn.Module) -> list[str]:
     return found
 
 
-def config(model: nn.Module) -> ViTConfig:
+def config(model: Any) -> ViTConfig:
     cfg = _vision_config(model)
     siglip = _is_siglip(model)
     proj = getattr(model, "visual_projection", None)
@@ -113,7 +114,7 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     return rules
 
 
-def preprocessing(model: nn.Module, cfg: ViTConfig) -> Preprocessing:
+def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     if _is_siglip(model):
         return Preprocessing(
             image_size=cfg.image_size, mean=HALF, std=HALF, interpolation="bicubic", resize_mode="squash",

@@ -10,6 +10,7 @@ they get no position embedding), LayerScale and SwiGLU (DINOv2), and the names o
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from torch import nn
 
@@ -111,11 +112,11 @@ def _encoder_prefix(keys: Collection[str]) -> str:
     return ""
 
 
-def matches(model: nn.Module) -> bool:
+def matches(model: Any) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES
 
 
-def unsupported(model: nn.Module) -> list[str]:
+def unsupported(model: Any) -> list[str]:
     cfg = model.config
     found = []
     name = type(model).__name__
@@ -133,7 +134,7 @@ def unsupported(model: nn.Module) -> list[str]:
     return found
 
 
-def config(model: nn.Module) -> ViTConfig:
+def config(model: Any) -> ViTConfig:
     cfg = model.config
     kind = cfg.model_type
     d_model = cfg.hidden_size
@@ -214,7 +215,7 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     return rules
 
 
-def preprocessing(model: nn.Module, cfg: ViTConfig) -> Preprocessing:
+def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """The image processor defaults of the family (a hub id or directory reads its own processor instead)."""
     kind = model.config.model_type
     if kind in ("dinov2", "dinov2_with_registers", "deit"):
@@ -239,7 +240,7 @@ def preprocessing(model: nn.Module, cfg: ViTConfig) -> Preprocessing:
     )
 
 
-def class_names(model: nn.Module, cfg: ViTConfig) -> list[str] | None:
+def class_names(model: Any, cfg: ViTConfig) -> list[str] | None:
     id2label = getattr(model.config, "id2label", None) or {}
     if not cfg.has_classifier or not id2label:
         return None

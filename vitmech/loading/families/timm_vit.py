@@ -45,7 +45,7 @@ def _act_name(act: nn.Module) -> str | None:
     return None
 
 
-def _mlp_kind(mlp: nn.Module) -> str | None:
+def _mlp_kind(mlp: Any) -> str | None:
     """'mlp', 'swiglu_packed' (GluMlp, gate first), 'swiglu' (split fc1_g / fc1_x), or None."""
     from timm.layers import GluMlp, Mlp, SwiGLU
 
@@ -58,11 +58,11 @@ def _mlp_kind(mlp: nn.Module) -> str | None:
     return None
 
 
-def _mlp_in_features(mlp: nn.Module) -> int:
+def _mlp_in_features(mlp: Any) -> int:
     return mlp.fc2.in_features
 
 
-def _mlp_problems(mlp: nn.Module, where: str) -> list[str]:
+def _mlp_problems(mlp: Any, where: str) -> list[str]:
     kind = _mlp_kind(mlp)
     if kind is None:
         return [f"{where}: MLP {type(mlp).__name__}"]
@@ -77,7 +77,7 @@ def _mlp_problems(mlp: nn.Module, where: str) -> list[str]:
     return found
 
 
-def matches(model: nn.Module) -> bool:
+def matches(model: Any) -> bool:
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
@@ -85,7 +85,7 @@ def matches(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
-def unsupported(model: nn.Module) -> list[str]:
+def unsupported(model: Any) -> list[str]:
     """Names of the features of this timm model that HookedViT cannot represent (empty when supported)."""
     from timm.layers import Attention as TimmAttention
     from timm.layers import LayerScale as TimmLayerScale
@@ -165,7 +165,7 @@ def unsupported(model: nn.Module) -> list[str]:
     return found
 
 
-def _attn_pool_problems(model: nn.Module, pool: nn.Module) -> list[str]:
+def _attn_pool_problems(model: Any, pool: Any) -> list[str]:
     from timm.layers import AttentionPoolLatent
 
     if type(pool) is not AttentionPoolLatent:
@@ -184,13 +184,13 @@ def _attn_pool_problems(model: nn.Module, pool: nn.Module) -> list[str]:
     return found
 
 
-def _pool(model: nn.Module) -> str:
+def _pool(model: Any) -> str:
     if getattr(model, "attn_pool", None) is not None:
         return "map"
     return {"token": "cls", "avg": "avg", "map": "map", "": "none"}[model.global_pool]
 
 
-def config(model: nn.Module) -> ViTConfig:
+def config(model: Any) -> ViTConfig:
     """Architecture of a supported timm VisionTransformer."""
     block = model.blocks[0]
     mlp_kind = _mlp_kind(block.mlp)
@@ -286,7 +286,7 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     return rules
 
 
-def preprocessing(model: nn.Module, cfg: ViTConfig) -> Preprocessing:
+def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """The eval transform timm itself would build for this model (`resolve_data_config`), at cfg.image_size."""
     from timm.data import resolve_data_config
 
@@ -310,7 +310,7 @@ def preprocessing(model: nn.Module, cfg: ViTConfig) -> Preprocessing:
     )
 
 
-def class_names(model: nn.Module, cfg: ViTConfig) -> list[str] | None:
+def class_names(model: Any, cfg: ViTConfig) -> list[str] | None:
     """ImageNet class descriptions when the pretrained config names an ImageNet label set."""
     if not cfg.has_classifier:
         return None
