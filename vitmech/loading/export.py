@@ -49,12 +49,13 @@ def _state(model: ViTModelLike) -> dict[str, torch.Tensor]:
 
 
 def export_state_dict(
-    model: ViTModelLike, family: Family | str, source_keys: Collection[str] = ()
+    model: ViTModelLike, family: Family | str, source_keys: Collection[str] = (), complete: bool = True
 ) -> dict[str, torch.Tensor]:
     """The model's weights in a family's source layout. source_keys (e.g. the target model's state-dict keys)
-    pick a layout variant where the family has several (transformers 4 / 5 names, a classifier prefix)."""
+    pick a layout variant where the family has several (transformers 4 / 5 names, a classifier prefix); when
+    `complete` (they are all of the target's keys), zero optional parameters the target lacks are left out."""
     fam = by_name(family) if isinstance(family, str) else family
-    return export(fam, model.cfg, _state(model), source_keys)
+    return export(fam, model.cfg, _state(model), source_keys, complete)
 
 
 # ---------------------------------------------------------------------------------------------- timm
@@ -190,7 +191,7 @@ def hf_state_dict(model: ViTModelLike, layout: str | None = None) -> dict[str, t
     cfg = model.cfg
     _check_plain_vit(cfg)
     keys = _layout_keys(layout or _installed_layout(), cfg.has_classifier)
-    return export_state_dict(model, hf_vit.FAMILY, keys)
+    return export_state_dict(model, hf_vit.FAMILY, keys, complete=False)
 
 
 def _installed_layout() -> str:

@@ -98,7 +98,8 @@ def convert(
 
 
 def export(
-    family: Family, cfg: ViTConfig, state: dict[str, torch.Tensor], source_keys: Collection[str]
+    family: Family, cfg: ViTConfig, state: dict[str, torch.Tensor], source_keys: Collection[str], complete: bool = True
 ) -> dict[str, torch.Tensor]:
-    """A vitmech state dict in the family's source layout (the key map read backwards)."""
-    return export_weights(state, family.key_map(cfg, source_keys), source_keys)
+    """A vitmech state dict in the family's source layout (the key map read backwards). source_keys pick the
+    layout variant; when `complete` (they are the target model's keys), optional parameters it lacks are left out."""
+    return export_weights(state, family.key_map(cfg, source_keys), source_keys if complete else ())
