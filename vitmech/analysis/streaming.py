@@ -266,22 +266,22 @@ class Moments:
     (Chan et al. 1979) so that batches and ranks can be folded in any grouping."""
 
     n: int = 0
-    mean: Tensor | None = None
-    m2: Tensor | None = None
+    mean: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    m2: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
 
     def update(self, values: Float[Tensor, "n ..."]) -> None:
         values = values.detach().double().cpu()
-        other = Moments(values.shape[0], values.mean(0), ((values - values.mean(0)) ** 2).sum(0))
-        self.merge(other)
+        mean = values.mean(0)
+        self.merge(Moments(values.shape[0], mean, ((values - mean) ** 2).sum(0)))
 
     def merge(self, other: Moments) -> Moments:
         if other.n == 0:
             return self
         if self.n == 0:
-            self.n, self.mean, self.m2 = other.n, other.mean.clone(), other.m2.clone()  # type: ignore[union-attr]
+            self.n, self.mean, self.m2 = other.n, other.mean.clone(), other.m2.clone()
             return self
         n = self.n + other.n
-        delta = other.mean - self.mean  # type: ignore[operator]
+        delta = other.mean - self.mean
         self.mean = self.mean + delta * (other.n / n)
         self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
         self.n = n
@@ -290,8 +290,8 @@ class Moments:
     def std(self) -> Tensor:
         """Standard deviation (ddof 1); NaN with fewer than 2 values."""
         if self.n < 2:
-            return torch.full_like(self.mean, float("nan"))  # type: ignore[arg-type]
-        return (self.m2 / (self.n - 1)).clamp_min(0).sqrt()  # type: ignore[operator]
+            return torch.full_like(self.mean, float("nan"))
+        return (self.m2 / (self.n - 1)).clamp_min(0).sqrt()
 
 
 def _merge_moments(parts: Sequence[dict[str, Moments]]) -> dict[str, Moments]:
@@ -319,7 +319,7 @@ def _moment_frame(stats: dict[str, Moments], keys: dict[str, list[int]], n_image
 
     frame = pd.DataFrame(keys)
     for name, m in stats.items():
-        frame[f"{name}_mean"] = m.mean.flatten().tolist()  # type: ignore[union-attr]
+        frame[f"{name}_mean"] = m.mean.flatten().tolist()
         frame[f"{name}_std"] = m.std().flatten().tolist()
     frame["n_images"] = n_images
     return frame
@@ -352,7 +352,7 @@ class StreamedAttentionMetrics:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head), the columns of `AttentionMetrics.to_frame()`."""
-        n_heads = self.heads["cls_entropy"].mean.shape[1]  # type: ignore[union-attr]
+        n_heads = self.heads["cls_entropy"].mean.shape[1]
         keys = {
             "layer": [layer for layer in self.layers for _ in range(n_heads)],
             "head": list(range(n_heads)) * len(self.layers),
@@ -369,9 +369,9 @@ class StreamedAttentionMetrics:
             "layers": list(self.layers),
             "n_images": self.n_images,
             "precision": self.precision,
-            "per_head_mean": {k: v.mean.tolist() for k, v in self.heads.items()},  # type: ignore[union-attr]
+            "per_head_mean": {k: v.mean.tolist() for k, v in self.heads.items()},
             "per_head_std": {k: v.std().tolist() for k, v in self.heads.items()},
-            "per_layer_mean": {k: v.mean.tolist() for k, v in self.layers_stats.items()},  # type: ignore[union-attr]
+            "per_layer_mean": {k: v.mean.tolist() for k, v in self.layers_stats.items()},
         }
 
 
@@ -695,7 +695,8 @@ class ShardedStore(MemoryStore):
         self.key = key
         self.settings = settings
         self.ranks = ranks
-        self.path = self.directory / f"sweep-{key}.jsonl"
+        self.merged = self.directory / f"sweep-{key}.jsonl"
+        self.path = self.merged
         self.directory.mkdir(parents=True, exist_ok=True)
         self._own = JsonlStore(self._shard(ranks.rank), key, settings)
         self.reload()
@@ -705,7 +706,7 @@ class ShardedStore(MemoryStore):
 
     def _files(self) -> list[Path]:
         shards = sorted(self.directory.glob(f"sweep-{self.key}.rank*.jsonl"))
-        return ([self.path] if self.path.exists() else []) + shards
+        return ([self.merged] if self.merged.exists() else []) + shards
 
     def reload(self) -> None:
         """Read every finished record of the merged file and all shards (half-written lines skipped)."""
@@ -722,12 +723,12 @@ class ShardedStore(MemoryStore):
         header = {"type": "header", "key": self.key, "version": 1, "settings": self.settings}
         records = [header, *(self.clean[b] for b in sorted(self.clean))]
         records += [self.cells[k] for k in sorted(self.cells)]
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.merged.with_name(self.merged.name + ".tmp")
         with tmp.open("w") as f:
             f.write("".join(_json_line(r) for r in records))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        os.replace(tmp, self.merged)
         for shard in self.directory.glob(f"sweep-{self.key}.rank*.jsonl"):
             shard.unlink()
 
@@ -952,8 +953,8 @@ def stream_head_estimates(
     n = sum(p["n"] for p in parts)
     if n == 0:
         raise BatchSourceError("the batch source yielded no images")
-    attribution = sum(np.asarray(p["attribution"], dtype=np.float64) for p in parts) / n
-    michel = sum(np.asarray(p["michel"], dtype=np.float64) for p in parts) / n
+    attribution = np.sum([np.asarray(p["attribution"], dtype=np.float64) for p in parts], axis=0) / n
+    michel = np.sum([np.asarray(p["michel"], dtype=np.float64) for p in parts], axis=0) / n
     if normalize_michel:
         michel = michel / np.clip(np.linalg.norm(michel, axis=1, keepdims=True), 1e-30, None)
     return HeadEstimates(
@@ -1052,8 +1053,8 @@ def stream_direct_logit_attribution(
         kinds=kinds,
         layers=layers,
         heads=heads,
-        sums=sum(p["sums"] for p in parts),  # type: ignore[arg-type]
-        abs_sums=sum(p["abs_sums"] for p in parts),  # type: ignore[arg-type]
+        sums=torch.stack([p["sums"] for p in parts]).sum(0),
+        abs_sums=torch.stack([p["abs_sums"] for p in parts]).sum(0),
         n_images=sum(p["n"] for p in parts),
         max_abs_error=max(p["error"] for p in parts),
     )
