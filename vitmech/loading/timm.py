@@ -5,11 +5,13 @@ Returns a `Converted` (config, state dict, preprocessing, class names); `HookedV
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vitmech.loading.families import Converted, convert, family_for
+from vitmech.loading.peft import merged
 from vitmech.preprocessing import Preprocessing
 
 
@@ -31,11 +33,15 @@ def model_name(model: Any) -> str:
     return getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
 
 
-def convert_timm(model_or_name: Any, *, image_size: int | None = None, **timm_kwargs: Any) -> Converted:
-    """Convert a timm model instance, or create one by name (pretrained=True unless given).
+def convert_timm(
+    model_or_name: Any, *, image_size: int | None = None, adapter: str | Path | None = None, **timm_kwargs: Any
+) -> Converted:
+    """Convert a timm model instance (or a peft model wrapping one), or create one by name (pretrained=True
+    unless given).
 
-    image_size: run at another image size (position embeddings resampled as timm's `dynamic_img_size`)."""
-    model = _timm_model(model_or_name, timm_kwargs)
+    image_size: run at another image size (position embeddings resampled as timm's `dynamic_img_size`).
+    adapter: a peft adapter directory (LoRA) to merge into the base model first."""
+    model = merged(_timm_model(model_or_name, timm_kwargs), adapter)
     family = family_for(model, "timm")
     return convert(family, model, f"timm model {model_name(model)!r}", image_size=image_size)
 
