@@ -118,6 +118,8 @@ def _hf_class(config: Any, id_or_path: str) -> Any:
 
     kind = getattr(config, "model_type", None)
     if kind not in DEFAULT_CLASSES:
+        if kind == "dinov3_vit":
+            kind = "dinov3_vit (rotary position embeddings)"
         raise UnsupportedModelError(
             f"{id_or_path!r} is a {kind!r} model; supported HuggingFace model types: {sorted(DEFAULT_CLASSES)}"
         )
