@@ -700,7 +700,8 @@ class ShardedStore(MemoryStore):
         self.path = self.merged
         self.directory.mkdir(parents=True, exist_ok=True)
         if "shard" in inspect.signature(JsonlStore).parameters:  # a store that names and locks shards itself
-            self._own = JsonlStore(self.merged, key, settings, shard=f"rank{ranks.rank}")
+            shard: dict[str, Any] = {"shard": f"rank{ranks.rank}"}
+            self._own = JsonlStore(self.merged, key, settings, **shard)
         else:
             self._own = JsonlStore(self._shard(ranks.rank), key, settings)
         self.reload()
