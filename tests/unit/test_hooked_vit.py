@@ -60,7 +60,12 @@ def expected_hook_shapes(cfg, batch: int) -> dict[str, tuple[int, ...]]:
 def test_every_hook_name_and_shape_is_pinned(pre_norm):
     model = tiny_model(pre_norm=pre_norm)
     expected = expected_hook_shapes(model.cfg, B)
-    assert set(model.hook_dict) == set(expected)
+    switched = {  # fire only with transformer_lens' switches on (tests/unit/test_model_switches.py)
+        f"blocks.{layer}.{hook}"
+        for layer in range(model.cfg.n_layers)
+        for hook in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in")
+    }
+    assert set(model.hook_dict) == set(expected) | switched
     model.set_use_attn_result(True)
     with torch.no_grad():
         _, cache = model.run_with_cache(seeded_images(B, 32))
