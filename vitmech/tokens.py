@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 
 from vitmech.config import ViTConfig
@@ -141,9 +140,9 @@ class TokenLayout:
         """Patch-only `x` widened with `value` at the prefix positions along each of `dims` (the inverse of
         `patches` on those axes)."""
         for dim in dims:
-            before = [0] * (2 * x.ndim)
-            before[2 * (x.ndim - 1 - dim % x.ndim)] = self.n_prefix  # F.pad counts axes from the last
-            x = F.pad(x, before, value=value)
+            shape = list(x.shape)
+            shape[dim] = self.n_prefix
+            x = torch.cat([x.new_full(shape, value), x], dim)
         return x
 
     def patch_position(self, row: int, col: int) -> int:
