@@ -77,10 +77,10 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
     cfg = model.cfg
     return torch.stack(
         [
-            attention_distance_px(cache["pattern", l], cfg.grid_size, cfg.patch_size, layout=token_layout(model)).mean(
-                0
-            )
-            for l in range(cfg.n_layers)
+            attention_distance_px(
+                cache["pattern", layer], cfg.grid_size, cfg.patch_size, layout=token_layout(model)
+            ).mean(0)
+            for layer in range(cfg.n_layers)
         ]
     )
 
