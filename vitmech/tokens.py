@@ -10,8 +10,9 @@ work everywhere (timm calls the count `num_prefix_tokens`).
     layout.readout(pattern, dim=-2)               # the query row the model reads out (see `readout`)
 
 Models without a class token (SigLIP, MAE with average pooling) have no "CLS row". Analyses that read
-one call `require_class_token` (a clear error) or take the readout query: the class token where there
-is one, else the mean over the patch tokens, the token an average-pooled model's output is read from.
+one call `require_class_token` (a clear error) or take the readout query: the class token where the model
+reads its output from it, else the mean over the patch tokens (average-pooled models, with or without a
+class token; attention-pooled models without one).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class TokenLayout:
         class_index: position of the class token, or None for models without one.
         distill_index: position of the distillation token (DeiT), or None.
         n_registers: register tokens (Darcet et al. 2024, arXiv 2309.16588), the last prefix tokens.
+        mean_readout: the output is read from the mean over patches (`pool="avg"`) even though the model
+            has a class token; always the case without one.
     """
 
     n_prefix: int
@@ -47,6 +50,7 @@ class TokenLayout:
     class_index: int | None = 0
     distill_index: int | None = None
     n_registers: int = 0
+    mean_readout: bool = False
 
     def __post_init__(self) -> None:
         first_register = int(self.class_index is not None) + int(self.distill_index is not None)
@@ -62,6 +66,7 @@ class TokenLayout:
             class_index=0 if cfg.class_token else None,
             distill_index=1 if cfg.distill_token else None,
             n_registers=cfg.n_register_tokens,
+            mean_readout=getattr(cfg, "pool", "cls") == "avg",
         )
 
     @classmethod
@@ -99,9 +104,14 @@ class TokenLayout:
         return slice(self.n_prefix, None)
 
     @property
+    def readout_index(self) -> int | None:
+        """Position of the readout token: the class token's, or None when the readout is the patch mean."""
+        return None if self.mean_readout else self.class_index
+
+    @property
     def readout_name(self) -> str:
         """What `readout` reads: "class token" or "mean over patches"."""
-        return "class token" if self.class_index is not None else "mean over patches"
+        return "class token" if self.readout_index is not None else "mean over patches"
 
     def without_registers(self) -> TokenLayout:
         """The layout with the register tokens removed (e.g. the rows of a position table that skips them)."""
@@ -165,10 +175,10 @@ class TokenLayout:
         return x.select(dim, self.require_class_token(what))
 
     def readout(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
-        """The readout token of `x` along `dim` (that axis removed): the class token where the model has
-        one, else the mean over the patch tokens (the token an average-pooled output reads)."""
-        if self.class_index is not None:
-            return x.select(dim, self.class_index)
+        """The readout token of `x` along `dim` (that axis removed): the class token where the model reads
+        its output from it, else the mean over the patch tokens (the token an average-pooled output reads)."""
+        if self.readout_index is not None:
+            return x.select(dim, self.readout_index)
         return self.patches(x, dim).mean(dim)
 
     def readout_weights(
@@ -176,8 +186,8 @@ class TokenLayout:
     ) -> Float[torch.Tensor, " pos"]:
         """w [P] with `readout(x, dim) = sum_t w_t x_t`: one-hot at the class token, or 1/N on each patch."""
         weights = torch.zeros(self.n_tokens, dtype=dtype, device=device)
-        if self.class_index is not None:
-            weights[self.class_index] = 1.0
+        if self.readout_index is not None:
+            weights[self.readout_index] = 1.0
         else:
             self.patches(weights, 0).fill_(1.0 / self.n_patches)
         return weights

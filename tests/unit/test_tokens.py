@@ -275,3 +275,18 @@ def test_interpolated_positions_keep_the_prefix_rows(n_prefix):
     assert torch.equal(out[:n_prefix], w_pos[:n_prefix])
     reference = interpolate_positions(torch.cat([torch.zeros(1, 6), w_pos[n_prefix:]]), 6)  # standard layout
     torch.testing.assert_close(out[n_prefix:], reference[1:])
+
+
+def test_an_average_pooled_model_with_a_class_token_reads_the_patch_mean():
+    layout = TokenLayout(n_prefix=1, grid=(3, 3), mean_readout=True)
+    if hasattr(ViTConfig, "pool"):  # the pooling field of the model core
+        assert token_layout(config(pool="avg")).mean_readout
+    x = torch.randn(2, 10, 3, dtype=torch.float64)
+    torch.testing.assert_close(layout.readout(x, 1), x[:, 1:].mean(1))
+    assert layout.readout_index is None and layout.readout_name == "mean over patches"
+    assert layout.require_class_token("a class-token map") == 0  # the class token is still there
+    patterns = random_patterns(layout)
+    result = rollout(patterns, 0.5, tokens=[READOUT], layout=layout)
+    torch.testing.assert_close(result.row(), full_rollout(patterns, 0.5)[:, 1:].mean(1))
+    with pytest.raises(KeyError):
+        result.row(0)  # the class row was not computed: "readout" is not the class token here

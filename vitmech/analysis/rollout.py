@@ -245,10 +245,10 @@ class Rollout:
 
     def row(self, token: Query = READOUT) -> Float[Tensor, "batch key"]:
         """Row of R for `token`; "readout" and the class token's position name the same row."""
-        class_index = self.token_layout.class_index
+        readout_index = self.token_layout.readout_index
         aliases = {token}
-        if class_index is not None and token in (READOUT, class_index):
-            aliases = {READOUT, class_index}
+        if readout_index is not None and token in (READOUT, readout_index):
+            aliases = {READOUT, readout_index}
         for alias in aliases:
             if alias in self.tokens:
                 return self.rows[:, self.tokens.index(alias)]
@@ -709,7 +709,7 @@ def attention_flow(
     (token,) = _check_tokens([token], n_tokens) or (READOUT,)
     query: int | np.ndarray
     if token == READOUT:
-        query = layout.class_index if layout.class_index is not None else layout.readout_weights().double().numpy()
+        query = layout.readout_index if layout.readout_index is not None else layout.readout_weights().double().numpy()
     else:
         query = int(token)
     with torch.no_grad():
