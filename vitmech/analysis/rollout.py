@@ -37,7 +37,6 @@ from vitmech.analysis.attention import (
     image_batches,
     pattern_layout,
     resolve_layers,
-    single_threaded,
     to_grid,
     top_k_concentration,
 )
@@ -80,7 +79,6 @@ class RolloutSettings:
 # ----------------------------------------------------------------------------------------- building blocks
 
 
-@single_threaded
 def fuse_heads(
     patterns: Float[Tensor, "*batch head query key"],
     fusion: HeadFusion = "mean",
@@ -105,7 +103,6 @@ def fuse_heads(
     raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
-@single_threaded
 def discard_lowest(
     fused: Float[Tensor, "*batch query key"], ratio: float, layout: TokenLayout | None = None
 ) -> Float[Tensor, "*batch query key"]:
@@ -145,7 +142,6 @@ def _residual_row_scales(
     return scale, diagonal
 
 
-@single_threaded
 def residual_attention(
     fused: Float[Tensor, "*batch query key"], alpha: float = 0.5
 ) -> Float[Tensor, "*batch query key"]:
@@ -157,7 +153,6 @@ def residual_attention(
     return mixed
 
 
-@single_threaded
 def residual_rollout_rows(
     fused: Float[Tensor, "batch layer query key"],
     alpha: float,
@@ -197,7 +192,6 @@ def _query_rows(
     return torch.stack([readout if t == READOUT else eye[t] for t in checked])
 
 
-@single_threaded
 def chain_rows(
     layer_matrices: Float[Tensor, "batch layer query key"],
     tokens: Sequence[Query] | None = None,
@@ -310,7 +304,6 @@ class Rollout:
 # ----------------------------------------------------------------------------------------- rollout
 
 
-@single_threaded
 def rollout_from_fused(
     fused: Float[Tensor, "batch layer query key"],
     alpha: float = 0.5,
@@ -333,7 +326,6 @@ def rollout_from_fused(
     return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded, layout=layout)
 
 
-@single_threaded
 def rollout(
     patterns: PatternStack,
     alpha: float = 0.5,
@@ -520,7 +512,6 @@ def _check_pair(patterns: Tensor, gradients: Tensor, layout: TokenLayout | None)
     return layout
 
 
-@single_threaded
 def gradient_rollout(
     patterns: PatternStack,
     gradients: PatternStack,
@@ -557,7 +548,6 @@ def gradient_rollout(
     )
 
 
-@single_threaded
 def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1") -> Float[Tensor, "batch layer head"]:
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
@@ -579,7 +569,6 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     return torch.where(totals > 0, scores / totals.clamp_min(torch.finfo(scores.dtype).tiny), uniform)
 
 
-@single_threaded
 def gmar(
     patterns: PatternStack,
     gradients: PatternStack,
