@@ -69,6 +69,7 @@ from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.tokens import TokenLayout, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -443,7 +444,9 @@ def stream_attention_metrics(
         pixels = batch.pixels(model)
         with torch.no_grad(), forward_precision(precision, model.device):
             patterns = collect_patterns(model, pixels, layers=layers, batch_size=pixels.shape[0], progress=False)
-        metrics = attention_metrics(_at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers)
+        metrics = attention_metrics(
+            _at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers, layout=token_layout(model)
+        )
         del patterns
         for name, values in metrics.head_metrics().items():
             heads.setdefault(name, Moments()).update(values)
@@ -572,8 +575,8 @@ class _SummaryAccumulator:
         self.layers: dict[str, Moments] = {}
         self.images: list[tuple[int, dict[str, Tensor]]] = []
 
-    def update(self, name: str, start: int, part: Any, rollout_settings: RolloutSettings) -> None:
-        summary = _compare._summary(name, [part], rollout_settings)
+    def update(self, name: str, start: int, part: Any, rollout_settings: RolloutSettings, layout: TokenLayout) -> None:
+        summary = _compare._summary(name, [part], rollout_settings, layout)
         for key, values in summary.metrics.head_metrics().items():
             self.heads.setdefault(key, Moments()).update(values)
         for key, values in summary.metrics.layer_metrics().items():
@@ -629,13 +632,19 @@ def stream_compare_models(
                 )
         result_b, result_a = results
         if cka is not None:
+            assert cka_tokens is not None  # cka is only made when tokens are given
+            layouts = token_layout(before), token_layout(after)
             cka.update(
-                torch.stack([_compare._stream_rows(_at_least_float32(s), cka_tokens) for s in result_b.streams]),  # type: ignore[arg-type]
-                torch.stack([_compare._stream_rows(_at_least_float32(s), cka_tokens) for s in result_a.streams]),  # type: ignore[arg-type]
+                torch.stack(
+                    [_compare._stream_rows(_at_least_float32(s), cka_tokens, layouts[0]) for s in result_b.streams]
+                ),
+                torch.stack(
+                    [_compare._stream_rows(_at_least_float32(s), cka_tokens, layouts[1]) for s in result_a.streams]
+                ),
             )
             result_b.streams, result_a.streams = [], []
-        acc_before.update(names[0], batch.start, result_b, rollout_settings)
-        acc_after.update(names[1], batch.start, result_a, rollout_settings)
+        acc_before.update(names[0], batch.start, result_b, rollout_settings, token_layout(before))
+        acc_after.update(names[1], batch.start, result_a, rollout_settings, token_layout(after))
         bar.update(batch.size)
     bar.close()
     cka_result = None
