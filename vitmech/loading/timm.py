@@ -5,11 +5,13 @@ Returns a `Converted` (config, state dict, preprocessing, class names); `HookedV
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from vitmech.errors import UnknownModelError
 from vitmech.loading.families import Converted, convert, family_for
 from vitmech.loading.peft import merged
 from vitmech.preprocessing import Preprocessing
@@ -19,14 +21,23 @@ def _timm_model(model_or_name: Any, timm_kwargs: dict[str, Any]) -> nn.Module:
     if isinstance(model_or_name, str):
         import timm
 
-        from vitmech.loading.registry import check_timm_name
-
         timm_kwargs.setdefault("pretrained", True)
-        check_timm_name(model_or_name)
+        _check_timm_name(model_or_name)
         return timm.create_model(model_or_name, **timm_kwargs)
     if timm_kwargs:
         raise TypeError(f"timm keyword arguments {sorted(timm_kwargs)} only apply when a name is given")
     return model_or_name
+
+
+def _check_timm_name(name: str) -> None:
+    """UnknownModelError with close timm names unless timm knows `name` (or it is a hub name)."""
+    import timm
+
+    if timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:", "timm/")):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.5)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise UnknownModelError(f"unknown timm model {name!r}.{hint}")
 
 
 def model_name(model: Any) -> str:
