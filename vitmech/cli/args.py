@@ -54,7 +54,7 @@ def add_pair(parser: argparse.ArgumentParser, before: str = PRETRAINED, after: s
     parser.add_argument("--finetuned", dest="after", help=argparse.SUPPRESS)
 
 
-def add_images(parser: argparse.ArgumentParser, n_images: int, default: str = SYNTHETIC_GALAXIES) -> None:
+def add_images(parser: argparse.ArgumentParser, n_images: int | None, default: str = SYNTHETIC_GALAXIES) -> None:
     parser.add_argument("--images", default=default, metavar="SOURCE", help=IMAGES_HELP)
     parser.add_argument(
         "--n-images", type=int, default=n_images, metavar="N", help="images to use (generated count, or a cap)"

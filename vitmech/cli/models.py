@@ -56,9 +56,9 @@ def go_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     import sys
 
-    constants = sys.modules.get("huggingface_hub.constants")
+    constants: Any = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
-        constants.HF_HUB_OFFLINE = True
+        constants.HF_HUB_OFFLINE = True  # read at import time by the hub clients
 
 
 def hub_cache_dir() -> str:

@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             f"metric {args.metric!r} needs targets: pass --targets FILE, --labels FILE or class sub-folders "
             "(without targets: kl_to_clean for classifiers, mse_to_clean for regressors)"
         )
+    ablation: Any
     if args.ablation == "mean":
         ablation = MeanAblation.from_reference(model, images, batch_size=args.batch_size)
     elif args.ablation == "resample":

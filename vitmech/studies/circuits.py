@@ -64,12 +64,12 @@ def analyse(label: str, entry: Any, images: list, image_note: str, args: argpars
 
     name, raw, weights = entry.name, entry.model, entry.note
     model = raw if args.raw_weights else process_weights(raw)
-    images = model.preprocess(images)
+    pixels = model.preprocess(images)
     drift, scale = 0.0, 1.0
     if model.cfg.has_classifier:
         with torch.no_grad():
-            raw_logits = raw(images)
-            drift = float((model(images) - raw_logits).abs().max())
+            raw_logits = raw(pixels)
+            drift = float((model(pixels) - raw_logits).abs().max())
         scale = max(1.0, float(raw_logits.abs().max()))
     if drift > 1e-4 * scale:  # processing must not change the model: refuse to report circuits of another one
         raise SystemExit(
@@ -87,13 +87,13 @@ def analyse(label: str, entry: Any, images: list, image_note: str, args: argpars
         "model": model,
         "pqk": pqk,
         "locality": pqk.locality(),
-        "measured": measured_distance(model, images),
+        "measured": measured_distance(model, pixels),
         "composition": composition_scores(model, subtract_baseline=not args.no_baseline, seed=args.seed),
         "copying": ov_copying_scores(model),
     }
     if model.cfg.has_classifier:
-        out["dla"] = direct_logit_attribution(model, images)
-        out["lens"] = logit_lens(model, images)
+        out["dla"] = direct_logit_attribution(model, pixels)
+        out["lens"] = logit_lens(model, pixels)
     return out
 
 

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         shown[s.name] = viz.denormalize(
             prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean, model.preprocessing.std
         )
-        maps = s.metrics.cls_attention[index].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
+        metrics: Any = s.metrics  # cls_attention is kept by summarize_attention
+        maps = metrics.cls_attention[index].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
         report.add_figure(
             f"heads_{slug(s.name)}",
             viz.plot_head_grid(

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.data_seed,
             progress=progress,
         )
-        train, val, test = splits["train"], splits.get("val"), splits["test"]
+        train, val, test = splits["train"], splits.get("val"), splits["test"]  # type: ignore[assignment]
         data_card = {"source": f"Galaxy Zoo 2 ({args.gz2_source})", "loader_report": gz2_report}
     else:
         train, val, test, data_card = own_splits(args, model)
@@ -206,9 +206,9 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     model_dir = Path(args.save_model) if args.save_model else out / "model"
-    name = shipped_name(str(model_dir))
+    card_name = shipped_name(str(model_dir))
     card = study.tuned.card(
-        **({"name": name} if name else {}),
+        **({"name": card_name} if card_name else {}),
         **base_card,
         metrics=study.card_metrics(),
         train_seconds=round(study.tuned.train_result.seconds, 1),

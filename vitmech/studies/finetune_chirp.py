@@ -170,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     model_dir = Path(args.save_model) if args.save_model else out / "model"
-    name = shipped_name(str(model_dir))
+    card_name = shipped_name(str(model_dir))
     card = study.tuned.card(
-        **({"name": name} if name else {}),
+        **({"name": card_name} if card_name else {}),
         **base_card,
         task="regression",
         metrics=study.card_metrics(),

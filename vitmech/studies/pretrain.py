@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 from vitmech.cli.args import add_run  # noqa: E402
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     test1 = procedural_dataset(
         args.test_images, args.seed + 1000, args.stage1_size, cache_dir=run / "data", progress=progress
     )
-    acc1 = evaluate(model, test1).accuracy
+    acc1 = evaluate(model, test1).accuracy  # type: ignore[union-attr]  # classification data
     logging.info(
         "stage 1: %d steps, %.0f s, test accuracy %.3f at %d px", res1.steps_done, res1.seconds, acc1, args.stage1_size
     )
@@ -158,13 +159,13 @@ def run(args: argparse.Namespace) -> int:
     )
     del train2
     test2 = procedural_dataset(args.test_images, args.seed + 1000, 224, cache_dir=run / "data", progress=progress)
-    ev = evaluate(model, test2)
+    ev: Any = evaluate(model, test2)  # classification data: a ClassificationEval
     chance = chance_baselines(torch.arange(len(PROCEDURAL_CLASSES)), test2.targets, len(PROCEDURAL_CLASSES))
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
     logging.info("stage 2: %d steps, %.0f s, test accuracy %.3f at 224 px", res2.steps_done, res2.seconds, ev.accuracy)
 
     card = {
-        **({"name": name} if (name := shipped_name(str(args.save_model or ""))) else {}),
+        **({"name": card_name} if (card_name := shipped_name(str(args.save_model or ""))) else {}),
         "source_model": f"random init (vitmech.train.mini.scaled_init_, seed {args.seed})",
         "data": {
             "generator": "vitmech.data.procedural (scenes of one textured shape among 0-3 small distractors)",

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         )
         cfg = model.cfg
         shown[name] = viz.denormalize(pixels[index], model.preprocessing.mean, model.preprocessing.std)
-        last_maps[name] = summary.metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
+        metrics: Any = summary.metrics  # cls_attention is kept by summarize_attention
+        last_maps[name] = metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
         rollout_grids[name] = summary.rollout.grid(0)[index]
         maps = {"last layer": last_maps[name], **{k: v.grid(0)[index] for k, v in variant_maps.items()}}
         maps.update(family_maps(model, pixels, index, args, report, name, progress))
