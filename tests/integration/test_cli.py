@@ -169,61 +169,66 @@ def test_shipped_models_are_listed(capsys):
 
 # ------------------------------------------------------------------------------------------- weights
 
-PLANT = """
-import os, sys, timm, torch
-from safetensors.torch import save_file
-model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
-torch.manual_seed(3)
-state = {k: torch.randn_like(v).contiguous() for k, v in model.state_dict().items()}
-repo = os.path.join(os.environ["HF_HUB_CACHE"], "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k")
-os.makedirs(os.path.join(repo, "snapshots", "abc"))
-os.makedirs(os.path.join(repo, "refs"))
-open(os.path.join(repo, "refs", "main"), "w").write("abc")
-save_file(state, os.path.join(repo, "snapshots", "abc", "model.safetensors"))
-torch.save(state["head.weight"], sys.argv[1])
-"""
 
-USE = """
-import sys, torch
-from vitmech.cli.models import load_model
-loaded = load_model("vit_tiny_patch16_224")
-head = torch.load(sys.argv[1])
-print(loaded.random, loaded.note, torch.equal(loaded.model.W_H.T.contiguous(), head) or torch.equal(loaded.model.W_H, head))
-"""
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty HF hub cache, offline, as a cluster node without internet sees it."""
+    import huggingface_hub.constants
 
-
-@pytest.mark.slow
-def test_offline_weights_come_from_the_hub_cache_as_from_pretrained(tmp_path):
     cache = tmp_path / "hub"
     cache.mkdir()
-    run_env = env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "home"))
-    subprocess.run([sys.executable, "-c", PLANT, str(tmp_path / "head.pt")], env=run_env, check=True)
-    done = subprocess.run(
-        [sys.executable, "-c", USE, str(tmp_path / "head.pt")], env=run_env, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.split() == ["False", "pretrained", "weights", "True"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
-def test_offline_without_cached_weights_fails_in_one_line_unless_random_init(tmp_path):
-    run_env = env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"), HF_HOME=str(tmp_path / "home"))
-    args = [sys.executable, "-m", "vitmech", "attention-check", "--model", "vit_tiny_patch16_224", "--quick"]
+def plant_timm_weights(cache: Path, name: str = "vit_tiny_patch16_224") -> dict:
+    """Put seeded weights for `name` into the hub cache the way a download leaves them."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    model = timm.create_model(name, pretrained=False)
+    generator = torch.Generator().manual_seed(3)
+    state = {k: torch.randn(v.shape, generator=generator) for k, v in model.state_dict().items()}
+    repo = cache / f"models--{model.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    save_file(state, repo / "snapshots" / "abc" / "model.safetensors")
+    return state
+
+
+def test_offline_weights_come_from_the_hub_cache_as_from_pretrained(offline_cache):
+    import torch
+
+    from vitmech import HookedViT
+    from vitmech.cli.models import load_model
+
+    state = plant_timm_weights(offline_cache)
+    loaded = load_model("vit_tiny_patch16_224")
+    assert not loaded.random and loaded.note == "pretrained weights"
+    reference = HookedViT.from_pretrained("vit_tiny_patch16_224")
+    for ours, theirs in zip(loaded.model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(ours, theirs)
+    # and they are the planted weights, not a random init
+    assert torch.equal(loaded.model.W_pos, state["pos_embed"][0])
+
+
+def test_offline_without_cached_weights_fails_in_one_line_unless_random_init(offline_cache, tmp_path, capsys):
+    args = ["--model", "vit_tiny_patch16_224", "--quick", "--no-progress"]
     started = time.perf_counter()
-    done = subprocess.run(
-        [*args, "--out", str(tmp_path / "a")], env=run_env, capture_output=True, text=True, cwd=tmp_path
-    )
-    assert done.returncode != 0 and time.perf_counter() - started < 60
-    message = done.stderr.strip().splitlines()[-1]
-    assert "vit_tiny_patch16_224" in message and "--random-init" in message and "HF_HUB_CACHE" in message
-    assert "Traceback" not in done.stderr
-    done = subprocess.run(
-        [*args, "--random-init", "--out", str(tmp_path / "b")],
-        env=run_env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "RANDOM WEIGHTS" in done.stdout and "RANDOM WEIGHTS" in (tmp_path / "b" / "report.md").read_text()
+    with pytest.raises(SystemExit) as failure:
+        run_command("attention-check", [*args, "--out", str(tmp_path / "a")])
+    assert time.perf_counter() - started < 30
+    message = str(failure.value)
+    assert "\n" not in message and "vit_tiny_patch16_224" in message
+    assert "--random-init" in message and "HF_HUB_CACHE" in message and "timm.create_model" in message
+    assert run_command("attention-check", [*args, "--random-init", "--out", str(tmp_path / "b")]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in (tmp_path / "b" / "report.md").read_text()
 
 
 def test_random_weights_are_stamped_on_report_figures_and_json(tmp_path):
