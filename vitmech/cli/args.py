@@ -101,7 +101,7 @@ def add_run(parser: argparse.ArgumentParser, *, seed: int = 0, resumable: bool =
         action="store_true",
         help="allow random weights when a model's pretrained weights are not available (stamped on every output)",
     )
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     if resumable:
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")

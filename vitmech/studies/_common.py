@@ -11,11 +11,9 @@ from vitmech.cli.outputs import output_dir
 
 
 def start(args: argparse.Namespace, resumable_parts: tuple[str, ...] = ()) -> Path:
-    """Seed torch, apply --threads when given, and create the output folder (refusing to overwrite)."""
+    """Seed torch and create the output folder (refusing to overwrite)."""
     import torch
 
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return output_dir(args, resumable_parts)
 

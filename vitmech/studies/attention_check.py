@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     cached = cache["pattern", layer]
     err = (manual - cached).abs().max().item()
     layout = token_layout(model)
-    cls_row = layout.patches(cached[0, :, layout.require_class_token("the CLS entropy")], dim=-1)  # [H, N]
+    cls_row = layout.patches(layout.readout(cached[0], dim=-2), -1)  # [H, N]
     p = cls_row / cls_row.sum(-1, keepdim=True)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
     ok = err < 1e-5
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         f"{cfg.n_tokens} tokens, {model.n_params / 1e6:.1f}M parameters",
         f"output     : {tuple(output.shape)}; {len(cache)} cached activations",
         f"layer {layer:<4} : manual softmax(QK^T/sqrt(d_head)) vs hook_pattern, max |diff| = {err:.2e}",
-        f"CLS->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
+        f"{layout.readout_name}->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
         + " ".join(f"{e:.2f}" for e in entropy.tolist()),
         "PASS: hand-computed attention equals the cached pattern" if ok else "FAIL: attention mismatch",
     ]

@@ -43,13 +43,16 @@ def measured_distance(model: Any, images: Any) -> Any:
     import torch
 
     from vitmech.analysis.circuits import attention_distance_px
+    from vitmech.tokens import token_layout
+
+    layout = token_layout(model)
 
     with torch.no_grad():
         _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
     cfg = model.cfg
     return torch.stack(
         [
-            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size).mean(0)
+            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size, layout=layout).mean(0)
             for layer in range(cfg.n_layers)
         ]
     )
