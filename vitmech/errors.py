@@ -26,3 +26,7 @@ class ImageInputError(ValueError):
 
 class ModelMismatchError(ValueError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
+
+
+class PatchingError(ValueError):
+    """A patching, path-patching or circuit request that cannot run (bad sites, unpaired images, ...)."""
