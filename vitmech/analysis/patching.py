@@ -366,9 +366,9 @@ class PatchingResult:
         out = np.full((self._n_layers(), self.n_prefix), np.nan)
         restored = self.restored.numpy()
         for i, s in enumerate(self.sites):
-            if s.kind == kind and s.head == head and s.positions is not None and len(s.positions) == 1:
-                if s.positions[0] < self.n_prefix:
-                    out[s.layer, s.positions[0]] = restored[i]
+            single = s.positions is not None and len(s.positions) == 1
+            if s.kind == kind and s.head == head and single and s.positions[0] < self.n_prefix:
+                out[s.layer, s.positions[0]] = restored[i]
         return out
 
     def _n_layers(self) -> int:
