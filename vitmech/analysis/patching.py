@@ -24,7 +24,7 @@ one full forward per site instead (the reference the tests compare with).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,8 +39,9 @@ from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import token_layout
 
-SiteKind = Literal["resid_pre", "attn_out", "mlp_out", "head"]
-SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "head")
+SiteKind = Literal["resid_pre", "attn_out", "mlp_out", "head", "q", "k", "v"]
+SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out", "head", "q", "k", "v")
+HEAD_KINDS: tuple[str, ...] = ("head", "q", "k", "v")
 Run = Literal["clean", "corrupted"]
 Engine = Literal["exact", "naive"]
 PositionsLike = Literal["all", "cls", "patches"] | int | Sequence[int] | None
@@ -50,6 +51,9 @@ _HOOKS = {
     "attn_out": "blocks.{layer}.hook_attn_out",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "head": "blocks.{layer}.attn.hook_z",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
 }
 
 
@@ -58,9 +62,9 @@ class Site:
     """One place to patch.
 
     Attributes:
-        kind: "resid_pre", "attn_out", "mlp_out" or "head".
+        kind: "resid_pre", "attn_out", "mlp_out", "head" (its z), or one head's "q", "k" or "v".
         layer: block index.
-        head: head index (kind "head" only).
+        head: head index (per-head kinds only).
         positions: token positions patched (None: every position).
         label: how tables and figures name it.
     """
@@ -152,8 +156,8 @@ def _check_sites(model: HookedViT, sites: Sequence[Site]) -> list[Site]:
         if site.kind not in SITE_KINDS:
             raise PatchingError(f"site kind must be one of {SITE_KINDS}, got {site.kind!r}")
         _check_layer(model, site.layer)
-        if (site.kind == "head") != (site.head is not None):
-            raise PatchingError(f"{site.describe()}: a head index goes with kind 'head' and only with it")
+        if (site.kind in HEAD_KINDS) != (site.head is not None):
+            raise PatchingError(f"{site.describe()}: a head index goes with the per-head kinds {HEAD_KINDS} only")
         if site.head is not None and not 0 <= site.head < model.cfg.heads_in_layer(site.layer):
             raise PatchingError(f"{site.describe()}: head out of range [0, {model.cfg.heads_in_layer(site.layer)})")
         if site.positions is not None and (not site.positions or any(not 0 <= p < n_tokens for p in site.positions)):
@@ -177,7 +181,7 @@ def _site_mask(site: Site | None, shape: tuple[int, ...]) -> torch.Tensor:
     if site is None:
         return mask
     rows = slice(None) if site.positions is None else list(site.positions)
-    if site.kind == "head":
+    if site.kind in HEAD_KINDS:
         mask[rows, site.head] = True
     else:
         mask[rows] = True
@@ -199,12 +203,30 @@ def patched_outputs(
     """
     sites = _check_sites(model, sites)
     _check_pair(model, source, target)
-    batch = source.shape[0]
+    _, source_cache = model.run_with_cache(source, names_filter=sorted({s.hook_name for s in sites}), return_type=None)
+    return outputs_with_sources(model, target, sites, source_cache, output=output, max_rows=max_rows)
+
+
+@torch.no_grad()
+def outputs_with_sources(
+    model: HookedViT,
+    target: Float[torch.Tensor, "batch c h w"],
+    sites: Sequence[Site],
+    sources: Mapping[str, torch.Tensor],
+    output: Literal["logits", "features", "tokens"] = "logits",
+    max_rows: int = 256,
+    start_resid: Mapping[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The target run's output with each site's activation taken from `sources[site.hook_name]` (same
+    shape as the target run's activation there): [n_sites, B, ...]. The batched suffix engine behind
+    `patched_outputs` and path patching; `start_resid` may give the target run's resid_pre per layer."""
+    sites = _check_sites(model, sites)
+    batch = target.shape[0]
     layers = sorted({s.layer for s in sites})
-    source_names = sorted({s.hook_name for s in sites})
-    _, source_cache = model.run_with_cache(source, names_filter=source_names, return_type=None)
-    start_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    _, target_cache = model.run_with_cache(target, names_filter=start_names, return_type=None)
+    if start_resid is None or any(layer not in start_resid for layer in layers):
+        start_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+        _, cache = model.run_with_cache(target, names_filter=start_names, return_type=None)
+        start_resid = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
     per_chunk = max(1, max_rows // batch)
     results: list[torch.Tensor | None] = [None] * len(sites)
     for layer in layers:
@@ -212,10 +234,10 @@ def patched_outputs(
         for start in range(0, len(indices), per_chunk):
             chunk = indices[start : start + per_chunk]
             k = len(chunk)
-            resid = repeat(target_cache[f"blocks.{layer}.hook_resid_pre"], "b p d -> (k b) p d", k=k)
+            resid = repeat(start_resid[layer], "b p d -> (k b) p d", k=k)
             hooks = []
             for name in sorted({sites[i].hook_name for i in chunk}):
-                src = source_cache[name]
+                src = sources[name]
                 masks = torch.stack(
                     [_site_mask(sites[i] if sites[i].hook_name == name else None, tuple(src.shape[1:])) for i in chunk]
                 ).to(src.device)
@@ -258,7 +280,7 @@ def naive_patched_outputs(
         def patch(activation: torch.Tensor, hook: Any, site: Site = site, clean: torch.Tensor = clean) -> torch.Tensor:
             positions = slice(None) if site.positions is None else list(site.positions)
             patched = activation.clone()
-            if site.kind == "head":
+            if site.kind in HEAD_KINDS:
                 patched[:, positions, site.head] = clean[:, positions, site.head]
             else:
                 patched[:, positions] = clean[:, positions]
