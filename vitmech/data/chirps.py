@@ -495,6 +495,8 @@ __all__ = [
     "write_chirp_dataset",
     "ChirpSplits",
     "load_chirps",
+    "COUNTERFACTUAL_ELEMENTS",
+    "chirp_counterfactual_pairs",
 ]
 
 

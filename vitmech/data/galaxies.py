@@ -872,6 +872,9 @@ __all__ = [
     "write_galaxy_dataset",
     "pack_masks",
     "unpack_masks",
+    "COUNTERFACTUAL_FEATURES",
+    "without_feature",
+    "galaxy_counterfactual_pairs",
 ]
 
 
