@@ -78,7 +78,7 @@ def test_default_cache_leaves_out_per_head_results_unless_asked():
     x = seeded_images(B, 32)
     with torch.no_grad():
         _, cache = model.run_with_cache(x)
-        assert not any(k.endswith("hook_result") for k in cache.keys())
+        assert not any(k.endswith("hook_result") for k in cache)
         _, by_name = model.run_with_cache(x, names_filter=["blocks.1.attn.hook_result"])
         assert list(by_name.keys()) == ["blocks.1.attn.hook_result"]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, overload
+
 import torch
 from einops import repeat
 from jaxtyping import Float
@@ -72,3 +75,22 @@ class TransformerBlock(nn.Module):
         k_in = self.ln1(self.hook_k_input(copies()))
         v_in = self.ln1(self.hook_v_input(copies()))
         return self.attn.forward_per_head(q_in, k_in, v_in)
+
+
+class BlockList(nn.ModuleList):
+    """The model's TransformerBlocks: an nn.ModuleList whose items type-check as TransformerBlock.
+
+    (nn.ModuleList yields plain Modules, whose attributes torch types as `Tensor | Module`.)
+    """
+
+    if TYPE_CHECKING:
+
+        def __iter__(self) -> Iterator[TransformerBlock]: ...
+
+        @overload
+        def __getitem__(self, idx: slice) -> BlockList: ...
+
+        @overload
+        def __getitem__(self, idx: int) -> TransformerBlock: ...
+
+        def __getitem__(self, idx: int | slice) -> TransformerBlock | BlockList: ...

@@ -21,17 +21,16 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from jaxtyping import Float, Int
-from torch import nn
 from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import ViTConfig
 from vitmech.errors import ImageInputError
-from vitmech.model.block import TransformerBlock
+from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, PatchEmbed, PosEmbed
 from vitmech.model.head import ClassifierHead
 from vitmech.model.layer_norm import LayerNorm
@@ -42,8 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ReturnType = Optional[Literal["auto", "logits", "features", "tokens"]]
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+ReturnType = Literal["auto", "logits", "features", "tokens"] | None
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 
 
 class HookedViT(HookedRootModule):
@@ -87,7 +86,7 @@ class HookedViT(HookedRootModule):
         if cfg.pre_norm:
             self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_eps)
             self.hook_ln_pre = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
             self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
@@ -124,7 +123,7 @@ class HookedViT(HookedRootModule):
             object.__setattr__(cfg, name, value)
         self.cfg = cfg
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> HookedViT:  # type: ignore[override]
+    def _apply(self, fn: Callable, recurse: bool = True) -> HookedViT:
         """nn.Module.to / cuda / half: also keep `cfg.device` current."""
         result = super()._apply(fn, recurse)
         if "blocks" in self._modules:
@@ -263,7 +262,7 @@ class HookedViT(HookedRootModule):
         return self.pos_embed.W_pos
 
     @property
-    def W_cls(self) -> Float[torch.Tensor, "d_model"]:
+    def W_cls(self) -> Float[torch.Tensor, " d_model"]:
         return self.cls_token.W_cls
 
     @property
@@ -271,7 +270,7 @@ class HookedViT(HookedRootModule):
         return self._require_head().W_H
 
     @property
-    def b_H(self) -> Float[torch.Tensor, "n_classes"]:
+    def b_H(self) -> Float[torch.Tensor, " n_classes"]:
         return self._require_head().b_H
 
     # transformer_lens names for the output map, so its tools find the classifier.
@@ -452,6 +451,16 @@ class HookedViT(HookedRootModule):
             resid = self.hook_ln_pre(self.ln_pre(resid))
         return resid
 
+    @overload
+    def unembed(self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: None) -> None: ...
+
+    @overload
+    def unembed(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        return_type: Literal["auto", "logits", "features", "tokens"] = "auto",
+    ) -> torch.Tensor: ...
+
     def unembed(
         self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: ReturnType = "auto"
     ) -> torch.Tensor | None:
@@ -506,7 +515,7 @@ class HookedViT(HookedRootModule):
             return resid
         return self.unembed(resid, return_type)
 
-    def run_with_cache(  # type: ignore[override]
+    def run_with_cache(
         self,
         *model_args: Any,
         names_filter: NamesFilter = None,
