@@ -93,7 +93,7 @@ def test_one_removed_edge_matches_a_hand_built_hook(small):
 
 def test_eap_ranks_edges_like_exact_edge_patching(small):
     """Spearman of EAP vs exact edge patching over all 46 edges. Measured (this model, 8 images):
-    small perturbation (noise x 0.3): EAP 0.970, EAP-IG 0.985; a quarter of the image masked with its mean:
+    small perturbation (noise x 0.3): EAP 0.970, EAP-IG 0.985; a quarter of the image set to 0:
     EAP 0.82, EAP-IG 0.91 (first-order EAP degrades with the size of the change; IG recovers it)."""
     model, clean = small
     metric = logit_diff(0, 1)
