@@ -35,7 +35,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
-from vitmech.analysis.patching import _check_pair
+from vitmech.analysis.patching import Hooks, _check_pair
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 
@@ -148,7 +148,7 @@ def _edge_hooks_on(model: HookedViT) -> Iterator[None]:
         model.set_use_hook_mlp_in(saved[2])
 
 
-def _sender_hooks(graph: Graph, store: dict[int, torch.Tensor], detach: bool) -> list[tuple[str, Any]]:
+def _sender_hooks(graph: Graph, store: dict[int, torch.Tensor], detach: bool) -> Hooks:
     """Forward hooks recording every sender's output [B, P, d] into store[sender index]."""
 
     def keep(s: int):
@@ -164,7 +164,7 @@ def _sender_hooks(graph: Graph, store: dict[int, torch.Tensor], detach: bool) ->
 
         return hook
 
-    hooks: list[tuple[str, Any]] = [("hook_full_embed", keep(0))]
+    hooks: Hooks = [("hook_full_embed", keep(0))]
     for layer in range(graph.n_layers):
         hooks.append((f"blocks.{layer}.attn.hook_result", keep_heads(layer)))
         hooks.append((f"blocks.{layer}.hook_mlp_out", keep(graph.mlp_sender(layer))))
@@ -186,9 +186,9 @@ def _receiver_hooks(
     removed: Bool[torch.Tensor, "sender receiver"],
     actual: dict[int, torch.Tensor],
     corrupted: torch.Tensor,
-) -> list[tuple[str, Any]]:
+) -> Hooks:
     """Hooks making each receiver read `input - sum over its removed edges of (actual - corrupted sender output)`."""
-    hooks: list[tuple[str, Any]] = []
+    hooks: Hooks = []
     n_heads = graph.n_heads
 
     def removed_delta(weights: torch.Tensor, n_senders: int, pattern: str) -> torch.Tensor:
@@ -306,24 +306,32 @@ def _receiver_gradients(
         return x
 
     def set_embed(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        assert embed is not None
         return embed
 
     names = [f"blocks.{layer}.hook_{c}_input" for layer in range(graph.n_layers) for c in COMPONENTS]
     names += [f"blocks.{layer}.hook_mlp_in" for layer in range(graph.n_layers)]
     names.append(f"blocks.{graph.n_layers - 1}.hook_resid_post")
-    hooks = [(name, keep) for name in names]
+    hooks: Hooks = [(name, keep) for name in names]
     if embed is not None:
         hooks.insert(0, ("hook_full_embed", set_embed))
     with torch.enable_grad(), _edge_hooks_on(model):
         out = model.run_with_hooks(clean, return_type=output, fwd_hooks=hooks)
         score(out).mean().backward()
+
+    def grad(name: str) -> torch.Tensor:
+        value = inputs[name].grad
+        if value is None:
+            raise PatchingError(f"no gradient reached {name}: does the metric depend on the model's output?")
+        return value
+
     grads = []
     for layer in range(graph.n_layers):
         for c in COMPONENTS:
-            g = inputs[f"blocks.{layer}.hook_{c}_input"].grad
+            g = grad(f"blocks.{layer}.hook_{c}_input")
             grads += [g[:, :, h] for h in range(graph.n_heads)]
-        grads.append(inputs[f"blocks.{layer}.hook_mlp_in"].grad)
-    grads.append(inputs[f"blocks.{graph.n_layers - 1}.hook_resid_post"].grad)
+        grads.append(grad(f"blocks.{layer}.hook_mlp_in"))
+    grads.append(grad(f"blocks.{graph.n_layers - 1}.hook_resid_post"))
     model.zero_grad(set_to_none=True)
     return torch.stack(grads).detach()
 

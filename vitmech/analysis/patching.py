@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ HEAD_KINDS: tuple[str, ...] = ("head", "q", "k", "v")
 Run = Literal["clean", "corrupted"]
 Engine = Literal["exact", "naive"]
 PositionsLike = Literal["all", "cls", "patches"] | int | Sequence[int] | None
+Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
 
 _HOOKS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -203,8 +204,14 @@ def patched_outputs(
     """
     sites = _check_sites(model, sites)
     _check_pair(model, source, target)
-    _, source_cache = model.run_with_cache(source, names_filter=sorted({s.hook_name for s in sites}), return_type=None)
+    source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     return outputs_with_sources(model, target, sites, source_cache, output=output, max_rows=max_rows)
+
+
+def cached(model: HookedViT, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The activations `names` of one run on `images` (no output computed)."""
+    _, cache = model.run_with_cache(images, names_filter=list(names), return_type=None, return_cache_object=False)
+    return cast(dict[str, torch.Tensor], cache)
 
 
 @torch.no_grad()
@@ -225,7 +232,7 @@ def outputs_with_sources(
     layers = sorted({s.layer for s in sites})
     if start_resid is None or any(layer not in start_resid for layer in layers):
         start_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-        _, cache = model.run_with_cache(target, names_filter=start_names, return_type=None)
+        cache = cached(model, target, start_names)
         start_resid = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
     per_chunk = max(1, max_rows // batch)
     results: list[torch.Tensor | None] = [None] * len(sites)
@@ -235,7 +242,7 @@ def outputs_with_sources(
             chunk = indices[start : start + per_chunk]
             k = len(chunk)
             resid = repeat(start_resid[layer], "b p d -> (k b) p d", k=k)
-            hooks = []
+            hooks: Hooks = []
             for name in sorted({sites[i].hook_name for i in chunk}):
                 src = sources[name]
                 masks = torch.stack(
@@ -272,7 +279,7 @@ def naive_patched_outputs(
     """The same as `patched_outputs`, one full forward of the target images per site (the reference)."""
     sites = _check_sites(model, sites)
     _check_pair(model, source, target)
-    _, source_cache = model.run_with_cache(source, names_filter=sorted({s.hook_name for s in sites}), return_type=None)
+    source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     outputs = []
     for site in sites:
         clean = source_cache[site.hook_name]
@@ -388,8 +395,9 @@ class PatchingResult:
         out = np.full((self._n_layers(), self.n_prefix), np.nan)
         restored = self.restored.numpy()
         for i, s in enumerate(self.sites):
-            single = s.positions is not None and len(s.positions) == 1
-            if s.kind == kind and s.head == head and single and s.positions[0] < self.n_prefix:
+            if s.kind != kind or s.head != head or s.positions is None or len(s.positions) != 1:
+                continue
+            if s.positions[0] < self.n_prefix:
                 out[s.layer, s.positions[0]] = restored[i]
         return out
 

@@ -59,10 +59,10 @@ class PatchingStudyConfig:
     ig_steps: int = 5
     target_faithfulness: float = 0.8
     max_rows: int = 128
-    head_position_sets: tuple[str, ...] = ("all", "cls", "patches")
+    head_position_sets: tuple[Literal["all", "cls", "patches"], ...] = ("all", "cls", "patches")
     head_layers: list[int] | None = None
     per_patch_heads: int = 2
-    path_components: tuple[str, ...] = ("q", "k", "v")
+    path_components: tuple[Literal["q", "k", "v"], ...] = ("q", "k", "v")
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

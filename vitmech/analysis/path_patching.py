@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from einops import einsum
 from jaxtyping import Float
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
-from vitmech.analysis.patching import Run, Site, _check_pair, outputs_with_sources
+from vitmech.analysis.patching import Hooks, Run, Site, _check_pair, outputs_with_sources
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 
@@ -40,9 +40,10 @@ Component = Literal["q", "k", "v"]
 
 
 def _as_group(sender: Head | Sequence[Head]) -> tuple[Head, ...]:
-    if len(sender) == 2 and all(isinstance(x, (int, np.integer)) for x in sender):
-        return ((int(sender[0]), int(sender[1])),)  # type: ignore[index]
-    return tuple((int(layer), int(head)) for layer, head in sender)  # type: ignore[union-attr]
+    items = list(sender)
+    if len(items) == 2 and all(isinstance(x, (int, np.integer)) for x in items):
+        return ((int(cast(int, items[0])), int(cast(int, items[1]))),)
+    return tuple((int(layer), int(head)) for layer, head in cast(Sequence[Head], items))
 
 
 def _check_heads(model: HookedViT, heads: Sequence[Head], what: str) -> None:
@@ -131,9 +132,12 @@ def path_patching(
     for group in groups:
         _check_heads(model, group, "sender")
     to_logits = isinstance(receivers, str)
-    if to_logits and receivers != "logits":
-        raise PatchingError(f"receivers must be heads or 'logits', got {receivers!r}")
-    receiver_heads: list[Head] = [] if to_logits else [(int(a), int(b)) for a, b in receivers]  # type: ignore[misc]
+    receiver_heads: list[Head] = []
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise PatchingError(f"receivers must be heads or 'logits', got {receivers!r}")
+    else:
+        receiver_heads = [(int(a), int(b)) for a, b in receivers]
     _check_heads(model, receiver_heads, "receiver")
     runs = {"clean": clean, "corrupted": corrupted}
     src_images, tgt_images = runs[source], runs[target]
@@ -214,7 +218,7 @@ def _sender_run(
     def set_mlp(out: torch.Tensor, hook: Any) -> torch.Tensor:
         return tgt_cache[hook.name]
 
-    hooks: list[tuple[str, Any]] = []
+    hooks: Hooks = []
     for layer in range(first, n_layers):
         hooks.append((f"blocks.{layer}.attn.hook_{component}", keep))
         hooks.append((f"blocks.{layer}.attn.hook_z", set_z))

@@ -878,7 +878,8 @@ def without_feature(params: GalaxyParams, feature: str) -> GalaxyParams:
         raise DataError(f"feature must be one of {sorted(COUNTERFACTUAL_FEATURES)}, got {feature!r}")
     amplitude, _ = COUNTERFACTUAL_FEATURES[feature]
     cls = _RELABEL.get((feature, params.cls), params.cls)
-    return dataclasses.replace(params, **{amplitude: 0.0}, cls=cls)
+    changes: dict[str, Any] = {amplitude: 0.0, "cls": cls}
+    return dataclasses.replace(params, **changes)
 
 
 def galaxy_counterfactual_pairs(
