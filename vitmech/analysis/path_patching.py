@@ -11,8 +11,8 @@ The two-run recipe, with "source" the run whose sender activations are copied (c
    reaches the receivers.
 2. Target run with only the receivers' q, k or v replaced by the saved values; everything else recomputes.
 
-The receiver "logits" is the direct path: the senders' change (z_source - z_target) @ W_O added to the
-final residual stream with everything else frozen.
+The receiver "logits" is the direct path: the senders' change (z_source - z_target) @ W_O (times the LayerScale
+gain, if any) added to the final residual stream with everything else frozen.
 
 Both runs use the batched suffix engine (`patching.outputs_with_sources`): run 1 starts at the sender's
 layer, run 2 at each receiver's layer.
@@ -161,7 +161,7 @@ def path_patching(
             resid = tgt_cache[f"blocks.{n_layers - 1}.hook_resid_post"].clone()
             for layer, head in group:
                 diff = src_cache[z_names[layer]][:, :, head] - tgt_cache[z_names[layer]][:, :, head]
-                resid += einsum(diff, model.blocks[layer].attn.W_O[head], "b p e, e d -> b p d")
+                resid += einsum(diff, model.blocks[layer].attn.W_O_write[head], "b p e, e d -> b p d")
             values[g, 0] = score(model.unembed(resid, return_type=kind))
             continue
         first = min(layer for layer, _ in group)
