@@ -30,6 +30,7 @@ A batch source is one of:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import shutil
@@ -694,7 +695,7 @@ def stream_cka(
 
 class ShardedStore(MemoryStore):
     """The sweep store for several writers: every rank appends to its own shard
-    `sweep-<key>.rank<r>.jsonl` and reads what every shard and the merged `sweep-<key>.jsonl` hold, so a
+    `sweep-<key>.rank<r>.jsonl` and reads what every shard (`sweep-<key>.*.jsonl`) and the merged `sweep-<key>.jsonl` hold, so a
     relaunch (with any number of ranks) computes only what no rank finished. `merge()` folds the shards
     into the single-writer file and removes them."""
 
@@ -707,14 +708,18 @@ class ShardedStore(MemoryStore):
         self.merged = self.directory / f"sweep-{key}.jsonl"
         self.path = self.merged
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._own = JsonlStore(self._shard(ranks.rank), key, settings)
+        if "shard" in inspect.signature(JsonlStore).parameters:  # a store that names and locks shards itself
+            shard: dict[str, Any] = {"shard": f"rank{ranks.rank}"}
+            self._own = JsonlStore(self.merged, key, settings, **shard)
+        else:
+            self._own = JsonlStore(self._shard(ranks.rank), key, settings)
         self.reload()
 
     def _shard(self, rank: int) -> Path:
         return self.directory / f"sweep-{self.key}.rank{rank}.jsonl"
 
     def _files(self) -> list[Path]:
-        shards = sorted(self.directory.glob(f"sweep-{self.key}.rank*.jsonl"))
+        shards = sorted(self.directory.glob(f"sweep-{self.key}.*.jsonl"))  # one per rank (or other writer)
         return ([self.merged] if self.merged.exists() else []) + shards
 
     def reload(self) -> None:
@@ -727,6 +732,12 @@ class ShardedStore(MemoryStore):
         self._own.write(records)
         super().write(records)
 
+    def close(self) -> None:
+        """Release this rank's shard (its writer lock, where the store keeps one)."""
+        close = getattr(self._own, "close", None)
+        if close is not None:
+            close()
+
     def merge(self) -> None:
         """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards."""
         header = {"type": "header", "key": self.key, "version": 1, "settings": self.settings}
@@ -738,7 +749,7 @@ class ShardedStore(MemoryStore):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.merged)
-        for shard in self.directory.glob(f"sweep-{self.key}.rank*.jsonl"):
+        for shard in self.directory.glob(f"sweep-{self.key}.*.jsonl"):
             shard.unlink()
 
 
@@ -878,6 +889,7 @@ def stream_ablation_sweep(
     if n_batches == 0:
         raise BatchSourceError("the batch source yielded no images")
     if isinstance(sink, ShardedStore):
+        sink.close()
         barrier()
         sink.reload()
         barrier()
