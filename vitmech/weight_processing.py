@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from einops import einsum
 
+from vitmech.errors import UnsupportedModelError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
 
@@ -45,9 +46,31 @@ __all__ = [
 ]
 
 
+def unprocessable_features(model: HookedViT) -> list[str]:
+    """The parts of this model the processing steps here do not handle (they would change its outputs)."""
+    cfg = model.cfg
+    checks = {
+        "SwiGLU MLPs (W_gate)": cfg.gated_mlp,
+        "qk-norm": cfg.qk_norm,
+        "LayerScale": cfg.layer_scale,
+        "a distillation token or register tokens": cfg.distill_token or cfg.n_register_tokens > 0,
+        "no class token": not cfg.class_token,
+        f"pool={cfg.pool!r}": cfg.pool != "cls",
+        f"final_norm={cfg.final_norm!r}": cfg.final_norm != "tokens",
+        "position embeddings that are resampled or partial": cfg.pos_grid is not None
+        or cfg.n_pos_prefix != cfg.n_prefix_tokens
+        or not cfg.pos_embed,
+        "a projection": cfg.projection_dim > 0,
+    }
+    return [name for name, present in checks.items() if present]
+
+
 def _target(model: HookedViT, inplace: bool) -> HookedViT:
     if not isinstance(model, HookedViT):
         raise TypeError(f"expected a HookedViT, got {type(model).__name__}")
+    features = unprocessable_features(model)
+    if features:
+        raise UnsupportedModelError("weight processing does not handle " + ", ".join(features) + " (yet)")
     return model if inplace else copy.deepcopy(model)
 
 

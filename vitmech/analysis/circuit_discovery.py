@@ -230,7 +230,7 @@ def run_circuit(
     clean: Float[torch.Tensor, "batch c h w"],
     corrupted_senders: Float[torch.Tensor, "sender batch pos d_model"],
     circuit: Bool[torch.Tensor, "sender receiver"],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
 ) -> torch.Tensor:
     """The model on `clean` images with every edge outside `circuit` carrying its sender's corrupted value."""
     graph = Graph.of(model)

@@ -195,7 +195,7 @@ def patched_outputs(
     source: Float[torch.Tensor, "batch c h w"],
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
     max_rows: int = 256,
 ) -> torch.Tensor:
     """The target run's output with each site patched from the source run: [n_sites, B, ...] (exact engine).
@@ -220,7 +220,7 @@ def outputs_with_sources(
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
     sources: Mapping[str, torch.Tensor],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
     max_rows: int = 256,
     start_resid: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -274,7 +274,7 @@ def naive_patched_outputs(
     source: Float[torch.Tensor, "batch c h w"],
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
 ) -> torch.Tensor:
     """The same as `patched_outputs`, one full forward of the target images per site (the reference)."""
     sites = _check_sites(model, sites)
