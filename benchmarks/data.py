@@ -77,7 +77,7 @@ def main() -> None:
     results["galaxies"] = rate(lambda: len(generate_galaxies(args.galaxies, seed=1)), args.repeats)
     for threads in (1, 2):
         results[f"galaxies_{threads}thread"] = rate(
-            lambda: len(generate_galaxies(args.galaxies, seed=1, num_threads=threads)), args.repeats
+            lambda threads=threads: len(generate_galaxies(args.galaxies, seed=1, num_threads=threads)), args.repeats
         )
     generate_chirps(4, seed=0)
     results["chirps"] = rate(lambda: len(generate_chirps(args.chirps, seed=1)), args.repeats)

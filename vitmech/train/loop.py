@@ -307,7 +307,7 @@ def _train_step(
     if config.clip_norm is not None:
         norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
     else:
-        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in params if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.step()

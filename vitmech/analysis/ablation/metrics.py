@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,7 @@ class Metric:
         output: torch.Tensor,
         clean: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
-    ) -> Float[torch.Tensor, "batch"]:
+    ) -> Float[torch.Tensor, " batch"]:
         """Per-example values [B], validated."""
         batch = output.shape[0]
         if self.needs_targets:
@@ -92,7 +92,7 @@ class Metric:
         return check_per_example(values, batch, self.name)
 
 
-def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, "batch"]:
+def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, " batch"]:
     """values as a float tensor [batch], or MetricError saying what was wrong."""
     if not isinstance(values, torch.Tensor):
         raise MetricError(
@@ -144,7 +144,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
     """logit[a] - logit[b]; with no classes, the margin: target logit minus the largest other logit."""
     if (a is None) != (b is None):
         raise MetricError("logit_diff takes two classes (a, b) or none (margin of the target class)")
-    if a is None:
+    if a is None or b is None:
 
         def margin(out, clean, targets):
             idx = _targets_as_index(targets, "logit_diff").to(out.device)
@@ -229,7 +229,7 @@ def metric_from_function(
     """
     if not callable(fn):
         raise MetricError(f"a metric must be callable, got {type(fn).__name__}")
-    name = name or getattr(fn, "__name__", "custom")
+    metric_name = name or str(getattr(fn, "__name__", "custom"))
 
     def call(out, clean, targets):
         args = [out]
@@ -240,11 +240,16 @@ def metric_from_function(
         return fn(*args)
 
     return Metric(
-        name, call, output=output, needs_targets=needs_targets, needs_clean=needs_clean, params=dict(params or {})
+        metric_name,
+        call,
+        output=output,
+        needs_targets=needs_targets,
+        needs_clean=needs_clean,
+        params=dict(params or {}),
     )
 
 
-MetricLike = Union[str, Metric, Callable[..., torch.Tensor]]
+MetricLike = str | Metric | Callable[..., torch.Tensor]
 BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
     "cross_entropy": cross_entropy,
     "ce": cross_entropy,

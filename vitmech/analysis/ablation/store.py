@@ -60,6 +60,8 @@ class MemoryStore:
 class JsonlStore(MemoryStore):
     """A MemoryStore mirrored to an append-only JSONL file."""
 
+    path: Path
+
     def __init__(self, path: str | Path, key: str, settings: dict[str, Any]) -> None:
         super().__init__()
         self.path = Path(path)
