@@ -170,7 +170,7 @@ class RegionMasks:
             {name: [s.boxes[e] for e in elements if s.boxes.get(e) is not None] for name, elements in regions.items()}
             for s in samples
         ]
-        out = cls.from_boxes(per_image, size)  # type: ignore[arg-type]
+        out = cls.from_boxes(per_image, (int(size[0]), int(size[1])))
         return out.select(list(regions))
 
     @classmethod
@@ -362,7 +362,8 @@ class AlignmentResult:
 
     def per_image(self, metric: str = "iou", region: str = UNION, unit: Sequence[int] = ()) -> Float[Tensor, " batch"]:
         """One value per image (NaN where the region is empty) for one unit (e.g. (layer, head))."""
-        values = self.metric(metric)[(slice(None), *unit)]
+        index: tuple[Any, ...] = (slice(None), *unit)
+        values = self.metric(metric)[index]
         if values.ndim != 2:
             raise ValueError(f"give one index per unit axis {self.unit_names}, got {tuple(unit)}")
         return values[:, self.region(region)]
