@@ -26,3 +26,11 @@ class ImageInputError(ValueError):
 
 class ModelMismatchError(ValueError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
+
+
+class RuntimeSettingError(ValueError):
+    """A device, precision, thread or distributed setting that is not valid (the value and the choices named)."""
+
+
+class BatchSourceError(ValueError):
+    """A dataset, loader or folder that does not yield image batches (what was found named in the message)."""

@@ -19,14 +19,12 @@ Choices are parameters and are recorded in every result (`AttentionSettings`):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from einops import rearrange
@@ -49,43 +47,10 @@ PatternStack = Float[Tensor, "batch layer head query key"]
 _CHUNK_ELEMENTS = 1 << 20
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run memory-bound metric code on one intra-op thread, then restore the setting.
-
-    On a shared CPU every parallel op waits for its slowest thread: with 2 threads on our busy 2-core
-    machines the metrics ran 2-30x slower than on one thread, which streams memory at nearly the full
-    bandwidth anyway. The model's forward pass keeps the caller's setting.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
 def cat_if_all(tensors: Sequence[Tensor | None], dim: int = 0) -> Tensor | None:
     """torch.cat(tensors, dim), or None when any part is None (an optional field of batched results)."""
     present = [t for t in tensors if t is not None]
     return torch.cat(present, dim) if present and len(present) == len(tensors) else None
-
-
-def single_threaded(fn: _F) -> _F:
-    """Decorator: run `fn` inside `one_thread()`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with one_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy cannot see it
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -213,7 +178,6 @@ def patch_distances(
     return (torch.cdist(centres, centres) * patch_size).to(dtype)
 
 
-@single_threaded
 def mean_attention_distance(
     patterns: Float[Tensor, "*batch query key"], patch_size: float, renormalise: bool = True
 ) -> Float[Tensor, "*batch"]:
@@ -395,7 +359,6 @@ def _std(values: Tensor) -> Tensor:
     return values.std(0)
 
 
-@single_threaded
 def attention_metrics(
     patterns: PatternStack,
     patch_size: float,

@@ -33,7 +33,6 @@ from vitmech.analysis.attention import (
     check_patterns,
     image_batches,
     resolve_layers,
-    single_threaded,
     to_grid,
     top_k_concentration,
 )
@@ -74,7 +73,6 @@ class RolloutSettings:
 # ----------------------------------------------------------------------------------------- building blocks
 
 
-@single_threaded
 def fuse_heads(
     patterns: Float[Tensor, "*batch head query key"],
     fusion: HeadFusion = "mean",
@@ -99,7 +97,6 @@ def fuse_heads(
     raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
-@single_threaded
 def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Float[Tensor, "*batch query key"]:
     """Zero the int(ratio * P * P) lowest entries of each matrix, per batch item and layer, keeping the
     CLS->CLS entry (vit-explain's discard_ratio, without its item-0-only bug)."""
@@ -133,7 +130,6 @@ def _residual_row_scales(
     return scale, diagonal
 
 
-@single_threaded
 def residual_attention(
     fused: Float[Tensor, "*batch query key"], alpha: float = 0.5
 ) -> Float[Tensor, "*batch query key"]:
@@ -145,7 +141,6 @@ def residual_attention(
     return mixed
 
 
-@single_threaded
 def residual_rollout_rows(
     fused: Float[Tensor, "batch layer query key"], alpha: float, tokens: Sequence[int]
 ) -> Float[Tensor, "batch row key"]:
@@ -169,7 +164,6 @@ def _check_tokens(tokens: Sequence[int] | None, n_tokens: int) -> tuple[int, ...
     return out
 
 
-@single_threaded
 def chain_rows(
     layer_matrices: Float[Tensor, "batch layer query key"], tokens: Sequence[int] | None = None
 ) -> Float[Tensor, "batch row key"]:
@@ -267,7 +261,6 @@ class Rollout:
 # ----------------------------------------------------------------------------------------- rollout
 
 
-@single_threaded
 def rollout_from_fused(
     fused: Float[Tensor, "batch layer query key"],
     alpha: float = 0.5,
@@ -289,7 +282,6 @@ def rollout_from_fused(
     return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded)
 
 
-@single_threaded
 def rollout(
     patterns: PatternStack,
     alpha: float = 0.5,
@@ -468,7 +460,6 @@ def _check_pair(patterns: Tensor, gradients: Tensor) -> None:
         raise ValueError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
 
 
-@single_threaded
 def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Sequence[int] | None = None) -> Rollout:
     """Gradient-weighted rollout (Chefer et al. 2021, generic rule): R = I; for each layer from the first,
     R <- R + mean_h[(dA * A)^+] @ R, i.e. R = (I + C_L) ... (I + C_1). Rows of R do not sum to 1; maps are
@@ -499,7 +490,6 @@ def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Se
     )
 
 
-@single_threaded
 def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1") -> Float[Tensor, "batch layer head"]:
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
@@ -521,7 +511,6 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     return torch.where(totals > 0, scores / totals.clamp_min(torch.finfo(scores.dtype).tiny), uniform)
 
 
-@single_threaded
 def gmar(
     patterns: PatternStack,
     gradients: PatternStack,
