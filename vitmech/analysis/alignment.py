@@ -43,7 +43,6 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from vitmech.analysis.attention import single_threaded
 from vitmech.tokens import token_layout
 
 if TYPE_CHECKING:
@@ -475,7 +474,6 @@ def _scores(
     return tuple(t.double().clamp(0, 1) for t in (rearrange(iou, swap), energy, pointing))  # type: ignore[return-value]
 
 
-@single_threaded
 def alignment_scores(
     maps: Float[Tensor, "batch *units gh gw"],
     regions: RegionMasks,
