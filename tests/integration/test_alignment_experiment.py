@@ -37,9 +37,7 @@ def test_quick_run_writes_the_report(tmp_path, capsys) -> None:
         assert (out / name).is_file(), name
     rows = json.loads((out / "comparisons.json").read_text())
     assert {(r["tier"], r["map"]) for r in rows} == {
-        (t, m)
-        for t in ("linear_probe", "lora", "full", "attention_supervised")
-        for m in ("last_layer_mean", "rollout")
+        (t, m) for t in ("linear_probe", "lora", "full", "attention_supervised") for m in ("last_layer_mean", "rollout")
     }
     probe = [r for r in rows if r["tier"] == "linear_probe"]
     assert all(r["delta_iou"] == 0 for r in probe)  # a frozen backbone keeps its attention
