@@ -202,8 +202,8 @@ def centre_prior_iou(model: HookedViT, regions: RegionMasks, q: float | None) ->
     from vitmech.tokens import token_layout
 
     gh, gw = token_layout(model).grid
-    y = torch.arange(gh, dtype=torch.float64) - (gh - 1) / 2
-    x = torch.arange(gw, dtype=torch.float64) - (gw - 1) / 2
+    y = torch.arange(gh, dtype=torch.float64) + 0.5 - gh / 2  # cell centres, origin at the grid centre
+    x = torch.arange(gw, dtype=torch.float64) + 0.5 - gw / 2
     gauss = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * (max(gh, gw) / 4) ** 2))
     maps = gauss.expand(len(regions), gh, gw).contiguous()
     return float(np.nanmean(alignment_scores(maps, regions, q=q).per_image("iou", UNION).numpy()))
