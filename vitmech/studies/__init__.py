@@ -1,4 +1,3 @@
-"""Studies: multi-phase analyses behind the experiment scripts, as library functions returning typed results.
-
-- `vitmech.studies.alignment`: does fine-tuning move attention onto annotated features (docs/alignment.md).
-"""
+"""The studies behind the `vitmech` subcommands, one module each: `add_arguments(parser)` declares the
+flags (from the shared vocabulary in `vitmech.cli.args`), `run(args) -> int` does the study and writes
+its report folder. `experiments/NN_*.py` call the same code (`vitmech.cli.run_command`)."""
