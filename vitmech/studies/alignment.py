@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -365,14 +366,23 @@ def _head_rows(before: ModelState, after: ModelState) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- the study
 
 
-def run_alignment_study(config: AlignmentStudyConfig, runs_dir: str | Path, *, progress: bool = True) -> AlignmentStudy:
-    """Run the five phases; fine-tuned models are cached under `runs_dir` (a finished run is reused)."""
+def run_alignment_study(
+    config: AlignmentStudyConfig,
+    runs_dir: str | Path,
+    *,
+    models: Sequence[tuple[str, HookedViT]] | None = None,
+    progress: bool = True,
+) -> AlignmentStudy:
+    """Run the five phases; fine-tuned models are cached under `runs_dir` (a finished run is reused).
+    `models`: (name, model) pairs already loaded (default: `config.models` by `HookedViT.from_pretrained`)."""
     started = time.perf_counter()
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    loaded = []
-    for name in config.models:
-        loaded.append((name, HookedViT.from_pretrained(name).eval()))
+    if models is None:
+        loaded = [(name, HookedViT.from_pretrained(name)) for name in config.models]
+    else:
+        loaded = list(models)
+    loaded = [(name, model.eval()) for name, model in loaded]
     size = loaded[0][1].cfg.image_size
     for name, model in loaded:
         if model.cfg.image_size != size:
@@ -459,13 +469,20 @@ def describe(row: pd.Series) -> str:
 # ----------------------------------------------------------------------------------------- report
 
 
-def write_alignment_report(study: AlignmentStudy, out_dir: str | Path, *, command: str = "") -> Path:
+def write_alignment_report(
+    study: AlignmentStudy, out_dir: str | Path, *, command: str = "", random_models: Sequence[str] = ()
+) -> Path:
     """Report folder: report.md, every table as CSV (+ Markdown), the settings and comparisons as JSON, figures."""
     from vitmech.report import Report
     from vitmech.viz.alignment import plot_delta_iou, plot_head_delta_grid, plot_iou_by_layer, plot_region_overlays
 
     config = study.config
     report = Report(out_dir, title="Does fine-tuning move attention onto the annotated features?")
+    if random_models:
+        report.add_text(
+            f"**RANDOM WEIGHTS: {', '.join(random_models)} had no pretrained weights here; their attention means "
+            "nothing.**"
+        )
     report.add_text(
         f"- models: {', '.join(f'`{m}`' for m in config.models)}\n"
         f"- tiers: {', '.join(config.tiers)}, each {config.steps} steps of batch {config.batch_size} on "
@@ -531,7 +548,86 @@ def write_alignment_report(study: AlignmentStudy, out_dir: str | Path, *, comman
     return report.write()
 
 
+# ----------------------------------------------------------------------------------------- command line
+
+QUICK = {"model_list": ["vitmech/mini-pretrained"], "n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 8}
+"""`--quick`: one model (unless --model names others), a tiny budget: a smoke run of every phase."""
+
+
+def add_arguments(parser: Any) -> None:
+    """Flags of `vitmech align` / experiments/11_attention_alignment.py."""
+    from vitmech.cli.args import add_models, add_run
+
+    defaults = AlignmentStudyConfig()
+    add_models(parser, list(SHIPPED_MODELS), "model to fine-tune and measure; repeat for several")
+    parser.add_argument("--tiers", nargs="+", default=list(STUDY_TIERS), choices=STUDY_TIERS)
+    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="training galaxies (seed 0 stream)")
+    parser.add_argument("--n-eval", type=int, default=defaults.n_eval, help="held-out galaxies (seed 12345 stream)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of every tier")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    parser.add_argument("--backbone-lr", type=float, default=defaults.backbone_lr)
+    parser.add_argument("--weight", type=float, default=1.0, help="lambda of the attention-supervised loss")
+    parser.add_argument("--map-source", default="cls", choices=["cls", "rollout"], help="supervised map")
+    parser.add_argument("--layers", type=int, nargs="+", default=[-1], help="supervised layers (source cls)")
+    parser.add_argument("--heads", type=int, nargs="+", default=None, help="supervised heads (default: all)")
+    parser.add_argument("--q", type=float, default=None, help="IoU's top fraction (default: the region's area)")
+    parser.add_argument("--resamples", type=int, default=defaults.n_resamples, help="bootstrap resamples")
+    add_run(parser, resumable=True)
+
+
+def run(args: Any) -> int:
+    """Run the study from parsed flags and write the report folder; with --resume the finished fine-tuning
+    runs in <out>/runs are reused (--restart deletes them)."""
+    from vitmech.cli.args import models_from
+    from vitmech.studies._common import error, models, start
+
+    names = models_from(args)
+    if args.quick and args.model:  # --quick names one shipped model unless the user gave --model
+        names = list(args.model)
+    try:
+        supervision = AttentionSupervision(
+            weight=args.weight,
+            source=args.map_source,
+            layers=tuple(args.layers),
+            heads=tuple(args.heads) if args.heads else None,
+        )
+        config = AlignmentStudyConfig(
+            models=tuple(names),
+            tiers=tuple(args.tiers),
+            n_train=args.n_train,
+            n_eval=args.n_eval,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            head_lr=args.head_lr,
+            backbone_lr=args.backbone_lr,
+            supervision=supervision,
+            q=args.q,
+            n_resamples=args.resamples,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        return int(error(args, str(err)) or 2)
+    out = start(args, resumable_parts=("runs",))
+    loaded = models(args, names)
+    study = run_alignment_study(
+        config, out / "runs", models=[(m.name, m.model) for m in loaded], progress=not args.no_progress
+    )
+    path = write_alignment_report(
+        study,
+        out,
+        command=f"vitmech align {' '.join(sys.argv[1:])}".strip(),
+        random_models=[m.name for m in loaded if m.random],
+    )
+    print(f"report: {path}")
+    print(study.comparisons[["model", "tier", "map", "iou_before", "iou_after", "delta_iou", "p_holm"]].to_string())
+    return 0
+
+
 __all__ = [
+    "QUICK",
+    "add_arguments",
+    "run",
     "PRIMARY_MAPS",
     "SHIPPED_MODELS",
     "STUDY_TIERS",
