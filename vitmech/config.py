@@ -17,6 +17,8 @@ Pool = Literal["cls", "avg", "map", "none"]
 POOLS: tuple[str, ...] = ("cls", "avg", "map", "none")
 FinalNorm = Literal["tokens", "pooled", "none"]
 FINAL_NORMS: tuple[str, ...] = ("tokens", "pooled", "none")
+RopeKind = Literal["none", "eva", "dinov3"]
+ROPE_KINDS: tuple[str, ...] = ("none", "eva", "dinov3")
 PosResample = Literal["bicubic", "bicubic_antialias"]
 POS_RESAMPLES: tuple[str, ...] = ("bicubic", "bicubic_antialias")
 
@@ -62,6 +64,15 @@ class ViTConfig:
         gated_mlp: SwiGLU MLP, act(x W_gate + b_gate) * (x W_in + b_in) @ W_out (Shazeer 2020, arXiv:2002.05202);
             act_fn is the gate's nonlinearity ("silu" for SwiGLU).
         qk_norm: LayerNorm over d_head on queries and keys before the scores.
+        mlp_norm: a LayerNorm over d_mlp on the MLP's hidden activations before W_out (timm `scale_mlp`,
+            EVA-02's SwiGLU).
+
+    Rotary position embeddings (`vitmech.model.rotary`, `docs/model.md#families`), applied to the patch
+    tokens' queries and keys after qk-norm (hook_q / hook_k see them rotated); prefix tokens are not rotated:
+        rope: "none", "eva" (EVA-02: integer grid coordinates) or "dinov3" (patch centres in [-1, 1]).
+        rope_temperature: the frequency base T (EVA-02 10000, DINOv3 100).
+        rope_half: rotate-half channel pairs (j, j + d_head/2) (DINOv3) instead of interleaved (2j, 2j+1) (EVA-02).
+        rope_ref_grid: "eva" only: grid coordinates rescaled to this many patches per side (timm `ref_feat_shape`).
 
     Output:
         pool: what the head reads: "cls" (the class token), "avg" (mean over patch tokens), "map"
@@ -100,6 +111,11 @@ class ViTConfig:
     layer_scale: bool = False
     gated_mlp: bool = False
     qk_norm: bool = False
+    mlp_norm: bool = False
+    rope: RopeKind = "none"
+    rope_temperature: float = 10000.0
+    rope_half: bool = False
+    rope_ref_grid: int | None = None
     pool: Pool = "cls"
     final_norm: FinalNorm = "tokens"
     projection_dim: int = 0
@@ -138,6 +154,14 @@ class ViTConfig:
             raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
         if self.pos_resample not in POS_RESAMPLES:
             raise ValueError(f"pos_resample must be one of {POS_RESAMPLES}, got {self.pos_resample!r}")
+        if self.rope not in ROPE_KINDS:
+            raise ValueError(f"rope must be one of {ROPE_KINDS}, got {self.rope!r}")
+        if self.rope != "none" and self.d_head % 4 != 0:
+            raise ValueError(f"rotary embeddings need d_head divisible by 4, got {self.d_head}")
+        if not self.rope_temperature > 0:
+            raise ValueError(f"rope_temperature must be > 0, got {self.rope_temperature!r}")
+        if self.rope_ref_grid is not None and (not isinstance(self.rope_ref_grid, int) or self.rope_ref_grid <= 0):
+            raise ValueError(f"rope_ref_grid must be a positive int or None, got {self.rope_ref_grid!r}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs a class token; use pool='avg', 'map' or 'none'")
         if self.pool == "none" and self.final_norm == "pooled":

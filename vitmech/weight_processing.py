@@ -54,6 +54,8 @@ def unprocessable_features(model: HookedViT) -> list[str]:
     checks = {
         "SwiGLU MLPs (W_gate)": cfg.gated_mlp,
         "qk-norm": cfg.qk_norm,
+        "rotary position embeddings": getattr(cfg, "rope", "none") != "none",
+        "a LayerNorm inside the MLP": getattr(cfg, "mlp_norm", False),
         "LayerScale": cfg.layer_scale,
         "a distillation token or register tokens": cfg.distill_token or cfg.n_register_tokens > 0,
         "no class token": not cfg.class_token,

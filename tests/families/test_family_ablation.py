@@ -1,6 +1,6 @@
 """The exact ablation engine on every family: head_sweep equals the naive loop (one hooked forward per head)
 within 1e-4, for models with registers, a distillation head, LayerScale, SwiGLU, qk-norm, attention and
-average pooling, no class token, and a projection; models without a classifier are scored by a metric on
+average pooling, no class token, a projection, and rotary embeddings (EVA-02, DINOv3); models without a classifier are scored by a metric on
 their features."""
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ MODELS = {
     "gap_fc_norm": lambda: timm_port(
         "vit_base_patch16_224", img_size=32, global_pool="avg", fc_norm=True, num_classes=5
     ),
+    "eva02_rotary_mlp_norm": lambda: timm_port("eva02_base_patch14_224", img_size=28, num_classes=5),
+    "dinov3_rotary": lambda: timm_port("vit_small_patch16_dinov3", img_size=32, num_classes=0),
     "qk_norm": lambda: timm_port("vit_base_patch16_224", img_size=32, qk_norm=True, num_classes=5),
     "hf_dinov2_registers": lambda: hf_port(
         T.Dinov2WithRegistersConfig, T.Dinov2WithRegistersModel, image_size=28, patch_size=14, num_register_tokens=2

@@ -88,12 +88,11 @@ def test_timm_export_builds_an_equal_timm_model(case):
         assert torch.equal(exported(x), source(x))
 
 
-def test_rotary_families_fail_at_load_naming_the_feature():
+def test_unsupported_rotary_variants_fail_at_load_naming_the_feature():
+    """EVA-02 and DINOv3 rotary embeddings are supported (tests/families/test_timm_eva.py); timm's learned
+    per-layer ("mixed") rotary embeddings are not."""
     from vitmech import UnsupportedModelError
 
-    eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, img_size=28)
-    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
-        HookedViT.from_timm(eva)
-    dinov3 = timm.create_model("vit_small_patch16_dinov3", pretrained=False, depth=1, img_size=32)
-    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
-        HookedViT.from_timm(dinov3)
+    mixed = timm.create_model("vit_small_patch16_rope_mixed_224", pretrained=False, depth=1, img_size=32)
+    with pytest.raises(UnsupportedModelError, match="rotary embeddings"):
+        HookedViT.from_timm(mixed)

@@ -88,6 +88,11 @@ def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
         )
     if cfg.projection_dim:
         raise UnsupportedModelError("timm VisionTransformer has no bias-free projection (projection_dim)")
+    if cfg.rope != "none" or cfg.mlp_norm:
+        raise UnsupportedModelError(
+            "timm VisionTransformer has no rotary embeddings or MLP LayerNorm (EVA-02 / DINOv3 are timm `Eva`); "
+            "export with export_state_dict(model, vitmech.loading.families.by_name('timm Eva (EVA-02, DINOv3)'), keys)"
+        )
     return dict(
         img_size=cfg.stored_pos_grid * cfg.patch_size,
         patch_size=cfg.patch_size,
@@ -146,7 +151,7 @@ def _feature_fields() -> list[Any]:
     import dataclasses
 
     names = ("distill_token", "n_register_tokens", "pos_embed", "pos_embed_prefix", "layer_scale", "gated_mlp",
-             "qk_norm", "pool", "final_norm", "projection_dim", "class_token")  # fmt: skip
+             "qk_norm", "pool", "final_norm", "projection_dim", "class_token", "rope", "mlp_norm")  # fmt: skip
     return [f for f in dataclasses.fields(ViTConfig) if f.name in names]
 
 

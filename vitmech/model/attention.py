@@ -1,9 +1,10 @@
 """Multi-head self-attention with per-head weights in TransformerLens layout.
 
 W_Q, W_K, W_V [H, d_model, d_head]; b_Q, b_K, b_V [H, d_head]; W_O [H, d_head, d_model]; b_O [d_model].
-Optional parts, chosen by the config: `q_norm` / `k_norm` (LayerNorm over d_head, qk-norm), `ls`
+Optional parts, chosen by the config: `q_norm` / `k_norm` (LayerNorm over d_head, qk-norm), `rotary`
+(rotary position embeddings on the patch tokens' queries and keys, after qk-norm), `ls`
 (LayerScale on the output, so each head's `hook_result` is what it writes to the residual stream).
-Hooks: hook_q/k (after qk-norm), hook_v and hook_z [B, P, H, d_head]; hook_attn_scores and hook_pattern
+Hooks: hook_q/k (after qk-norm and rotation), hook_v and hook_z [B, P, H, d_head]; hook_attn_scores and hook_pattern
 [B, H, P_q, P_k]; hook_result [B, P, H, d_model] (each head's write before the sum over heads, computed
 only when hooked).
 
@@ -31,6 +32,7 @@ from transformer_lens.hook_points import HookPoint
 from vitmech.model._hooks import is_hooked
 from vitmech.model.layer_norm import LayerNorm
 from vitmech.model.layer_scale import LayerScale
+from vitmech.model.rotary import Rotary
 
 Heads = Float[torch.Tensor, "batch pos head d_head"]
 
@@ -45,6 +47,7 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         layer_scale: bool = False,
         ln_eps: float = 1e-6,
+        rotary: Rotary | None = None,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -60,6 +63,7 @@ class Attention(nn.Module):
         self.q_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
         self.k_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
         self.ls = LayerScale(d_model) if layer_scale else None
+        self.rotary = rotary
         self.force_explicit = False
 
         self.hook_q = HookPoint()
@@ -90,9 +94,11 @@ class Attention(nn.Module):
         return qkv.split(self.n_heads, dim=2)
 
     def transform_qk(self, q: Heads, k: Heads) -> tuple[Heads, Heads]:
-        """qk-norm (when configured): what the scores are computed from."""
+        """qk-norm, then rotary embeddings (each when configured): what the scores are computed from."""
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         return q, k
 
     def scores(self, q: Heads, k: Heads) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
@@ -160,7 +166,7 @@ class Attention(nn.Module):
         return self.attend(q, k, v)
 
     def attend(self, q: Heads, k: Heads, v: Heads) -> Float[torch.Tensor, "batch pos d_model"]:
-        """Everything after the projections: qk-norm, hook_q/k/v, the pattern, hook_z and the output map."""
+        """Everything after the projections: qk-norm and rotation, hook_q/k/v, the pattern, hook_z and the output map."""
         q, k = self.transform_qk(q, k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():

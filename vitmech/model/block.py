@@ -1,6 +1,6 @@
 """A pre-norm transformer block: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
 
-LayerScale, qk-norm and gated MLPs live inside the sublayers (chosen by the config). `attention_residual`
+LayerScale, qk-norm, rotary embeddings and gated MLPs live inside the sublayers (chosen by the config). `attention_residual`
 and `mlp_residual` are the same maths without hook points, for the exact ablation engine.
 """
 
@@ -20,6 +20,22 @@ from vitmech.config import ViTConfig
 from vitmech.model.attention import Attention, Heads
 from vitmech.model.layer_norm import LayerNorm
 from vitmech.model.mlp import MLP
+from vitmech.model.rotary import Rotary
+from vitmech.tokens import TokenLayout
+
+
+def rotary_for(cfg: ViTConfig) -> Rotary | None:
+    """The rotary embedding the config asks for (`cfg.rope`), or None."""
+    if cfg.rope == "none":
+        return None
+    return Rotary(
+        cfg.rope,
+        cfg.d_head,
+        TokenLayout.from_config(cfg),
+        cfg.rope_temperature,
+        cfg.rope_half,
+        cfg.rope_ref_grid,
+    )
 
 
 def layer_norm(ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -50,9 +66,18 @@ class TransformerBlock(nn.Module):
             qk_norm=cfg.qk_norm,
             layer_scale=cfg.layer_scale,
             ln_eps=cfg.ln_eps,
+            rotary=rotary_for(cfg),
         )
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, gated=cfg.gated_mlp, layer_scale=cfg.layer_scale)
+        self.mlp = MLP(
+            cfg.d_model,
+            cfg.d_mlp,
+            cfg.act_fn,
+            gated=cfg.gated_mlp,
+            layer_scale=cfg.layer_scale,
+            hidden_norm=cfg.mlp_norm,
+            ln_eps=cfg.ln_eps,
+        )
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()

@@ -3,7 +3,8 @@
 Plain: x @ W_in + b_in -> act -> @ W_out + b_out. Gated (SwiGLU, Shazeer 2020, arXiv:2002.05202):
 act(x @ W_gate + b_gate) * (x @ W_in + b_in) -> @ W_out + b_out, with hook_pre on the gate's
 pre-activation and hook_pre_linear on the linear branch (TransformerLens' GatedMLP names). An optional
-LayerScale `ls` scales the output.
+LayerNorm `hidden_norm` over d_mlp normalises hook_post before W_out (timm `scale_mlp`, EVA-02), and an
+optional LayerScale `ls` scales the output.
 
 The maths lives in hook-free steps (`pre_activations`, `activate`, `write`) that `forward` chains with hook
 points; the exact ablation engine calls the same steps.
@@ -19,6 +20,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from vitmech.model.layer_norm import LayerNorm
 from vitmech.model.layer_scale import LayerScale
 
 
@@ -38,7 +40,15 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 class MLP(nn.Module):
     def __init__(
-        self, d_model: int, d_mlp: int, act_fn: str, *, gated: bool = False, layer_scale: bool = False
+        self,
+        d_model: int,
+        d_mlp: int,
+        act_fn: str,
+        *,
+        gated: bool = False,
+        layer_scale: bool = False,
+        hidden_norm: bool = False,
+        ln_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.act_fn = act_fn
@@ -53,6 +63,7 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(d_mlp))
         self.W_out = nn.Parameter(torch.empty(d_mlp, d_model))
         self.b_out = nn.Parameter(torch.zeros(d_model))
+        self.hidden_norm = LayerNorm(d_mlp, ln_eps) if hidden_norm else None
         self.ls = LayerScale(d_model) if layer_scale else None
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
@@ -76,6 +87,9 @@ class MLP(nn.Module):
         return self._act(gate) * linear
 
     def write(self, post: Float[torch.Tensor, "batch pos d_mlp"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        """(hidden_norm(post)) @ W_out + b_out (times the LayerScale gain)."""
+        if self.hidden_norm is not None:
+            post = self.hidden_norm(post)
         out = F.linear(post, self.W_out.T, self.b_out)
         return out if self.ls is None else self.ls(out)
 
