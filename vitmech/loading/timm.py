@@ -17,7 +17,7 @@ def _timm_model(model_or_name: Any, timm_kwargs: dict[str, Any]) -> nn.Module:
     if isinstance(model_or_name, str):
         import timm
 
-        from vitmech.loading.registry import check_timm_name
+        from vitmech.loading.names import check_timm_name
 
         timm_kwargs.setdefault("pretrained", True)
         check_timm_name(model_or_name)
