@@ -83,5 +83,5 @@ def test_experiments_03_to_07_run_on_the_family(saved):
 
     out07 = root / "r07"
     args07 = ["--model", str(root / "before"), "--images", str(root / "images"), "--out", str(out07)]
-    assert load_experiment("07_head_ablation_heatmap").main([*args07, "--batch-size", "5", "--no-estimates", "--metric", "mse_to_clean"]) == 0
+    assert load_experiment("07_head_ablation_heatmap").main([*args07, "--batch-size", "5", "--no-estimates"]) == 0
     assert len(read_csv(out07 / "all_heads.csv")) == 2 * 2
