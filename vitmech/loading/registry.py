@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
 
+from vitmech.errors import UnknownModelError
 from vitmech.loading.families.base import Converted
-from vitmech.loading.names import KNOWN_HF_IDS as KNOWN_HF_IDS  # re-exported: names live in loading.names
-from vitmech.loading.names import ZOO_DIR as ZOO_DIR
-from vitmech.loading.names import ZOO_PREFIX as ZOO_PREFIX
-from vitmech.loading.names import check_timm_name as check_timm_name
-from vitmech.loading.names import unknown_model as unknown_model
-from vitmech.loading.names import zoo_models as zoo_models
 
 logger = logging.getLogger(__name__)
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+ZOO_PREFIX = "vitmech/"
+KNOWN_HF_IDS = (
+    "google/vit-base-patch16-224",
+    "google/vit-base-patch16-224-in21k",
+    "google/vit-base-patch32-224-in21k",
+    "google/vit-large-patch16-224",
+    "google/vit-base-patch16-384",
+)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -31,6 +37,37 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def zoo_models() -> dict[str, Path]:
+    """Shipped models: 'vitmech/<dir>' -> directory holding model.safetensors + config.json."""
+    from vitmech.loading.native import is_native_dir
+
+    if not ZOO_DIR.is_dir():
+        return {}
+    return {ZOO_PREFIX + p.name: p for p in sorted(ZOO_DIR.iterdir()) if is_native_dir(p)}
+
+
+def _candidates() -> list[str]:
+    import timm
+
+    names = set(timm.list_models("vit_*")) | set(timm.list_models("deit_*"))
+    return sorted(names | set(KNOWN_HF_IDS) | set(zoo_models()))
+
+
+def unknown_model(name: str) -> UnknownModelError:
+    close = difflib.get_close_matches(name, _candidates(), n=6, cutoff=0.5)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    return UnknownModelError(
+        f"unknown model {name!r}: not a shipped vitmech model, a local path, a timm model name or a hub id.{hint}"
+    )
+
+
+def check_timm_name(name: str) -> None:
+    import timm
+
+    if not (timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:", "timm/"))):
+        raise unknown_model(name)
 
 
 def load_pretrained(name: str, **kwargs: Any) -> Converted:
