@@ -35,25 +35,8 @@ TOKEN_NAMES = re.compile(
 )
 GRID_NAMES = {"g", "grid", "grid_size", "n_patches", "n_tokens", "gh", "gw"}
 
-# (path, source snippet on the flagged line, reason). Keep this short: prefer the helper.
-ALLOWED: tuple[tuple[str, str, str], ...] = (
-    (
-        "vitmech/analysis/ablation/_recompute.py",
-        "",
-        "the ablation engine's suffix recompute is being rewritten on the model's own block functions by the "
-        "model-core change; it reads the class-token query of the current classifier model",
-    ),
-    (
-        "vitmech/model/hooked_vit.py",
-        "normalized[:, 0]",
-        "the classifier head's class-token pooling; moves into the pooling configuration of the model core",
-    ),
-    (
-        "vitmech/model/embed.py",
-        "",
-        "the embedding builds the prefix tokens themselves (it defines the layout the helper describes)",
-    ),
-)
+# (path, source snippet on the flagged line, reason): none needed today. Keep it short: prefer the helper.
+ALLOWED: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

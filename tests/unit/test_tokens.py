@@ -60,8 +60,8 @@ def config(**changes) -> ViTConfig:
         ({"n_register_tokens": 4}, 5, 0, range(1, 5)),
         ({"distill_token": True}, 2, 0, range(2, 2)),
         ({"distill_token": True, "n_register_tokens": 2}, 4, 0, range(2, 4)),
-        ({"class_token": False}, 0, None, range(0, 0)),
-        ({"class_token": False, "n_register_tokens": 3}, 3, None, range(0, 3)),
+        ({"class_token": False, "pool": "avg"}, 0, None, range(0, 0)),
+        ({"class_token": False, "pool": "map", "n_register_tokens": 3}, 3, None, range(0, 3)),
     ],
 )
 def test_layout_from_config(changes, n_prefix, class_index, registers):
