@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric",
         default=None,
         help="mse, cross_entropy, accuracy, class_logit, kl_to_clean, mse_to_clean, ... (default: mse "
-        "for --targets, cross_entropy for --labels, kl_to_clean without either)",
+        "for --targets, cross_entropy for --labels, kl_to_clean without either; features_mse_to_clean for "
+        "models without a classifier)",
     )
     parser.add_argument(
         "--ablation",
@@ -140,7 +141,11 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
         data_note += ", with targets" if source.targets is not None else ""
     if args.metric is None:  # the loss the model would be trained with, else the drift of its output
         args.metric = (
-            "kl_to_clean" if targets is None else "cross_entropy" if not targets.is_floating_point() else "mse"
+            ("kl_to_clean" if model.cfg.has_classifier else "features_mse_to_clean")
+            if targets is None
+            else "cross_entropy"
+            if not targets.is_floating_point()
+            else "mse"
         )
     metric = resolve_metric(args.metric)
     if metric.needs_targets and targets is None:
