@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from transformer_lens import ActivationCache
 
 from vitmech.analysis.circuits import head_label, head_results
+from vitmech.device import on_model_device
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import TokenLayout, token_layout
 
@@ -296,6 +297,7 @@ def direct_logit_attribution(
     classes: "predicted", a class index or name, or one index per image. Caches only the hooks it needs.
     """
     _require_classifier(model)
+    images = on_model_device(model, images)
     model.check_images(images)
     results = []
     offset = 0
@@ -427,6 +429,7 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
 def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], batch_size: int | None = 32) -> LogitLens:
     """Run the model and apply the final LayerNorm + classifier to the CLS residual after every layer."""
     _require_classifier(model)
+    images = on_model_device(model, images)
     model.check_images(images)
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     lenses = []

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics, image_batches
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
+from vitmech.device import on_model_device
 from vitmech.errors import ModelMismatchError
 from vitmech.tokens import READOUT, TokenLayout, token_layout
 
@@ -61,8 +62,9 @@ def check_comparable(before: HookedViT, after: HookedViT) -> None:
 
 
 def prepare_images(model: HookedViT, images: Any) -> Float[Tensor, "batch channel height width"]:
-    """A float tensor goes to the model as it is (checked); PIL images or uint8 arrays are preprocessed."""
+    """A float tensor goes to the model's device (checked); PIL images or uint8 arrays are preprocessed."""
     if isinstance(images, Tensor) and images.is_floating_point():
+        images = on_model_device(model, images)
         model.check_images(images)
         return images
     return model.preprocess(images)
