@@ -82,7 +82,7 @@ class LoRAAttention(Attention):
             self.register_parameter(name, param)
         for name, child in base.named_children():
             self.add_module(name, child)
-        for name in ("q_norm", "k_norm", "ls"):  # optional parts the base was built without (None)
+        for name in ("q_norm", "k_norm", "ls", "rotary"):  # optional parts the base was built without (None)
             if name not in self._modules:
                 setattr(self, name, getattr(base, name, None))
         self.force_explicit = base.force_explicit
@@ -173,7 +173,7 @@ def merge_lora(model: HookedViT) -> HookedViT:
         for name, child in attn.named_children():
             if not name.startswith("lora_"):  # hooks, and qk-norm / LayerScale where the model has them
                 plain.add_module(name, child)
-        for name in ("q_norm", "k_norm", "ls"):
+        for name in ("q_norm", "k_norm", "ls", "rotary"):
             if name not in plain._modules:
                 setattr(plain, name, None)
         block.attn = plain
