@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -33,6 +34,7 @@ from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import ViTConfig
 from vitmech.errors import ImageInputError
+from vitmech.hook_names import check_hook_names
 from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
 from vitmech.model.head import ClassifierHead, Projection
@@ -637,6 +639,20 @@ class HookedViT(HookedRootModule):
             return resid
         return self.unembed(resid, return_type)
 
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Any = (),
+        bwd_hooks: Any = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Iterator[Any]:
+        """transformer_lens' `hooks` (used by `run_with_hooks`), with hook names checked first: an unknown
+        name or layer raises HookNameError listing the closest valid names."""
+        check_hook_names(self, [name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
+            yield model
+
     def run_with_cache(
         self,
         *model_args: Any,
@@ -655,6 +671,9 @@ class HookedViT(HookedRootModule):
             names_filter = _all_but_head_results
         elif isinstance(names_filter, tuple):
             names_filter = list(names_filter)
+        check_hook_names(
+            self, [names_filter] if isinstance(names_filter, str) or callable(names_filter) else names_filter or []
+        )
         out, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )
