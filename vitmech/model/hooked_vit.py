@@ -232,11 +232,24 @@ class HookedViT(HookedRootModule):
 
         return cls.from_converted(load_pretrained(name, **kwargs))
 
-    def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
-        """Write `model.safetensors` + `config.json` (architecture, preprocessing, class names, card)."""
+    def save_pretrained(
+        self, directory: str | Path, card: dict[str, Any] | None = None, format: str = "vitmech"
+    ) -> Path:
+        """Write the model to `directory`. format "vitmech" (default): `model.safetensors` + `config.json`
+        (architecture, preprocessing, class names, card); "hf": a transformers folder that
+        `AutoModelForImageClassification.from_pretrained` (or `AutoModel`, headless) loads, with its image
+        processor config; "timm": timm's hub layout (`timm.models.save_for_hf`). All three load back with
+        `HookedViT.from_pretrained(directory)`."""
+        from vitmech.loading.export_formats import save_hf, save_timm
         from vitmech.loading.native import save_native
 
-        return save_native(self, directory, card=card)
+        if format == "vitmech":
+            return save_native(self, directory, card=card)
+        if format == "hf":
+            return save_hf(self, directory)
+        if format == "timm":
+            return save_timm(self, directory)
+        raise ValueError(f"format must be 'vitmech', 'hf' or 'timm', got {format!r}")
 
     # ------------------------------------------------------------------ properties
     @property
