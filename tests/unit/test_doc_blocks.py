@@ -40,7 +40,14 @@ def test_skip_markers_are_few_and_explained():
     assert len(skipped) <= len(all_blocks) // 2, "mark blocks as not runnable sparingly"
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
+SLOW_PAGES = {"ablation.md"}  # full 144-head sweeps of the shipped model: `make test-all`
+
+
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p for p in PAGES if python_blocks(p)],
+    ids=lambda p: p.name,
+)
 def test_page_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything a block writes lands here
     namespace: dict[str, object] = {"__name__": f"doc_{page.stem}"}
