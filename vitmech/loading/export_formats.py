@@ -15,7 +15,8 @@ def save_hf(model: Any, directory: str | Path) -> Path:
     from vitmech.loading.export import to_hf
 
     directory = Path(directory)
-    to_hf(model).save_pretrained(directory)
+    hf_model: Any = to_hf(model)
+    hf_model.save_pretrained(directory)
     prep = model.preprocessing
     resample = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}[prep.interpolation]
     ViTImageProcessor(
@@ -36,7 +37,7 @@ def save_timm(model: Any, directory: str | Path) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    timm_model = to_timm(model)
+    timm_model: Any = to_timm(model)
     prep = model.preprocessing
     timm_model.pretrained_cfg = {
         **dict(getattr(timm_model, "pretrained_cfg", {}) or {}),

@@ -14,6 +14,7 @@ docs/patching.md has the method.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from vitmech.cli.args import add_models, add_run
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("patch takes one --model")
     out = start(args)
     loaded = models(args, names)
-    changes: dict[str, object] = dict(
+    changes: dict[str, Any] = dict(
         model=names[0],
         feature=args.feature,
         positive_class=args.positive_class,
