@@ -102,6 +102,7 @@ QUICK_RUNS = {
     "pretrain": lambda t: [],
     "data": lambda t: [],
     "models": lambda t: ["--pages"],
+    "align": lambda t: ["--model", str(t / "before")],
 }
 
 

@@ -68,6 +68,11 @@ COMMANDS: dict[str, Command] = {
         "write the synthetic data sets (galaxies, chirps) and example figures",
         "00_make_datasets.py",
     ),
+    "align": Command(
+        "vitmech.studies.alignment",
+        "does fine-tuning move attention onto annotated features? IoU before/after by tier (paired tests)",
+        "11_attention_alignment.py",
+    ),
     "models": Command(
         "vitmech.studies.models", "list the shipped models; write their card pages", "10_model_card_pages.py"
     ),
