@@ -26,3 +26,11 @@ class ImageInputError(ValueError):
 
 class ModelMismatchError(ValueError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
+
+
+class NonFiniteWeightsError(CheckpointMismatchError):
+    """Weights holding NaN or inf (the tensors are named; `.nonfinite` lists them); pass allow_nonfinite=True to load anyway."""
+
+    def __init__(self, message: str, nonfinite: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.nonfinite = list(nonfinite or [])

@@ -9,6 +9,7 @@ folder is fsynced so the rename survives a power cut. A killed writer leaves at 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -99,8 +100,17 @@ def commit_dir(staged: str | Path, final: str | Path) -> Path:
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(final, old)
-    os.rename(staged, final)
+        try:
+            os.rename(final, old)
+        except FileNotFoundError:  # another writer moved it first
+            old = None
+    try:
+        os.rename(staged, final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        # another writer committed its complete copy in between: keep that one, drop ours
+        shutil.rmtree(staged, ignore_errors=True)
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

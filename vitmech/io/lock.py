@@ -74,9 +74,12 @@ def is_stale(lock_file: str | Path, holder: dict[str, Any] | None) -> bool:
 class WriterLock:
     """An exclusive, non-blocking lock on `lock_file` (a context manager; `acquire`/`release` also work)."""
 
-    def __init__(self, lock_file: str | Path, what: str = "") -> None:
+    def __init__(self, lock_file: str | Path, what: str = "", keep_on_error: bool = False) -> None:
+        """keep_on_error: a lock dropped without `release` (the writer raised) stays on disk as the mark of
+        an unfinished write (readers refuse the folder; the next writer takes it over as stale)."""
         self.lock_file = Path(lock_file)
         self.what = what or str(self.lock_file.parent)
+        self.keep_on_error = keep_on_error
         self.held = False
 
     def _record(self) -> dict[str, Any]:
@@ -141,11 +144,24 @@ class WriterLock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.release()
+        if exc_type is not None and self.keep_on_error:
+            self._abandon()
+        else:
+            self.release()
+
+    def _abandon(self) -> None:
+        """Forget the lock without deleting its file (it then reads as stale: this process no longer holds it)."""
+        if self.held:
+            with _held_guard:
+                _held.discard(str(self.lock_file.resolve()))
+            self.held = False
 
     def __del__(self) -> None:  # a lock dropped without release (an exception) must not block this process
         with contextlib.suppress(Exception):
-            self.release()
+            if self.keep_on_error:
+                self._abandon()
+            else:
+                self.release()
 
 
 def check_not_being_written(lock_file: str | Path, what: str) -> None:

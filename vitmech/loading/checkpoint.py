@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from vitmech.errors import CheckpointMismatchError, UnknownModelError
-from vitmech.loading._state import load_strict
+from vitmech.loading._state import check_finite, load_strict
 from vitmech.model.hooked_vit import HookedViT
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from vitmech.io.readers import read_safetensors
 
-        state: Any = load_file(str(path))
+        state: Any = read_safetensors(path, what="checkpoint")
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -162,6 +162,7 @@ def hooked_vit_from_checkpoint(
     hf_config: Any = None,
     format: Format | None = None,
     config: Any = None,
+    allow_nonfinite: bool = False,
 ) -> HookedViT:
     """Load a local weight file.
 
@@ -172,6 +173,7 @@ def hooked_vit_from_checkpoint(
             config.json (default: config.json beside the file, else the standard size).
         format: force "timm", "hf" or "vitmech" instead of detecting it from the keys.
         config: the `vitmech.ViTConfig` of a bare HookedViT state dict (torch.save(model.state_dict())).
+        allow_nonfinite: load weights holding NaN or inf (refused by default, naming the tensors).
     """
     from vitmech.loading.hf import hooked_vit_from_hf
     from vitmech.loading.native import is_native_dir, load_native, read_native_metadata
@@ -179,13 +181,15 @@ def hooked_vit_from_checkpoint(
     path = Path(path)
     if path.is_dir():
         if is_native_dir(path):
-            return load_native(path)
+            return load_native(path, allow_nonfinite=allow_nonfinite)
         if (path / "config.json").is_file():
             return hooked_vit_from_hf(path)
         raise FileNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
     if path.suffix == ".safetensors" and read_native_metadata(path) is not None:
-        return load_native(path)
+        return load_native(path, allow_nonfinite=allow_nonfinite)
     state = read_state_dict(path)
+    if not allow_nonfinite:
+        check_finite(state, f"checkpoint {path}")
     fmt = format or detect_format(state)
     if fmt == "timm":
         return _timm_from_state(state, arch)
@@ -196,5 +200,5 @@ def hooked_vit_from_checkpoint(
             f"{path} holds bare HookedViT weights: pass config=ViTConfig(...), or save with model.save_pretrained(dir)"
         )
     model = HookedViT(config, initialize=False)
-    load_strict(model, state, f"HookedViT checkpoint {path}")
+    load_strict(model, state, f"HookedViT checkpoint {path}", allow_nonfinite=allow_nonfinite)
     return model.eval()
