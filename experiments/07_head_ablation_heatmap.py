@@ -35,35 +35,18 @@ from vitmech.analysis.ablation import (
     resolve_ablation,
     resolve_metric,
 )
-from vitmech.cli import add_output_argument, load_model, read_image_folder
+from vitmech.cli import add_output_argument, image_files, load_model, read_image_folder
+from vitmech.data.targets import read_targets
 from vitmech.report import Report
 from vitmech.viz.ablation import plot_estimates_vs_exact, plot_head_heatmap, plot_layer_summary
 
 logger = logging.getLogger("07_head_ablation_heatmap")
 
 
-def load_targets(path: str, rows: list[int], kind: str = "auto") -> torch.Tensor:
-    """Rows `rows` of the targets in .npy or .csv (header-less numbers), one row per image file.
-
-    kind "labels": class indices; "values": regression targets; "auto": integer-typed or whole-number
-    single columns are labels, unless the model card says the model is a regressor (the caller passes "values").
-    """
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"no targets file at {file}")
-    values = np.load(file) if file.suffix == ".npy" else np.loadtxt(file, delimiter=",", ndmin=2)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    n = max(rows) + 1
-    if values.shape[0] < n:
-        raise ValueError(f"{file} has {values.shape[0]} rows for {n} image files")
-    values = values[rows]
-    whole = values.ndim == 1 and np.all(values == np.round(values))
-    if kind == "labels" or (kind == "auto" and (np.issubdtype(values.dtype, np.integer) or whole)):
-        if not whole:
-            raise ValueError(f"{file}: class labels must be one whole number per image")
-        return torch.as_tensor(values.astype(np.int64))
-    return torch.as_tensor(values, dtype=torch.float32)
+def load_targets(path: str, rows: list[int], kind: str = "auto", n_files: int | None = None, n_classes=None):
+    """Rows `rows` of the targets in .npy or .csv (header-less numbers), one row per image file (see
+    `vitmech.data.targets.read_targets`: the row count must equal the number of image files)."""
+    return read_targets(path, n_files if n_files is not None else max(rows) + 1, rows, kind, n_classes)
 
 
 CHIRP_STREAM_START = 1_000_000  # stream indices far beyond any training split (fine-tuning uses 0..n)
@@ -153,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         kind = args.targets_are
         if kind == "auto" and isinstance(model.card, dict) and model.card.get("task") == "regression":
             kind = "values"
-        targets = load_targets(args.targets, kept, kind) if args.targets else None
+        n_files = len(image_files(args.images))
+        n_classes = model.cfg.n_classes if kind != "values" else None
+        targets = load_targets(args.targets, kept, kind, n_files, n_classes) if args.targets else None
         data_note = f"{images.shape[0]} images from {args.images}" + (
             f", targets from {args.targets}" if targets is not None else ""
         )

@@ -8,6 +8,7 @@ cache["pattern", 11]                                              # [batch, head
 
 from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError, ImageInputError, UnknownModelError, UnsupportedModelError
+from vitmech.memory import set_cache_budget
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import Preprocessing
 
@@ -21,4 +22,5 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedModelError",
     "ViTConfig",
+    "set_cache_budget",
 ]

@@ -34,3 +34,7 @@ class NonFiniteWeightsError(CheckpointMismatchError):
     def __init__(self, message: str, nonfinite: list[str] | None = None) -> None:
         super().__init__(message)
         self.nonfinite = list(nonfinite or [])
+
+
+class CacheBudgetError(MemoryError, ValueError):
+    """An activation cache that would exceed the memory budget (size, budget and advice in the message)."""

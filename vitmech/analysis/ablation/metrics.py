@@ -119,9 +119,17 @@ def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor,
     return values
 
 
-def _targets_as_index(targets: torch.Tensor, name: str) -> torch.Tensor:
+def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int) -> torch.Tensor:
+    """Class targets as long indices, after checking each lies in [0, n_classes) (the head's outputs)."""
     if targets.ndim != 1 or targets.is_floating_point():
         raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
+    outside = ((targets < 0) | (targets >= n_classes)).nonzero().flatten()
+    if len(outside):
+        shown = sorted({int(targets[i]) for i in outside})[:10]
+        raise MetricError(
+            f"metric {name!r}: {len(outside)} label(s) outside the model's {n_classes} classes (valid 0..{n_classes - 1}): "
+            f"{shown}; check that the labels belong to this model's head"
+        )
     return targets.long()
 
 
@@ -135,7 +143,7 @@ def class_logit(target: int | None = None) -> Metric:
     if target is None:
 
         def fn(out, clean, targets):
-            idx = _targets_as_index(targets, "class_logit")
+            idx = _targets_as_index(targets, "class_logit", out.shape[-1])
             return out.gather(1, idx[:, None].to(out.device))[:, 0]
 
         return Metric("class_logit", fn, needs_targets=True, params={"class": "target"})
@@ -154,7 +162,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
     if a is None:
 
         def margin(out, clean, targets):
-            idx = _targets_as_index(targets, "logit_diff").to(out.device)
+            idx = _targets_as_index(targets, "logit_diff", out.shape[-1]).to(out.device)
             target_logit = out.gather(1, idx[:, None])[:, 0]
             others = out.scatter(1, idx[:, None], float("-inf"))
             return target_logit - others.max(1).values
@@ -173,7 +181,9 @@ def cross_entropy() -> Metric:
     """Cross-entropy of the target class, in nats."""
 
     def fn(out, clean, targets):
-        return F.cross_entropy(out, _targets_as_index(targets, "cross_entropy").to(out.device), reduction="none")
+        return F.cross_entropy(
+            out, _targets_as_index(targets, "cross_entropy", out.shape[-1]).to(out.device), reduction="none"
+        )
 
     return Metric("cross_entropy", fn, needs_targets=True)
 
@@ -182,7 +192,7 @@ def accuracy() -> Metric:
     """1 where the arg-max class equals the target, else 0."""
 
     def fn(out, clean, targets):
-        return (out.argmax(-1) == _targets_as_index(targets, "accuracy").to(out.device)).to(out.dtype)
+        return (out.argmax(-1) == _targets_as_index(targets, "accuracy", out.shape[-1]).to(out.device)).to(out.dtype)
 
     return Metric("accuracy", fn, needs_targets=True)
 
