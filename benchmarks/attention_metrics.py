@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +61,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def _one_pass_distance(patterns: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance in one product over the whole stack (the reference for the chunked one)."""
+    return ((patterns * distances).sum(-1)[..., 1:] / patterns[..., 1:, 1:].sum(-1)).mean(-1)
 
 
 TOKENS = (0, 100)  # maps for the CLS and one chosen (patch) token
@@ -113,9 +119,11 @@ def main() -> int:
         record("forward_fill_cache", seconds)
         for name, fn in metric_suite(patterns, cfg.patch_size).items():
             record(name, timed(fn)[0])
-        record("full_rollout_matrix", timed(lambda: rollout(patterns, 0.5, "mean"))[0])
+        record("full_rollout_matrix", timed(partial(rollout, patterns, 0.5, "mean"))[0])
         with torch.no_grad():
-            record("plain_forward_b8", sum(timed(lambda: model(images[i : i + 8]))[0] for i in range(0, args.batch, 8)))
+            record(
+                "plain_forward_b8", sum(timed(partial(model, images[i : i + 8]))[0] for i in range(0, args.batch, 8))
+            )
         seconds, summary = timed(lambda: summarize_attention(model, images, batch_size=8, progress=False))
         record("streamed_summary_b8", seconds)
 
@@ -127,21 +135,19 @@ def main() -> int:
     # chunked distance equals the one-pass product
     distances = torch.zeros(cfg.n_tokens, cfg.n_tokens)
     distances[1:, 1:] = patch_distances(cfg.grid_size, cfg.patch_size)
-    one_pass_seconds, one_pass = timed(
-        lambda: ((patterns * distances).sum(-1)[..., 1:] / patterns[..., 1:, 1:].sum(-1)).mean(-1)
-    )
-    chunked_seconds, chunked = timed(lambda: mean_attention_distance(patterns, cfg.patch_size))
+    one_pass_seconds, one_pass = timed(partial(_one_pass_distance, patterns, distances))
+    chunked_seconds, chunked = timed(partial(mean_attention_distance, patterns, cfg.patch_size))
     torch.testing.assert_close(chunked, one_pass)
     del patterns, stacked
 
     seconds, grads = timed(lambda: attention_gradients(model, images, batch_size=8, progress=False))
     record("gradients_b8", seconds)
-    for repeat in range(args.repeats):
-        record("gradient_rollout", timed(lambda: gradient_rollout(grads.patterns, grads.gradients, tokens=TOKENS))[0])
-        record("gmar", timed(lambda: gmar(grads.patterns, grads.gradients, "l1", tokens=TOKENS))[0])
+    for _ in range(args.repeats):
+        record("gradient_rollout", timed(partial(gradient_rollout, grads.patterns, grads.gradients, tokens=TOKENS))[0])
+        record("gmar", timed(partial(gmar, grads.patterns, grads.gradients, "l1", tokens=TOKENS))[0])
     flow_seconds = None
     if args.flow_images:
-        flow_seconds, _ = timed(lambda: attention_flow(grads.patterns[: args.flow_images], progress=False))
+        flow_seconds, _ = timed(partial(attention_flow, grads.patterns[: args.flow_images], progress=False))
         flow_seconds /= args.flow_images
         print(f"  attention_flow           {flow_seconds:8.3f} s per image", flush=True)
     del grads

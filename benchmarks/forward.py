@@ -99,7 +99,7 @@ def main() -> int:
             del ours, theirs
 
         times: dict[str, list[float]] = {name: [] for name in methods}
-        for name, fn in methods.items():  # warm-up
+        for fn in methods.values():  # warm-up
             fn()
         for _ in range(args.repeats):
             for name, fn in methods.items():

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n".join(f"- `{name}`: {note}" for name, (_, note) in zip(args.models, loaded))
         + f"\n- images: {image_note}\n- settings: {settings.to_dict()}"
     )
-    for summary, (model, _) in zip(summaries, loaded):
+    for summary in summaries:
         frame = summary.metrics.layer_frame()[["layer", "mean_distance_mean", "mean_distance_std"]]
         per_head = summary.metrics.mean_distance.mean(0)
         frame = frame.assign(min_head_px=per_head.amin(1).tolist(), max_head_px=per_head.amax(1).tolist())

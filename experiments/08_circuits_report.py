@@ -75,7 +75,10 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
         _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
     cfg = model.cfg
     return torch.stack(
-        [attention_distance_px(cache["pattern", l], cfg.grid_size, cfg.patch_size).mean(0) for l in range(cfg.n_layers)]
+        [
+            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size).mean(0)
+            for layer in range(cfg.n_layers)
+        ]
     )
 
 

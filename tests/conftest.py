@@ -1,8 +1,10 @@
-"""Shared test settings: offline hubs, headless plots, one torch thread.
+"""Shared test settings (offline hubs, headless plots, one torch thread) and fixtures.
 
-Most tests run tiny models, whose ops are dominated by thread hand-off: with 2 threads on a
-busy 2-core machine each op can stall for a scheduler slice (observed: 60x slower). Set
-VITMECH_TEST_THREADS to use more.
+Most tests run tiny models, whose ops are dominated by thread hand-off: with several threads on a busy
+machine each op can stall for a scheduler slice. Set VITMECH_TEST_THREADS to use more.
+
+Fixtures: `tiny_vit` (a 3-layer, 4-head, d_model 32 HookedViT on 32 px images, patch 8, 5 classes, with
+weights drawn so attention is far from uniform) and `tiny_images` (5 seeded N(0, 1) images [5, 3, 32, 32]).
 """
 
 import os
@@ -11,6 +13,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.helpers.models import seeded_images, tiny_model  # noqa: E402
+from vitmech import HookedViT  # noqa: E402
+
 torch.set_num_threads(int(os.environ.get("VITMECH_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def tiny_vit() -> HookedViT:
+    """A fresh tiny HookedViT (tests may modify it)."""
+    return tiny_model(seed=0)
+
+
+@pytest.fixture
+def tiny_images() -> torch.Tensor:
+    """5 seeded images [5, 3, 32, 32] for `tiny_vit`."""
+    return seeded_images(5, 32, seed=1)

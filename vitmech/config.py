@@ -64,6 +64,12 @@ class ViTConfig:
     # transformer_lens' ActivationCache reads these two; a ViT always has both sublayers and LayerNorm.
     attn_only: bool = dataclasses.field(default=False, init=False, repr=False)
     normalization_type: str = dataclasses.field(default="LN", init=False, repr=False)
+    # Run-time state that transformer_lens' tools read from `model.cfg` (not architecture: never saved or
+    # compared); HookedViT keeps them current on its own copy of the config (`set_use_split_qkv_input`, `.to`).
+    device: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    use_split_qkv_input: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
+    use_attn_in: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
+    use_hook_mlp_in: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positive = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_channels")
@@ -121,6 +127,16 @@ class ViTConfig:
     def n_tokens(self) -> int:
         """Sequence length P = n_prefix_tokens + N patches."""
         return self.n_prefix_tokens + self.n_patches
+
+    @property
+    def n_ctx(self) -> int:
+        """transformer_lens' name for the sequence length (n_tokens)."""
+        return self.n_tokens
+
+    @property
+    def n_key_value_heads(self) -> None:
+        """transformer_lens reads it for grouped-query attention; a ViT has one key/value per query head."""
+        return None
 
     @property
     def d_patch(self) -> int:

@@ -38,3 +38,11 @@ class NonFiniteWeightsError(CheckpointMismatchError):
 
 class CacheBudgetError(MemoryError, ValueError):
     """An activation cache that would exceed the memory budget (size, budget and advice in the message)."""
+
+
+class RuntimeSettingError(ValueError):
+    """A device, precision, thread or distributed setting that is not valid (the value and the choices named)."""
+
+
+class BatchSourceError(ValueError):
+    """A dataset, loader or folder that does not yield image batches (what was found named in the message)."""

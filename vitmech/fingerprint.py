@@ -16,7 +16,7 @@ def _update(digest: Any, tensor: torch.Tensor) -> None:
     t = tensor.detach().to("cpu").contiguous()
     digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.numel():
-        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def tensor_fingerprint(*tensors: torch.Tensor | None) -> str:

@@ -69,8 +69,9 @@ def hook_numel(model: HookedViT, name: str, batch: int) -> int:
     p, d = cfg.n_tokens, cfg.d_model
     match = _LAYER.match(name)
     heads = cfg.n_heads
-    if match and getattr(cfg, "n_heads_per_layer", None):
-        heads = cfg.n_heads_per_layer[int(match.group(1))]
+    per_layer = getattr(cfg, "n_heads_per_layer", None)
+    if match and per_layer:
+        heads = per_layer[int(match.group(1))]
     suffix = name.rsplit(".", 1)[-1]
     if suffix == "hook_scale":
         return batch * p

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)

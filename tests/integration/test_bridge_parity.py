@@ -57,7 +57,7 @@ def both(hf_model, ours_model):
 def test_logits_and_every_shared_hook_agree(both):
     (ours_out, ours), (bridge_out, theirs) = both
     torch.testing.assert_close(ours_out, bridge_out, atol=1e-5, rtol=0)
-    differ = {k for k in ours.keys() if k == "hook_embed" or k.endswith(("hook_attn_scores", "hook_normalized"))}
+    differ = {k for k in ours if k == "hook_embed" or k.endswith(("hook_attn_scores", "hook_normalized"))}
     shared = sorted((set(ours.keys()) & set(theirs.keys())) - differ)
     assert len(shared) >= 25
     for name in shared:

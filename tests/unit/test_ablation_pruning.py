@@ -74,7 +74,7 @@ def test_pruned_model_saves_and_loads(model, images, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), pruned(images), atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"\[3, 2, 0\] heads per layer"):
-        pruned.W_Q
+        _ = pruned.W_Q
 
 
 def test_sweeps_run_on_pruned_models(model, images):
@@ -104,7 +104,7 @@ def test_measure_pruning(model, images):
 def test_what_a_pruned_model_cannot_do(model):
     pruned = prune_heads(model, [(1, 1)])
     with pytest.raises(ValueError, match="per block"):
-        pruned.W_Q
+        _ = pruned.W_Q
     from vitmech import UnsupportedModelError
     from vitmech.loading import to_timm
 

@@ -144,7 +144,7 @@ def test_logit_lens_ends_at_the_logits_and_starts_at_the_embedding(model, images
     lens = logit_lens(model, images, batch_size=3)
     L = model.cfg.n_layers
     assert lens.logits.shape == (B, L + 1, model.cfg.n_classes) and lens.labels == ["embed"] + [
-        f"L{l}" for l in range(L)
+        f"L{layer}" for layer in range(L)
     ]
     with torch.no_grad():
         logits = model(images)

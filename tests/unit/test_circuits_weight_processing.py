@@ -57,7 +57,7 @@ def test_center_writing_weights_centres_every_residual_stream(images):
     with torch.no_grad():
         _, cache = model.run_with_cache(images)
     names = ["hook_full_embed"] + [
-        f"blocks.{l}.hook_{k}" for l in range(3) for k in ("resid_mid", "resid_post", "attn_out", "mlp_out")
+        f"blocks.{layer}.hook_{k}" for layer in range(3) for k in ("resid_mid", "resid_post", "attn_out", "mlp_out")
     ]
     for name in names:
         assert cache[name].mean(-1).abs().max() < 1e-5, name

@@ -60,7 +60,12 @@ def expected_hook_shapes(cfg, batch: int) -> dict[str, tuple[int, ...]]:
 def test_every_hook_name_and_shape_is_pinned(pre_norm):
     model = tiny_model(pre_norm=pre_norm)
     expected = expected_hook_shapes(model.cfg, B)
-    assert set(model.hook_dict) == set(expected)
+    switched = {  # fire only with transformer_lens' switches on (tests/unit/test_model_switches.py)
+        f"blocks.{layer}.{hook}"
+        for layer in range(model.cfg.n_layers)
+        for hook in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in")
+    }
+    assert set(model.hook_dict) == set(expected) | switched
     model.set_use_attn_result(True)
     with torch.no_grad():
         _, cache = model.run_with_cache(seeded_images(B, 32))
@@ -73,7 +78,7 @@ def test_default_cache_leaves_out_per_head_results_unless_asked():
     x = seeded_images(B, 32)
     with torch.no_grad():
         _, cache = model.run_with_cache(x)
-        assert not any(k.endswith("hook_result") for k in cache.keys())
+        assert not any(k.endswith("hook_result") for k in cache)
         _, by_name = model.run_with_cache(x, names_filter=["blocks.1.attn.hook_result"])
         assert list(by_name.keys()) == ["blocks.1.attn.hook_result"]
 

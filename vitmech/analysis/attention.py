@@ -19,14 +19,12 @@ Choices are parameters and are recorded in every result (`AttentionSettings`):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from einops import rearrange
@@ -37,6 +35,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     import pandas as pd
 
+    from vitmech.model._hooks import FwdHooks
     from vitmech.model.hooked_vit import HookedViT
 
 logger = logging.getLogger(__name__)
@@ -48,37 +47,10 @@ PatternStack = Float[Tensor, "batch layer head query key"]
 _CHUNK_ELEMENTS = 1 << 20
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run memory-bound metric code on one intra-op thread, then restore the setting.
-
-    On a shared CPU every parallel op waits for its slowest thread: with 2 threads on our busy 2-core
-    machines the metrics ran 2-30x slower than on one thread, which streams memory at nearly the full
-    bandwidth anyway. The model's forward pass keeps the caller's setting.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def single_threaded(fn: _F) -> _F:
-    """Decorator: run `fn` inside `one_thread()`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with one_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+def cat_if_all(tensors: Sequence[Tensor | None], dim: int = 0) -> Tensor | None:
+    """torch.cat(tensors, dim), or None when any part is None (an optional field of batched results)."""
+    present = [t for t in tensors if t is not None]
+    return torch.cat(present, dim) if present and len(present) == len(tensors) else None
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -206,7 +178,6 @@ def patch_distances(
     return (torch.cdist(centres, centres) * patch_size).to(dtype)
 
 
-@single_threaded
 def mean_attention_distance(
     patterns: Float[Tensor, "*batch query key"], patch_size: float, renormalise: bool = True
 ) -> Float[Tensor, "*batch"]:
@@ -350,7 +321,6 @@ class AttentionMetrics:
         """Join single-layer results of the same images (e.g. computed layer by layer in hooks)."""
         if not parts:
             raise ValueError("nothing to stack")
-        keep = all(p.cls_attention is not None for p in parts)
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts], 1),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts], 1),
@@ -359,7 +329,7 @@ class AttentionMetrics:
             mean_distance=torch.cat([p.mean_distance for p in parts], 1),
             layers=tuple(layer for p in parts for layer in p.layers),
             settings=parts[0].settings,
-            cls_attention=torch.cat([p.cls_attention for p in parts], 1) if keep else None,  # type: ignore[misc]
+            cls_attention=cat_if_all([p.cls_attention for p in parts], 1),
         )
 
     @classmethod
@@ -370,7 +340,6 @@ class AttentionMetrics:
         first = parts[0]
         if any(p.layers != first.layers or p.settings != first.settings for p in parts):
             raise ValueError("can only concatenate metrics of the same layers and settings")
-        keep = all(p.cls_attention is not None for p in parts)
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts]),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts]),
@@ -379,7 +348,7 @@ class AttentionMetrics:
             mean_distance=torch.cat([p.mean_distance for p in parts]),
             layers=first.layers,
             settings=first.settings,
-            cls_attention=torch.cat([p.cls_attention for p in parts]) if keep else None,  # type: ignore[misc]
+            cls_attention=cat_if_all([p.cls_attention for p in parts]),
         )
 
 
@@ -390,7 +359,6 @@ def _std(values: Tensor) -> Tensor:
     return values.std(0)
 
 
-@single_threaded
 def attention_metrics(
     patterns: PatternStack,
     patch_size: float,
@@ -494,12 +462,11 @@ def collect_patterns(
     logger.info("collecting attention patterns %s (%.1f MiB)", list(shape), out.numel() * out.element_size() / 2**20)
     bar = tqdm(total=images.shape[0], desc="attention patterns", unit="img", disable=not progress)
     for start, batch in image_batches(images, batch_size):
-        stop = start + batch.shape[0]
-
-        def keep(pattern: Tensor, hook: Any, index: int = 0) -> None:
-            out[start:stop, index] = pattern if rows == "all" else pattern[:, :, 0]
-
-        hooks = [(f"blocks.{layer}.attn.hook_pattern", _bind(keep, i)) for i, layer in enumerate(layers)]
+        images_slice = slice(start, start + batch.shape[0])
+        hooks: FwdHooks = [
+            (f"blocks.{layer}.attn.hook_pattern", _pattern_writer(out, images_slice, i, cls_rows=rows == "cls"))
+            for i, layer in enumerate(layers)
+        ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(batch, return_type=None, stop_at_layer=_stop_after(layers, cfg.n_layers))
         bar.update(batch.shape[0])
@@ -507,11 +474,17 @@ def collect_patterns(
     return out
 
 
-def _bind(fn: Any, index: int) -> Any:
-    def hook(tensor: Tensor, hook: Any) -> None:
-        return fn(tensor, hook, index=index)
+def _pattern_writer(out: Tensor, images_slice: slice, index: int, cls_rows: bool) -> Callable[..., None]:
+    """A hook writing each pattern into out[images_slice, index] (only the CLS query row when cls_rows).
 
-    return hook
+    The slice and layer index are bound when the hook is made, so a hook never writes where a later batch
+    or layer would (a closure over the loop variables would read their values at call time).
+    """
+
+    def write(pattern: Tensor, hook: Any) -> None:
+        out[images_slice, index] = pattern[:, :, 0] if cls_rows else pattern
+
+    return write
 
 
 def _stop_after(layers: Sequence[int], n_layers: int) -> int | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import pandas as pd
 import torch
@@ -30,7 +29,7 @@ from transformer_lens import ActivationCache
 from vitmech.analysis.circuits import head_label, head_results
 from vitmech.model.hooked_vit import HookedViT
 
-ClassSpec = Union[str, int, Sequence[int], Int[torch.Tensor, "batch"]]
+ClassSpec = str | int | Sequence[int] | Int[torch.Tensor, " batch"]
 
 
 def _require_classifier(model: HookedViT) -> None:
@@ -42,7 +41,7 @@ def _require_classifier(model: HookedViT) -> None:
 
 def resolve_classes(
     model: HookedViT, classes: ClassSpec, logits: Float[torch.Tensor, "batch n_classes"]
-) -> Int[torch.Tensor, "batch"]:
+) -> Int[torch.Tensor, " batch"]:
     """One class index per image from "predicted" (argmax of logits), a class index, a class name, or one per image."""
     batch = logits.shape[0]
     if isinstance(classes, str) and classes == "predicted":
@@ -80,12 +79,12 @@ class DirectLogitAttribution:
     kinds: list[str]
     layers: list[int]
     heads: list[int]
-    classes: Int[torch.Tensor, "batch"]
-    logits: Float[torch.Tensor, "batch"]
+    classes: Int[torch.Tensor, " batch"]
+    logits: Float[torch.Tensor, " batch"]
     class_names: list[str] | None = None
 
     @property
-    def total(self) -> Float[torch.Tensor, "batch"]:
+    def total(self) -> Float[torch.Tensor, " batch"]:
         """Sum of all components: equals `logits`."""
         return self.attributions.sum(-1)
 
@@ -106,7 +105,7 @@ class DirectLogitAttribution:
     def mlp_attributions(self) -> Float[torch.Tensor, "batch layer"]:
         return self.attributions[:, self._select("mlp")]
 
-    def by_kind(self) -> dict[str, Float[torch.Tensor, "batch"]]:
+    def by_kind(self) -> dict[str, Float[torch.Tensor, " batch"]]:
         """Summed contribution of each kind of component."""
         return {kind: self.attributions[:, self._select(kind)].sum(-1) for kind in dict.fromkeys(self.kinds)}
 
@@ -319,7 +318,7 @@ class LogitLens:
 
     logits: Float[torch.Tensor, "batch stage n_classes"]
     labels: list[str]
-    final_classes: Int[torch.Tensor, "batch"]
+    final_classes: Int[torch.Tensor, " batch"]
     class_names: list[str] | None = None
 
     @property
@@ -337,7 +336,7 @@ class LogitLens:
         return self.probabilities.gather(-1, idx)[..., 0]
 
     @property
-    def agreement(self) -> Float[torch.Tensor, "stage"]:
+    def agreement(self) -> Float[torch.Tensor, " stage"]:
         """Share of images whose predicted class at each stage is already the final one."""
         return (self.predicted == self.final_classes[:, None]).float().mean(0)
 
@@ -381,7 +380,7 @@ class LogitLens:
 def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, torch.Tensor]) -> LogitLens:
     """Logit lens from a cache holding `hook_resid_pre` of block 0 and every `hook_resid_post`."""
     _require_classifier(model)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     cached = set(cache.keys())
     missing = [n for n in names if n not in cached]
     if missing:
@@ -395,7 +394,7 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
         logits = normalized @ model.W_H + model.b_H
     return LogitLens(
         logits=logits,
-        labels=["embed"] + [f"L{l}" for l in range(model.cfg.n_layers)],
+        labels=["embed"] + [f"L{layer}" for layer in range(model.cfg.n_layers)],
         final_classes=logits[:, -1].argmax(-1),
         class_names=model.class_names,
     )
@@ -405,7 +404,7 @@ def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], bat
     """Run the model and apply the final LayerNorm + classifier to the CLS residual after every layer."""
     _require_classifier(model)
     model.check_images(images)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     lenses = []
     for chunk in _batches(images, batch_size):
         with torch.no_grad():

@@ -30,6 +30,7 @@ from transformer_lens import FactoredMatrix
 
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
+from vitmech.model.layer_norm import LayerNorm
 
 PositionalMode = Literal["ln1", "raw"]
 CompositionMode = Literal["Q", "K", "V"]
@@ -75,13 +76,13 @@ class SingularDirections:
         rows = [
             {
                 "circuit": self.circuit,
-                "layer": l,
+                "layer": layer,
                 "head": h,
                 "index": i,
-                "singular_value": float(self.values[l, h, i]),
-                "share_of_norm_sq": float(share[l, h, i]),
+                "singular_value": float(self.values[layer, h, i]),
+                "share_of_norm_sq": float(share[layer, h, i]),
             }
-            for l in range(n_layers)
+            for layer in range(n_layers)
             for h in range(n_heads)
             for i in range(k)
         ]
@@ -128,8 +129,8 @@ class OVCopyingScores:
         n_layers, n_heads = self.scores.shape
         return pd.DataFrame(
             [
-                {"layer": l, "head": h, "copying_score": float(self.scores[l, h])}
-                for l in range(n_layers)
+                {"layer": layer, "head": h, "copying_score": float(self.scores[layer, h])}
+                for layer in range(n_layers)
                 for h in range(n_heads)
             ]
         )
@@ -230,13 +231,13 @@ class PositionalLocality:
         return pd.DataFrame(
             [
                 {
-                    "layer": l,
+                    "layer": layer,
                     "head": h,
-                    "positional_distance_px": float(self.mean_distance_px[l, h]),
+                    "positional_distance_px": float(self.mean_distance_px[layer, h]),
                     "uniform_distance_px": self.uniform_distance_px,
-                    "locality": float(loc[l, h]),
+                    "locality": float(loc[layer, h]),
                 }
-                for l in range(n_layers)
+                for layer in range(n_layers)
                 for h in range(n_heads)
             ]
         )
@@ -309,14 +310,14 @@ class PositionalQK:
             [
                 {
                     "query": str(query),
-                    "layer": l,
+                    "layer": layer,
                     "head": h,
                     "key_row": r,
                     "key_col": c,
-                    "score": float(scores[l, h, r, c]),
-                    "probability": float(probs[l, h, r, c]),
+                    "score": float(scores[layer, h, r, c]),
+                    "probability": float(probs[layer, h, r, c]),
                 }
-                for l in range(n_layers)
+                for layer in range(n_layers)
                 for h in range(n_heads)
                 for r in range(g)
                 for c in range(g)
@@ -339,7 +340,7 @@ class PositionalQK:
         return PositionalLocality(mean_distance_px=dist, uniform_distance_px=uniform, renormalise=renormalise)
 
 
-def _layer_norm(ln: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _layer_norm(ln: LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """A vitmech LayerNorm's function without firing its hooks."""
     return F.layer_norm(x, (x.shape[-1],), ln.w, ln.b, ln.eps)
 
@@ -376,10 +377,15 @@ def positional_qk(
     """
     if mode not in ("ln1", "raw"):
         raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
-    layer_ids = list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(l, "layer") for l in layers]
+    layer_ids = (
+        list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(layer, "layer") for layer in layers]
+    )
     with torch.no_grad():
         scores = torch.stack(
-            [qk_scores(model.blocks[l].attn, positional_inputs(model, l, mode), scale=scale) for l in layer_ids]
+            [
+                qk_scores(model.blocks[layer].attn, positional_inputs(model, layer, mode), scale=scale)
+                for layer in layer_ids
+            ]
         )
     return PositionalQK(
         scores=scores, mode=mode, scaled=scale, grid_size=model.cfg.grid_size, patch_size=model.cfg.patch_size

@@ -91,7 +91,7 @@ class AttentionSummary:
     def last_layer(self) -> int:
         return self.metrics.layers[-1]
 
-    def image_scalars(self) -> dict[str, Float[Tensor, "batch"]]:
+    def image_scalars(self) -> dict[str, Float[Tensor, " batch"]]:
         """Seed 000's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
         m, k = self.metrics, self.metrics.settings.k
         return {
@@ -150,8 +150,8 @@ def _run_batch(
         outputs = model(batch, return_type="auto")
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
     return _BatchResult(
-        metrics=AttentionMetrics.stack_layers(per_layer),  # type: ignore[arg-type]
-        fused=torch.stack(fused, 1),  # type: ignore[arg-type]
+        metrics=AttentionMetrics.stack_layers(per_layer),  # type: ignore[arg-type]  # every layer's hook filled its slot
+        fused=torch.stack(fused, 1),  # type: ignore[arg-type]  # every layer's hook filled its slot
         outputs=outputs,
         streams=[streams[name] for name in names] if keep_streams else [],
     )
@@ -240,7 +240,7 @@ class CKAAccumulator:
         self._sums = terms if not self._sums else [a + b for a, b in zip(self._sums, terms)]
         self.n += x.shape[1]
 
-    def result(self) -> Float[Tensor, "site"]:
+    def result(self) -> Float[Tensor, " site"]:
         """Linear CKA per site."""
         if self.n < 2:
             raise ValueError("CKA needs at least 2 rows")
@@ -268,7 +268,7 @@ class CKAResult:
     Sites: `blocks.0.hook_resid_pre` (the embeddings; layer -1) and `blocks.{l}.hook_resid_post`.
     """
 
-    cka: Float[Tensor, "site"]
+    cka: Float[Tensor, " site"]
     sites: tuple[str, ...]
     layers: tuple[int, ...]
     tokens: CKATokens
@@ -515,23 +515,23 @@ def compare_models(
     parts_before, parts_after = [], []
     accumulator = CKAAccumulator() if cka_tokens is not None else None
     bar = tqdm(total=pixels_before.shape[0], desc="compare models", unit="img", disable=not progress)
-    for (start, batch_b), (_, batch_a) in zip(
+    for (_, batch_b), (_, batch_a) in zip(
         image_batches(pixels_before, batch_size), image_batches(pixels_after, batch_size)
     ):
         result_b = _run_batch(before, batch_b, settings, rollout_settings, keep_streams=accumulator is not None)
         result_a = _run_batch(after, batch_a, settings, rollout_settings, keep_streams=accumulator is not None)
-        if accumulator is not None:
+        if accumulator is not None and cka_tokens is not None:
             accumulator.update(
-                torch.stack([_stream_rows(s, cka_tokens) for s in result_b.streams]),  # type: ignore[arg-type]
+                torch.stack([_stream_rows(s, cka_tokens) for s in result_b.streams]),
                 torch.stack([_stream_rows(s, cka_tokens) for s in result_a.streams]),
-            )  # type: ignore[arg-type]
+            )
             result_b.streams, result_a.streams = [], []
         parts_before.append(result_b)
         parts_after.append(result_a)
         bar.update(batch_b.shape[0])
     bar.close()
     cka = None
-    if accumulator is not None:
+    if accumulator is not None and cka_tokens is not None:
         n_layers = before.cfg.n_layers
         sites = ("blocks.0.hook_resid_pre",) + tuple(f"blocks.{layer}.hook_resid_post" for layer in range(n_layers))
         cka = CKAResult(
@@ -540,7 +540,7 @@ def compare_models(
             layers=tuple(range(-1, n_layers)),
             tokens=cka_tokens,
             n_rows=accumulator.n,
-        )  # type: ignore[arg-type]
+        )
     try:
         weights = weight_change(before, after)
     except ModelMismatchError as error:

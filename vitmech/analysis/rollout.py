@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 from vitmech.analysis.attention import (
     PatternStack,
     attention_entropy,
+    cat_if_all,
     check_patterns,
     image_batches,
     resolve_layers,
-    single_threaded,
     to_grid,
     top_k_concentration,
 )
@@ -40,12 +40,13 @@ from vitmech.analysis.attention import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from vitmech.model._hooks import FwdHooks
     from vitmech.model.hooked_vit import HookedViT
 
 HeadFusion = Literal["mean", "max", "min"]
 _CHUNK_ELEMENTS = 1 << 20  # elements per chunk of the chunked reductions (4 MiB in float32, stays in cache)
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
-Target = Union[None, int, Tensor, Callable[[Tensor], Tensor]]
+Target = None | int | Tensor | Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,6 @@ class RolloutSettings:
 # ----------------------------------------------------------------------------------------- building blocks
 
 
-@single_threaded
 def fuse_heads(
     patterns: Float[Tensor, "*batch head query key"],
     fusion: HeadFusion = "mean",
@@ -97,7 +97,6 @@ def fuse_heads(
     raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
-@single_threaded
 def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Float[Tensor, "*batch query key"]:
     """Zero the int(ratio * P * P) lowest entries of each matrix, per batch item and layer, keeping the
     CLS->CLS entry (vit-explain's discard_ratio, without its item-0-only bug)."""
@@ -131,7 +130,6 @@ def _residual_row_scales(
     return scale, diagonal
 
 
-@single_threaded
 def residual_attention(
     fused: Float[Tensor, "*batch query key"], alpha: float = 0.5
 ) -> Float[Tensor, "*batch query key"]:
@@ -143,16 +141,15 @@ def residual_attention(
     return mixed
 
 
-@single_threaded
 def residual_rollout_rows(
     fused: Float[Tensor, "batch layer query key"], alpha: float, tokens: Sequence[int]
 ) -> Float[Tensor, "batch row key"]:
     """Rows `tokens` of the rollout R = A_L ... A_1 without forming any A_l: with A_l = diag(s) F_l + diag(c),
     v A_l = (v * s) F_l + v * c, one vector-matrix product per layer."""
-    rows = _check_tokens(tokens, fused.shape[-1])
+    rows = _check_tokens(tokens, fused.shape[-1]) or ()
     scale, diagonal = _residual_row_scales(fused, alpha)  # [B, L, P]
-    v = torch.zeros(fused.shape[0], len(rows), fused.shape[-1], dtype=fused.dtype, device=fused.device)  # type: ignore[arg-type]
-    v[:, torch.arange(len(rows)), list(rows)] = 1.0  # type: ignore[arg-type]
+    v = torch.zeros(fused.shape[0], len(rows), fused.shape[-1], dtype=fused.dtype, device=fused.device)
+    v[:, torch.arange(len(rows)), list(rows)] = 1.0
     for layer in range(fused.shape[1] - 1, -1, -1):
         v = (v * scale[:, layer, None]) @ fused[:, layer] + v * diagonal[:, layer, None]
     return v
@@ -167,7 +164,6 @@ def _check_tokens(tokens: Sequence[int] | None, n_tokens: int) -> tuple[int, ...
     return out
 
 
-@single_threaded
 def chain_rows(
     layer_matrices: Float[Tensor, "batch layer query key"], tokens: Sequence[int] | None = None
 ) -> Float[Tensor, "batch row key"]:
@@ -220,11 +216,11 @@ class Rollout:
     def grid(self, token: int = 0, renormalise: bool = True) -> Float[Tensor, "batch g g"]:
         return to_grid(self.map(token, renormalise))
 
-    def entropy(self, token: int = 0) -> Float[Tensor, "batch"]:
+    def entropy(self, token: int = 0) -> Float[Tensor, " batch"]:
         """Entropy (nats) of the token's renormalised patch map."""
         return attention_entropy(self.map(token, renormalise=True))
 
-    def top_k(self, k: int = 10, token: int = 0) -> Float[Tensor, "batch"]:
+    def top_k(self, k: int = 10, token: int = 0) -> Float[Tensor, " batch"]:
         return top_k_concentration(self.map(token, renormalise=True), k)
 
     def to_frame(self, token: int = 0, k: int = 10) -> pd.DataFrame:
@@ -258,14 +254,13 @@ class Rollout:
             tokens=first.tokens,
             method=first.method,
             settings=first.settings,
-            head_weights=torch.cat(weights) if all(w is not None for w in weights) else None,  # type: ignore[arg-type]
+            head_weights=cat_if_all(weights),
         )
 
 
 # ----------------------------------------------------------------------------------------- rollout
 
 
-@single_threaded
 def rollout_from_fused(
     fused: Float[Tensor, "batch layer query key"],
     alpha: float = 0.5,
@@ -287,7 +282,6 @@ def rollout_from_fused(
     return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded)
 
 
-@single_threaded
 def rollout(
     patterns: PatternStack,
     alpha: float = 0.5,
@@ -306,6 +300,30 @@ def rollout(
     with torch.no_grad():
         fused = fuse_heads(patterns, head_fusion)
     return rollout_from_fused(fused, alpha, discard_ratio, tokens, settings={"head_fusion": head_fusion})
+
+
+def _fusing_hook(fused: dict[str, list[Tensor | None]]) -> Callable[[Tensor, Any], None]:
+    """A hook_pattern hook storing fuse_heads(pattern, f) in fused[f][layer] for every fusion f in `fused`.
+
+    `fused` is bound when the hook is made, so each batch's hook fills that batch's buffers.
+    """
+
+    def on_pattern(pattern: Tensor, hook: Any) -> None:
+        layer = int(hook.name.split(".")[1])
+        for fusion, per_layer in fused.items():
+            per_layer[layer] = fuse_heads(pattern, fusion)  # type: ignore[arg-type]  # keys are RolloutSettings.head_fusion values
+
+    return on_pattern
+
+
+def _keeping_hook(kept: dict[int, Tensor]) -> Callable[[Tensor, Any], Tensor]:
+    """A hook_pattern hook that stores the pattern (graph intact) in kept[layer] and returns it unchanged."""
+
+    def keep(pattern: Tensor, hook: Any) -> Tensor:
+        kept[int(hook.name.split(".")[1])] = pattern
+        return pattern
+
+    return keep
 
 
 def rollout_maps(
@@ -330,15 +348,10 @@ def rollout_maps(
     bar = tqdm(total=images.shape[0], desc="rollout", unit="img", disable=not progress)
     for _, batch in image_batches(images, batch_size):
         fused: dict[str, list[Tensor | None]] = {f: [None] * model.cfg.n_layers for f in fusions}
-
-        def on_pattern(pattern: Tensor, hook: Any) -> None:
-            layer = int(hook.name.split(".")[1])
-            for fusion in fusions:
-                fused[fusion][layer] = fuse_heads(pattern, fusion)  # type: ignore[arg-type]
-
+        on_pattern = _fusing_hook(fused)
         with torch.no_grad(), model.hooks(fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), on_pattern)]):
             model(batch, return_type=None)
-        stacked = {f: torch.stack(layers, 1) for f, layers in fused.items()}  # type: ignore[arg-type]
+        stacked = {f: torch.stack(layers, 1) for f, layers in fused.items()}  # type: ignore[arg-type]  # the forward filled every layer
         for name, v in variants.items():
             parts[name].append(
                 rollout_from_fused(
@@ -366,7 +379,7 @@ class AttentionGradients:
 
     patterns: PatternStack
     gradients: PatternStack
-    targets: Int[Tensor, "batch"] | None
+    targets: Int[Tensor, " batch"] | None
     outputs: Float[Tensor, "batch out"]
     layers: tuple[int, ...]
 
@@ -419,27 +432,23 @@ def attention_gradients(
     bar = tqdm(total=images.shape[0], desc="attention gradients", unit="img", disable=not progress)
     for _, batch in image_batches(images, batch_size):
         kept: dict[int, Tensor] = {}
-
-        def keep(pattern: Tensor, hook: Any) -> Tensor:
-            kept[int(hook.name.split(".")[1])] = pattern
-            return pattern
-
-        hooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in layers]
+        keep = _keeping_hook(kept)
+        hooks: FwdHooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in layers]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             x = batch.detach().requires_grad_(True)  # builds the graph even when the weights are frozen
             outputs = model(x, return_type="auto")
             values, index = _target_values(outputs, target)
             patterns = [kept[layer] for layer in layers]
             grads = torch.autograd.grad(values.sum(), patterns, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(patterns, grads)]
-        parts.append((torch.stack([p.detach() for p in patterns], 1), torch.stack(grads, 1), index, outputs.detach()))
+        filled = [torch.zeros_like(p) if g is None else g for p, g in zip(patterns, grads)]
+        parts.append((torch.stack([p.detach() for p in patterns], 1), torch.stack(filled, 1), index, outputs.detach()))
         bar.update(batch.shape[0])
     bar.close()
     indices = [p[2] for p in parts]
     return AttentionGradients(
         patterns=torch.cat([p[0] for p in parts]),
         gradients=torch.cat([p[1] for p in parts]),
-        targets=torch.cat(indices) if all(i is not None for i in indices) else None,  # type: ignore[arg-type]
+        targets=cat_if_all(indices),
         outputs=torch.cat([p[3] for p in parts]),
         layers=layers,
     )
@@ -451,7 +460,6 @@ def _check_pair(patterns: Tensor, gradients: Tensor) -> None:
         raise ValueError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
 
 
-@single_threaded
 def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Sequence[int] | None = None) -> Rollout:
     """Gradient-weighted rollout (Chefer et al. 2021, generic rule): R = I; for each layer from the first,
     R <- R + mean_h[(dA * A)^+] @ R, i.e. R = (I + C_L) ... (I + C_1). Rows of R do not sum to 1; maps are
@@ -482,7 +490,6 @@ def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Se
     )
 
 
-@single_threaded
 def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1") -> Float[Tensor, "batch layer head"]:
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
@@ -504,7 +511,6 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     return torch.where(totals > 0, scores / totals.clamp_min(torch.finfo(scores.dtype).tiny), uniform)
 
 
-@single_threaded
 def gmar(
     patterns: PatternStack,
     gradients: PatternStack,
@@ -556,7 +562,7 @@ def max_flow_values(
     token: int = 0,
     backend: Literal["scipy", "networkx"] = "scipy",
     scale: int = FLOW_SCALE,
-) -> Float[np.ndarray, "key"]:
+) -> Float[np.ndarray, " key"]:
     """Max-flow from `token` after the last layer to each input token, over the layered graph whose edge
     (l, i) -> (l - 1, j) has capacity capacities[l - 1, i, j]. [P] values, unnormalised.
 

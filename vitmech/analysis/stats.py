@@ -55,8 +55,8 @@ def _as_array(values: Any, name: str) -> np.ndarray:
 
 
 def paired_comparison(
-    before: Float[Any, "item"],
-    after: Float[Any, "item"],
+    before: Float[Any, " item"],
+    after: Float[Any, " item"],
     n_resamples: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,

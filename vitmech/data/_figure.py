@@ -64,7 +64,7 @@ class FigureStyle:
 
 
 @functools.cache
-def _font(px: float) -> PIL.ImageFont.FreeTypeFont:
+def _font(px: float) -> PIL.ImageFont.FreeTypeFont | PIL.ImageFont.ImageFont:
     import matplotlib
 
     path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -119,11 +119,19 @@ def _glyphs(text: str, px: float, anchor: str) -> tuple[PIL.Image.Image, tuple[i
     """Rendered text as an 'L' mask, its offset from the anchor point, and its ink box in the mask (cached:
     tick labels repeat)."""
     font = _font(px)
-    left, top, right, bottom = font.getbbox(text, anchor=anchor)
+    left, top, right, bottom = (int(v) for v in font.getbbox(text, anchor=anchor))
     width, height = max(1, right - left), max(1, bottom - top)
     mask = PIL.Image.new("L", (width, height), 0)
     PIL.ImageDraw.Draw(mask).text((-left, -top), text, fill=255, font=font, anchor=anchor)
     return mask, (left, top), mask.getbbox() or (0, 0, width, height)
+
+
+def _present(boxes: dict[str, tuple | None], name: str) -> tuple:
+    """boxes[name], which the figure's style guarantees is drawn."""
+    box = boxes[name]
+    if box is None:
+        raise KeyError(f"the figure has no {name} box")
+    return box
 
 
 def _union(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float] | None:
@@ -195,7 +203,7 @@ class SpectrogramFigure:
         tb, fb = t0 + t_hi / n_t * (t1 - t0), f0 + f_hi / n_f * (f1 - f0)
         xa, ya = self.data_to_canvas(ta, fb, colorbar)
         xb, yb = self.data_to_canvas(tb, fa, colorbar)
-        return self._out((xa, ya, xb, yb))
+        return scale_box((xa, ya, xb, yb), self.sx, self.sy, self.size, self.size)
 
     def _out(self, box: tuple[float, float, float, float] | None) -> Box | None:
         if box is None:
@@ -215,7 +223,7 @@ class SpectrogramFigure:
         """Text rotated 90 degrees (reading upwards) as an 'L' ink mask, plus its ink box in that mask."""
         if key not in self._rotated:
             font = _font(FONT_PX)
-            left, top, right, bottom = font.getbbox(text, anchor="ls")
+            left, top, right, bottom = (int(v) for v in font.getbbox(text, anchor="ls"))
             width, height = right - left + 4, bottom - top + 4
             strip = PIL.Image.new("L", (width, height), 0)
             PIL.ImageDraw.Draw(strip).text((2 - left, 2 - top), text, fill=255, font=font, anchor="ls")
@@ -283,7 +291,7 @@ class SpectrogramFigure:
             canvas.paste(PIL.Image.fromarray(strip), (int(round(cx0)), top))
             draw.rectangle([int(round(cx0)), top, int(round(cx1)) - 1, bottom - 1], outline=(0, 0, 0), width=LINE)
             boxes["colorbar"] = (cx0, cy0, cx1, cy1)
-        small = np.asarray(canvas.resize((self.size, self.size), PIL.Image.BILINEAR)).copy()
+        small = np.asarray(canvas.resize((self.size, self.size), PIL.Image.Resampling.BILINEAR)).copy()
         self._templates[key] = (canvas, small, boxes)
         return canvas, small, boxes
 
@@ -304,7 +312,7 @@ class SpectrogramFigure:
             canvas = template.copy()
             draw = PIL.ImageDraw.Draw(canvas)
             if style.colorbar:
-                cx0, cy0, cx1, cy1 = boxes["colorbar"]
+                cx0, cy0, cx1, cy1 = _present(boxes, "colorbar")
                 ticks = nice_ticks(vmin, vmax)
                 label_boxes = []
                 for value, text in zip(ticks, format_ticks(ticks)):
@@ -313,27 +321,27 @@ class SpectrogramFigure:
                     if style.ticks:
                         label_boxes.append(self._text(canvas, (cx1 + 2 * TICK, y + 1.65), text, FONT_PX, "lm"))
                 boxes["colorbar_ticklabels"] = _union(label_boxes)
-                left = (boxes["colorbar_ticklabels"][2] if label_boxes else cx1 + 2 * TICK) + LABELPAD
+                left = (_present(boxes, "colorbar_ticklabels")[2] if label_boxes else cx1 + 2 * TICK) + LABELPAD
                 boxes["colorbar_label"] = self._paste_vertical(
                     canvas, "colorbar_label", self.texts["colorbar_label"], left, (cy0 + cy1) / 2
                 )
                 # right strip: from an output column clear of the image axes' filter support
-                col = int(math.floor((boxes["axes"][2] + 4.0) * self.sx)) + 1
+                col = int(math.floor((_present(boxes, "axes")[2] + 4.0) * self.sx)) + 1
                 strip = canvas.resize(
                     (self.size - col, self.size),
-                    PIL.Image.BILINEAR,
+                    PIL.Image.Resampling.BILINEAR,
                     box=(col / self.sx, 0.0, float(CANVAS[0]), float(CANVAS[1])),
                 )
                 out[:, col:] = np.asarray(strip)
             if style.title and title:
-                ax0, ay0, ax1, _ = boxes["axes"]
+                ax0, ay0, ax1, _ = _present(boxes, "axes")
                 boxes["title"] = self._text(canvas, ((ax0 + ax1) / 2, ay0 - TITLE_PAD), title, TITLE_PX, "ms")
                 row = int(math.floor((ay0 - 3.0) * self.sy))  # top strip, above the image axes' filter support
                 strip = canvas.resize(
-                    (self.size, row), PIL.Image.BILINEAR, box=(0.0, 0.0, float(CANVAS[0]), row / self.sy)
+                    (self.size, row), PIL.Image.Resampling.BILINEAR, box=(0.0, 0.0, float(CANVAS[0]), row / self.sy)
                 )
                 out[:row, :] = np.asarray(strip)
-        self._paste_image(out, values, vmin, vmax, boxes["axes"])
+        self._paste_image(out, values, vmin, vmax, _present(boxes, "axes"))
         return out, {name: self._out(box) for name, box in boxes.items()}
 
     def _paste_image(self, out: np.ndarray, values: np.ndarray, vmin: float, vmax: float, axes: tuple) -> None:
@@ -350,7 +358,7 @@ class SpectrogramFigure:
             (c1 - ax0) / (ax1 - ax0) * n_t,
             (r1 - ay0) / (ay1 - ay0) * n_f,
         )
-        patch = np.array(PIL.Image.fromarray(rgb).resize((c1 - c0, r1 - r0), PIL.Image.BILINEAR, box=box))
+        patch = np.array(PIL.Image.fromarray(rgb).resize((c1 - c0, r1 - r0), PIL.Image.Resampling.BILINEAR, box=box))
         spine_x, spine_y = LINE * self.sx, LINE * self.sy
         shade_cols = np.ones(c1 - c0, np.float32)
         shade_rows = np.ones(r1 - r0, np.float32)

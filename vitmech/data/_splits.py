@@ -17,7 +17,7 @@ from jaxtyping import Int
 from vitmech.data._errors import DataError
 
 
-def hash_rank(ids: Sequence[object], seed: int, salt: str) -> Int[np.ndarray, "N"]:
+def hash_rank(ids: Sequence[object], seed: int, salt: str) -> Int[np.ndarray, " N"]:
     """Row indices sorted by ``blake2b(f"{seed}|{salt}|{id}")`` (ties broken by index)."""
     prefix = f"{int(seed)}|{salt}|".encode()
     keys = np.fromiter(

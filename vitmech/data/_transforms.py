@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -22,7 +22,7 @@ from vitmech.data._io import decode_image
 
 logger = logging.getLogger(__name__)
 
-ImageLike = Union[PIL.Image.Image, UInt8[np.ndarray, "H W 3"]]
+ImageLike = PIL.Image.Image | UInt8[np.ndarray, "H W 3"]
 Preprocess = Callable[[Sequence[ImageLike]], Any]
 """A model's preprocessing: list of PIL images (or uint8 arrays) -> ``Float[Tensor, "B C H W"]``
 (a numpy array, or a mapping with ``"pixel_values"`` as HF image processors return, is accepted)."""
@@ -52,7 +52,7 @@ def default_preprocess(
         if image.mode != "RGB":
             image = image.convert("RGB")
         if image.size != (size, size):
-            image = image.resize((size, size), PIL.Image.BILINEAR)
+            image = image.resize((size, size), PIL.Image.Resampling.BILINEAR)
         arrays.append(np.asarray(image))
     batch = torch.from_numpy(np.stack(arrays))
     pixels = rearrange(batch, "b h w c -> b c h w").float().div_(255.0)

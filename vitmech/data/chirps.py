@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -47,9 +47,11 @@ from vitmech.data._io import Box, ShardWriter, begin_dataset, encode_png, finish
 from vitmech.data._transforms import LazyImageTransform, Preprocess
 from vitmech.data.gz2 import open_gz2
 
+ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
+
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 N_TIME = 128
 N_FREQ = 128
@@ -85,12 +87,12 @@ def sample_chirp_params(rng: np.random.Generator) -> ChirpParams:
     duration = rng.uniform(1.0, MAX_CHIRP_S)
     start_freq = rng.uniform(0.0, MAX_FREQ_HZ)
     end_freq = float(np.clip(start_freq + rng.uniform(-MAX_BAND_HZ, MAX_BAND_HZ), 0.0, MAX_FREQ_HZ))
-    kind = ("linear", "exponential")[int(rng.integers(0, 2))]
+    kind: Literal["linear", "exponential"] = "linear" if int(rng.integers(0, 2)) == 0 else "exponential"
     noise_level = rng.uniform(0.09, 0.3)
     return ChirpParams(float(start_time), float(duration), float(start_freq), end_freq, kind, float(noise_level))
 
 
-def chirp_track(params: ChirpParams) -> tuple[Int[np.ndarray, "T"], Float[np.ndarray, "T"]]:
+def chirp_track(params: ChirpParams) -> tuple[Int[np.ndarray, " T"], Float[np.ndarray, " T"]]:
     """Time columns of the chirp and its (fractional) frequency bin in each, as the generator draws it."""
     start_bin = int(params.start_time * N_TIME / DURATION_S)
     end_bin = start_bin + int(params.duration * N_TIME / DURATION_S)
@@ -242,14 +244,14 @@ class TargetScaler:
         std = raw.std(axis=0, ddof=0)
         if (std <= 0).any():
             raise DataError(f"a target has zero spread (std {std.tolist()}); cannot z-score")
-        return cls(tuple(raw.mean(axis=0).tolist()), tuple(std.tolist()))  # type: ignore[arg-type]
+        return cls(tuple(raw.mean(axis=0).tolist()), tuple(std.tolist()))
 
-    def transform(self, raw: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    def transform(self, raw: ArrayT) -> ArrayT:
         """``[..., 3]`` raw (s, Hz, Hz) -> z-scores (same type)."""
         mean, std = self._as(raw)
         return (raw - mean) / std
 
-    def inverse(self, z: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    def inverse(self, z: ArrayT) -> ArrayT:
         """``[..., 3]`` z-scores -> raw units (s, Hz, Hz)."""
         mean, std = self._as(z)
         return z * std + mean
@@ -267,7 +269,7 @@ class TargetScaler:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "TargetScaler":
-        return cls(tuple(payload["mean"]), tuple(payload["std"]), tuple(payload.get("names", TARGETS)))  # type: ignore[arg-type]
+        return cls(tuple(payload["mean"]), tuple(payload["std"]), tuple(payload.get("names", TARGETS)))
 
     def save(self, path: PathLike) -> None:
         write_json(Path(path), self.to_dict())
@@ -465,7 +467,7 @@ def load_chirps(
         train=out["train"],
         val=out["validation"],
         test=out["test"],
-        scaler=scaler,  # type: ignore[arg-type]
+        scaler=scaler,
         raw={k: v for k, v in dd.items()},
     )
 

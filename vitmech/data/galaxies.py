@@ -31,7 +31,6 @@ concurrent threads; on our 2-core CPUs 158-280 galaxies/s at 224 px depending on
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -41,7 +40,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +56,8 @@ from tqdm.auto import tqdm
 from vitmech.data._errors import DataError
 from vitmech.data._io import Box, ShardWriter, begin_dataset, decode_image, encode_png, finish_dataset
 from vitmech.data.gz2 import GZ2_CLASSES, gz2_features, gz2_votes_for
+from vitmech.errors import RuntimeSettingError
+from vitmech.threads import check_threads, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ MAX_CLUMPS = 8
 PSF_SIGMA_MAX = 1.5
 """Largest PSF sigma the sampler draws (px at 224); the blur is always at least this wide (see _gaussian_blur)."""
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # colours (linear RGB weights) before jitter
 _RED = (1.0, 0.72, 0.48)
@@ -171,14 +172,14 @@ def _jitter(
     rng: np.random.Generator, colour: tuple[float, float, float], amount: float = 0.08
 ) -> tuple[float, float, float]:
     # python floats, not np.clip on scalars (7x slower; the values are the same)
-    return tuple(min(max(float(c + rng.uniform(-amount, amount)), 0.05), 1.2) for c in colour)  # type: ignore[return-value]
+    return tuple(min(max(float(c + rng.uniform(-amount, amount)), 0.05), 1.2) for c in colour)  # type: ignore[return-value]  # three channels
 
 
 def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
     """Draw the parameters of one galaxy of class ``cls`` (one of ``ALL_CLASSES``)."""
     if cls not in ALL_CLASSES:
         raise DataError(f"unknown galaxy class {cls!r}; known: {list(ALL_CLASSES)}")
-    common = dict(
+    common: dict[str, Any] = dict(
         cls=cls,
         cx=BASE / 2 + rng.uniform(-6, 6),
         cy=BASE / 2 + rng.uniform(-6, 6),
@@ -225,7 +226,7 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
             **common,
         )
     q = rng.uniform(0.6, 1.0) if cls != "featured_without_bar_or_spiral" else rng.uniform(0.5, 1.0)
-    bulge = dict(
+    bulge: dict[str, Any] = dict(
         bulge_amp=rng.uniform(0.6, 2.0),
         bulge_re=h * rng.uniform(0.15, 0.3),
         bulge_n=rng.uniform(1.0, 4.0),
@@ -252,7 +253,9 @@ def sample_galaxy_params(cls: str, rng: np.random.Generator) -> GalaxyParams:
             clumps=tuple(clumps),
             **common,
         )
-    spiral = dict(arms_amp=rng.uniform(1.0, 2.0), arms_pitch=np.deg2rad(rng.uniform(10, 35)), arms_p=rng.uniform(2, 6))
+    spiral: dict[str, Any] = dict(
+        arms_amp=rng.uniform(1.0, 2.0), arms_pitch=np.deg2rad(rng.uniform(10, 35)), arms_p=rng.uniform(2, 6)
+    )
     if cls == "unbarred_spiral":
         return GalaxyParams(
             q=q,
@@ -332,7 +335,7 @@ class GalaxyBatch:
     float ``[B, 3, H, W]`` image before the stretch (noise-free when ``noise=False``), in counts."""
 
     images: UInt8[np.ndarray, "B H W 3"]
-    labels: Int[np.ndarray, "B"]
+    labels: Int[np.ndarray, " B"]
     classes: tuple[str, ...]
     masks: dict[str, Bool[np.ndarray, "B H W"]]
     boxes: dict[str, list[Box | None]]
@@ -352,7 +355,7 @@ def _col(params: Sequence[GalaxyParams], name: str) -> Tensor:
 
 
 def _gaussian_blur(
-    x: Float[Tensor, "B C H W"], sigma: Float[Tensor, "B"], min_radius: int = 0
+    x: Float[Tensor, "B C H W"], sigma: Float[Tensor, " B"], min_radius: int = 0
 ) -> Float[Tensor, "B C H W"]:
     """Separable Gaussian blur with one sigma (pixels) per image, reflect padding.
 
@@ -479,12 +482,12 @@ def _render_group(
         masks["ring"] = (z.abs() <= float(ndtri(0.5 + f / 2))) & (_col(params, "ring_amp") > 0)
     if any(p.clumps for p in params):
         table = torch.zeros(g, MAX_CLUMPS, 4)
-        for i, p in enumerate(params):
-            if p.clumps:
-                table[i, : len(p.clumps)] = torch.tensor(p.clumps, dtype=torch.float32)
+        for i, galaxy in enumerate(params):
+            if galaxy.clumps:
+                table[i, : len(galaxy.clumps)] = torch.tensor(galaxy.clumps, dtype=torch.float32)
         clump_light = torch.zeros(g, res, res)
         clump_mask = torch.zeros(g, res, res, dtype=torch.bool)
-        r_f = math.sqrt(-2.0 * math.log(1.0 - f))
+        r_clump = math.sqrt(-2.0 * math.log(1.0 - f))  # in clump sigmas
         for k in range(MAX_CLUMPS):
             cx, cy, s, amp = (table[:, k, j].view(g, 1, 1) for j in range(4))
             if not bool((amp > 0).any()):
@@ -492,43 +495,21 @@ def _render_group(
             s = s.clamp_min(1e-3)
             dx2, dy2 = ((xs - cx) / s) ** 2, ((ys - cy) / s) ** 2  # [G, 1, R], [G, R, 1]: separable
             clump_light += (amp * torch.exp(-0.5 * dx2)) * torch.exp(-0.5 * dy2)
-            clump_mask |= ((dx2 + dy2) <= r_f**2) & (amp > 0)
+            clump_mask |= ((dx2 + dy2) <= r_clump**2) & (amp > 0)
         add(clump_light, 5)
         masks["clumps"] = clump_mask
     return (*mix(), masks)
 
 
-Threads = Union[int, None, str]
+Threads = int | None
 
 
 def resolve_threads(n: Threads) -> int | None:
-    """``"auto"``: one thread when the 1-minute load average exceeds the CPU count (other jobs keep the
-    cores busy and spinning OpenMP threads stall: measured 4.7x slower on 2 threads than on 1 at load 5
-    on a 2-core machine), else torch's setting; an int: that many; None: torch's setting."""
-    if n == "auto":
-        try:
-            busy = os.getloadavg()[0] > (os.cpu_count() or 1)
-        except OSError:  # pragma: no cover - no load average on this platform
-            busy = False
-        return 1 if busy else None
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise DataError(f"num_threads must be a positive int, None or 'auto', got {n!r}")
-    return n
-
-
-@contextlib.contextmanager
-def torch_threads(n: Threads) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (see ``resolve_threads``), then restore the setting."""
-    n = resolve_threads(n)
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """The thread count of a ``num_threads=`` option: a positive int, or None (keep torch's setting)."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return check_threads(n)
+    except RuntimeSettingError as err:
+        raise DataError(str(err)) from None
 
 
 RENDER_CHUNK = 48
@@ -544,25 +525,25 @@ def render_galaxies(
     flux_fraction: float = 0.8,
     arms_ridge: float = 0.25,
     return_linear: bool = False,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> GalaxyBatch:
     """Render galaxies (a pure function of ``params``). ``render_size`` (e.g. 424, like the gz2 JPEGs)
     renders larger and resizes to ``size`` (antialiased bilinear; masks by area share >= 0.5).
     ``noise=False`` skips the Poisson + sky noise (for tests). Labels index ``GALAXY_CLASSES`` (or
-    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads``: ``"auto"`` (one thread
-    while other jobs overload the CPU, else torch's setting), an int, or None (torch's setting).
+    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads``: None (default) renders on
+    the caller's torch thread setting, untouched; an int asks for that many threads.
 
-    With several threads and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
+    With ``num_threads`` >= 2 and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
     concurrently, each on one torch thread (the GIL is released inside torch's ops): 1.3-1.5x the rate of
     torch's own intra-op threads on 2 cores, whose per-op overhead dominates these small elementwise ops.
     Results do not depend on the threads or the chunking (each image is a function of its own params).
     """
-    threads = resolve_threads(num_threads) or torch.get_num_threads()
+    threads = resolve_threads(num_threads)
 
     def render(chunk: Sequence[GalaxyParams]) -> GalaxyBatch:
         return _render(chunk, size, render_size, noise, flux_fraction, arms_ridge, return_linear)
 
-    if threads < 2 or len(params) < 2 * RENDER_CHUNK:
+    if threads is None or threads < 2 or len(params) < 2 * RENDER_CHUNK:
         with torch_threads(threads):
             return render(params)
     chunks = [params[i : i + RENDER_CHUNK] for i in range(0, len(params), RENDER_CHUNK)]
@@ -655,7 +636,7 @@ def _render(
     return GalaxyBatch(out_images, labels, classes, out_masks, out_boxes, list(params), out_linear)
 
 
-def _dilate(masks: Bool[Tensor, "G R R"], radius: Int[Tensor, "G"]) -> Bool[Tensor, "G R R"]:
+def _dilate(masks: Bool[Tensor, "G R R"], radius: Int[Tensor, " G"]) -> Bool[Tensor, "G R R"]:
     """Grow each mask by its own radius in pixels, so a mask drawn on the pre-PSF model also covers the
     light the PSF spreads just outside it. Each step is a 3 x 3 dilation (a max-pool that does not reach
     beyond the edge) done as ORs of one-pixel shifts along each axis: about 12x faster than max_pool2d."""
@@ -685,7 +666,7 @@ def _boxes(masks: Bool[Tensor, "B H W"]) -> list[Box | None]:
     y0, y1 = rows.argmax(dim=1), h - rows.flip(1).argmax(dim=1)
     x0, x1 = cols.argmax(dim=1), w - cols.flip(1).argmax(dim=1)
     coords = torch.stack([x0, y0, x1, y1], dim=1).tolist()
-    return [tuple(c) if ok else None for c, ok in zip(coords, nonempty)]  # type: ignore[misc]
+    return [tuple(c) if ok else None for c, ok in zip(coords, nonempty)]
 
 
 def generate_galaxies(
@@ -700,7 +681,7 @@ def generate_galaxies(
     noise: bool = True,
     flux_fraction: float = 0.8,
     return_linear: bool = False,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> GalaxyBatch:
     """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch.
     Deterministic: the same (seed, index) gives the same image whatever the batch it is rendered in."""
@@ -775,7 +756,7 @@ def write_galaxy_dataset(
     shard_size: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> Path:
     """Write ``n`` synthetic galaxies in the gz2 schema (+ packed masks, boxes, params) as hub-style parquet
     shards ``data/train-*.parquet`` and ``data/test-*.parquet`` (PNG images), readable by ``load_gz2``.

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias
 
 import datasets
 import numpy as np
@@ -48,9 +48,9 @@ from vitmech.data._io import (
     encode_png,
     finish_dataset,
 )
-from vitmech.io.readers import check_parquet
 from vitmech.data._splits import check_unique, hash_rank, n_from_fraction
 from vitmech.data._transforms import LazyImageTransform, Preprocess
+from vitmech.io.readers import check_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ GZ2_QUESTIONS: dict[str, tuple[str, ...]] = {
 
 GZ2_REQUIRED_COLUMNS: tuple[str, ...] = ("image", "summary")
 
-PathLike = Union[str, os.PathLike]
-Source = Union[PathLike, Sequence[PathLike], Mapping[str, Any], Dataset, DatasetDict]
+PathLike: TypeAlias = str | os.PathLike
+Source: TypeAlias = PathLike | Sequence[PathLike] | Mapping[str, Any] | Dataset | DatasetDict
 
 
 # ----------------------------------------------------------------------------------------- schema
@@ -234,6 +234,8 @@ def open_gz2(source: Source = GZ2_HUB_ID, *, config: str = "default", cache_dir:
         return datasets.load_dataset("parquet", data_files={k: _str_files(v) for k, v in source.items()}, **kwargs)
     if isinstance(source, (list, tuple)):
         return datasets.load_dataset("parquet", data_files=_str_files(source), **kwargs)
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"cannot open a gz2 source of type {type(source).__name__}; see open_gz2's docstring")
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.exists():
@@ -290,7 +292,7 @@ def gz2_labels(
     classes: Sequence[str] = GZ2_CLASSES,
     excluded: Sequence[str] = GZ2_EXCLUDED,
     on_unknown: Literal["error", "drop"] = "error",
-) -> tuple[Int[np.ndarray, "K"], Int[np.ndarray, "K"], dict[str, int]]:
+) -> tuple[Int[np.ndarray, " K"], Int[np.ndarray, " K"], dict[str, int]]:
     """Filter and map summaries. Returns (kept row positions, their labels = index in ``classes``,
     counts of every summary value seen). Values in neither ``classes`` nor ``excluded`` raise
     ``UnknownLabelError`` (``on_unknown='error'``) or are dropped with a warning (``'drop'``).
@@ -401,7 +403,7 @@ class GZ2Splits:
     train: Dataset
     val: Dataset | None
     test: Dataset
-    labels: dict[str, Int[np.ndarray, "N"]]
+    labels: dict[str, Int[np.ndarray, " N"]]
     ids: dict[str, list[str]]
     classes: tuple[str, ...]
     report: GZ2Report
@@ -516,8 +518,8 @@ def load_gz2(
             bad = find_unreadable_images(subset, id_column=id_column, progress=progress)
             if not bad:
                 continue
-            ids = _column(subset, id_column) if id_column in subset.column_names else kept[pool_name].tolist()
-            bad_ids = [str(ids[i]) for i in bad]
+            pool_ids = _column(subset, id_column) if id_column in subset.column_names else kept[pool_name].tolist()
+            bad_ids = [str(pool_ids[i]) for i in bad]
             if on_bad_image == "error":
                 raise UnreadableImageError(
                     f"{len(bad)} unreadable image(s) in the {pool_name} rows ({id_column}: {bad_ids[:10]}"

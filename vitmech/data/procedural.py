@@ -72,7 +72,7 @@ class ProceduralBatch:
     tight box per image (pixels, exclusive upper ends)."""
 
     images: UInt8[np.ndarray, "B S S 3"]
-    labels: Int[np.ndarray, "B"]
+    labels: Int[np.ndarray, " B"]
     boxes: list[tuple[int, int, int, int]]
     classes: tuple[str, ...] = PROCEDURAL_CLASSES
 
@@ -81,7 +81,7 @@ class ProceduralBatch:
 
 
 def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
-    return tuple(float(c) for c in rng.uniform(0.0, 1.0, 3))  # type: ignore[return-value]
+    return tuple(float(c) for c in rng.uniform(0.0, 1.0, 3))  # type: ignore[return-value]  # three channels
 
 
 def _luma(c: tuple[float, float, float]) -> float:
@@ -129,12 +129,12 @@ def sample_scene(label: int, rng: np.random.Generator) -> SceneParams:
         fg=fg,
         fg2=fg2,
         bg0=bg0,
-        bg1=bg1,  # type: ignore[arg-type]
+        bg1=bg1,  # type: ignore[arg-type]  # three channels
         bg_angle=float(rng.uniform(0, 2 * math.pi)),
         period=float(rng.uniform(0.18, 0.32)),
         fill_angle=float(rng.uniform(0, math.pi)),
         noise=float(rng.uniform(0.01, 0.05)),
-        distractors=tuple(distractors),  # type: ignore[arg-type]
+        distractors=tuple(distractors),
         seed=int(rng.integers(0, 2**31 - 1)),
     )
 

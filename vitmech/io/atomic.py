@@ -135,7 +135,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Delete temporaries in `directory` left by writers that are no longer running on this host."""
     from vitmech.io.lock import pid_alive
 
-    removed = []
+    removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed

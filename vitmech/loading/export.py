@@ -19,7 +19,7 @@ def _check_standard_widths(model: HookedViT, target: str) -> None:
     cfg = model.cfg
     if not cfg.uniform_heads:
         raise UnsupportedModelError(
-            f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer)}"
+            f"{target} needs the same number of heads in every layer; this model has {[cfg.heads_in_layer(i) for i in range(cfg.n_layers)]}"
         )
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         raise UnsupportedModelError(
@@ -103,7 +103,7 @@ def to_timm(model: HookedViT) -> nn.Module:
         norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
         act_layer=_timm_act_layer(cfg.act_fn),
     )
-    if timm_model.blocks[0].mlp.fc1.out_features != cfg.d_mlp:
+    if timm_model.state_dict()["blocks.0.mlp.fc1.weight"].shape[0] != cfg.d_mlp:
         raise UnsupportedModelError(f"timm rounds mlp_ratio to a hidden width other than d_mlp={cfg.d_mlp}")
     state = _fit_to_target(timm_state_dict(model), timm_model, "the timm model")
     load_strict(timm_model, state, "exported timm weights")
@@ -130,7 +130,7 @@ def hf_config(model: HookedViT) -> Any:
         patch_size=cfg.patch_size,
         num_channels=cfg.n_channels,
         qkv_bias=cfg.qkv_bias,
-        num_labels=max(cfg.n_classes, 1),
+        num_labels=max(cfg.n_classes, 1),  # type: ignore[call-arg]  # a PretrainedConfig kwarg, not in ViTConfig's signature
         id2label=dict(enumerate(names)) if cfg.has_classifier else None,
         architectures=["ViTForImageClassification" if cfg.has_classifier else "ViTModel"],
     )
@@ -204,7 +204,8 @@ def to_hf(model: HookedViT) -> nn.Module:
     )
     state = hf_state_dict(model, detect_layout(_strip_vit(hf_model.state_dict().keys())))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
-    return hf_model.to(device=model.device, dtype=model.dtype).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the bound self
+    return hf_model.to(device=model.device, dtype=model.dtype).eval()  # type: ignore[call-arg]
 
 
 def _strip_vit(keys: Any) -> list[str]:

@@ -69,7 +69,7 @@ def detect_layout(keys: Any) -> str:
     raise UnsupportedModelError("no ViT encoder layers found in these HuggingFace weights")
 
 
-def unsupported_hf_features(model: nn.Module) -> list[str]:
+def unsupported_hf_features(model: Any) -> list[str]:
     cfg = model.config
     found = []
     if getattr(cfg, "model_type", None) != "vit":
@@ -86,7 +86,7 @@ def unsupported_hf_features(model: nn.Module) -> list[str]:
     return found
 
 
-def config_from_hf(model: nn.Module) -> ViTConfig:
+def config_from_hf(model: Any) -> ViTConfig:
     cfg = model.config
     head = getattr(model, "classifier", None)
     n_classes = head.out_features if isinstance(head, nn.Linear) else 0
@@ -102,7 +102,7 @@ def config_from_hf(model: nn.Module) -> ViTConfig:
         n_channels=cfg.num_channels,
         n_classes=n_classes,
         ln_eps=cfg.layer_norm_eps,
-        act_fn=HF_ACTS[cfg.hidden_act],  # type: ignore[arg-type]
+        act_fn=HF_ACTS[cfg.hidden_act],  # type: ignore[arg-type]  # HF_ACTS values are ViTConfig act_fn names
         qkv_bias=bool(getattr(cfg, "qkv_bias", True)),
     )
 
@@ -232,7 +232,8 @@ def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preproces
         cls = ViTModel
     kwargs.setdefault("attn_implementation", "eager")
     try:
-        model, info = cls.from_pretrained(id_or_path, config=config, output_loading_info=True, **kwargs)
+        # output_loading_info=True returns (model, info); transformers' annotation says model only
+        model, info = cls.from_pretrained(id_or_path, config=config, output_loading_info=True, **kwargs)  # type: ignore[misc]
     except RuntimeError as err:
         if "mismatch" not in str(err):
             raise

@@ -137,9 +137,10 @@ def load_native(path: str | Path, *, allow_nonfinite: bool = False) -> HookedViT
         weights = path / WEIGHTS_NAME
     else:
         weights = path
-        meta = read_native_metadata(path)
-        if meta is None:
+        embedded = read_native_metadata(path)
+        if embedded is None:
             raise CheckpointMismatchError(f"{path} carries no vitmech metadata; pass the architecture explicitly")
+        meta = embedded
     model = model_from_description(meta)
     state = read_safetensors(weights, what="vitmech weights")
     load_strict(model, state, f"vitmech checkpoint {weights}", allow_nonfinite=allow_nonfinite)

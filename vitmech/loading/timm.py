@@ -128,7 +128,7 @@ def check_timm_supported(model: nn.Module) -> None:
         raise UnsupportedModelError(f"cannot port timm model {name!r}: unsupported " + "; ".join(features))
 
 
-def config_from_timm(model: nn.Module) -> ViTConfig:
+def config_from_timm(model: Any) -> ViTConfig:
     """Architecture of a supported timm VisionTransformer (call `check_timm_supported` first)."""
     block = model.blocks[0]
     n_heads = block.attn.num_heads
@@ -143,13 +143,13 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         n_channels=model.patch_embed.proj.in_channels,
         n_classes=model.head.out_features if isinstance(model.head, nn.Linear) else 0,
         ln_eps=model.norm.eps,
-        act_fn=_act_name(block.mlp.act),  # type: ignore[arg-type]
+        act_fn=_act_name(block.mlp.act),  # type: ignore[arg-type]  # check_timm_supported rejected other activations
         qkv_bias=block.attn.qkv.bias is not None,
         pre_norm=not _is_identity(model.norm_pre),
     )
 
 
-def preprocessing_from_timm(model: nn.Module) -> Preprocessing:
+def preprocessing_from_timm(model: Any) -> Preprocessing:
     """The eval transform timm itself would build for this model (`resolve_data_config`)."""
     from timm.data import resolve_data_config
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from transformer_lens.hook_points import HookPoint
+
+FwdHooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
+"""(hook name or name filter, hook function) pairs, as HookedRootModule.hooks / run_with_hooks take them."""
 
 
 def is_hooked(*points: HookPoint) -> bool:

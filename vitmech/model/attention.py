@@ -69,7 +69,28 @@ class Attention(nn.Module):
         if self.n_heads == 0:  # every head pruned: only b_O is left; hook_z still fires (empty) for caches
             self.hook_z(x.new_zeros(*x.shape[:2], 0, self.d_head))
             return torch.zeros_like(x) + self.b_O
-        q, k, v = self.qkv(x)
+        return self.attend(*self.qkv(x))
+
+    def forward_per_head(
+        self,
+        q_input: Float[torch.Tensor, "batch pos head d_model"],
+        k_input: Float[torch.Tensor, "batch pos head d_model"],
+        v_input: Float[torch.Tensor, "batch pos head d_model"],
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The same attention from one (normalised) input copy per head and per query/key/value
+        (TransformerLens' `use_split_qkv_input` / `use_attn_in`): q[h] = q_input[:, :, h] @ W_Q[h] + b_Q[h]."""
+        q = einsum(q_input, self.W_Q, "b p h d, h d e -> b p h e") + self.b_Q
+        k = einsum(k_input, self.W_K, "b p h d, h d e -> b p h e") + self.b_K
+        v = einsum(v_input, self.W_V, "b p h d, h d e -> b p h e") + self.b_V
+        return self.attend(q, k, v)
+
+    def attend(
+        self,
+        q: Float[torch.Tensor, "batch pos head d_head"],
+        k: Float[torch.Tensor, "batch pos head d_head"],
+        v: Float[torch.Tensor, "batch pos head d_head"],
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Everything after the projections: hook_q/k/v, the pattern, hook_z and the output map."""
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():
             scores = einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor

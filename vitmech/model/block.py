@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, overload
+
 import torch
+from einops import repeat
 from jaxtyping import Float
 from torch import nn
 from transformer_lens.hook_points import HookPoint
@@ -14,7 +18,17 @@ from vitmech.model.mlp import MLP
 
 
 class TransformerBlock(nn.Module):
-    """Hooks (all [B, P, d_model]): hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out, hook_resid_post."""
+    """Hooks (all [B, P, d_model]): hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out, hook_resid_post.
+
+    TransformerLens' switches (set through `HookedViT.set_use_split_qkv_input` etc.) add hooks without
+    changing the output: `use_split_qkv_input` gives each head its own copy of resid_pre for its query, key
+    and value (`hook_q_input`, `hook_k_input`, `hook_v_input` [B, P, H, d_model], before ln1, which then
+    normalises each copy); `use_attn_in` one copy per head shared by q, k and v (`hook_attn_in`);
+    `use_hook_mlp_in` a copy of resid_mid entering ln2 (`hook_mlp_in` [B, P, d_model]).
+    """
+
+    # transformer_lens' logit lens checks that a block's output is one residual stream.
+    hook_out_is_single_residual_stream = True
 
     def __init__(self, cfg: ViTConfig, layer: int = 0) -> None:
         super().__init__()
@@ -27,10 +41,56 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        self.hook_q_input = HookPoint()
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
+        self.hook_attn_in = HookPoint()
+        self.hook_mlp_in = HookPoint()
+        self.use_split_qkv_input = False
+        self.use_attn_in = False
+        self.use_hook_mlp_in = False
 
     def forward(self, resid_pre: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        attn_out = self.hook_attn_out(self.attention(resid_pre))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def attention(
+        self, resid_pre: Float[torch.Tensor, "batch pos d_model"]
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """attn(ln1(resid_pre)), through per-head input copies when a split switch is on."""
+        if not (self.use_split_qkv_input or self.use_attn_in) or self.attn.n_heads == 0:
+            return self.attn(self.ln1(resid_pre))
+
+        def copies() -> Float[torch.Tensor, "batch pos head d_model"]:  # contiguous: hooks may edit in place
+            return repeat(resid_pre, "b p d -> b p h d", h=self.attn.n_heads).contiguous()
+
+        if self.use_attn_in:
+            shared = self.ln1(self.hook_attn_in(copies()))
+            return self.attn.forward_per_head(shared, shared, shared)
+        q_in = self.ln1(self.hook_q_input(copies()))
+        k_in = self.ln1(self.hook_k_input(copies()))
+        v_in = self.ln1(self.hook_v_input(copies()))
+        return self.attn.forward_per_head(q_in, k_in, v_in)
+
+
+class BlockList(nn.ModuleList):
+    """The model's TransformerBlocks: an nn.ModuleList whose items type-check as TransformerBlock.
+
+    (nn.ModuleList yields plain Modules, whose attributes torch types as `Tensor | Module`.)
+    """
+
+    if TYPE_CHECKING:
+
+        def __iter__(self) -> Iterator[TransformerBlock]: ...
+
+        @overload
+        def __getitem__(self, idx: slice) -> BlockList: ...
+
+        @overload
+        def __getitem__(self, idx: int) -> TransformerBlock: ...
+
+        def __getitem__(self, idx: int | slice) -> TransformerBlock | BlockList: ...

@@ -18,19 +18,19 @@ token, so that transformer_lens' `decompose_resid` sums to the residual stream).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from jaxtyping import Float, Int
-from torch import nn
 from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import ViTConfig
 from vitmech.errors import ImageInputError
-from vitmech.model.block import TransformerBlock
+from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, PatchEmbed, PosEmbed
 from vitmech.model.head import ClassifierHead
 from vitmech.model.layer_norm import LayerNorm
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ReturnType = Optional[Literal["auto", "logits", "features", "tokens"]]
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+ReturnType = Literal["auto", "logits", "features", "tokens"] | None
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 
 
 class HookedViT(HookedRootModule):
@@ -86,7 +86,7 @@ class HookedViT(HookedRootModule):
         if cfg.pre_norm:
             self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_eps)
             self.hook_ln_pre = HookPoint()
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
             self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
@@ -95,6 +95,41 @@ class HookedViT(HookedRootModule):
         self.setup()
 
     # ------------------------------------------------------------------ construction
+    def setup(self) -> None:
+        """transformer_lens' hook and module tables, plus the run-time fields of `cfg` (device, switches).
+
+        The split-input hooks live on the block (`blocks.l.hook_q_input`, as HookedTransformer named them);
+        `blocks.l.attn.hook_q_input` (TransformerBridge's name, used by `transformer_lens.patching`) resolves
+        to the same hook point when a hook is added by name.
+        """
+        super().setup()
+        for layer in range(len(self.blocks)):
+            for hook in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in"):
+                self.mod_dict[f"blocks.{layer}.attn.{hook}"] = self.mod_dict[f"blocks.{layer}.{hook}"]
+        self._sync_runtime_cfg()
+
+    def _sync_runtime_cfg(self) -> None:
+        """Give the model its own copy of cfg whose run-time fields match the model (never the architecture)."""
+        values = {
+            "device": self.device,
+            "use_split_qkv_input": any(block.use_split_qkv_input for block in self.blocks),
+            "use_attn_in": any(block.use_attn_in for block in self.blocks),
+            "use_hook_mlp_in": any(block.use_hook_mlp_in for block in self.blocks),
+        }
+        if all(getattr(self.cfg, name) == value for name, value in values.items()):
+            return
+        cfg = copy.copy(self.cfg)
+        for name, value in values.items():
+            object.__setattr__(cfg, name, value)
+        self.cfg = cfg
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> HookedViT:
+        """nn.Module.to / cuda / half: also keep `cfg.device` current."""
+        result = super()._apply(fn, recurse)
+        if "blocks" in self._modules:
+            self._sync_runtime_cfg()
+        return result
+
     @torch.no_grad()
     def init_weights(self, seed: int | None = 0) -> None:
         """timm-style init: truncated normal (std 0.02) matrices and positions, zero biases, unit LayerNorms."""
@@ -227,7 +262,7 @@ class HookedViT(HookedRootModule):
         return self.pos_embed.W_pos
 
     @property
-    def W_cls(self) -> Float[torch.Tensor, "d_model"]:
+    def W_cls(self) -> Float[torch.Tensor, " d_model"]:
         return self.cls_token.W_cls
 
     @property
@@ -235,7 +270,7 @@ class HookedViT(HookedRootModule):
         return self._require_head().W_H
 
     @property
-    def b_H(self) -> Float[torch.Tensor, "n_classes"]:
+    def b_H(self) -> Float[torch.Tensor, " n_classes"]:
         return self._require_head().b_H
 
     # transformer_lens names for the output map, so its tools find the classifier.
@@ -302,6 +337,66 @@ class HookedViT(HookedRootModule):
         """Whether `run_with_cache()` without a names_filter caches `attn.hook_result` [B, P, H, d] too."""
         self.use_attn_result = use_attn_result
 
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Give each head its own copy of resid_pre for its query, key and value input: hooks
+        `blocks.l.hook_q_input`, `hook_k_input`, `hook_v_input` [B, P, H, d_model] (before ln1), so one
+        head's key input can be patched alone (path patching). Outputs are unchanged; memory grows by 3H copies."""
+        if use_split_qkv_input and self.cfg.use_attn_in:
+            raise ValueError(
+                "use_split_qkv_input and use_attn_in are mutually exclusive; call set_use_attn_in(False) first"
+            )
+        for block in self.blocks:
+            block.use_split_qkv_input = bool(use_split_qkv_input)
+        self._sync_runtime_cfg()
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """One copy of resid_pre per head, shared by its query, key and value: hook `blocks.l.hook_attn_in`
+        [B, P, H, d_model] (before ln1). Outputs are unchanged."""
+        if use_attn_in and self.cfg.use_split_qkv_input:
+            raise ValueError(
+                "use_attn_in and use_split_qkv_input are mutually exclusive; call set_use_split_qkv_input(False) first"
+            )
+        for block in self.blocks:
+            block.use_attn_in = bool(use_attn_in)
+        self._sync_runtime_cfg()
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """A copy of resid_mid entering ln2 at hook `blocks.l.hook_mlp_in` [B, P, d_model]. Outputs are unchanged."""
+        for block in self.blocks:
+            block.use_hook_mlp_in = bool(use_hook_mlp_in)
+        self._sync_runtime_cfg()
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[torch.Tensor, " d_model"]:
+        """Sum of the output biases written to the residual stream before `layer`'s attention (or, with
+        mlp_input, before its MLP): b_O of each earlier attention and, with include_mlp_biases, b_out of each
+        earlier MLP. transformer_lens' `ActivationCache.get_full_resid_decomposition` adds it as its "bias" row.
+
+        Args:
+            layer: in [0, n_layers]; n_layers means the input to the final LayerNorm.
+            mlp_input: also count `layer`'s own b_O (layer < n_layers).
+            include_mlp_biases: count the MLPs' b_out (False when the MLP outputs are decomposed whole).
+        """
+        n = self.cfg.n_layers
+        if not isinstance(layer, int) or not 0 <= layer <= n:
+            raise IndexError(f"layer={layer!r} out of range [0, {n}]")
+        if mlp_input and layer == n:
+            raise ValueError("mlp_input=True needs layer < n_layers (the final LayerNorm has no MLP)")
+        if self.cfg.pre_norm:
+            raise NotImplementedError(
+                "a pre-norm model's residual stream starts at ln_pre's output, which hook_embed + hook_pos_embed "
+                "do not sum to, so the residual decomposition (embed, pos_embed, heads, neurons, bias) is not exact"
+            )
+        bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        for block in self.blocks[:layer]:
+            bias = bias + block.attn.b_O
+            if include_mlp_biases:
+                bias = bias + block.mlp.b_out
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Float[torch.Tensor, "batch channel height width"]:
         """PIL images or uint8 arrays -> normalised batch [B, C, S, S] on the model's device and dtype."""
         batch = preprocess(images, self.preprocessing, n_channels=self.cfg.n_channels)
@@ -361,6 +456,16 @@ class HookedViT(HookedRootModule):
             resid = self.hook_ln_pre(self.ln_pre(resid))
         return resid
 
+    @overload
+    def unembed(self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: None) -> None: ...
+
+    @overload
+    def unembed(
+        self,
+        resid: Float[torch.Tensor, "batch pos d_model"],
+        return_type: Literal["auto", "logits", "features", "tokens"] = "auto",
+    ) -> torch.Tensor: ...
+
     def unembed(
         self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: ReturnType = "auto"
     ) -> torch.Tensor | None:
@@ -415,7 +520,7 @@ class HookedViT(HookedRootModule):
             return resid
         return self.unembed(resid, return_type)
 
-    def run_with_cache(  # type: ignore[override]
+    def run_with_cache(
         self,
         *model_args: Any,
         names_filter: NamesFilter = None,

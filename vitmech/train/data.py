@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from vitmech.preprocessing import Preprocessing, preprocess
 from vitmech.train.errors import TrainingDataError
 
 Task = Literal["classification", "regression"]
-Augment = Optional[Literal["hflip", "dihedral"]]
+Augment = Literal["hflip", "dihedral"] | None
 
 
 @dataclass
@@ -127,7 +127,7 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))
 
 
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Int[Tensor, "batch"]:
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Int[Tensor, " batch"]:
     """Row indices of batch `step`: positions [step*B, (step+1)*B) of the concatenated seeded epochs."""
     if n <= 0:
         raise TrainingDataError("cannot draw batches from an empty dataset")
@@ -183,7 +183,7 @@ def to_model_input(
     return (x - mean) / std
 
 
-def standardize(targets: Float[Tensor, "n k"]) -> tuple[Float[Tensor, "k"], Float[Tensor, "k"]]:
+def standardize(targets: Float[Tensor, "n k"]) -> tuple[Float[Tensor, " k"], Float[Tensor, " k"]]:
     """Mean and std (ddof 0) per target column, for z-scoring; a constant column is an error."""
     mean, std = targets.mean(0), targets.std(0, unbiased=False)
     if bool((std == 0).any()):

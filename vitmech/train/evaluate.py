@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class ClassificationEval:
     n: int
 
     @property
-    def per_class_recall(self) -> Float[np.ndarray, "classes"]:
+    def per_class_recall(self) -> Float[np.ndarray, " classes"]:
         totals = self.confusion.sum(axis=1)
         return np.divide(np.diag(self.confusion), totals, out=np.full(len(totals), np.nan), where=totals > 0)
 
@@ -52,8 +52,8 @@ class ClassificationEval:
 class RegressionEval:
     """Per target: mse (in the targets' units as given, e.g. z-scores) and Pearson r."""
 
-    mse: Float[np.ndarray, "targets"]
-    pearson_r: Float[np.ndarray, "targets"]
+    mse: Float[np.ndarray, " targets"]
+    pearson_r: Float[np.ndarray, " targets"]
     target_names: list[str]
     n: int
 
@@ -75,7 +75,7 @@ class RegressionEval:
         return pd.DataFrame({"target": self.target_names, "mse": self.mse, "pearson_r": self.pearson_r})
 
 
-Evaluation = Union[ClassificationEval, RegressionEval]
+Evaluation = ClassificationEval | RegressionEval
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def confusion_matrix(
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def pearson_r(x: Float[np.ndarray, "n k"], y: Float[np.ndarray, "n k"]) -> Float[np.ndarray, "k"]:
+def pearson_r(x: Float[np.ndarray, "n k"], y: Float[np.ndarray, "n k"]) -> Float[np.ndarray, " k"]:
     """Pearson correlation per column (float64); nan where a column is constant."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -112,7 +112,7 @@ def pearson_r(x: Float[np.ndarray, "n k"], y: Float[np.ndarray, "n k"]) -> Float
 
 
 def score_classification(
-    logits: Float[Tensor, "n classes"], labels: Int[Tensor, "n"], class_names: Sequence[str]
+    logits: Float[Tensor, "n classes"], labels: Int[Tensor, " n"], class_names: Sequence[str]
 ) -> ClassificationEval:
     predicted = logits.argmax(dim=1)
     confusion = confusion_matrix(labels, predicted, len(class_names))
@@ -144,7 +144,7 @@ def chance_baselines(train_labels: Tensor, test_labels: Tensor, n_classes: int) 
     return {"uniform": 1.0 / n_classes, "majority_class": float((test_labels == majority).float().mean())}
 
 
-def mean_predictor_mse(train_targets: Tensor, test_targets: Tensor) -> Float[np.ndarray, "targets"]:
+def mean_predictor_mse(train_targets: Tensor, test_targets: Tensor) -> Float[np.ndarray, " targets"]:
     """MSE per target of always predicting the training mean (the regression baseline)."""
     mean = train_targets.double().mean(0)
     return ((test_targets.double() - mean) ** 2).mean(0).numpy()

@@ -22,7 +22,7 @@ import torch
 
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
-from vitmech.train.evaluate import Evaluation, evaluate, predict
+from vitmech.train.evaluate import ClassificationEval, Evaluation, evaluate, predict
 from vitmech.train.heads import check_head, with_new_head
 from vitmech.train.loop import TrainConfig, TrainResult, fit, lr_factor, task_loss
 from vitmech.train.lora import has_lora, lora_summary, merge_lora
@@ -63,7 +63,7 @@ class FineTuneResult:
 
 def _metric(model: HookedViT, data: ArrayDataset) -> dict[str, float]:
     ev = evaluate(model, data)
-    return {"accuracy": ev.accuracy} if data.task == "classification" else {"mean_mse": ev.mean_mse}
+    return {"accuracy": ev.accuracy} if isinstance(ev, ClassificationEval) else {"mean_mse": ev.mean_mse}
 
 
 def fit_head_on_features(

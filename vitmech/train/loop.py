@@ -244,10 +244,10 @@ def fit(
 
 def _rng_state() -> dict[str, Any]:
     """The global torch and numpy generators (what a resumed run must continue from), JSON-able."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
     }
 
 
@@ -370,7 +370,7 @@ def _train_step(
     if config.clip_norm is not None:
         norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
     else:
-        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in params if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
         broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if broken:

@@ -87,14 +87,18 @@ class LoRAAttention(Attention):
         d_model = base.W_Q.shape[1]
         out = self.n_heads * self.d_head
         bound = d_model**-0.5
-        like = dict(device=base.W_Q.device, dtype=base.W_Q.dtype)
+        device, dtype = base.W_Q.device, base.W_Q.dtype
         self.lora_A = nn.ParameterDict(
             {
-                t: nn.Parameter((torch.rand(d_model, config.rank, generator=generator) * 2 - 1).mul_(bound).to(**like))
+                t: nn.Parameter(
+                    (torch.rand(d_model, config.rank, generator=generator) * 2 - 1).mul_(bound).to(device, dtype)
+                )
                 for t in config.targets
             }
         )
-        self.lora_B = nn.ParameterDict({t: nn.Parameter(torch.zeros(config.rank, out, **like)) for t in config.targets})
+        self.lora_B = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(config.rank, out, device=device, dtype=dtype)) for t in config.targets}
+        )
         self.lora_dropout = nn.Dropout(config.dropout)
 
     def delta_weight(self, target: str) -> Float[Tensor, "head d_model d_head"]:

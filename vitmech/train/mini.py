@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,9 +33,9 @@ def mini_preprocessing(image_size: int = 224) -> Preprocessing:
     )
 
 
-def mini_config(n_classes: int, image_size: int = 224, **overrides: int) -> ViTConfig:
+def mini_config(n_classes: int, image_size: int = 224, **overrides: Any) -> ViTConfig:
     """The embedded models' config with a head of `n_classes`; overrides for tests (e.g. n_layers=2)."""
-    arch = {**MINI_ARCH, "image_size": image_size, **overrides}
+    arch: dict[str, Any] = {**MINI_ARCH, "image_size": image_size, **overrides}
     return ViTConfig(n_classes=n_classes, ln_eps=1e-6, act_fn="gelu", **arch)
 
 

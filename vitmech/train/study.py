@@ -73,7 +73,7 @@ class StudyResult:
         tier = self.tuned.tier.tier
         if isinstance(self.test, ClassificationEval):
             rows = [{"model": f"{tier} fine-tune", "test_accuracy": self.test.accuracy, "n_test": self.test.n}]
-            if self.probe_test is not None:
+            if isinstance(self.probe_test, ClassificationEval):
                 rows.append(
                     {"model": "linear probe", "test_accuracy": self.probe_test.accuracy, "n_test": self.probe_test.n}
                 )

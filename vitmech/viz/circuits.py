@@ -116,8 +116,8 @@ def plot_composition(comp: CompositionScores, mode: str, adjusted: bool = True, 
         ax.axhline(boundary * n_heads - 0.5, color="white", lw=0.5)
         ax.axvline(boundary * n_heads - 0.5, color="white", lw=0.5)
     ticks = np.arange(n_layers) * n_heads + (n_heads - 1) / 2
-    ax.set_xticks(ticks, [f"L{l}" for l in range(n_layers)], fontsize=7)
-    ax.set_yticks(ticks, [f"L{l}" for l in range(n_layers)], fontsize=7)
+    ax.set_xticks(ticks, [f"L{layer}" for layer in range(n_layers)], fontsize=7)
+    ax.set_yticks(ticks, [f"L{layer}" for layer in range(n_layers)], fontsize=7)
     ax.set_xlabel("later head (reads)")
     ax.set_ylabel("earlier head (writes)")
     suffix = " minus random baseline" if adjusted and comp.subtract_baseline else ""
@@ -135,10 +135,12 @@ def plot_head_dla(dlas: Mapping[str, DirectLogitAttribution], image: int | None 
         heads = dla.head_attributions()
         values = heads.mean(0) if image is None else heads[image]
         n_layers, n_heads = values.shape
-        colours = [COLOURS[l % 2] for l in range(n_layers) for _ in range(n_heads)]
+        colours = [COLOURS[layer % 2] for layer in range(n_layers) for _ in range(n_heads)]
         ax.bar(np.arange(n_layers * n_heads), values.flatten().numpy(), color=colours, width=0.85)
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_xticks(np.arange(n_layers) * n_heads + (n_heads - 1) / 2, [f"L{l}" for l in range(n_layers)], fontsize=7)
+        ax.set_xticks(
+            np.arange(n_layers) * n_heads + (n_heads - 1) / 2, [f"L{layer}" for layer in range(n_layers)], fontsize=7
+        )
         which = "mean over images" if image is None else f"image {image}"
         ax.set_title(f"{label}: direct logit attribution per head to the predicted class ({which})", fontsize=9)
         ax.set_ylabel("logit")

@@ -136,6 +136,7 @@ def full_block(
     q, k, v = F.linear(x, w_qkv, b_qkv).view(n, n_pos, 3, attn.n_heads, attn.d_head).permute(2, 0, 3, 1, 4).unbind(0)
     z = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [n, P, H, d_head]
     if rows is not None:
+        assert bound is not None, "rows to replace given without a bound ablation"
         replacement = bound.replacement(layer, z, slice(None), lambda: v.mean(2))
         z = torch.where(rows, replacement, z)
     resid_mid = F.linear(z.reshape(n, n_pos, -1), w_o, attn.b_O).add_(resid)

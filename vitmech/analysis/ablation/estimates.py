@@ -13,7 +13,9 @@ For `kl_to_clean` both are zero (the KL has a minimum at the clean output): use 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablati
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import HeadSweepResult
 from vitmech.analysis.ablation.sweep import batch_bounds, check_inputs
+from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
 
 
@@ -74,8 +77,12 @@ def estimate_head_effects(
     targets: torch.Tensor | None = None,
     batch_size: int = 32,
     normalize_michel: bool = False,
+    batch_offset: int = 0,
 ) -> HeadEstimates:
-    """Attribution-patching and Michel estimates for every head (one forward + backward per batch)."""
+    """Attribution-patching and Michel estimates for every head (one forward + backward per batch).
+
+    batch_offset: the number of the first batch in a longer stream (seeds resampling ablations as the
+    whole stream would; see `vitmech.analysis.streaming`)."""
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
     check_inputs(model, images, metric, targets, batch_size, ablation)
@@ -90,23 +97,12 @@ def estimate_head_effects(
     for b, (start, stop) in enumerate(batch_bounds(images.shape[0], batch_size, ablation.min_batch)):
         batch = images[start:stop]
         batch_targets = None if targets is None else targets[start:stop]
-        bound = ablation.bind(model, batch, b)
+        bound = ablation.bind(model, batch, batch_offset + b)
         zs: dict[int, torch.Tensor] = {}
         probes: dict[int, torch.Tensor] = {}
         values_seen: dict[int, torch.Tensor] = {}
-
-        def leaf_z(z: torch.Tensor, hook: Any) -> torch.Tensor:
-            # z + 0 through a zero leaf: d(metric)/d(leaf) = d(metric)/dz along every downstream path
-            # (detaching z itself would cut the paths through later layers' attention)
-            layer = int(hook.name.split(".")[1])
-            zs[layer] = z.detach()
-            probes[layer] = torch.zeros_like(z, requires_grad=True)
-            return z + probes[layer]
-
-        def keep_v(v: torch.Tensor, hook: Any) -> None:
-            values_seen[int(hook.name.split(".")[1])] = v.detach()
-
-        hooks = [(z_hook_name(layer), leaf_z) for layer in range(n_layers)]
+        leaf_z, keep_v = _probe_hook(zs, probes), _keeping_hook(values_seen)
+        hooks: FwdHooks = [(z_hook_name(layer), leaf_z) for layer in range(n_layers)]
         if ablation.needs_values:
             hooks += [(f"blocks.{layer}.attn.hook_v", keep_v) for layer in range(n_layers)]
         with torch.enable_grad():
@@ -117,7 +113,7 @@ def estimate_head_effects(
         with torch.no_grad():
             for layer, grad in enumerate(grads):
                 z = zs[layer]
-                replacement = bound.replacement(layer, z, slice(None), lambda: values_seen[layer].mean(1))
+                replacement = bound.replacement(layer, z, slice(None), partial(_mean_over_tokens, values_seen, layer))
                 attribution[layer] += einsum((replacement - z) * grad, "b p h e -> h").double()
                 michel[layer] += einsum(z * grad, "b p h e -> b h").abs().sum(0).double()
 
@@ -184,3 +180,36 @@ def compare_estimates(sweep: HeadSweepResult, estimates: HeadEstimates) -> Estim
         spearman_attribution=_spearman(frame["exact_delta"].to_numpy(), frame["attribution"].to_numpy()),
         spearman_michel=_spearman(frame["abs_exact_delta"].to_numpy(), frame["michel"].to_numpy()),
     )
+
+
+Hook = Callable[[torch.Tensor, Any], Any]
+
+
+def _probe_hook(zs: dict[int, torch.Tensor], probes: dict[int, torch.Tensor]) -> Hook:
+    """A hook_z hook returning z + a zero leaf tensor (kept in probes[layer]; z detached in zs[layer]).
+
+    d(metric)/d(leaf) = d(metric)/dz along every downstream path (detaching z itself would cut the paths
+    through later layers' attention). The dicts are bound when the hook is made, one pair per batch.
+    """
+
+    def leaf_z(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        zs[layer] = z.detach()
+        probes[layer] = torch.zeros_like(z, requires_grad=True)
+        return z + probes[layer]
+
+    return leaf_z
+
+
+def _keeping_hook(seen: dict[int, torch.Tensor]) -> Hook:
+    """A hook storing the detached activation in seen[layer]."""
+
+    def keep(tensor: torch.Tensor, hook: Any) -> None:
+        seen[int(hook.name.split(".")[1])] = tensor.detach()
+
+    return keep
+
+
+def _mean_over_tokens(values: dict[int, torch.Tensor], layer: int) -> torch.Tensor:
+    """values[layer] [n, pos, head, d_head] averaged over positions: [n, head, d_head]."""
+    return values[layer].mean(1)

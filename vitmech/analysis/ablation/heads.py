@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from vitmech.analysis.ablation.errors import AblationError, HeadIndexError
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
 
 Head = tuple[int, int]
-HeadsLike = Union[Head, Sequence[Head], Mapping[int, Sequence[int] | str], None]
+HeadsLike = Head | Sequence[Head] | Mapping[int, Sequence[int] | str] | None
 
 
 def heads_per_layer(model: HookedViT) -> list[int]:

@@ -23,7 +23,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from einops import repeat
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
 
 ValueMean = Callable[[], Float[torch.Tensor, "n head d_head"]]
-Hook = tuple[str, Callable[..., torch.Tensor]]
+Hook = tuple[str | Callable[..., Any], Callable[..., Any]]
 
 
 def z_hook_name(layer: int) -> str:
@@ -242,7 +242,7 @@ class UniformAttention(HeadAblation):
 
 
 # ---------------------------------------------------------------------------------------------- resolution and hooks
-AblationLike = Union[str, HeadAblation]
+AblationLike = str | HeadAblation
 _BY_NAME: dict[str, Callable[[], HeadAblation]] = {
     "zero": ZeroAblation,
     "resample": ResampleAblation,

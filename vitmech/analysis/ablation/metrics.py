@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,7 @@ class Metric:
         output: torch.Tensor,
         clean: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
-    ) -> Float[torch.Tensor, "batch"]:
+    ) -> Float[torch.Tensor, " batch"]:
         """Per-example values [B], validated."""
         batch = output.shape[0]
         if self.needs_targets:
@@ -99,7 +99,7 @@ class Metric:
         return check_per_example(values, batch, self.name)
 
 
-def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, "batch"]:
+def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor, " batch"]:
     """values as a float tensor [batch], or MetricError saying what was wrong."""
     if not isinstance(values, torch.Tensor):
         raise MetricError(
@@ -159,7 +159,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
     """logit[a] - logit[b]; with no classes, the margin: target logit minus the largest other logit."""
     if (a is None) != (b is None):
         raise MetricError("logit_diff takes two classes (a, b) or none (margin of the target class)")
-    if a is None:
+    if a is None or b is None:
 
         def margin(out, clean, targets):
             idx = _targets_as_index(targets, "logit_diff", out.shape[-1]).to(out.device)
@@ -253,7 +253,7 @@ def metric_from_function(
     except Unfingerprintable:
         code = None
     keyable = code is not None or name is not None
-    name = name or getattr(fn, "__name__", type(fn).__name__)
+    metric_name = name or str(getattr(fn, "__name__", type(fn).__name__))
 
     def call(out, clean, targets):
         args = [out]
@@ -264,7 +264,7 @@ def metric_from_function(
         return fn(*args)
 
     return Metric(
-        name,
+        metric_name,
         call,
         output=output,
         needs_targets=needs_targets,
@@ -275,7 +275,7 @@ def metric_from_function(
     )
 
 
-MetricLike = Union[str, Metric, Callable[..., torch.Tensor]]
+MetricLike = str | Metric | Callable[..., torch.Tensor]
 BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
     "cross_entropy": cross_entropy,
     "ce": cross_entropy,

@@ -85,7 +85,8 @@ def store_files(path: str | Path) -> list[Path]:
     return ([path] if path.exists() else []) + shards
 
 
-def _parse(line: bytes, file: Path, number: int, what: str) -> Any:
+def parse_store_line(line: bytes, file: Path, number: int, what: str = "store record") -> Any:
+    """One record of a store file; StoreCorruptError naming the file and 1-based line if it is garbled."""
     try:
         return parse_json_line(line, file, number, what)
     except CorruptFileError as exc:
@@ -107,6 +108,8 @@ class JsonlStore(MemoryStore):
         shard: write to `sweep-<key>.<shard>.jsonl` (one per distributed rank); None: the main file, or
             an own shard named after this process if another live process is writing the main file.
     """
+
+    path: Path
 
     def __init__(self, path: str | Path, key: str, settings: dict[str, Any], shard: str | None = None) -> None:
         super().__init__()
@@ -181,7 +184,7 @@ class JsonlStore(MemoryStore):
         lines = complete.split(b"\n")[:-1]
         if not lines:
             return  # cut before its header was complete: nothing finished was in it (own file: rewritten)
-        header = _parse(lines[0], file, 1, "store header")
+        header = parse_store_line(lines[0], file, 1, "store header")
         if not isinstance(header, dict) or header.get("type") != "header":
             raise StoreCorruptError(
                 f"{file} line 1 is not a store header; delete the file to start this sweep over", path=file, line=1
@@ -194,7 +197,7 @@ class JsonlStore(MemoryStore):
         if header.get("version") != STORE_VERSION:
             raise StoreMismatchError(f"{file} has store version {header.get('version')}, expected {STORE_VERSION}")
         for number, line in enumerate(lines[1:], start=2):
-            record = _parse(line, file, number, "store record")
+            record = parse_store_line(line, file, number)
             if not isinstance(record, dict) or record.get("type") not in ("clean", "cell"):
                 raise StoreCorruptError(
                     f"{file} line {number}: not a store record ({str(record)[:60]!r})", path=file, line=number

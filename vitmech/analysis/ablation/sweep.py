@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from vitmech.model.hooked_vit import HookedViT
 logger = logging.getLogger(__name__)
 
 Engine = Literal["exact", "naive"]
-CellLike = Union[Cell, HeadsLike]
+CellLike = Cell | HeadsLike
 
 
 def check_inputs(
