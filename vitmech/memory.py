@@ -73,6 +73,10 @@ def hook_numel(model: HookedViT, name: str, batch: int) -> int:
     if match and per_layer:
         heads = per_layer[int(match.group(1))]
     suffix = name.rsplit(".", 1)[-1]
+    if match and ".ln1." in name:  # with per-head attention inputs, ln1 normalises each head's copy
+        block = model.blocks[int(match.group(1))]
+        if getattr(block, "use_split_qkv_input", False) or getattr(block, "use_attn_in", False):
+            return heads * (batch * p if suffix == "hook_scale" else batch * p * d)
     if suffix == "hook_scale":
         return batch * p
     if suffix in ("hook_attn_scores", "hook_pattern"):
@@ -86,6 +90,24 @@ def hook_numel(model: HookedViT, name: str, batch: int) -> int:
     if suffix == "hook_logits":
         return batch * max(1, cfg.n_classes or 1)
     return batch * p * d
+
+
+_SWITCHED = {  # hooks that fire only when a block switch is on
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_attn_in": "use_attn_in",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+
+
+def hook_fires(model: HookedViT, name: str) -> bool:
+    """False for hooks that a forward does not reach with the model's current switches."""
+    match = _LAYER.match(name)
+    switch = _SWITCHED.get(name.rsplit(".", 1)[-1])
+    if match is None or switch is None:
+        return True
+    return bool(getattr(model.blocks[int(match.group(1))], switch, False))
 
 
 def _selected(names: Iterable[str], names_filter: Any) -> list[str]:
@@ -104,7 +126,8 @@ def estimate_cache_bytes(
 ) -> int:
     """Bytes `model.run_with_cache` holds for `batch` images with this names_filter (None: every hook)."""
     itemsize = torch.empty((), dtype=model.dtype).element_size()
-    return itemsize * sum(hook_numel(model, n, batch) for n in _selected(model.hook_dict, names_filter))
+    names = [n for n in _selected(model.hook_dict, names_filter) if hook_fires(model, n)]
+    return itemsize * sum(hook_numel(model, n, batch) for n in names)
 
 
 def check_cache_size(model: HookedViT, batch: int, names_filter: Any, budget: int | None = None) -> int:

@@ -86,6 +86,13 @@ def test_the_cache_estimate_matches_the_cache(model):
     held = sum(v.numel() * v.element_size() for v in cache.values())
     assert estimate_cache_bytes(model, 3, _all_but_head_results) == held
     assert hook_numel(model, "blocks.0.attn.hook_pattern", 3) == 3 * 4 * 17 * 17
+    for switch in ("set_use_split_qkv_input", "set_use_attn_in", "set_use_hook_mlp_in"):
+        switched = tiny_model(seed=1, n_classes=6)
+        getattr(switched, switch)(True)
+        with torch.no_grad():
+            _, cache = switched.run_with_cache(images)
+        held = sum(v.numel() * v.element_size() for v in cache.values())
+        assert estimate_cache_bytes(switched, 3, _all_but_head_results) == held, switch
 
 
 def test_vit_b16_at_batch_64_is_estimated_at_11_and_16_gib():
