@@ -31,6 +31,7 @@ from vitmech.analysis.circuits import (
 )
 from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
+from vitmech.tokens import token_layout
 from vitmech.viz.circuits import (
     plot_composition,
     plot_head_change,
@@ -76,7 +77,9 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
     cfg = model.cfg
     return torch.stack(
         [
-            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size).mean(0)
+            attention_distance_px(
+                cache["pattern", layer], cfg.grid_size, cfg.patch_size, layout=token_layout(model)
+            ).mean(0)
             for layer in range(cfg.n_layers)
         ]
     )

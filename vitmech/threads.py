@@ -43,4 +43,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-__all__ = ["check_threads", "torch_threads"]
+def apply_threads(n: int | None) -> None:
+    """Set the process's intra-op thread count to `n` for good (a command line's `--threads`); None: no change.
+
+    For scripts and command-line entry points acting on an explicit user choice; library functions use
+    `torch_threads` (scoped) and only when the caller passes a thread count."""
+    n = check_threads(n)
+    if n is not None:
+        torch.set_num_threads(n)
+
+
+__all__ = ["apply_threads", "check_threads", "torch_threads"]

@@ -18,7 +18,11 @@ from tests.faults.killing import kill_at, run_child
 from vitmech import HookedViT
 from vitmech.errors import CheckpointMismatchError, NonFiniteWeightsError
 from vitmech.io import CorruptFileError, IncompleteWriteError, LockHeldError, StorageError
-from vitmech.loading.native import load_native
+
+
+def load_native(folder) -> HookedViT:
+    """The public path: a local vitmech folder through HookedViT.from_pretrained."""
+    return HookedViT.from_pretrained(str(folder))
 
 
 def same_weights(a: HookedViT, b: HookedViT) -> bool:

@@ -23,7 +23,10 @@ def test_no_thread_count_calls_or_load_average_in_the_package():
             offenders.append(f"{path.relative_to(PACKAGE)}: getloadavg")
         if path.name != "threads.py" and re.search(r"set_num(_interop)?_threads", text):
             offenders.append(f"{path.relative_to(PACKAGE)}: set_num_threads")
-    assert offenders == []
+    assert offenders == [], (
+        "only vitmech/threads.py may change torch's thread count: use torch_threads(n) (scoped, when the caller "
+        "passes n) or apply_threads(args.threads) (a command line's explicit --threads)"
+    )
 
 
 @pytest.fixture
@@ -100,6 +103,21 @@ def test_torch_threads_is_explicit_and_restores():
     for bad in (0, -1, 1.5, "auto", True):
         with pytest.raises(RuntimeSettingError, match="positive int or None"), torch_threads(bad):  # type: ignore[arg-type]
             pass
+
+
+def test_apply_threads_only_acts_on_a_given_count(thread_spy):
+    from vitmech.threads import apply_threads
+
+    before = torch.get_num_threads()
+    apply_threads(None)
+    assert thread_spy == []
+    try:
+        apply_threads(before + 1)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(RuntimeSettingError):
+        apply_threads(0)
 
 
 def test_galaxy_renderer_asks_for_threads_only_when_told(thread_spy):

@@ -30,6 +30,7 @@ A batch source is one of:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import shutil
@@ -68,6 +69,7 @@ from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.tokens import TokenLayout, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -442,7 +444,9 @@ def stream_attention_metrics(
         pixels = batch.pixels(model)
         with torch.no_grad(), forward_precision(precision, model.device):
             patterns = collect_patterns(model, pixels, layers=layers, batch_size=pixels.shape[0], progress=False)
-        metrics = attention_metrics(_at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers)
+        metrics = attention_metrics(
+            _at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers, layout=token_layout(model)
+        )
         del patterns
         for name, values in metrics.head_metrics().items():
             heads.setdefault(name, Moments()).update(values)
@@ -571,8 +575,8 @@ class _SummaryAccumulator:
         self.layers: dict[str, Moments] = {}
         self.images: list[tuple[int, dict[str, Tensor]]] = []
 
-    def update(self, name: str, start: int, part: Any, rollout_settings: RolloutSettings) -> None:
-        summary = _compare._summary(name, [part], rollout_settings)
+    def update(self, name: str, start: int, part: Any, rollout_settings: RolloutSettings, layout: TokenLayout) -> None:
+        summary = _compare._summary(name, [part], rollout_settings, layout)
         for key, values in summary.metrics.head_metrics().items():
             self.heads.setdefault(key, Moments()).update(values)
         for key, values in summary.metrics.layer_metrics().items():
@@ -628,13 +632,19 @@ def stream_compare_models(
                 )
         result_b, result_a = results
         if cka is not None:
+            assert cka_tokens is not None  # cka is only made when tokens are given
+            layouts = token_layout(before), token_layout(after)
             cka.update(
-                torch.stack([_compare._stream_rows(_at_least_float32(s), cka_tokens) for s in result_b.streams]),  # type: ignore[arg-type]
-                torch.stack([_compare._stream_rows(_at_least_float32(s), cka_tokens) for s in result_a.streams]),  # type: ignore[arg-type]
+                torch.stack(
+                    [_compare._stream_rows(_at_least_float32(s), cka_tokens, layouts[0]) for s in result_b.streams]
+                ),
+                torch.stack(
+                    [_compare._stream_rows(_at_least_float32(s), cka_tokens, layouts[1]) for s in result_a.streams]
+                ),
             )
             result_b.streams, result_a.streams = [], []
-        acc_before.update(names[0], batch.start, result_b, rollout_settings)
-        acc_after.update(names[1], batch.start, result_a, rollout_settings)
+        acc_before.update(names[0], batch.start, result_b, rollout_settings, token_layout(before))
+        acc_after.update(names[1], batch.start, result_a, rollout_settings, token_layout(after))
         bar.update(batch.size)
     bar.close()
     cka_result = None
@@ -685,7 +695,7 @@ def stream_cka(
 
 class ShardedStore(MemoryStore):
     """The sweep store for several writers: every rank appends to its own shard
-    `sweep-<key>.rank<r>.jsonl` and reads what every shard and the merged `sweep-<key>.jsonl` hold, so a
+    `sweep-<key>.rank<r>.jsonl` and reads what every shard (`sweep-<key>.*.jsonl`) and the merged `sweep-<key>.jsonl` hold, so a
     relaunch (with any number of ranks) computes only what no rank finished. `merge()` folds the shards
     into the single-writer file and removes them."""
 
@@ -698,7 +708,11 @@ class ShardedStore(MemoryStore):
         self.merged = self.directory / f"sweep-{key}.jsonl"
         self.path = self.merged
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._own = JsonlStore(self._shard(ranks.rank), key, settings)
+        if "shard" in inspect.signature(JsonlStore).parameters:  # a store that names and locks shards itself
+            shard: dict[str, Any] = {"shard": f"rank{ranks.rank}"}
+            self._own = JsonlStore(self.merged, key, settings, **shard)
+        else:
+            self._own = JsonlStore(self._shard(ranks.rank), key, settings)
         self.reload()
 
     def _shard(self, rank: int) -> Path:
@@ -717,6 +731,12 @@ class ShardedStore(MemoryStore):
         self._own.write(records)
         super().write(records)
 
+    def close(self) -> None:
+        """Release this rank's shard (its writer lock, where the store keeps one)."""
+        close = getattr(self._own, "close", None)
+        if close is not None:
+            close()
+
     def merge(self) -> None:
         """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards."""
         header = {"type": "header", "key": self.key, "version": 1, "settings": self.settings}
@@ -729,7 +749,7 @@ class ShardedStore(MemoryStore):
             os.fsync(f.fileno())
         os.replace(tmp, self.merged)
         self._own.close()
-        for shard in self.directory.glob(f"sweep-{self.key}.rank*.jsonl"):
+        for shard in self.directory.glob(f"sweep-{self.key}.*.jsonl"):
             shard.unlink()
 
 
@@ -867,6 +887,7 @@ def stream_ablation_sweep(
     if n_batches == 0:
         raise BatchSourceError("the batch source yielded no images")
     if isinstance(sink, ShardedStore):
+        sink.close()
         barrier()
         sink.reload()
         barrier()

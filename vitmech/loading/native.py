@@ -24,8 +24,7 @@ from vitmech.io.errors import CorruptFileError, IncompleteWriteError
 from vitmech.io.lock import LOCK_NAME, WriterLock, check_not_being_written
 from vitmech.io.manifest import MANIFEST_NAME, read_manifest, verify_manifest, write_manifest
 from vitmech.io.readers import read_json, read_safetensors, read_safetensors_metadata
-from vitmech.loading._state import load_strict
-from vitmech.model.hooked_vit import HookedViT
+from vitmech.loading.families.base import Converted, ViTModelLike
 from vitmech.preprocessing import Preprocessing
 
 FORMAT = "vitmech"
@@ -33,7 +32,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def describe(model: HookedViT, card: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(model: ViTModelLike, card: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": 1,
@@ -44,7 +43,7 @@ def describe(model: HookedViT, card: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-def save_native(model: HookedViT, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+def save_native(model: ViTModelLike, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
     """Write the model to `directory` (created); returns the directory.
 
     Crash-safe: the old manifest goes first, then the weights and config.json (each atomically), then
@@ -114,22 +113,24 @@ def _check_folder(path: Path) -> dict[str, Any]:
     return meta
 
 
-def model_from_description(meta: dict[str, Any]) -> HookedViT:
+def converted_from_description(meta: dict[str, Any], state: dict[str, Any], what: str) -> Converted:
     if meta.get("format") != FORMAT:
         raise CheckpointMismatchError(f"not a vitmech description (format={meta.get('format')!r})")
-    return HookedViT(
-        ViTConfig.from_dict(meta["config"]),
+    return Converted(
+        config=ViTConfig.from_dict(meta["config"]),
+        state_dict=state,
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
         class_names=meta.get("class_names"),
-        initialize=False,
+        card=meta.get("card", {}) or {},
+        source=what,
     )
 
 
-def load_native(path: str | Path, *, allow_nonfinite: bool = False) -> HookedViT:
-    """Load from a vitmech directory or a vitmech .safetensors file.
+def load_native(path: str | Path, *, allow_nonfinite: bool = False) -> Converted:
+    """Read a vitmech directory or a vitmech .safetensors file (`HookedViT.from_converted` builds the model).
 
-    Raises CorruptFileError / IncompleteWriteError naming the file for a damaged or half-saved folder,
-    and NonFiniteWeightsError naming the tensors holding NaN or inf (unless `allow_nonfinite`).
+    Raises CorruptFileError / IncompleteWriteError naming the file for a damaged or half-saved folder; the
+    model build refuses weights holding NaN or inf (NonFiniteWeightsError naming them) unless `allow_nonfinite`.
     """
     path = Path(path)
     if path.is_dir():
@@ -141,8 +142,7 @@ def load_native(path: str | Path, *, allow_nonfinite: bool = False) -> HookedViT
         if embedded is None:
             raise CheckpointMismatchError(f"{path} carries no vitmech metadata; pass the architecture explicitly")
         meta = embedded
-    model = model_from_description(meta)
     state = read_safetensors(weights, what="vitmech weights")
-    load_strict(model, state, f"vitmech checkpoint {weights}", allow_nonfinite=allow_nonfinite)
-    model.card = meta.get("card", {})
-    return model.eval()
+    converted = converted_from_description(meta, state, f"vitmech checkpoint {weights}")
+    converted.allow_nonfinite = allow_nonfinite
+    return converted
