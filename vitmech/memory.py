@@ -47,10 +47,22 @@ def free_bytes(device: torch.device) -> int | None:
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
         if device.type == "cpu":
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            return _available_ram()
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
     return None
+
+
+def _available_ram() -> int:
+    """MemAvailable (free plus reclaimable page cache) where /proc/meminfo exists, else free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def cache_budget(device: torch.device) -> tuple[int | None, str]:

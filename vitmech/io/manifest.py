@@ -30,10 +30,9 @@ _CHUNK = 1 << 22
 
 def created_by() -> dict[str, Any]:
     """Who made an artifact: vitmech version, host, pid, UTC time and the command line."""
-    from vitmech import __version__
-
+    package = sys.modules.get("vitmech")  # loaded before any of its submodules; no import (keeps io a leaf)
     return {
-        "vitmech": __version__,
+        "vitmech": getattr(package, "__version__", "unknown"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
