@@ -4,15 +4,32 @@ from vitmech import HookedViT
 model = HookedViT.from_pretrained("vit_base_patch16_224")      # timm name, hub id, path or shipped model
 logits, cache = model.run_with_cache(model.preprocess(images))
 cache["pattern", 11]                                              # [batch, head, query, key]
+
+The names below are imported on first use, so `import vitmech` (and the `vitmech` command's --help) does
+not load torch.
 """
 
-from vitmech.config import ViTConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vitmech.errors import CheckpointMismatchError, ImageInputError, UnknownModelError, UnsupportedModelError
-from vitmech.memory import set_cache_budget
-from vitmech.model.hooked_vit import HookedViT
-from vitmech.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from vitmech.config import ViTConfig
+    from vitmech.memory import set_cache_budget
+    from vitmech.model.hooked_vit import HookedViT
+    from vitmech.preprocessing import Preprocessing
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "HookedViT": "vitmech.model.hooked_vit",
+    "Preprocessing": "vitmech.preprocessing",
+    "ViTConfig": "vitmech.config",
+    "set_cache_budget": "vitmech.memory",
+}
 
 __all__ = [
     "CheckpointMismatchError",
@@ -24,3 +41,11 @@ __all__ = [
     "ViTConfig",
     "set_cache_budget",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitmech' has no attribute {name!r}")

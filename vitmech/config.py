@@ -213,6 +213,7 @@ class ViTConfig:
         """DeiT: a second classifier on the distillation token, averaged with the class-token head."""
         return self.distill_token and self.has_classifier
 
+    @property
     def n_ctx(self) -> int:
         """transformer_lens' name for the sequence length (n_tokens)."""
         return self.n_tokens

@@ -46,3 +46,7 @@ class RuntimeSettingError(ValueError):
 
 class BatchSourceError(ValueError):
     """A dataset, loader or folder that does not yield image batches (what was found named in the message)."""
+
+
+class PatchingError(ValueError):
+    """A patching, path-patching or circuit request that cannot run (bad sites, unpaired images, ...)."""

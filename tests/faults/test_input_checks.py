@@ -13,6 +13,7 @@ import vitmech
 from tests.helpers.models import seeded_images, tiny_model
 from tests.helpers.scripts import load_experiment
 from vitmech.analysis.ablation import MetricError, head_sweep
+from vitmech.data.sources import load_image_source
 from vitmech.data.targets import TargetsFileError, check_targets_fit, read_targets
 from vitmech.errors import CacheBudgetError, ImageInputError
 from vitmech.memory import estimate_cache_bytes, hook_numel
@@ -65,9 +66,15 @@ def test_experiment_07_refuses_a_targets_file_with_more_rows_than_images(tmp_pat
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
     np.save(tmp_path / "y.npy", rng.normal(size=(8, 3)).astype(np.float32))  # 8 rows, 6 images
+    with pytest.raises(TargetsFileError, match=r"8 rows for 6 image files \(more rows"):
+        load_image_source(tmp_path / "images", targets=str(tmp_path / "y.npy"))
+    with pytest.raises(TargetsFileError, match=r"8 rows for 6 image files"):  # also when only 4 are read
+        load_image_source(tmp_path / "images", limit=4, targets=str(tmp_path / "y.npy"))
+    np.save(tmp_path / "y6.npy", rng.normal(size=(6, 3)).astype(np.float32))
+    assert load_image_source(tmp_path / "images", limit=4, targets=str(tmp_path / "y6.npy")).targets.shape == (4, 3)
     exp = load_experiment("07_head_ablation_heatmap.py")
     args = ["--model", str(tmp_path / "model"), "--images", str(tmp_path / "images"), "--targets"]
-    with pytest.raises(TargetsFileError, match=r"8 rows for 6 image files"):
+    with pytest.raises(SystemExit, match=r"8 rows for 6 image files"):
         exp.main([*args, str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"), "--no-estimates"])
 
 

@@ -357,8 +357,16 @@ def weight_change(before: HookedViT, after: HookedViT) -> WeightChange:
 # ----------------------------------------------------------------------------------------- two models
 
 
-def _direction(change: float, smaller: str, larger: str) -> str:
-    return "no change" if change == 0 else (smaller if change < 0 else larger)
+SIGNIFICANCE = 0.05
+"""Holm-adjusted p below which a change gets a direction word ("more focused"); otherwise
+"no significant change"."""
+
+
+def _direction(change: float, smaller: str, larger: str, p_holm: float) -> str:
+    """A direction word only for a Holm-significant change (p_holm < SIGNIFICANCE)."""
+    if not p_holm < SIGNIFICANCE or change == 0:  # NaN p (constant differences, n < 2) is not significant
+        return "no significant change"
+    return smaller if change < 0 else larger
 
 
 @dataclass
@@ -409,9 +417,9 @@ class ModelComparison:
                     "before": test.mean_before,
                     "after": test.mean_after,
                     "change": test.mean_change,
-                    "direction": _direction(test.mean_change, "more focused", "more spread")
+                    "direction": _direction(test.mean_change, "more focused", "more spread", p_holm)
                     if entropy
-                    else _direction(test.mean_change, "more spread", "more focused"),
+                    else _direction(test.mean_change, "more spread", "more focused", p_holm),
                     "ci95_low": test.ci_low,
                     "ci95_high": test.ci_high,
                     "t": test.t,
@@ -440,7 +448,7 @@ class ModelComparison:
                     "distance_after_px": t.mean_after,
                     "change_px": t.mean_change,
                     "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _direction(t.mean_change, "more local", "more global"),
+                    "direction": _direction(t.mean_change, "more local", "more global", p),
                     "p": t.p,
                     "p_holm": p,
                     "cohens_dz": t.cohens_dz,

@@ -559,7 +559,7 @@ class StreamedComparison(_compare.ModelComparison):
                     "distance_after_px": t.mean_after,
                     "change_px": t.mean_change,
                     "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _compare._direction(t.mean_change, "more local", "more global"),
+                    "direction": _compare._direction(t.mean_change, "more local", "more global", p),
                     "p": t.p,
                     "p_holm": p,
                     "cohens_dz": t.cohens_dz,

@@ -850,4 +850,48 @@ __all__ = [
     "write_galaxy_dataset",
     "pack_masks",
     "unpack_masks",
+    "COUNTERFACTUAL_FEATURES",
+    "without_feature",
+    "galaxy_counterfactual_pairs",
 ]
+
+
+# ----------------------------------------------------------------------------------------- counterfactual pairs
+
+COUNTERFACTUAL_FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bar": ("bar_amp", ("barred_spiral",)),
+    "arms": ("arms_amp", ("unbarred_spiral", "barred_spiral")),
+    "bulge": ("bulge_amp", ("unbarred_spiral", "barred_spiral", "featured_without_bar_or_spiral", "edge_on_disk")),
+}
+"""Feature -> (the amplitude set to 0 to remove it, the classes drawn because they carry it)."""
+
+_RELABEL = {("bar", "barred_spiral"): "unbarred_spiral", ("arms", "unbarred_spiral"): "featured_without_bar_or_spiral"}
+
+
+def without_feature(params: GalaxyParams, feature: str) -> GalaxyParams:
+    """The same galaxy (same noise, shape, colours) without one feature: its amplitude set to 0, the class
+    renamed where the feature defines it (a barred spiral without its bar is an unbarred spiral)."""
+    if feature not in COUNTERFACTUAL_FEATURES:
+        raise DataError(f"feature must be one of {sorted(COUNTERFACTUAL_FEATURES)}, got {feature!r}")
+    amplitude, _ = COUNTERFACTUAL_FEATURES[feature]
+    cls = _RELABEL.get((feature, params.cls), params.cls)
+    changes: dict[str, Any] = {amplitude: 0.0, "cls": cls}
+    return dataclasses.replace(params, **changes)
+
+
+def galaxy_counterfactual_pairs(
+    n: int, seed: int = 0, feature: str = "bar", *, size: int = 224, noise: bool = True, start: int = 0
+) -> tuple[GalaxyBatch, GalaxyBatch]:
+    """n matched pairs (with, without) `feature` ("bar", "arms" or "bulge"): images ``start ..`` of the seeded
+    stream restricted to the classes that carry the feature, rendered twice from the same parameters with only
+    that feature's amplitude set to 0 in the second. The first batch's ``masks[feature]`` is where they differ
+    before the PSF (and, with noise, the Poisson noise of the changed light)."""
+    if feature not in COUNTERFACTUAL_FEATURES:
+        raise DataError(f"feature must be one of {sorted(COUNTERFACTUAL_FEATURES)}, got {feature!r}")
+    if n <= 0:
+        raise DataError(f"n must be positive, got {n}")
+    _, classes = COUNTERFACTUAL_FEATURES[feature]
+    params = sample_galaxies(n, seed, start=start, classes=classes)
+    with_feature = render_galaxies(params, size=size, noise=noise)
+    without = render_galaxies([without_feature(p, feature) for p in params], size=size, noise=noise)
+    return with_feature, without

@@ -64,7 +64,7 @@ def read_value_rows(path: str | Path) -> np.ndarray:
     """The numbers of a .npy / .csv / .txt targets file, [N] or [N, T]."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"no targets file at {file}")
+        raise FileNotFoundError(f"no labels/targets file at {file}")
     if file.suffix == ".npy":
         try:
             values = np.load(file, allow_pickle=False)

@@ -119,11 +119,11 @@ def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor,
     return values
 
 
-def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int) -> torch.Tensor:
+def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int | None = None) -> torch.Tensor:
     """Class targets as long indices, after checking each lies in [0, n_classes) (the head's outputs)."""
     if targets.ndim != 1 or targets.is_floating_point():
         raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
-    outside = ((targets < 0) | (targets >= n_classes)).nonzero().flatten()
+    outside = ((targets < 0) | (targets >= (n_classes or 0))).nonzero().flatten() if n_classes is not None else []
     if len(outside):
         shown = sorted({int(targets[i]) for i in outside})[:10]
         raise MetricError(
