@@ -243,6 +243,7 @@ def fit(
             stop_at_step,
             progress,
             trainable,
+            loss_fn,
         )
     finally:
         if lock is not None:
@@ -278,6 +279,7 @@ def _fit(
     stop_at_step: int | None,
     progress: bool,
     trainable: list[torch.nn.Parameter],
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:

@@ -123,7 +123,9 @@ def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int | None = 
     """Class targets as long indices, after checking each lies in [0, n_classes) (the head's outputs)."""
     if targets.ndim != 1 or targets.is_floating_point():
         raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
-    outside = ((targets < 0) | (targets >= (n_classes or 0))).nonzero().flatten() if n_classes is not None else []
+    if n_classes is None:
+        return targets.long()
+    outside = ((targets < 0) | (targets >= n_classes)).nonzero().flatten()
     if len(outside):
         shown = sorted({int(targets[i]) for i in outside})[:10]
         raise MetricError(
