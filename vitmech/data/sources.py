@@ -61,16 +61,11 @@ class ImageSource:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image from a file; 16-bit and float images are scaled to 8 bits by their own range
-    (`vitmech.preprocessing.to_rgb8`). Raises UnreadableImageError naming the file."""
-    from vitmech.preprocessing import to_rgb8
+    """An RGB PIL image from a file (`vitmech.preprocessing.read_image`: 16-bit and float images scaled to
+    8 bits by their own range). Raises UnreadableImageError naming the file."""
+    from vitmech.preprocessing import read_image as read
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb8(im)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+    return read(path)
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -223,13 +223,15 @@ def kl_to_clean() -> Metric:
     return Metric("kl_to_clean", fn, needs_clean=True)
 
 
-def mse_to_clean() -> Metric:
-    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when clean)."""
+def mse_to_clean(output: OutputKind = "logits") -> Metric:
+    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when
+    clean); output="features" for the pooled features of a model without a classifier."""
 
     def fn(out, clean, targets):
         return (out - clean.to(out.dtype)).pow(2).mean(-1)
 
-    return Metric("mse_to_clean", fn, needs_clean=True)
+    name = "mse_to_clean" if output == "logits" else f"{output}_mse_to_clean"
+    return Metric(name, fn, output=output, needs_clean=True)
 
 
 def feature_direction(direction: torch.Tensor, output: OutputKind = "features") -> Metric:
@@ -297,6 +299,7 @@ BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
     "kl_to_clean": kl_to_clean,
     "kl": kl_to_clean,
     "mse_to_clean": mse_to_clean,
+    "features_mse_to_clean": lambda: mse_to_clean("features"),
     "class_logit": class_logit,
     "logit_diff": logit_diff,
 }
