@@ -16,6 +16,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vitmech.io.process import pid_alive
+
 TMP_MARK = ".tmp-"
 
 
@@ -133,8 +135,6 @@ def is_temporary(path: str | Path) -> bool:
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Delete temporaries in `directory` left by writers that are no longer running on this host."""
-    from vitmech.io.lock import pid_alive
-
     removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():

@@ -24,25 +24,13 @@ from typing import Any
 
 from vitmech.io.atomic import temporary_name
 from vitmech.io.errors import LockHeldError
+from vitmech.io.process import pid_alive
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".vitmech.lock"
 _held: set[str] = set()  # lock files held by this process (so a leaked file with our pid is known stale)
 _held_guard = threading.Lock()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_holder(lock_file: str | Path) -> dict[str, Any] | None:
