@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
+from vitmech.data._errors import UnreadableImageError
 from vitmech.errors import ImageInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,6 +108,17 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return gray.convert("RGB")
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image from a file; 16-bit and float images are scaled to 8 bits by their own range
+    (`to_rgb8`). Raises UnreadableImageError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb8(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+
+
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     """uint16 arrays / 65535 and float arrays in [0, 1] to uint8 0-255; others refused with the reason."""
     if array.dtype == np.uint8:
@@ -147,8 +159,6 @@ def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
             return [img for a in images for img in _to_pil_list(a)]
         raise ValueError(f"uint8 array must be [H,W], [H,W,C] or [B,H,W,C], got shape {images.shape}")
     if isinstance(images, (str, Path)):
-        from vitmech.data.sources import read_image
-
         return [read_image(images)]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:

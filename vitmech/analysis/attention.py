@@ -38,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitmech.device import on_model_device
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -489,6 +490,7 @@ def collect_patterns(
     """
     if rows not in ("all", "cls"):
         raise ValueError(f"rows must be 'all' or 'cls', got {rows!r}")
+    images = on_model_device(model, images)
     model.check_images(images)
     layers = resolve_layers(model, layers)
     cfg = model.cfg

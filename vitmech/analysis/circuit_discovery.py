@@ -35,7 +35,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
-from vitmech.analysis.patching import Hooks, _check_pair
+from vitmech.analysis.patching import Hooks, check_pair
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 
@@ -230,7 +230,7 @@ def run_circuit(
     clean: Float[torch.Tensor, "batch c h w"],
     corrupted_senders: Float[torch.Tensor, "sender batch pos d_model"],
     circuit: Bool[torch.Tensor, "sender receiver"],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
 ) -> torch.Tensor:
     """The model on `clean` images with every edge outside `circuit` carrying its sender's corrupted value."""
     graph = Graph.of(model)
@@ -281,7 +281,7 @@ class EdgeScores:
 def _metric_runs(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor, metric: MetricLike, targets):
     metric_obj: Metric = resolve_metric(metric)
     metric_obj.check_model(model)
-    _check_pair(model, clean, corrupted)
+    check_pair(model, clean, corrupted)
     with torch.no_grad():
         clean_out = model(clean, return_type=metric_obj.output)
         corrupted_out = model(corrupted, return_type=metric_obj.output)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics, image_batches
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
+from vitmech.device import on_model_device
 from vitmech.errors import ModelMismatchError
 from vitmech.tokens import READOUT, TokenLayout, token_layout
 
@@ -61,8 +62,9 @@ def check_comparable(before: HookedViT, after: HookedViT) -> None:
 
 
 def prepare_images(model: HookedViT, images: Any) -> Float[Tensor, "batch channel height width"]:
-    """A float tensor goes to the model as it is (checked); PIL images or uint8 arrays are preprocessed."""
+    """A float tensor goes to the model's device (checked); PIL images or uint8 arrays are preprocessed."""
     if isinstance(images, Tensor) and images.is_floating_point():
+        images = on_model_device(model, images)
         model.check_images(images)
         return images
     return model.preprocess(images)
@@ -393,15 +395,16 @@ class ModelComparison:
         import pandas as pd
 
         k = self.before.metrics.settings.k
+        query = "CLS" if self.readout == "class token" else f"Readout ({self.readout})"
         labels = {
-            "cls_entropy_last_head_mean_map": ("CLS attention entropy, last layer (head-mean map)", "nats"),
-            "cls_entropy_last_mean_over_heads": ("CLS attention entropy, last layer (mean of per-head)", "nats"),
+            "cls_entropy_last_head_mean_map": (f"{query} attention entropy, last layer (head-mean map)", "nats"),
+            "cls_entropy_last_mean_over_heads": (f"{query} attention entropy, last layer (mean of per-head)", "nats"),
             f"cls_top{k}_last_head_mean_map": (f"Top-{k} patch concentration, last layer (head-mean map)", "fraction"),
             f"cls_top{k}_last_mean_over_heads": (
                 f"Top-{k} patch concentration, last layer (mean of per-head)",
                 "fraction",
             ),
-            "rollout_entropy": ("Rollout CLS entropy", "nats"),
+            "rollout_entropy": (f"Rollout {query} entropy", "nats"),
             f"rollout_top{k}": (f"Rollout top-{k} concentration", "fraction"),
         }
         tests = self.summary_tests()
@@ -472,9 +475,15 @@ class ModelComparison:
             frame = frame.merge(self.weights.to_frame(), on=["layer", "head"], how="left")
         return frame
 
+    @property
+    def readout(self) -> str:
+        """The query the "CLS" metrics read: "class token", or "mean over patches" (models without one)."""
+        return self.before.metrics.query
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "names": list(self.names),
+            "readout": self.readout,
             "attention_settings": self.before.metrics.settings.to_dict(),
             "rollout_settings": self.before.rollout_settings.to_dict(),
             "summary": self.summary_table().to_dict(orient="records"),

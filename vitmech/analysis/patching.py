@@ -166,7 +166,8 @@ def _check_sites(model: HookedViT, sites: Sequence[Site]) -> list[Site]:
     return list(sites)
 
 
-def _check_pair(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor) -> None:
+def check_pair(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor) -> None:
+    """PatchingError (or ImageInputError) unless clean and corrupted are valid model inputs of the same shape."""
     model.check_images(clean)
     model.check_images(corrupted)
     if clean.shape != corrupted.shape:
@@ -195,7 +196,7 @@ def patched_outputs(
     source: Float[torch.Tensor, "batch c h w"],
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
     max_rows: int = 256,
 ) -> torch.Tensor:
     """The target run's output with each site patched from the source run: [n_sites, B, ...] (exact engine).
@@ -203,7 +204,7 @@ def patched_outputs(
     max_rows bounds the stacked batch (sites x images) of one suffix run.
     """
     sites = _check_sites(model, sites)
-    _check_pair(model, source, target)
+    check_pair(model, source, target)
     source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     return outputs_with_sources(model, target, sites, source_cache, output=output, max_rows=max_rows)
 
@@ -220,7 +221,7 @@ def outputs_with_sources(
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
     sources: Mapping[str, torch.Tensor],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
     max_rows: int = 256,
     start_resid: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -274,11 +275,11 @@ def naive_patched_outputs(
     source: Float[torch.Tensor, "batch c h w"],
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
-    output: Literal["logits", "features", "tokens"] = "logits",
+    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
 ) -> torch.Tensor:
     """The same as `patched_outputs`, one full forward of the target images per site (the reference)."""
     sites = _check_sites(model, sites)
-    _check_pair(model, source, target)
+    check_pair(model, source, target)
     source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     outputs = []
     for site in sites:
@@ -442,7 +443,7 @@ def activation_patching(
     """
     metric_obj: Metric = resolve_metric(metric)
     metric_obj.check_model(model)
-    _check_pair(model, clean, corrupted)
+    check_pair(model, clean, corrupted)
     for name, run in (("source", source), ("target", target)):
         if run not in ("clean", "corrupted"):
             raise PatchingError(f"{name} must be 'clean' or 'corrupted', got {run!r}")

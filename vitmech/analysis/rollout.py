@@ -40,6 +40,7 @@ from vitmech.analysis.attention import (
     to_grid,
     top_k_concentration,
 )
+from vitmech.device import on_model_device
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -387,6 +388,7 @@ def rollout_maps(
     """
     if not variants:
         raise ValueError("give at least one rollout variant")
+    images = on_model_device(model, images)
     model.check_images(images)
     layout = token_layout(model)
     fusions = sorted({v.head_fusion for v in variants.values()})
@@ -477,6 +479,7 @@ def attention_gradients(
     without touching the parameters' .grad. Images are independent, so summing y over the batch gives
     each image its own gradient.
     """
+    images = on_model_device(model, images)
     model.check_images(images)
     layers = resolve_layers(model, layers)
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor]] = []

@@ -92,7 +92,9 @@ def add_run(parser: argparse.ArgumentParser, *, seed: int = 0, resumable: bool =
     )
     parser.add_argument("--force", action="store_true", help="write into an existing non-empty --out folder")
     if device:
-        parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+        parser.add_argument(
+            "--device", default=None, help="torch device: cpu, cuda, cuda:1, mps (default: cuda when present, else cpu)"
+        )
     parser.add_argument("--seed", type=int, default=seed, help="random seed")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

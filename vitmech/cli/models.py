@@ -105,8 +105,15 @@ def load_model(name: str, random_init: bool = False, device: str | None = None) 
         raise SystemExit(f"error: cannot load model {name!r}: {err}") from None
     except OSError as err:
         loaded = _random_or_exit(name, random_init, err)
-    if device and device != "cpu":
-        loaded.model.to(device)
+    from vitmech.device import resolve_device
+    from vitmech.errors import RuntimeSettingError
+
+    try:
+        target = resolve_device(device)  # None: CUDA when present
+    except RuntimeSettingError as err:
+        raise SystemExit(f"error: --device: {err}") from None
+    if target.type != "cpu":
+        loaded.model.to(target)
     return loaded
 
 

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric",
         default=None,
         help="mse, cross_entropy, accuracy, class_logit, kl_to_clean, mse_to_clean, ... (default: mse "
-        "for --targets, cross_entropy for --labels, kl_to_clean without either)",
+        "for --targets, cross_entropy for --labels, kl_to_clean without either; features_mse_to_clean for "
+        "models without a classifier)",
     )
     parser.add_argument(
         "--ablation",
@@ -79,6 +80,28 @@ def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitmech.cli.args import models_from
+    from vitmech.distributed import distributed_session, gather_objects
+    from vitmech.studies._common import start
+
+    if args.n_images < 1:
+        args.parser.error("--n-images must be >= 1")
+    names = models_from(args)
+    if len(names) != 1:
+        args.parser.error("ablate takes one --model")
+    # under torchrun / accelerate launch every rank runs this study: the sweep and the estimates are shared
+    # out (docs/cluster.md), rank 0 makes the output folder and writes the report
+    with distributed_session() as ranks:
+        out = start(args, resumable_parts=("store",)) if ranks.is_main else None
+        out = gather_objects(out)[0]
+        if not ranks.is_main:
+            import torch
+
+            torch.manual_seed(args.seed)  # what start() did on rank 0
+        return _run(args, names, out, ranks)
+
+
+def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> int:
     import numpy as np
     import torch
 
@@ -86,26 +109,18 @@ def run(args: argparse.Namespace) -> int:
         MeanAblation,
         ResampleAblation,
         compare_estimates,
-        estimate_head_effects,
-        head_sweep,
         measure_pruning,
         prune_heads,
         resolve_ablation,
         resolve_metric,
     )
-    from vitmech.cli.args import models_from
+    from vitmech.analysis.streaming import stream_head_estimates, stream_head_sweep
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import models, start
+    from vitmech.studies._common import models
     from vitmech.train.heads import check_labels
     from vitmech.viz.ablation import plot_estimates_vs_exact, plot_head_heatmap, plot_layer_summary
 
-    if args.n_images < 1:
-        args.parser.error("--n-images must be >= 1")
-    names = models_from(args)
-    if len(names) != 1:
-        args.parser.error("ablate takes one --model")
-    out = start(args, resumable_parts=("store",))
     loaded = models(args, names)
     model = loaded[0].model
     if args.images == CHIRPS:
@@ -126,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
         data_note += ", with targets" if source.targets is not None else ""
     if args.metric is None:  # the loss the model would be trained with, else the drift of its output
         args.metric = (
-            "kl_to_clean" if targets is None else "cross_entropy" if not targets.is_floating_point() else "mse"
+            ("kl_to_clean" if model.cfg.has_classifier else "features_mse_to_clean")
+            if targets is None
+            else "cross_entropy"
+            if not targets.is_floating_point()
+            else "mse"
         )
     metric = resolve_metric(args.metric)
     if metric.needs_targets and targets is None:
@@ -143,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         ablation = resolve_ablation(args.ablation)
 
     start_time = time.perf_counter()
-    result = head_sweep(
+    result = stream_head_sweep(
         model,
         images,
         metric,
@@ -155,6 +174,15 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     sweep_seconds = time.perf_counter() - start_time
+    estimates = None
+    if not args.no_estimates:
+        est_start = time.perf_counter()
+        estimates = stream_head_estimates(
+            model, images, metric, ablation, targets=targets, batch_size=args.batch_size, progress=False
+        )
+        est_seconds = time.perf_counter() - est_start
+    if not ranks.is_main:
+        return 0
 
     report = study_report(out, f"Head ablation heatmap: {names[0]}", loaded)
     cfg = model.cfg
@@ -184,10 +212,7 @@ def run(args: argparse.Namespace) -> int:
         "sweep", {**result.to_dict(), "seconds": sweep_seconds, "model": names[0], "weights": loaded[0].note}
     )
 
-    if not args.no_estimates:
-        start_time = time.perf_counter()
-        estimates = estimate_head_effects(model, images, metric, ablation, targets=targets, batch_size=args.batch_size)
-        est_seconds = time.perf_counter() - start_time
+    if estimates is not None:
         comparison = compare_estimates(result, estimates)
         report.add_text(
             f"Gradient estimates (one forward + backward per batch, {est_seconds:.1f} s = "

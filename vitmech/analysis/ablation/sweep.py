@@ -39,6 +39,7 @@ from vitmech.analysis.ablation.interventions import (
 from vitmech.analysis.ablation.metrics import OUTPUT_KINDS, Metric, MetricLike, OutputKind, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore
+from vitmech.device import on_model_device
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.model.hooked_vit import HookedViT
 
@@ -196,6 +197,12 @@ def _open_store(
     """A MemoryStore, or the JSONL file under `store` keyed by everything that determines the results."""
     if store is None:
         return MemoryStore()
+    if not metric.keyable:
+        raise MetricError(
+            f"metric {metric.name!r} is a callable object whose code cannot be fingerprinted, so stored results "
+            "could be mixed up with another metric's: pass metric_from_function(fn, name='unique-name') "
+            "or a Metric with a unique name"
+        )
     settings = {
         "model": module_fingerprint(model),
         "model_config": model.cfg.to_dict(),
@@ -284,6 +291,7 @@ def ablation_sweep(
     """
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
+    images, targets = on_model_device(model, images), on_model_device(model, targets)
     check_inputs(model, images, metric, targets, batch_size, ablation)
     if engine not in ("exact", "naive"):
         raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
@@ -325,6 +333,7 @@ def ablation_sweep(
                 )
     finally:
         bar.close()
+        sink.close()
     return _table(sink, cells, len(bounds), metric, ablation)
 
 
@@ -389,6 +398,7 @@ def ablated_output(
     Metric("output", lambda out, clean, targets: out, output=output).check_model(model)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         raise AblationError("images must be a non-empty batch [B, C, S, S]")
+    images = on_model_device(model, images)
     model.check_images(images)
     ablation = resolve_ablation(ablation)
     cell = make_cell(model, heads)
