@@ -18,6 +18,7 @@ from vitmech.errors import CheckpointMismatchError, ImageInputError, UnknownMode
 
 if TYPE_CHECKING:
     from vitmech.config import ViTConfig
+    from vitmech.memory import set_cache_budget
     from vitmech.model.hooked_vit import HookedViT
     from vitmech.preprocessing import Preprocessing
 
@@ -27,6 +28,7 @@ _LAZY = {
     "HookedViT": "vitmech.model.hooked_vit",
     "Preprocessing": "vitmech.preprocessing",
     "ViTConfig": "vitmech.config",
+    "set_cache_budget": "vitmech.memory",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedModelError",
     "ViTConfig",
+    "set_cache_budget",
 ]
 
 

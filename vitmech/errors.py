@@ -28,6 +28,18 @@ class ModelMismatchError(ValueError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
 
 
+class NonFiniteWeightsError(CheckpointMismatchError):
+    """Weights holding NaN or inf (the tensors are named; `.nonfinite` lists them); pass allow_nonfinite=True to load anyway."""
+
+    def __init__(self, message: str, nonfinite: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.nonfinite = list(nonfinite or [])
+
+
+class CacheBudgetError(MemoryError, ValueError):
+    """An activation cache that would exceed the memory budget (size, budget and advice in the message)."""
+
+
 class RuntimeSettingError(ValueError):
     """A device, precision, thread or distributed setting that is not valid (the value and the choices named)."""
 

@@ -6,6 +6,8 @@ Every error is a ``ValueError`` subclass (bad input, not a bug), so callers can 
 
 from __future__ import annotations
 
+from vitmech.io.errors import CorruptFileError, IncompleteWriteError
+
 
 class DataError(ValueError):
     """Base class of every data-layer input error."""
@@ -38,4 +40,14 @@ __all__ = [
     "UnreadableImageError",
     "EmptySplitError",
     "InsufficientDataError",
+    "IncompleteDatasetError",
+    "CorruptDatasetError",
 ]
+
+
+class IncompleteDatasetError(DataError, IncompleteWriteError):
+    """A dataset folder whose writer did not finish: missing shards or completion file (named)."""
+
+
+class CorruptDatasetError(DataError, CorruptFileError):
+    """A dataset file that cannot be read or whose size/hash differs from the completion file (named)."""

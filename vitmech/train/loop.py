@@ -9,6 +9,7 @@ after a checkpoint and resumed ends with the same weights as one that was never 
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vitmech.fingerprint import module_fingerprint, tensor_fingerprint
+from vitmech.io.lock import LOCK_NAME, WriterLock
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vitmech.train.data import ArrayDataset, Augment, augment_batch, batch_indices, step_generator, to_model_input
@@ -224,12 +226,68 @@ def fit(
             model.cfg.image_size,
         )
 
+    lock = None
+    if checkpoint_dir is not None:  # one writer per run folder
+        lock = WriterLock(Path(checkpoint_dir) / LOCK_NAME, what=f"training run folder {checkpoint_dir}").acquire()
+    try:
+        return _fit(
+            model,
+            param_groups,
+            train,
+            config,
+            checkpoint_dir,
+            resume,
+            evaluate,
+            card,
+            fingerprint_extra,
+            stop_at_step,
+            progress,
+            trainable,
+            loss_fn,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global torch and numpy generators (what a resumed run must continue from), JSON-able."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(raw))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _fit(
+    model: HookedViT,
+    param_groups: list[dict[str, Any]],
+    train: ArrayDataset,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    evaluate: Callable[[HookedViT], dict[str, float]] | None,
+    card: dict[str, Any] | None,
+    fingerprint_extra: dict[str, Any] | None,
+    stop_at_step: int | None,
+    progress: bool,
+    trainable: list[torch.nn.Parameter],
+    loss_fn: LossFn | None = None,
+) -> TrainResult:
     optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     fingerprint = run_fingerprint(model, optimizer, train, config, fingerprint_extra)
     result = TrainResult()
     start = 0
+    running, count = 0.0, 0  # loss sum and steps since the last history row
     if checkpoint_dir is not None and resume:
         last = latest_checkpoint(checkpoint_dir)
         if last is not None:
@@ -237,6 +295,12 @@ def fit(
             start = int(meta["step"])
             result.history = list(meta.get("history", []))
             result.resumed_from = start
+            running, count = (
+                float(meta.get("running_loss", {}).get("sum", 0.0)),
+                int(meta.get("running_loss", {}).get("count", 0)),
+            )
+            if "rng" in meta:
+                _set_rng_state(meta["rng"])
             logger.info("resumed from %s (step %d of %d)", last, start, config.steps)
 
     def checkpoint(step: int) -> None:
@@ -245,6 +309,8 @@ def fit(
         state = {
             "fingerprint": fingerprint,
             "history": result.history,
+            "running_loss": {"sum": running, "count": count},
+            "rng": _rng_state(),
             "card": card or {},
             "train_config": config.to_dict(),
         }
@@ -261,7 +327,6 @@ def fit(
 
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
-    running, count = 0.0, 0
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
     bar = tqdm(range(start, end), total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
     for step in bar:
@@ -320,6 +385,12 @@ def _train_step(
     else:
         norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in params if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
+        broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {step} because the model's weights already hold NaN/inf "
+                f"before this update: {broken[:8]}; reload the weights (a damaged file?) rather than change the recipe"
+            )
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.step()
     return float(loss.item()), norm

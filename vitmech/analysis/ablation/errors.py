@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vitmech.io.errors import CorruptFileError
+
 
 class AblationError(ValueError):
     """Base class: an ablation request that cannot be carried out as asked."""
@@ -21,3 +23,7 @@ class MetricError(AblationError):
 
 class StoreMismatchError(AblationError):
     """A resumable sweep file whose recorded settings or data do not match the current run."""
+
+
+class StoreCorruptError(StoreMismatchError, CorruptFileError):
+    """A sweep store file with a garbled line (the file and 1-based line are named; `.path`, `.line`)."""
