@@ -160,4 +160,5 @@ class ViTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # JSON lists
+        return cls(**fields)

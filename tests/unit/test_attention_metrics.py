@@ -212,7 +212,7 @@ def test_metrics_tables_and_concatenation():
 # ----------------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gets_clear_errors():
+def test_bad_input_gets_clear_errors(unchecked_types):
     model = tiny_model()
     good = torch.softmax(torch.randn(1, 1, 1, 17, 17), -1)
     with pytest.raises(ValueError, match="stack_patterns"):

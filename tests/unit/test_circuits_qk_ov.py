@@ -9,6 +9,7 @@ import torch
 from einops import einsum
 
 from tests.helpers.models import tiny_model
+from tests.helpers.typecheck import runtime_checks_off
 from vitmech.analysis.circuits import (
     PositionalQK,
     attention_distance_px,
@@ -113,7 +114,7 @@ def test_bad_queries_are_rejected(query, error):
 
 def test_positional_qk_rejects_an_unknown_mode_and_layer():
     model = tiny_model()
-    with pytest.raises(ValueError, match="'ln1' or 'raw'"):
+    with runtime_checks_off(), pytest.raises(ValueError, match="'ln1' or 'raw'"):
         positional_qk(model, mode="ln2")
     with pytest.raises(IndexError):
         positional_qk(model, layers=[7])

@@ -34,6 +34,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitmech.errors import IndexOutOfRangeError, InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -108,7 +110,7 @@ class AttentionSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
+            raise InputError(f"k must be a positive int, got {self.k!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "entropy_unit": "nats", "distance_unit": "pixels"}
@@ -121,7 +123,7 @@ def grid_size_of(n_tokens: int) -> int:
     """g for P = 1 + g*g tokens; a clear error for token counts that are not a CLS plus a square grid."""
     g = math.isqrt(max(n_tokens - 1, 0))
     if n_tokens < 2 or g * g != n_tokens - 1:
-        raise ValueError(
+        raise InputError(
             f"{n_tokens} tokens is not 1 CLS token + a square grid of patches; "
             "attention metrics expect patterns [..., P, P] with P = 1 + g*g"
         )
@@ -136,7 +138,7 @@ def check_patterns(patterns: Any, ndim: int | None = None, name: str = "patterns
             + (f" of dtype {patterns.dtype}" if isinstance(patterns, Tensor) else "")
         )
     if patterns.ndim < 2 or patterns.shape[-1] != patterns.shape[-2]:
-        raise ValueError(f"{name} must end in square [query, key] axes, got shape {list(patterns.shape)}")
+        raise InputError(f"{name} must end in square [query, key] axes, got shape {list(patterns.shape)}")
     if ndim is not None and patterns.ndim != ndim:
         hint = ""
         if ndim == 5 and patterns.ndim == 4:
@@ -144,7 +146,7 @@ def check_patterns(patterns: Any, ndim: int | None = None, name: str = "patterns
                 " (one layer from a cache is [batch, head, P, P]: use stack_patterns(cache) for all layers, "
                 "or patterns[:, None] for one)"
             )
-        raise ValueError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
+        raise InputError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
     return grid_size_of(patterns.shape[-1])
 
 
@@ -152,7 +154,7 @@ def to_grid(values: Float[Tensor, "*batch patch"], grid_size: int | None = None)
     """Patch values (row-major) onto the g x g grid."""
     g = grid_size if grid_size is not None else grid_size_of(values.shape[-1] + 1)
     if g * g != values.shape[-1]:
-        raise ValueError(f"{values.shape[-1]} patch values do not fill a {g} x {g} grid")
+        raise InputError(f"{values.shape[-1]} patch values do not fill a {g} x {g} grid")
     return rearrange(values, "... (gy gx) -> ... gy gx", gy=g, gx=g)
 
 
@@ -170,7 +172,7 @@ def token_attention(
     check_patterns(patterns)
     n_tokens = patterns.shape[-1]
     if not -n_tokens <= token < n_tokens:
-        raise IndexError(f"token {token} out of range for {n_tokens} tokens")
+        raise IndexOutOfRangeError(f"token {token} out of range for {n_tokens} tokens")
     row = patterns[..., token, 1:]
     return _renormalised(row) if renormalise else row
 
@@ -200,7 +202,7 @@ def attention_entropy(p: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
 def top_k_concentration(p: Float[Tensor, "*batch n"], k: int = 10) -> Float[Tensor, "*batch"]:
     """Sum of the k largest entries of p (the attention mass on the top-k patches)."""
     if not 1 <= k <= p.shape[-1]:
-        raise ValueError(f"k must be in [1, {p.shape[-1]}], got {k}")
+        raise InputError(f"k must be in [1, {p.shape[-1]}], got {k}")
     return p.topk(k, dim=-1, sorted=False).values.sum(-1)
 
 
@@ -356,7 +358,7 @@ class AttentionMetrics:
     def stack_layers(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
         """Join single-layer results of the same images (e.g. computed layer by layer in hooks)."""
         if not parts:
-            raise ValueError("nothing to stack")
+            raise InputError("nothing to stack")
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts], 1),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts], 1),
@@ -372,10 +374,10 @@ class AttentionMetrics:
     def concat(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
         """Join results of image batches (same layers and settings) along the image axis."""
         if not parts:
-            raise ValueError("nothing to concatenate")
+            raise InputError("nothing to concatenate")
         first = parts[0]
         if any(p.layers != first.layers or p.settings != first.settings for p in parts):
-            raise ValueError("can only concatenate metrics of the same layers and settings")
+            raise InputError("can only concatenate metrics of the same layers and settings")
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts]),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts]),
@@ -413,9 +415,9 @@ def attention_metrics(
     n_layers = patterns.shape[1]
     layers = tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers)
     if len(layers) != n_layers:
-        raise ValueError(f"{len(layers)} layer labels for {n_layers} stacked layers")
+        raise InputError(f"{len(layers)} layer labels for {n_layers} stacked layers")
     if settings.k > patterns.shape[-1] - 1:
-        raise ValueError(f"k = {settings.k} exceeds the {patterns.shape[-1] - 1} patches")
+        raise InputError(f"k = {settings.k} exceeds the {patterns.shape[-1] - 1} patches")
     with torch.no_grad():
         p = cls_attention(patterns, settings.renormalise)  # [B, L, H, N]
         head_mean = p.mean(2)  # [B, L, N]
@@ -441,7 +443,7 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
     n_layers = cache.model.cfg.n_layers if hasattr(cache, "model") else None
     if layers is None:
         if n_layers is None:
-            raise ValueError("give the layers to stack")
+            raise InputError("give the layers to stack")
         layers = range(n_layers)
     missing = [layer for layer in layers if f"blocks.{layer}.attn.hook_pattern" not in cache]
     if missing:
@@ -455,7 +457,7 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
 def image_batches(images: Tensor, batch_size: int) -> Iterator[tuple[int, Tensor]]:
     """(start index, batch) slices of a preprocessed image tensor [B, C, S, S]."""
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     for start in range(0, images.shape[0], batch_size):
         yield start, images[start : start + batch_size]
 
@@ -468,7 +470,7 @@ def resolve_layers(model: HookedViT, layers: Sequence[int] | None) -> tuple[int,
     out = []
     for layer in layers:
         if not isinstance(layer, int) or not -n <= layer < n:
-            raise IndexError(f"layer {layer!r} out of range for a model with {n} layers")
+            raise IndexOutOfRangeError(f"layer {layer!r} out of range for a model with {n} layers")
         out.append(layer % n)
     return tuple(out)
 
@@ -488,7 +490,7 @@ def collect_patterns(
     12 layers); rows="cls" keeps only the CLS query rows [B, L, H, P] (197 times smaller).
     """
     if rows not in ("all", "cls"):
-        raise ValueError(f"rows must be 'all' or 'cls', got {rows!r}")
+        raise InputError(f"rows must be 'all' or 'cls', got {rows!r}")
     model.check_images(images)
     layers = resolve_layers(model, layers)
     cfg = model.cfg

@@ -28,6 +28,7 @@ from einops import einsum, rearrange
 from jaxtyping import Complex, Float
 from transformer_lens import FactoredMatrix
 
+from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
@@ -95,9 +96,9 @@ def top_singular_directions(circuit: FactoredMatrix, k: int = 3, name: str = "")
     Computed from the factors (transformer_lens' factored SVD), never from the d x d product.
     """
     if circuit.ndim != 4:
-        raise ValueError(f"expected a per-head FactoredMatrix [layer, head, d, d], got shape {tuple(circuit.shape)}")
+        raise InputError(f"expected a per-head FactoredMatrix [layer, head, d, d], got shape {tuple(circuit.shape)}")
     if not 1 <= k <= circuit.mdim:
-        raise ValueError(f"k must be in [1, {circuit.mdim}] (the circuit's rank is at most d_head), got {k}")
+        raise InputError(f"k must be in [1, {circuit.mdim}] (the circuit's rank is at most d_head), got {k}")
     with torch.no_grad():
         U, S, V = circuit.svd()
     return SingularDirections(
@@ -193,7 +194,7 @@ def attention_distance_px(
     """
     n = grid_size * grid_size
     if pattern.shape[-1] != n + 1 or pattern.shape[-2] != n + 1:
-        raise ValueError(
+        raise InputError(
             f"expected a pattern over 1 + {grid_size}x{grid_size} = {n + 1} tokens, got {tuple(pattern.shape)}"
         )
     patch = pattern[..., 1:, 1:]
@@ -270,11 +271,11 @@ class PositionalQK:
         if isinstance(query, tuple) and len(query) == 2:
             row, col = query
             if not (0 <= row < g and 0 <= col < g):
-                raise IndexError(f"query patch (row, col) = {query} outside the {g}x{g} grid")
+                raise IndexOutOfRangeError(f"query patch (row, col) = {query} outside the {g}x{g} grid")
             return 1 + row * g + col
         if isinstance(query, int) and not isinstance(query, bool):
             if not 0 <= query < g * g:
-                raise IndexError(
+                raise IndexOutOfRangeError(
                     f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)"
                 )
             return 1 + query
@@ -354,7 +355,7 @@ def positional_inputs(model: HookedViT, layer: int, mode: PositionalMode = "ln1"
     if mode == "raw":
         return model.W_pos
     if mode != "ln1":
-        raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
+        raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     pos = model.W_pos
     if model.cfg.pre_norm:
         pos = _layer_norm(model.ln_pre, pos)
@@ -376,7 +377,7 @@ def positional_qk(
     only matters once a softmax is taken, as in `PositionalQK.locality`).
     """
     if mode not in ("ln1", "raw"):
-        raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
+        raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     layer_ids = (
         list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(layer, "layer") for layer in layers]
     )
@@ -401,7 +402,7 @@ def composition_score(left: FactoredMatrix, right: FactoredMatrix) -> Float[torc
     ||L R|| = ||C_L C_R||, a d_head x d_head product.
     """
     if left.rdim != right.ldim:
-        raise ValueError(f"left's columns ({left.rdim}) must match right's rows ({right.ldim})")
+        raise InputError(f"left's columns ({left.rdim}) must match right's rows ({right.ldim})")
     c_left, c_right = _collapse_left(left), _collapse_right(right)
     product = c_left @ c_right
     return product.norm(dim=(-2, -1)) / (c_left.norm(dim=(-2, -1)) * c_right.norm(dim=(-2, -1)))
@@ -432,7 +433,7 @@ def _reader(model: HookedViT, mode: str) -> FactoredMatrix:
         return qk_circuits(model).T
     if mode == "V":
         return ov_circuits(model)
-    raise ValueError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+    raise InputError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
 
 
 def _scores_later_than(left: FactoredMatrix, right: FactoredMatrix) -> Float[torch.Tensor, "layer head layer head"]:
@@ -457,9 +458,9 @@ def random_composition_baseline(d_model: int, d_head: int, mode: str, n_samples:
     (the score is scale-free, so the variance does not matter), seeded. About 1/sqrt(d_model) for d_head << d.
     """
     if mode not in COMPOSITION_MODES:
-        raise ValueError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+        raise InputError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise InputError(f"n_samples must be >= 1, got {n_samples}")
     g = torch.Generator().manual_seed(seed)
     shape = (n_samples, d_model, d_head)
     w_v, w_o = torch.randn(shape, generator=g), torch.randn(shape, generator=g).transpose(-2, -1)
@@ -519,7 +520,7 @@ class CompositionScores:
         frame = self.to_frame()
         if mode is not None:
             if mode not in self.scores:
-                raise ValueError(f"mode {mode!r} was not computed; have {sorted(self.scores)}")
+                raise InputError(f"mode {mode!r} was not computed; have {sorted(self.scores)}")
             frame = frame[frame["mode"] == mode]
         return frame.sort_values("adjusted", ascending=False).head(k).reset_index(drop=True)
 
@@ -547,7 +548,7 @@ def composition_scores(
     """
     unknown = [m for m in modes if m not in COMPOSITION_MODES]
     if unknown or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {COMPOSITION_MODES}, got {list(modes)}")
+        raise InputError(f"modes must be a non-empty subset of {COMPOSITION_MODES}, got {list(modes)}")
     with torch.no_grad():
         writer = ov_circuits(model)
         scores = {m: _scores_later_than(writer, _reader(model, m)) for m in modes}
@@ -567,7 +568,7 @@ def composition_changes(before: CompositionScores, after: CompositionScores) -> 
     keys = ["mode", "src_layer", "src_head", "dst_layer", "dst_head"]
     a, b = before.to_frame(), after.to_frame()
     if len(a) != len(b) or set(a["mode"]) != set(b["mode"]):
-        raise ValueError("composition results of different architectures or modes cannot be compared head by head")
+        raise InputError("composition results of different architectures or modes cannot be compared head by head")
     merged = a[keys + ["adjusted"]].merge(b[keys + ["adjusted"]], on=keys, suffixes=("_before", "_after"))
     merged["change"] = merged["adjusted_after"] - merged["adjusted_before"]
     return merged.reindex(merged["change"].abs().sort_values(ascending=False).index).reset_index(drop=True)
@@ -578,5 +579,9 @@ def head_label(layer: int, head: int) -> str:
 
 
 def uniform_distance_px(grid_size: int, patch_size: int) -> float:
-    """Mean attention distance (pixels) of uniform attention over a g x g patch grid (116.49 px for 14 x 14 x 16)."""
+    """Mean attention distance (pixels) of uniform attention over a g x g patch grid.
+
+    >>> round(uniform_distance_px(14, 16), 2)  # ViT-B/16 at 224 px
+    116.49
+    """
     return float(patch_distances_px(grid_size, patch_size, torch.float64).mean())

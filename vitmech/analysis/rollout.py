@@ -37,6 +37,7 @@ from vitmech.analysis.attention import (
     to_grid,
     top_k_concentration,
 )
+from vitmech.errors import IndexOutOfRangeError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,11 +62,11 @@ class RolloutSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+            raise InputError(f"alpha must be in (0, 1], got {self.alpha!r}")
         if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {self.head_fusion!r}")
+            raise InputError(f"head_fusion must be one of {HEAD_FUSIONS}, got {self.head_fusion!r}")
         if not 0 <= self.discard_ratio < 1:
-            raise ValueError(f"discard_ratio must be in [0, 1), got {self.discard_ratio!r}")
+            raise InputError(f"discard_ratio must be in [0, 1), got {self.discard_ratio!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,7 +85,7 @@ def fuse_heads(
     head_weights, the weighted sum sum_h w_h A_h."""
     if head_weights is not None:
         if head_weights.shape != patterns.shape[:-2]:
-            raise ValueError(
+            raise InputError(
                 f"head_weights {list(head_weights.shape)} must match patterns' leading axes {list(patterns.shape[:-2])}"
             )
         # a batched vector-matrix product over the contiguous [head, query * key] block (6x faster than einsum)
@@ -96,7 +97,7 @@ def fuse_heads(
         return patterns.amax(-3)
     if fusion == "min":
         return patterns.amin(-3)
-    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
+    raise InputError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
 @single_threaded
@@ -104,7 +105,7 @@ def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Fl
     """Zero the int(ratio * P * P) lowest entries of each matrix, per batch item and layer, keeping the
     CLS->CLS entry (vit-explain's discard_ratio, without its item-0-only bug)."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"discard_ratio must be in [0, 1), got {ratio!r}")
+        raise InputError(f"discard_ratio must be in [0, 1), got {ratio!r}")
     n_tokens = fused.shape[-1]
     n_entries = n_tokens * n_tokens
     n_discard = int(n_entries * ratio)
@@ -165,7 +166,7 @@ def _check_tokens(tokens: Sequence[int] | None, n_tokens: int) -> tuple[int, ...
         return None
     out = tuple(int(t) % n_tokens if -n_tokens <= int(t) < n_tokens else -1 for t in tokens)
     if not out or -1 in out:
-        raise IndexError(f"tokens {list(tokens)} must be non-empty and in range for {n_tokens} tokens")
+        raise IndexOutOfRangeError(f"tokens {list(tokens)} must be non-empty and in range for {n_tokens} tokens")
     return out
 
 
@@ -349,7 +350,7 @@ def rollout_maps(
     at [batch, layer, P, P] per fusion whatever the number of images.
     """
     if not variants:
-        raise ValueError("give at least one rollout variant")
+        raise InputError("give at least one rollout variant")
     model.check_images(images)
     fusions = sorted({v.head_fusion for v in variants.values()})
     parts: dict[str, list[Rollout]] = {name: [] for name in variants}
@@ -397,7 +398,7 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     if callable(target):
         values = target(outputs)
         if not isinstance(values, Tensor) or values.shape != outputs.shape[:1]:
-            raise ValueError(
+            raise InputError(
                 f"a target callable must map outputs {list(outputs.shape)} to one value per image [{outputs.shape[0]}]"
             )
         return values, None
@@ -408,12 +409,12 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     elif isinstance(target, Tensor) and target.ndim == 1 and target.shape[0] == outputs.shape[0]:
         index = target.to(device=outputs.device, dtype=torch.long)
     else:
-        raise ValueError(
+        raise InputError(
             "target must be None (predicted class), an int, a tensor [batch] of indices, "
             "or a callable outputs -> [batch]"
         )
     if ((index < 0) | (index >= outputs.shape[-1])).any():
-        raise IndexError(f"target index out of range for {outputs.shape[-1]} outputs: {index.tolist()}")
+        raise IndexOutOfRangeError(f"target index out of range for {outputs.shape[-1]} outputs: {index.tolist()}")
     return outputs.gather(-1, index[:, None])[:, 0], index
 
 
@@ -465,7 +466,7 @@ def attention_gradients(
 def _check_pair(patterns: Tensor, gradients: Tensor) -> None:
     check_patterns(patterns, ndim=5)
     if gradients.shape != patterns.shape:
-        raise ValueError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
+        raise InputError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
 
 
 @single_threaded
@@ -504,7 +505,7 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
     if norm not in ("l1", "l2"):
-        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        raise InputError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if norm == "l2":
         scores = torch.linalg.vector_norm(gradients.flatten(-2), ord=2, dim=-1)
     else:  # sum |g| in cache-sized chunks (vector_norm's ord=1 path is 2.5x slower here)
@@ -555,7 +556,7 @@ def flow_graph(capacities: Float[np.ndarray, "layer query key"], scale: int = FL
 
     n_layers, n_tokens, _ = capacities.shape
     if not 1 <= scale <= 2**28:  # the flow value is at most ~scale (the source row sums to 1): int32 is safe
-        raise ValueError(f"scale must be in [1, 2**28], got {scale}")
+        raise InputError(f"scale must be in [1, 2**28], got {scale}")
     quantised = np.rint(np.asarray(capacities, dtype=np.float64) * scale).astype(np.int64)
     layer, query, key = np.nonzero(quantised)
     n_nodes = (n_layers + 1) * n_tokens
@@ -603,7 +604,7 @@ def max_flow_values(
         for sink in range(n_tokens):
             out[sink] = nx.maximum_flow_value(graph, source, sink, capacity="weight") if sink in graph else 0.0
     else:
-        raise ValueError(f"backend must be 'scipy' or 'networkx', got {backend!r}")
+        raise InputError(f"backend must be 'scipy' or 'networkx', got {backend!r}")
     return out
 
 

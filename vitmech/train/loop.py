@@ -9,6 +9,7 @@ after a checkpoint and resumed ends with the same weights as one that was never 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -99,13 +100,26 @@ class TrainConfig:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of each group's base lr at `step` (0-based): linear warm-up, then cosine to min_lr_ratio."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps - 1)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+    """Multiplier of each group's base lr at `step` (0-based): linear warm-up, then cosine to min_lr_ratio.
+
+    transformers' `get_cosine_with_min_lr_schedule_with_warmup` read one step ahead, so step 0 already
+    trains (lr / warmup_steps) and the last step ends at lr * min_lr_ratio.
+
+    >>> config = TrainConfig(steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    >>> [round(lr_factor(s, config), 3) for s in (0, 1, 9)]
+    [0.5, 1.0, 0.1]
+    """
+    return float(_cosine_schedule(config.warmup_steps, config.steps, config.min_lr_ratio)(step + 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _cosine_schedule(warmup_steps: int, steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """transformers' schedule as a function of the number of optimizer steps taken (its LambdaLR's lambda)."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(probe, warmup_steps, steps, min_lr_rate=min_lr_ratio)
+    return scheduler.lr_lambdas[0]
 
 
 @dataclass

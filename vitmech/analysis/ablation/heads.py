@@ -87,7 +87,11 @@ def all_heads(model: HookedViT, layers: Iterable[int] | None = None) -> list[Hea
 
 
 def head_label(head: Head) -> str:
-    """'L3H5' for (3, 5): 0-based layer and head."""
+    """The label of a head: 0-based layer and head.
+
+    >>> head_label((3, 5))
+    'L3H5'
+    """
     return f"L{head[0]}H{head[1]}"
 
 

@@ -9,7 +9,7 @@ the per-example effect (ddof 1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,15 @@ import pandas as pd
 from vitmech.analysis.ablation.heads import Cell
 
 
-def percent_change(delta: np.ndarray | float, clean: float) -> np.ndarray:
+@overload
+def percent_change(delta: np.ndarray, clean: float) -> np.ndarray: ...
+
+
+@overload
+def percent_change(delta: float, clean: float) -> float: ...
+
+
+def percent_change(delta: np.ndarray | float, clean: float) -> np.ndarray | float:
     """100 * delta / |clean| (NaN where clean is 0)."""
     delta = np.asarray(delta, dtype=np.float64)
     if clean == 0:
