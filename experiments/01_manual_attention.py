@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         out, cache = model.run_with_cache(images)
 
     layer = args.layer
-    x = cache["normalized", layer, "ln1"]  # [1, P, d] = LN1(resid_pre)
-    attn = model.blocks[layer].attn
+    ln1, attn = model.blocks[layer].ln1, model.blocks[layer].attn
+    x = cache["normalized", layer, "ln1"] * ln1.w + ln1.b  # [1, P, d] = LN1(resid_pre); the hook is before w, b
     q = einsum(x, attn.W_Q, "b p d, h d e -> b p h e") + attn.b_Q
     k = einsum(x, attn.W_K, "b p d, h d e -> b p h e") + attn.b_K
     scores = einsum(q, k, "b q h e, b k h e -> b h q k") / math.sqrt(cfg.d_head)

@@ -21,9 +21,9 @@ import sys
 import torch
 
 from vitmech import HookedViT
+from vitmech.analysis.attention import mean_attention_distance
 from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
 from vitmech.analysis.circuits import (
-    attention_distance_px,
     composition_changes,
     composition_scores,
     ov_copying_scores,
@@ -75,10 +75,7 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
         _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
     cfg = model.cfg
     return torch.stack(
-        [
-            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size).mean(0)
-            for layer in range(cfg.n_layers)
-        ]
+        [mean_attention_distance(cache["pattern", layer], cfg.patch_size).mean(0) for layer in range(cfg.n_layers)]
     )
 
 

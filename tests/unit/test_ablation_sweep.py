@@ -184,7 +184,7 @@ def test_frames_are_plain_tables(model, data):
 
 
 def test_batch_bounds_cover_every_image_once_and_merge_a_too_small_last_batch():
-    from vitmech.analysis.ablation.sweep import batch_bounds
+    from vitmech.batching import batch_bounds
 
     assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert batch_bounds(9, 4, 2) == [(0, 4), (4, 9)]

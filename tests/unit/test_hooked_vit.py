@@ -230,7 +230,7 @@ def test_nan_and_inf_inputs_are_refused_with_counts():
 
 def test_layer_indices_out_of_range():
     model = tiny_model()
-    with pytest.raises(IndexError, match="stop_at_layer=7 out of range"):
+    with pytest.raises(IndexError, match="stop_at_layer 7 is out of range"):
         model(seeded_images(B, 32), stop_at_layer=7)
     with pytest.raises(ImageInputError, match="residual stream"):
         model(seeded_images(B, 32), start_at_layer=1)

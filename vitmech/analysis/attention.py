@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitmech.batching import image_batches
 from vitmech.errors import IndexOutOfRangeError, InputError
 
 if TYPE_CHECKING:
@@ -454,25 +455,11 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
     return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in layers], dim=1)
 
 
-def image_batches(images: Tensor, batch_size: int) -> Iterator[tuple[int, Tensor]]:
-    """(start index, batch) slices of a preprocessed image tensor [B, C, S, S]."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    for start in range(0, images.shape[0], batch_size):
-        yield start, images[start : start + batch_size]
-
-
 def resolve_layers(model: HookedViT, layers: Sequence[int] | None) -> tuple[int, ...]:
     """Layer indices (negative counts from the end), checked against the model's depth."""
-    n = model.cfg.n_layers
     if layers is None:
-        return tuple(range(n))
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -n <= layer < n:
-            raise IndexOutOfRangeError(f"layer {layer!r} out of range for a model with {n} layers")
-        out.append(layer % n)
-    return tuple(out)
+        return tuple(range(model.cfg.n_layers))
+    return tuple(model.cfg.layer_index(layer) for layer in layers)
 
 
 def collect_patterns(

@@ -26,7 +26,9 @@ from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache
 
-from vitmech.analysis.circuits import head_label, head_results
+from vitmech.analysis.ablation.heads import head_label
+from vitmech.analysis.circuits import head_results
+from vitmech.batching import image_batches
 from vitmech.model.hooked_vit import HookedViT
 
 ClassSpec = str | int | Sequence[int] | Int[torch.Tensor, " batch"]
@@ -217,7 +219,7 @@ def direct_logit_attribution_from_cache(
                 value_biases.append((layer, head_results(attn, attn.b_V)))  # [H, d]
             add(
                 head_results(attn, z),
-                [head_label(layer, h) for h in range(cfg.n_heads)],
+                [head_label((layer, h)) for h in range(cfg.n_heads)],
                 "head",
                 layer,
                 list(range(cfg.n_heads)),
@@ -229,7 +231,7 @@ def direct_logit_attribution_from_cache(
         for layer, vb in value_biases:
             add(
                 vb.expand(batch, -1, -1),
-                [f"b_V {head_label(layer, h)}" for h in range(cfg.n_heads)],
+                [f"b_V {head_label((layer, h))}" for h in range(cfg.n_heads)],
                 "value_bias",
                 layer,
                 list(range(cfg.n_heads)),
@@ -257,12 +259,6 @@ def direct_logit_attribution_from_cache(
     )
 
 
-def _batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Tensor]:
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return list(images.split(batch_size)) if batch_size else [images]
-
-
 def direct_logit_attribution(
     model: HookedViT,
     images: Float[torch.Tensor, "batch c h w"],
@@ -278,7 +274,7 @@ def direct_logit_attribution(
     model.check_images(images)
     results = []
     offset = 0
-    for chunk in _batches(images, batch_size):
+    for _, chunk in image_batches(images, max(1, images.shape[0]) if batch_size is None else batch_size):
         chunk_classes = classes
         if not isinstance(classes, (str, int)):
             chunk_classes = torch.as_tensor(classes)
@@ -406,7 +402,7 @@ def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], bat
     model.check_images(images)
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
     lenses = []
-    for chunk in _batches(images, batch_size):
+    for _, chunk in image_batches(images, max(1, images.shape[0]) if batch_size is None else batch_size):
         with torch.no_grad():
             _, cache = model.run_with_cache(chunk, names_filter=names, return_type=None)
         lenses.append(logit_lens_from_cache(model, cache))

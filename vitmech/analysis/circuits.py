@@ -28,6 +28,7 @@ from einops import einsum, rearrange
 from jaxtyping import Complex, Float
 from transformer_lens import FactoredMatrix
 
+from vitmech.analysis.attention import mean_attention_distance, patch_distances
 from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
@@ -159,7 +160,8 @@ def qk_scores(
 ) -> Float[torch.Tensor, "... head pos_q pos_k"]:
     """Attention scores of one layer from LN1-output vectors: (x W_Q + b_Q)(y W_K + b_K)^T [/ sqrt(d_head)].
 
-    With `queries_from` = the cached `ln1.hook_normalized` and scale=True this is `hook_attn_scores`.
+    With `queries_from` = the cached `ln1.hook_normalized` times ln1.w plus ln1.b (the LayerNorm output; the hook
+    itself is taken before gain and bias) and scale=True this is `hook_attn_scores`.
     """
     keys_from = queries_from if keys_from is None else keys_from
     q = einsum(queries_from, attn.W_Q, "... p d, h d e -> ... h p e") + attn.b_Q[:, None, :]
@@ -174,36 +176,6 @@ def head_results(attn: Attention, z: Float[torch.Tensor, "... head d_head"]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- positions
-def patch_distances_px(
-    grid_size: int, patch_size: int, dtype: torch.dtype = torch.float32
-) -> Float[torch.Tensor, "n_patches n_patches"]:
-    """Euclidean distance in pixels between patch centres, patches in row-major grid order."""
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], -1).to(torch.float64)
-    return (torch.cdist(centres, centres) * patch_size).to(dtype)
-
-
-def attention_distance_px(
-    pattern: Float[torch.Tensor, "... pos pos"], grid_size: int, patch_size: int, renormalise: bool = True
-) -> Float[torch.Tensor, "..."]:
-    """Mean attention distance (Dosovitskiy et al. 2020, REFERENCE §2) of attention over P = 1 + g*g tokens.
-
-    Mean over query patches i of sum_j A[i, j] * patch_size * ||g_i - g_j|| over patch keys j, in pixels.
-    renormalise=True divides each query's patch attention by its sum (drops the CLS key); False keeps the
-    raw weights (the CLS key then counts as distance 0, the keras "probing ViTs" convention).
-    """
-    n = grid_size * grid_size
-    if pattern.shape[-1] != n + 1 or pattern.shape[-2] != n + 1:
-        raise InputError(
-            f"expected a pattern over 1 + {grid_size}x{grid_size} = {n + 1} tokens, got {tuple(pattern.shape)}"
-        )
-    patch = pattern[..., 1:, 1:]
-    if renormalise:
-        patch = patch / patch.sum(-1, keepdim=True).clamp_min(1e-30)
-    dist = patch_distances_px(grid_size, patch_size).to(patch.device, patch.dtype)
-    return (patch * dist).sum(-1).mean(-1)
-
-
 @dataclass
 class PositionalLocality:
     """How near the patches are that each head's positional scores favour.
@@ -336,7 +308,7 @@ class PositionalQK:
             probs = F.pad(probs, (1, 0, 1, 0))
         else:
             probs = torch.softmax(self.scores, -1)
-        dist = attention_distance_px(probs, self.grid_size, self.patch_size, renormalise=renormalise)
+        dist = mean_attention_distance(probs, self.patch_size, renormalise=renormalise)
         uniform = uniform_distance_px(self.grid_size, self.patch_size)
         return PositionalLocality(mean_distance_px=dist, uniform_distance_px=uniform, renormalise=renormalise)
 
@@ -379,7 +351,7 @@ def positional_qk(
     if mode not in ("ln1", "raw"):
         raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     layer_ids = (
-        list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(layer, "layer") for layer in layers]
+        list(range(model.cfg.n_layers)) if layers is None else [model.cfg.layer_index(layer) for layer in layers]
     )
     with torch.no_grad():
         scores = torch.stack(
@@ -574,14 +546,10 @@ def composition_changes(before: CompositionScores, after: CompositionScores) -> 
     return merged.reindex(merged["change"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
 def uniform_distance_px(grid_size: int, patch_size: int) -> float:
     """Mean attention distance (pixels) of uniform attention over a g x g patch grid.
 
     >>> round(uniform_distance_px(14, 16), 2)  # ViT-B/16 at 224 px
     116.49
     """
-    return float(patch_distances_px(grid_size, patch_size, torch.float64).mean())
+    return float(patch_distances(grid_size, patch_size, torch.float64).mean())

@@ -26,9 +26,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics, image_batches
+from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
+from vitmech.batching import image_batches
 from vitmech.errors import ModelMismatchError
 
 if TYPE_CHECKING:

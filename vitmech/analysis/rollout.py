@@ -31,12 +31,12 @@ from vitmech.analysis.attention import (
     attention_entropy,
     cat_if_all,
     check_patterns,
-    image_batches,
     resolve_layers,
     single_threaded,
     to_grid,
     top_k_concentration,
 )
+from vitmech.batching import image_batches
 from vitmech.errors import IndexOutOfRangeError, InputError
 
 if TYPE_CHECKING:

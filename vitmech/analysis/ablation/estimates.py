@@ -28,7 +28,8 @@ from scipy.stats import spearmanr
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation, z_hook_name
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import HeadSweepResult
-from vitmech.analysis.ablation.sweep import batch_bounds, check_inputs
+from vitmech.analysis.ablation.sweep import check_inputs
+from vitmech.batching import batch_bounds
 from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
 

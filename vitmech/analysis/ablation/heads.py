@@ -36,11 +36,7 @@ def _as_int(value: Any, what: str) -> int:
 
 def check_layer(model: HookedViT, layer: Any) -> int:
     """The layer index, or HeadIndexError when it is outside [0, n_layers)."""
-    layer = _as_int(layer, "layer")
-    n = len(model.blocks)
-    if not 0 <= layer < n:
-        raise HeadIndexError(f"layer {layer} is out of range: this model has {n} layers (0 to {n - 1})")
-    return layer
+    return model.cfg.layer_index(_as_int(layer, "layer"), allow_negative=False, error=HeadIndexError)
 
 
 def check_head(model: HookedViT, layer: Any, head: Any) -> Head:

@@ -31,6 +31,7 @@ from jaxtyping import Float
 
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError
 from vitmech.analysis.ablation.heads import Head, HeadsLike, parse_heads
+from vitmech.batching import image_batches
 from vitmech.fingerprint import tensor_fingerprint
 
 if TYPE_CHECKING:
@@ -133,8 +134,8 @@ class MeanAblation(HeadAblation):
             raise EmptyReferenceError(f"mean ablation needs a non-empty reference batch [N, C, S, S]; got {shape}")
         names = [z_hook_name(layer) for layer in range(len(model.blocks))]
         sums: list[torch.Tensor] | None = None
-        for start in range(0, images.shape[0], batch_size):
-            _, cache = model.run_with_cache(images[start : start + batch_size], names_filter=names, return_type=None)
+        for _, batch in image_batches(images, batch_size):
+            _, cache = model.run_with_cache(batch, names_filter=names, return_type=None)
             batch_sums = [cache[name].double().sum(0) for name in names]
             sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
         assert sums is not None
