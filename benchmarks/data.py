@@ -1,8 +1,8 @@
 """Data-layer throughput against the ViT-B/16 forward rate, measured in one run.
 
 Measures (images per second, median of ``--repeats`` timed runs, best also printed):
-  galaxies      generate_galaxies at 224 px, one batch of --galaxies, default num_threads="auto"
-                (one thread while the load average exceeds the CPU count, else torch's threads)
+  galaxies      generate_galaxies at 224 px, one batch of --galaxies, default num_threads=None
+                (torch's thread setting, untouched)
   galaxies_1thread, galaxies_2thread   the same with the thread count fixed
   chirps        generate_chirps (raw array + rendered 224 px figure + boxes)
   write_gal     write_galaxy_dataset (generation + PNG + parquet)

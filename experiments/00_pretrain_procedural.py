@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stage2-batch", type=int, default=32)
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--test-images", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     p.add_argument("--layers", type=int, default=None, help="override n_layers (tests)")
     p.add_argument("--d-model", type=int, default=None, help="override d_model (tests; d_head = d_model / 12)")
     p.add_argument("--no-progress", action="store_true")
@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run = Path(args.run_dir)
     progress = not args.no_progress
     overrides = {}

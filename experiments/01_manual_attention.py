@@ -19,6 +19,7 @@ import torch
 from einops import einsum
 
 from vitmech.cli import load_model
+from vitmech.tokens import token_layout
 
 
 def demo_image(size: int = 224, seed: int = 0) -> np.ndarray:
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     cached = cache["pattern", layer]
     err = (manual - cached).abs().max().item()
 
-    cls_to_patches = cached[0, :, 0, 1:]  # [H, N]
+    layout = token_layout(model)
+    cls_to_patches = layout.patches(layout.readout(cached[0], dim=-2), -1)  # [H, N]
     p = cls_to_patches / cls_to_patches.sum(-1, keepdim=True)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"output     : {tuple(out.shape)}; {len(cache)} cached activations")
     print(f"layer {layer:<4} : manual softmax(QK^T/sqrt(d_head)) vs hook_pattern, max |diff| = {err:.2e}")
     print(
-        f"CLS->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
+        f"{layout.readout_name}->patch entropy by head (nats, max ln {cfg.n_patches} = {math.log(cfg.n_patches):.3f}): "
         + " ".join(f"{e:.2f}" for e in entropy.tolist())
     )
     ok = err < 1e-5

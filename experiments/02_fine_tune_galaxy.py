@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--probe-train", type=int, default=None, help="training images for the probe (default: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     p.add_argument("--out", default="runs/fine_tune_galaxy/model", help="where the fine-tuned model is saved")
     p.add_argument("--run-dir", default="runs/fine_tune_galaxy", help="checkpoints (resumable) and data cache")
     p.add_argument("--report", default="reports/fine_tune_galaxy")
@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     progress = not args.no_progress
     t0, c0 = time.perf_counter(), time.process_time()
     model, weights_note = load_model(args.model)

@@ -32,6 +32,7 @@ from vitmech.analysis.rollout import (
 from vitmech.analysis.stats import paired_comparison
 from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
+from vitmech.tokens import READOUT, token_layout
 from vitmech.viz import attention as viz
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         pixels = prepare_images(model, images)
         variant_maps = rollout_maps(model, pixels, variants, batch_size=args.batch_size, progress=progress)
         last = summary.metrics.cls_entropy_head_mean[:, -1]
-        test = paired_comparison(last, summary.rollout.entropy(0))
+        test = paired_comparison(last, summary.rollout.entropy())
         rows.append(
             {
                 "model": name,
@@ -99,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                 "rollout_minus_last": test.mean_change,
                 "p": test.p,
                 "n_images": test.n,
-                **{f"{k} entropy": float(v.entropy(0).mean()) for k, v in variant_maps.items()},
+                **{f"{k} entropy": float(v.entropy().mean()) for k, v in variant_maps.items()},
             }
         )
         cfg = model.cfg
         shown[name] = viz.denormalize(pixels[index], model.preprocessing.mean, model.preprocessing.std)
         last_maps[name] = summary.metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
-        rollout_grids[name] = summary.rollout.grid(0)[index]
-        maps = {"last layer": last_maps[name], **{k: v.grid(0)[index] for k, v in variant_maps.items()}}
+        rollout_grids[name] = summary.rollout.grid()[index]
+        maps = {"last layer": last_maps[name], **{k: v.grid()[index] for k, v in variant_maps.items()}}
         maps.update(family_maps(model, pixels, index, args, report, name, progress))
         report.add_figure(
             f"maps_{_slug(name)}",
@@ -133,6 +134,7 @@ def family_maps(
     """Gradient rollout, GMAR and flow maps of the example image; their entropies as a table."""
     maps: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
+    layout = token_layout(model)
     n_grad = min(args.gradient_images, pixels.shape[0])
     chosen = sorted({index, *range(n_grad)}) if n_grad else []
     if chosen and model.cfg.has_classifier:
@@ -141,15 +143,15 @@ def family_maps(
         seconds = (time.perf_counter() - started) / len(chosen)
         position = chosen.index(index)
         for label, result in (
-            ("gradient rollout", gradient_rollout(grads.patterns, grads.gradients, tokens=[0])),
-            ("GMAR (L1)", gmar(grads.patterns, grads.gradients, "l1", args.alpha, tokens=[0])),
+            ("gradient rollout", gradient_rollout(grads.patterns, grads.gradients, tokens=[READOUT], layout=layout)),
+            ("GMAR (L1)", gmar(grads.patterns, grads.gradients, "l1", args.alpha, tokens=[READOUT], layout=layout)),
         ):
-            maps[label] = result.grid(0)[position]
+            maps[label] = result.grid()[position]
             rows.append(
                 {
                     "method": label,
                     "images": len(chosen),
-                    "entropy": float(result.entropy(0).mean()),
+                    "entropy": float(result.entropy().mean()),
                     "seconds_per_image": seconds,
                 }
             )
@@ -160,15 +162,15 @@ def family_maps(
         flow_images = sorted({index, *range(n_flow)})[:n_flow] if index < n_flow else [index]
         patterns = collect_patterns(model, pixels[flow_images], progress=False)
         started = time.perf_counter()
-        flow = attention_flow(patterns, alpha=args.alpha, progress=progress)
+        flow = attention_flow(patterns, alpha=args.alpha, progress=progress, layout=layout)
         seconds = (time.perf_counter() - started) / len(flow_images)
         if index in flow_images:
-            maps["attention flow"] = flow.grid(0)[flow_images.index(index)]
+            maps["attention flow"] = flow.grid()[flow_images.index(index)]
         rows.append(
             {
                 "method": "attention flow",
                 "images": len(flow_images),
-                "entropy": float(flow.entropy(0).mean()),
+                "entropy": float(flow.entropy().mean()),
                 "seconds_per_image": seconds,
             }
         )

@@ -213,7 +213,7 @@ def add_figures(report: Report, comparison: Any, before: Any, after: Any, images
         "rollout_vs_last_layer",
         viz.plot_rollout_vs_last_layer(
             shown,
-            {name: s.rollout.grid(0)[index] for name, s in (("before", b), ("after", a))},
+            {name: s.rollout.grid()[index] for name, s in (("before", b), ("after", a))},
             {name: maps[-1] for name, maps in head_mean.items()},
         ),
     )

@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data-seed", type=int, default=HELD_OUT_GALAXY_SEED, help="galaxy stream (not the training one, seed 0)"
     )
     p.add_argument("--layer", type=int, default=-1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
     add_output_argument(p, "reports/seed000_table")
     args = p.parse_args(argv)
     if args.images <= 0:
         p.error("--images must be positive")
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     before, note_b = load_model(args.before)
     after, note_a = load_model(args.after)

@@ -31,6 +31,7 @@ from vitmech.analysis.circuits import (
 )
 from vitmech.cli import add_image_arguments, add_output_argument, load_images, load_models
 from vitmech.report import Report
+from vitmech.tokens import token_layout
 from vitmech.viz.circuits import (
     plot_composition,
     plot_head_change,
@@ -75,7 +76,10 @@ def measured_distance(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
         _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
     cfg = model.cfg
     return torch.stack(
-        [mean_attention_distance(cache["pattern", layer], cfg.patch_size).mean(0) for layer in range(cfg.n_layers)]
+        [
+            mean_attention_distance(cache["pattern", layer], cfg.patch_size, layout=token_layout(model)).mean(0)
+            for layer in range(cfg.n_layers)
+        ]
     )
 
 

@@ -13,8 +13,14 @@ from typing import Any, Literal
 
 from vitmech.errors import IndexOutOfRangeError
 
-ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
-ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu")
+ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
+ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
+Pool = Literal["cls", "avg", "map", "none"]
+POOLS: tuple[str, ...] = ("cls", "avg", "map", "none")
+FinalNorm = Literal["tokens", "pooled", "none"]
+FINAL_NORMS: tuple[str, ...] = ("tokens", "pooled", "none")
+PosResample = Literal["bicubic", "bicubic_antialias"]
+POS_RESAMPLES: tuple[str, ...] = ("bicubic", "bicubic_antialias")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,33 @@ class ViTConfig:
         distill_token: whether a distillation token (DeiT) follows the class token.
         n_register_tokens: learned register tokens (Darcet et al. 2024) after the class/distillation tokens.
 
+    Position embeddings (`docs/model.md#families`):
+        pos_embed: whether learned absolute position embeddings are added (False: none, e.g. rotary-only).
+        pos_embed_prefix: how many leading prefix tokens carry a position embedding; None = every prefix
+            token (original ViT/DeiT), 0 = patches only (timm `no_embed_class`: DeiT III, DINOv2 in timm),
+            1 = the class token but not the registers (HF DINOv2 with registers).
+        pos_grid: patches per side the position embeddings were learned at, when it differs from
+            grid_size; they are then resampled to grid_size at every forward (as timm `dynamic_img_size`
+            and HF `interpolate_pos_encoding` do), so the stored weights stay the source's.
+        pos_resample: "bicubic" (HF) or "bicubic_antialias" (timm `resample_abs_pos_embed`).
+
+    Blocks:
+        layer_scale: a learned per-channel gain on each sublayer's output (LayerScale, Touvron et al. 2021,
+            arXiv:2103.17239), applied inside attention (so `hook_result` is each head's residual write)
+            and the MLP.
+        gated_mlp: SwiGLU MLP, act(x W_gate + b_gate) * (x W_in + b_in) @ W_out (Shazeer 2020, arXiv:2002.05202);
+            act_fn is the gate's nonlinearity ("silu" for SwiGLU).
+        qk_norm: LayerNorm over d_head on queries and keys before the scores.
+
+    Output:
+        pool: what the head reads: "cls" (the class token), "avg" (mean over patch tokens), "map"
+            (attention pooling with a learned query, SigLIP; Zhai et al. 2023, arXiv:2303.15343), "none".
+        final_norm: the final LayerNorm on every token ("tokens"), on the pooled vector only ("pooled",
+            timm `fc_norm`, CLIP's post-LayerNorm), or absent ("none").
+        projection_dim: width of a bias-free projection of the pooled features (CLIP image embeddings);
+            0 = none. A distillation token with a classifier adds a second head on it (DeiT), and the
+            logits are the mean of the two heads.
+
     Token order in the residual stream: [class?, distillation?, registers..., patches (row-major)];
     `vitmech.tokens` splits prefix tokens from patch tokens, nothing else slices positions by hand.
     """
@@ -62,6 +95,16 @@ class ViTConfig:
     class_token: bool = True
     distill_token: bool = False
     n_register_tokens: int = 0
+    pos_embed: bool = True
+    pos_embed_prefix: int | None = None
+    pos_grid: int | None = None
+    pos_resample: PosResample = "bicubic_antialias"
+    layer_scale: bool = False
+    gated_mlp: bool = False
+    qk_norm: bool = False
+    pool: Pool = "cls"
+    final_norm: FinalNorm = "tokens"
+    projection_dim: int = 0
 
     # transformer_lens' ActivationCache reads these two; a ViT always has both sublayers and LayerNorm.
     attn_only: bool = dataclasses.field(default=False, init=False, repr=False)
@@ -91,6 +134,26 @@ class ViTConfig:
             raise ValueError(f"n_register_tokens must be an int >= 0, got {self.n_register_tokens!r}")
         if self.distill_token and not self.class_token:
             raise ValueError("a distillation token needs a class token before it (DeiT layout)")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.final_norm not in FINAL_NORMS:
+            raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
+        if self.pos_resample not in POS_RESAMPLES:
+            raise ValueError(f"pos_resample must be one of {POS_RESAMPLES}, got {self.pos_resample!r}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs a class token; use pool='avg', 'map' or 'none'")
+        if self.pool == "none" and self.final_norm == "pooled":
+            raise ValueError("final_norm='pooled' needs a pooled vector (pool != 'none')")
+        if self.pool == "none" and (self.n_classes or self.projection_dim):
+            raise ValueError("a classifier or projection needs a pooled vector (pool != 'none')")
+        if self.pos_embed_prefix is not None and not 0 <= self.pos_embed_prefix <= self.n_prefix_tokens:
+            raise ValueError(
+                f"pos_embed_prefix must be in [0, {self.n_prefix_tokens}] (the prefix tokens), got {self.pos_embed_prefix!r}"
+            )
+        if self.pos_grid is not None and (not isinstance(self.pos_grid, int) or self.pos_grid <= 0):
+            raise ValueError(f"pos_grid must be a positive int or None, got {self.pos_grid!r}")
+        if not isinstance(self.projection_dim, int) or self.projection_dim < 0:
+            raise ValueError(f"projection_dim must be an int >= 0, got {self.projection_dim!r}")
         if self.n_heads_per_layer is not None:
             counts = tuple(self.n_heads_per_layer)
             object.__setattr__(self, "n_heads_per_layer", counts)  # lists (from JSON) become a hashable tuple
@@ -153,6 +216,28 @@ class ViTConfig:
         return self.n_prefix_tokens + self.n_patches
 
     @property
+    def n_pos_prefix(self) -> int:
+        """Leading prefix tokens that carry a learned position embedding (0 without position embeddings)."""
+        if not self.pos_embed:
+            return 0
+        return self.n_prefix_tokens if self.pos_embed_prefix is None else self.pos_embed_prefix
+
+    @property
+    def stored_pos_grid(self) -> int:
+        """Patches per side of the stored position embeddings."""
+        return self.grid_size if self.pos_grid is None else self.pos_grid
+
+    @property
+    def n_pos_rows(self) -> int:
+        """Rows of the stored W_pos: positioned prefix tokens, then the stored patch grid."""
+        return self.n_pos_prefix + self.stored_pos_grid**2 if self.pos_embed else 0
+
+    @property
+    def has_distill_head(self) -> bool:
+        """DeiT: a second classifier on the distillation token, averaged with the class-token head."""
+        return self.distill_token and self.has_classifier
+
+    @property
     def n_ctx(self) -> int:
         """transformer_lens' name for the sequence length (n_tokens)."""
         return self.n_tokens
@@ -170,6 +255,14 @@ class ViTConfig:
     @property
     def has_classifier(self) -> bool:
         return self.n_classes > 0
+
+    def at_image_size(self, image_size: int) -> ViTConfig:
+        """This architecture run at another (square) image size: the stored position embeddings are kept
+        and resampled to the new grid at every forward."""
+        if image_size % self.patch_size != 0:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {self.patch_size}")
+        stored = self.stored_pos_grid
+        return self.replace(image_size=image_size, pos_grid=None if image_size // self.patch_size == stored else stored)
 
     def replace(self, **changes: Any) -> ViTConfig:
         """A copy with some fields changed (validated again)."""

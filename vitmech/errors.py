@@ -11,8 +11,9 @@ Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad inpu
         ├── DataError: SchemaError, UnknownLabelError, UnreadableImageError, EmptySplitError,
         │   InsufficientDataError
         ├── TrainingDataError, HeadMismatchError
-        └── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
-            StoreMismatchError
+        ├── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
+        │   StoreMismatchError
+        └── RuntimeSettingError, BatchSourceError, PatchingError
 """
 
 from __future__ import annotations
@@ -115,8 +116,22 @@ class StoreMismatchError(AblationError):
     """A resumable sweep file whose recorded settings or data do not match the current run."""
 
 
+# ---------------------------------------------------------------------------------------------- runtime, patching
+class RuntimeSettingError(InputError):
+    """A device, precision, thread or distributed setting that is not valid (the value and the choices named)."""
+
+
+class BatchSourceError(InputError):
+    """A dataset, loader or folder that does not yield image batches (what was found named in the message)."""
+
+
+class PatchingError(InputError):
+    """A patching, path-patching or circuit request that cannot run (bad sites, unpaired images, ...)."""
+
+
 __all__ = [
     "AblationError",
+    "BatchSourceError",
     "CheckpointMismatchError",
     "DataError",
     "EmptyReferenceError",
@@ -129,7 +144,9 @@ __all__ = [
     "InsufficientDataError",
     "MetricError",
     "ModelMismatchError",
+    "PatchingError",
     "ResumeMismatchError",
+    "RuntimeSettingError",
     "SchemaError",
     "StoreMismatchError",
     "TrainingDataError",

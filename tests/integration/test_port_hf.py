@@ -183,19 +183,21 @@ def test_a_complete_small_hf_directory_still_loads_exactly(tmp_path):
 
 
 def test_unsupported_hf_models_fail_at_load_naming_the_feature(tmp_path):
-    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTForMaskedImageModeling
+    from transformers import DeiTConfig, DeiTForImageClassification, ViTForMaskedImageModeling, YolosConfig, YolosModel
 
     small = dict(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
     )
-    deit = DeiTForImageClassificationWithTeacher(DeiTConfig(**small, num_labels=3)).eval()
-    with pytest.raises(UnsupportedModelError, match="distillation token"):
-        HookedViT.from_hf(deit)
-    deit.config.architectures = ["DeiTForImageClassificationWithTeacher"]
-    deit.save_pretrained(tmp_path / "deit")
-    with pytest.raises(UnsupportedModelError, match="'deit' model"):
-        HookedViT.from_hf(str(tmp_path / "deit"))
+    with pytest.raises(UnsupportedModelError, match="model class DeiTForImageClassification "):
+        HookedViT.from_hf(DeiTForImageClassification(DeiTConfig(**small, num_labels=3)).eval())
+    yolos = YolosModel(YolosConfig(**{**small, "image_size": [32, 32]}), add_pooling_layer=False).eval()
+    with pytest.raises(UnsupportedModelError, match="YolosModel is not a supported hf model"):
+        HookedViT.from_hf(yolos)
+    yolos.config.architectures = ["YolosModel"]
+    yolos.save_pretrained(tmp_path / "yolos")
+    with pytest.raises(UnsupportedModelError, match="'yolos' model"):
+        HookedViT.from_hf(str(tmp_path / "yolos"))
     with pytest.raises(UnsupportedModelError, match="model class ViTForMaskedImageModeling"):
         HookedViT.from_hf(ViTForMaskedImageModeling(HFViTConfig(**small)).eval())
-    with pytest.raises(UnsupportedModelError, match="activation 'silu'"):
-        HookedViT.from_hf(ViTForImageClassification(HFViTConfig(**small, hidden_act="silu", num_labels=3)).eval())
+    with pytest.raises(UnsupportedModelError, match="activation 'relu6'"):
+        HookedViT.from_hf(ViTForImageClassification(HFViTConfig(**small, hidden_act="relu6", num_labels=3)).eval())

@@ -244,22 +244,3 @@ def test_bad_input_gets_clear_errors(unchecked_types):
         _, cache = model.run_with_cache(seeded_images(1, 32), names_filter=lambda n: n.endswith("hook_z"))
     with pytest.raises(KeyError, match="names_filter"):
         stack_patterns(cache)
-
-
-def test_metrics_run_on_one_thread_and_restore_the_setting():
-    from vitmech.analysis.attention import one_thread, single_threaded
-
-    seen = []
-    probe = single_threaded(lambda: seen.append(torch.get_num_threads()))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        probe()
-        with one_thread():
-            seen.append(torch.get_num_threads())
-        assert seen == [1, 1] and torch.get_num_threads() == 2
-        with pytest.raises(ZeroDivisionError), one_thread():
-            1 / 0  # noqa: B018
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)

@@ -8,6 +8,7 @@ import torch
 from vitmech.analysis.ablation.estimates import _keeping_hook, _probe_hook, estimate_head_effects
 from vitmech.analysis.attention import _pattern_writer, collect_patterns
 from vitmech.analysis.rollout import RolloutSettings, _fusing_hook, attention_gradients, rollout_maps
+from vitmech.tokens import TokenLayout
 
 
 class _Hook:
@@ -17,7 +18,7 @@ class _Hook:
 
 def test_pattern_writers_made_in_a_loop_write_their_own_slice():
     out = torch.zeros(4, 2, 1, 3, 3)
-    writers = [_pattern_writer(out, slice(2 * b, 2 * b + 2), b, cls_rows=False) for b in range(2)]
+    writers = [_pattern_writer(out, slice(2 * b, 2 * b + 2), b, readout=None) for b in range(2)]
     # call them after the loop, last first: a closure over the loop variables would write batch 1's slot twice
     for b in (1, 0):
         writers[b](torch.full((2, 1, 3, 3), float(b + 1)), _Hook("blocks.0.attn.hook_pattern"))
@@ -28,7 +29,8 @@ def test_pattern_writers_made_in_a_loop_write_their_own_slice():
 def test_cls_row_writer_keeps_only_query_zero():
     out = torch.zeros(1, 1, 2, 3)
     pattern = torch.arange(18.0).view(1, 2, 3, 3)
-    _pattern_writer(out, slice(0, 1), 0, cls_rows=True)(pattern, _Hook("blocks.0.attn.hook_pattern"))
+    layout = TokenLayout(n_prefix=1, grid=(1, 2))  # a class token and two patches
+    _pattern_writer(out, slice(0, 1), 0, readout=layout)(pattern, _Hook("blocks.0.attn.hook_pattern"))
     assert torch.equal(out[0, 0], pattern[0, :, 0])
 
 

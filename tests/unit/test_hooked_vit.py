@@ -23,6 +23,7 @@ def expected_hook_shapes(cfg, batch: int) -> dict[str, tuple[int, ...]]:
         "hook_full_embed": (batch, P, d),
         "ln_final.hook_scale": (batch, P, 1),
         "ln_final.hook_normalized": (batch, P, d),
+        "hook_pooled": (batch, d),
     }
     if cfg.has_classifier:
         shapes["head.hook_logits"] = (batch, cfg.n_classes)

@@ -144,12 +144,11 @@ def test_hub_name_without_network_fails_with_a_clear_message(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, feature",
     [
-        (dict(reg_tokens=4), "register tokens"),
-        (dict(global_pool="avg", class_token=True, fc_norm=True), "global_pool='avg'"),
-        (dict(init_values=1e-5), "LayerScale"),
-        (dict(qk_norm=True), "qk_norm"),
-        (dict(no_embed_class=True), "no_embed_class"),
-        (dict(class_token=False, global_pool="avg"), "no class token"),
+        (dict(scale_attn_norm=True), "attention output norm"),
+        (dict(scale_mlp_norm=True), "norm inside the MLP"),
+        (dict(proj_bias=False), "projection without bias"),
+        (dict(dynamic_img_pad=True), "dynamic image padding"),
+        (dict(global_pool="avg", fc_norm=False, final_norm=True, pool_include_prefix=True), "pool_include_prefix"),
     ],
 )
 def test_unsupported_timm_features_are_named(kwargs, feature):
@@ -157,13 +156,13 @@ def test_unsupported_timm_features_are_named(kwargs, feature):
         HookedViT.from_timm(small_timm(**kwargs))
 
 
-def test_distilled_deit_and_rms_norm_are_refused():
-    with pytest.raises(UnsupportedModelError, match="subclass VisionTransformerDistilled"):
-        HookedViT.from_timm(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False))
+def test_rms_norm_and_other_model_classes_are_refused():
     from timm.layers import RmsNorm
 
     with pytest.raises(UnsupportedModelError, match="RmsNorm"):
         HookedViT.from_timm(small_timm(norm_layer=RmsNorm))
+    with pytest.raises(UnsupportedModelError, match="model class ResNet"):
+        HookedViT.from_timm(timm.create_model("resnet18", pretrained=False, num_classes=2))
 
 
 # ---------------------------------------------------------------- export

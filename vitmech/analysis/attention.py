@@ -1,8 +1,14 @@
 """Attention metrics over cached patterns: CLS maps, entropy, top-k concentration, mean attention distance.
 
-Definitions (REFERENCE §2). A pattern stack is `[batch, layer, head, query, key]` with P = 1 + N tokens
-(CLS at 0, patches row-major on a g x g grid). Every function is vectorised over all leading axes,
-so the 144 heads of a ViT-B/16 are one tensor operation, never a Python loop.
+Definitions (REFERENCE §2). A pattern stack is `[batch, layer, head, query, key]` over P tokens: the
+prefix tokens (class, distillation, registers), then N patches row-major on a g x g grid (`vitmech.tokens`).
+Functions on bare patterns take `layout=token_layout(model)`; without it they assume one class token
+and a square grid. Every function is vectorised over all leading axes, so the 144 heads of a ViT-B/16
+are one tensor operation, never a Python loop.
+
+"CLS attention" is the readout query's attention over the patches: the class token's row, or, for
+models without a class token, the mean of the patch queries' rows (`TokenLayout.readout`); each result
+records which (`AttentionMetrics.query`).
 
     patterns = collect_patterns(model, images)                  # [B, L, H, P, P], pattern-only cache
     metrics = attention_metrics(patterns, patch_size=16)        # AttentionMetrics
@@ -19,14 +25,12 @@ Choices are parameters and are recorded in every result (`AttentionSettings`):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from einops import rearrange
@@ -36,6 +40,7 @@ from tqdm.auto import tqdm
 
 from vitmech.batching import image_batches
 from vitmech.errors import IndexOutOfRangeError, InputError
+from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,43 +57,10 @@ PatternStack = Float[Tensor, "batch layer head query key"]
 _CHUNK_ELEMENTS = 1 << 20
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run memory-bound metric code on one intra-op thread, then restore the setting.
-
-    On a shared CPU every parallel op waits for its slowest thread: with 2 threads on our busy 2-core
-    machines the metrics ran 2-30x slower than on one thread, which streams memory at nearly the full
-    bandwidth anyway. The model's forward pass keeps the caller's setting.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
 def cat_if_all(tensors: Sequence[Tensor | None], dim: int = 0) -> Tensor | None:
     """torch.cat(tensors, dim), or None when any part is None (an optional field of batched results)."""
     present = [t for t in tensors if t is not None]
     return torch.cat(present, dim) if present and len(present) == len(tensors) else None
-
-
-def single_threaded(fn: _F) -> _F:
-    """Decorator: run `fn` inside `one_thread()`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with one_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature; mypy cannot see it
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -120,19 +92,24 @@ class AttentionSettings:
 # ----------------------------------------------------------------------------------------- shapes
 
 
-def grid_size_of(n_tokens: int) -> int:
-    """g for P = 1 + g*g tokens; a clear error for token counts that are not a CLS plus a square grid."""
-    g = math.isqrt(max(n_tokens - 1, 0))
-    if n_tokens < 2 or g * g != n_tokens - 1:
-        raise InputError(
-            f"{n_tokens} tokens is not 1 CLS token + a square grid of patches; "
-            "attention metrics expect patterns [..., P, P] with P = 1 + g*g"
-        )
-    return g
+def grid_size_of(n_tokens: int, layout: TokenLayout | None = None) -> int:
+    """Patches per side for P tokens of `layout` (default: one class token + a square grid); a clear error
+    for token counts that do not fit."""
+    return layout_for(n_tokens, layout).grid[0]
 
 
-def check_patterns(patterns: Any, ndim: int | None = None, name: str = "patterns") -> int:
+def check_patterns(
+    patterns: Any, ndim: int | None = None, name: str = "patterns", layout: TokenLayout | None = None
+) -> int:
     """Validate a float tensor [..., P, P] (exactly `ndim` axes if given); returns the grid size g."""
+    return pattern_layout(patterns, ndim, name, layout).grid[0]
+
+
+def pattern_layout(
+    patterns: Any, ndim: int | None = None, name: str = "patterns", layout: TokenLayout | None = None
+) -> TokenLayout:
+    """Validate a float tensor [..., P, P] (exactly `ndim` axes if given); returns its token layout
+    (`layout` checked against P, or the standard one-class-token layout when None)."""
     if not isinstance(patterns, Tensor) or not patterns.is_floating_point():
         raise TypeError(
             f"{name} must be a float tensor [..., query, key]; got {type(patterns).__name__}"
@@ -148,12 +125,12 @@ def check_patterns(patterns: Any, ndim: int | None = None, name: str = "patterns
                 "or patterns[:, None] for one)"
             )
         raise InputError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
-    return grid_size_of(patterns.shape[-1])
+    return layout_for(patterns.shape[-1], layout, name)
 
 
 def to_grid(values: Float[Tensor, "*batch patch"], grid_size: int | None = None) -> Float[Tensor, "*batch g g"]:
     """Patch values (row-major) onto the g x g grid."""
-    g = grid_size if grid_size is not None else grid_size_of(values.shape[-1] + 1)
+    g = grid_size if grid_size is not None else math.isqrt(values.shape[-1])
     if g * g != values.shape[-1]:
         raise InputError(f"{values.shape[-1]} patch values do not fill a {g} x {g} grid")
     return rearrange(values, "... (gy gx) -> ... gy gx", gy=g, gx=g)
@@ -167,29 +144,40 @@ def _renormalised(p: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch n"]:
 
 
 def token_attention(
-    patterns: Float[Tensor, "*batch query key"], token: int = 0, renormalise: bool = True
+    patterns: Float[Tensor, "*batch query key"],
+    token: int | Literal["readout"] = READOUT,
+    renormalise: bool = True,
+    layout: TokenLayout | None = None,
 ) -> Float[Tensor, "*batch patch"]:
-    """One query token's attention over the N patch keys (token 0 = CLS); renormalised to sum 1 by default."""
-    check_patterns(patterns)
+    """One query's attention over the N patch keys, renormalised to sum 1 by default.
+
+    token: a position, or "readout" (the class token; the mean of the patch queries' rows for models
+    without one, see `TokenLayout.readout`).
+    """
+    layout = pattern_layout(patterns, layout=layout)
     n_tokens = patterns.shape[-1]
-    if not -n_tokens <= token < n_tokens:
-        raise IndexOutOfRangeError(f"token {token} out of range for {n_tokens} tokens")
-    row = patterns[..., token, 1:]
+    if token == READOUT:
+        row = layout.patches(layout.readout(patterns, dim=-2), -1)
+    elif isinstance(token, int) and -n_tokens <= token < n_tokens:
+        row = layout.patches(patterns.select(-2, token), -1)
+    else:
+        raise IndexOutOfRangeError(f"token {token!r} out of range for {n_tokens} tokens (or 'readout')")
     return _renormalised(row) if renormalise else row
 
 
 def cls_attention(
-    patterns: Float[Tensor, "*batch query key"], renormalise: bool = True
+    patterns: Float[Tensor, "*batch query key"], renormalise: bool = True, layout: TokenLayout | None = None
 ) -> Float[Tensor, "*batch patch"]:
-    """CLS -> patch attention p = A[..., 0, 1:], renormalised over the patches by default."""
-    return token_attention(patterns, 0, renormalise)
+    """Readout -> patch attention (the class token's row over the patch keys; for models without a class
+    token the mean of the patch queries' rows), renormalised over the patches by default."""
+    return token_attention(patterns, READOUT, renormalise, layout)
 
 
 def cls_attention_maps(
-    patterns: Float[Tensor, "*batch query key"], renormalise: bool = True
+    patterns: Float[Tensor, "*batch query key"], renormalise: bool = True, layout: TokenLayout | None = None
 ) -> Float[Tensor, "*batch g g"]:
-    """CLS attention on the patch grid (for plots): [..., g, g]."""
-    return to_grid(cls_attention(patterns, renormalise))
+    """CLS (readout) attention on the patch grid (for plots): [..., g, g]."""
+    return to_grid(cls_attention(patterns, renormalise, layout))
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -216,20 +204,22 @@ def patch_distances(
     return (torch.cdist(centres, centres) * patch_size).to(dtype)
 
 
-@single_threaded
 def mean_attention_distance(
-    patterns: Float[Tensor, "*batch query key"], patch_size: float, renormalise: bool = True
+    patterns: Float[Tensor, "*batch query key"],
+    patch_size: float,
+    renormalise: bool = True,
+    layout: TokenLayout | None = None,
 ) -> Float[Tensor, "*batch"]:
     """Mean attention distance in pixels (Dosovitskiy et al. 2020): the mean over query patches i of
     sum_j A[i, j] * patch_size * ||g_i - g_j|| over the patch keys j.
 
-    renormalise=True divides each query's patch-key weights by their sum (drops the CLS key);
-    False uses the raw weights (the CLS key then adds distance 0). A query with no patch mass counts 0.
+    renormalise=True divides each query's patch-key weights by their sum (drops the prefix keys);
+    False uses the raw weights (prefix keys then add distance 0). A query with no patch mass counts 0.
     """
-    g = check_patterns(patterns)
+    layout = pattern_layout(patterns, layout=layout)
     n_tokens = patterns.shape[-1]
-    distances = torch.zeros(n_tokens, n_tokens, dtype=patterns.dtype, device=patterns.device)
-    distances[1:, 1:] = patch_distances(g, patch_size, patterns.dtype).to(patterns.device)
+    between_patches = patch_distances(layout.grid[0], patch_size, patterns.dtype).to(patterns.device)
+    distances = layout.pad_prefix(between_patches, dims=(-2, -1))
     lead = patterns.shape[:-2]
     flat = patterns.reshape(-1, n_tokens, n_tokens)
     out = torch.empty(flat.shape[0], dtype=patterns.dtype, device=patterns.device)
@@ -239,9 +229,9 @@ def mean_attention_distance(
     for start in range(0, flat.shape[0], rows):  # cache-sized chunks of whole matrices, one reused buffer
         chunk = flat[start : start + rows]
         weighted = torch.mul(chunk, distances, out=product[: chunk.shape[0]])
-        per_query = weighted.sum(-1)[:, 1:]  # [r, N]
+        per_query = layout.patches(weighted.sum(-1), -1)  # [r, N]
         if renormalise:
-            per_query = per_query / chunk[:, 1:, 1:].sum(-1).clamp_min(tiny)
+            per_query = per_query / layout.patches(layout.patches(chunk, -1), -2).sum(-1).clamp_min(tiny)
         out[start : start + rows] = per_query.mean(-1)
     return out.reshape(lead)
 
@@ -262,6 +252,8 @@ class AttentionMetrics:
         layers: the model layer of each layer index.
         settings: the choices (renormalisation, k).
         cls_attention: optional [batch, layer, head, patch] CLS rows (as normalised for the metrics).
+        query: the query the "cls" metrics read: "class token", or "mean over patches" for models without
+            one (`TokenLayout.readout_name`).
     """
 
     cls_entropy: Float[Tensor, "batch layer head"]
@@ -272,6 +264,7 @@ class AttentionMetrics:
     layers: tuple[int, ...]
     settings: AttentionSettings
     cls_attention: Float[Tensor, "batch layer head patch"] | None = None
+    query: str = "class token"
 
     @property
     def n_images(self) -> int:
@@ -348,6 +341,7 @@ class AttentionMetrics:
         """Settings, and per layer x head means and stds as nested lists."""
         return {
             "settings": self.settings.to_dict(),
+            "query": self.query,
             "layers": list(self.layers),
             "n_images": self.n_images,
             "per_head_mean": {k: v.mean(0).tolist() for k, v in self.head_metrics().items()},
@@ -369,6 +363,7 @@ class AttentionMetrics:
             layers=tuple(layer for p in parts for layer in p.layers),
             settings=parts[0].settings,
             cls_attention=cat_if_all([p.cls_attention for p in parts], 1),
+            query=parts[0].query,
         )
 
     @classmethod
@@ -377,8 +372,8 @@ class AttentionMetrics:
         if not parts:
             raise InputError("nothing to concatenate")
         first = parts[0]
-        if any(p.layers != first.layers or p.settings != first.settings for p in parts):
-            raise InputError("can only concatenate metrics of the same layers and settings")
+        if any(p.layers != first.layers or p.settings != first.settings or p.query != first.query for p in parts):
+            raise InputError("can only concatenate metrics of the same layers, settings and query")
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts]),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts]),
@@ -388,6 +383,7 @@ class AttentionMetrics:
             layers=first.layers,
             settings=first.settings,
             cls_attention=cat_if_all([p.cls_attention for p in parts]),
+            query=first.query,
         )
 
 
@@ -398,29 +394,30 @@ def _std(values: Tensor) -> Tensor:
     return values.std(0)
 
 
-@single_threaded
 def attention_metrics(
     patterns: PatternStack,
     patch_size: float,
     settings: AttentionSettings | None = None,
     layers: Sequence[int] | None = None,
     keep_cls_attention: bool = False,
+    layout: TokenLayout | None = None,
 ) -> AttentionMetrics:
     """Every attention metric for every image, layer and head of a pattern stack [B, L, H, P, P].
 
     patch_size is in pixels (model.cfg.patch_size); `layers` names the model layer of each stacked
-    layer (default 0..L-1).
+    layer (default 0..L-1); `layout` is the model's token layout (`token_layout(model)`; default one
+    class token + a square grid).
     """
     settings = settings or AttentionSettings()
-    check_patterns(patterns, ndim=5)
+    layout = pattern_layout(patterns, ndim=5, layout=layout)
     n_layers = patterns.shape[1]
     layers = tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers)
     if len(layers) != n_layers:
         raise InputError(f"{len(layers)} layer labels for {n_layers} stacked layers")
-    if settings.k > patterns.shape[-1] - 1:
-        raise InputError(f"k = {settings.k} exceeds the {patterns.shape[-1] - 1} patches")
+    if settings.k > layout.n_patches:
+        raise InputError(f"k = {settings.k} exceeds the {layout.n_patches} patches")
     with torch.no_grad():
-        p = cls_attention(patterns, settings.renormalise)  # [B, L, H, N]
+        p = cls_attention(patterns, settings.renormalise, layout)  # [B, L, H, N]
         head_mean = p.mean(2)  # [B, L, N]
         if settings.renormalise:
             head_mean = _renormalised(head_mean)  # exact sum 1 (already up to rounding)
@@ -429,10 +426,11 @@ def attention_metrics(
             cls_entropy_head_mean=attention_entropy(head_mean),
             cls_top_k=top_k_concentration(p, settings.k),
             cls_top_k_head_mean=top_k_concentration(head_mean, settings.k),
-            mean_distance=mean_attention_distance(patterns, patch_size, settings.distance_renormalise),
+            mean_distance=mean_attention_distance(patterns, patch_size, settings.distance_renormalise, layout),
             layers=layers,
             settings=settings,
             cls_attention=p.clone() if keep_cls_attention else None,
+            query=layout.readout_name,
         )
 
 
@@ -474,13 +472,15 @@ def collect_patterns(
     """Run the model in batches caching only the attention patterns, written straight into one tensor.
 
     rows="all" returns [B, L, H, P, P] (ViT-B/16 in float32: 1.9 MB per layer per image, 22 MB per image for all
-    12 layers); rows="cls" keeps only the CLS query rows [B, L, H, P] (197 times smaller).
+    12 layers); rows="cls" keeps only the readout query's rows [B, L, H, P] (197 times smaller): the class
+    token's, or the mean of the patch queries' rows for models without one (`TokenLayout.readout`).
     """
     if rows not in ("all", "cls"):
         raise InputError(f"rows must be 'all' or 'cls', got {rows!r}")
     model.check_images(images)
     layers = resolve_layers(model, layers)
     cfg = model.cfg
+    readout = token_layout(model) if rows == "cls" else None
     shape: tuple[int, ...] = (images.shape[0], len(layers), cfg.n_heads, cfg.n_tokens)
     if rows == "all":
         shape = (*shape, cfg.n_tokens)
@@ -490,7 +490,7 @@ def collect_patterns(
     for start, batch in image_batches(images, batch_size):
         images_slice = slice(start, start + batch.shape[0])
         hooks: FwdHooks = [
-            (f"blocks.{layer}.attn.hook_pattern", _pattern_writer(out, images_slice, i, cls_rows=rows == "cls"))
+            (f"blocks.{layer}.attn.hook_pattern", _pattern_writer(out, images_slice, i, readout=readout))
             for i, layer in enumerate(layers)
         ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -500,15 +500,16 @@ def collect_patterns(
     return out
 
 
-def _pattern_writer(out: Tensor, images_slice: slice, index: int, cls_rows: bool) -> Callable[..., None]:
-    """A hook writing each pattern into out[images_slice, index] (only the CLS query row when cls_rows).
+def _pattern_writer(out: Tensor, images_slice: slice, index: int, readout: TokenLayout | None) -> Callable[..., None]:
+    """A hook writing each pattern into out[images_slice, index] (with a `readout` layout, only the readout
+    query's row: `TokenLayout.readout`).
 
     The slice and layer index are bound when the hook is made, so a hook never writes where a later batch
     or layer would (a closure over the loop variables would read their values at call time).
     """
 
     def write(pattern: Tensor, hook: Any) -> None:
-        out[images_slice, index] = pattern[:, :, 0] if cls_rows else pattern
+        out[images_slice, index] = pattern if readout is None else readout.readout(pattern, dim=-2)
 
     return write
 

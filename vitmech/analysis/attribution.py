@@ -10,6 +10,10 @@ exactly. Components here: the CLS token and its position embedding (or, in pre-n
 each head's result z[h] @ W_O[h] at CLS, each layer's b_O, each MLP's post @ W_out and its b_out, and the two
 constants beta . W_H[:, c] ("ln_final.b") and b_H[c] ("b_H").
 
+Both analyses read the class token (`vitmech.tokens.TokenLayout.class_index`); for models without one
+(average or attention pooling) they raise a ValueError naming the analysis, since no single token's
+residual stream is what the head reads.
+
     dla = direct_logit_attribution(model, images)             # the predicted class of each image
     dla.head_attributions()                                    # [batch, layer, head]
     logit_lens(model, images).to_frame()                       # predicted class / p(final class) by layer
@@ -30,6 +34,7 @@ from vitmech.analysis.ablation.heads import head_label
 from vitmech.analysis.circuits import head_results
 from vitmech.batching import image_batches
 from vitmech.model.hooked_vit import HookedViT
+from vitmech.tokens import token_layout
 
 ClassSpec = str | int | Sequence[int] | Int[torch.Tensor, " batch"]
 
@@ -191,6 +196,12 @@ def direct_logit_attribution_from_cache(
             "without a names_filter, or call direct_logit_attribution(model, images)"
         )
     cfg = model.cfg
+    layout = token_layout(model)
+
+    def at_cls(x: torch.Tensor) -> torch.Tensor:
+        return layout.class_token(x, 1, what="direct logit attribution")
+
+    layout.require_class_token("direct logit attribution")
     logits_all = cache["head.hook_logits"]
     classes_t = resolve_classes(model, classes, logits_all)
     with torch.no_grad():
@@ -206,14 +217,14 @@ def direct_logit_attribution_from_cache(
 
         batch = logits_all.shape[0]
         if cfg.pre_norm:
-            add(cache["hook_ln_pre"][:, 0:1], ["embed (ln_pre)"], "embed", -1, [-1])
+            add(at_cls(cache["hook_ln_pre"])[:, None], ["embed (ln_pre)"], "embed", -1, [-1])
         else:
-            add(cache["hook_embed"][:, 0:1], ["cls_token"], "embed", -1, [-1])
-            add(cache["hook_pos_embed"][:, 0:1], ["pos_embed"], "embed", -1, [-1])
+            add(at_cls(cache["hook_embed"])[:, None], ["cls_token"], "embed", -1, [-1])
+            add(at_cls(cache["hook_pos_embed"])[:, None], ["pos_embed"], "embed", -1, [-1])
         value_biases = []
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            z = cache[f"blocks.{layer}.attn.hook_z"][:, 0]  # [batch, H, d_head]
+            z = at_cls(cache[f"blocks.{layer}.attn.hook_z"])  # [batch, H, d_head]
             if split_value_bias:
                 z = z - attn.b_V
                 value_biases.append((layer, head_results(attn, attn.b_V)))  # [H, d]
@@ -225,7 +236,7 @@ def direct_logit_attribution_from_cache(
                 list(range(cfg.n_heads)),
             )
             add(attn.b_O.expand(batch, 1, -1), [f"b_O L{layer}"], "attn_bias", layer, [-1])
-            mlp_out = cache[f"blocks.{layer}.hook_mlp_out"][:, 0:1]
+            mlp_out = at_cls(cache[f"blocks.{layer}.hook_mlp_out"])[:, None]
             add(mlp_out - block.mlp.b_out, [f"MLP{layer}"], "mlp", layer, [-1])
             add(block.mlp.b_out.expand(batch, 1, -1), [f"b_out L{layer}"], "mlp_bias", layer, [-1])
         for layer, vb in value_biases:
@@ -237,7 +248,7 @@ def direct_logit_attribution_from_cache(
                 list(range(cfg.n_heads)),
             )
         components = torch.cat(parts, dim=1)  # [batch, n_components, d]
-        sigma = cache["ln_final.hook_scale"][:, 0]  # [batch, 1]
+        sigma = at_cls(cache["ln_final.hook_scale"])  # [batch, 1]
         directions = model.tokens_to_residual_directions(classes_t)  # [batch, d] = gamma * W_H[:, c]
         centred = components - components.mean(-1, keepdim=True)
         attributions = einsum(centred, directions, "b k d, b d -> b k") / sigma
@@ -383,8 +394,11 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
         raise KeyError(
             f"the cache lacks {missing[:4]}; run model.run_with_cache(images) or call logit_lens(model, images)"
         )
+    layout = token_layout(model)
     with torch.no_grad():
-        resid = torch.stack([cache[n][:, 0] for n in names], dim=1)  # [batch, L + 1, d]
+        resid = torch.stack(
+            [layout.class_token(cache[n], 1, what="the logit lens") for n in names], dim=1
+        )  # [B, L + 1, d]
         ln = model.ln_final
         normalized = torch.nn.functional.layer_norm(resid, (resid.shape[-1],), ln.w, ln.b, ln.eps)
         logits = normalized @ model.W_H + model.b_H

@@ -33,6 +33,7 @@ from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
+from vitmech.tokens import TokenLayout, layout_for, token_layout
 
 PositionalMode = Literal["ln1", "raw"]
 CompositionMode = Literal["Q", "K", "V"]
@@ -222,10 +223,12 @@ class PositionalQK:
     from the position embeddings alone.
 
     Attributes:
-        scores: [n_layers, n_heads, P, P] (query, key); token 0 is CLS, patches 1..N row-major on the g x g grid.
+        scores: [n_layers, n_heads, P, P] (query, key) over the rows of W_pos: its prefix tokens (`layout`),
+            then the patches row-major on the g x g grid.
         mode: "ln1" (W_pos through the block's LN1 first; default) or "raw" (W_pos as it is, REFERENCE §5).
         scaled: whether scores include attention's 1/sqrt(d_head).
         grid_size, patch_size: the patch grid, to reshape and measure distances.
+        layout: the token layout of the score rows (None: one class token + the grid).
     """
 
     scores: Float[torch.Tensor, "layer head pos pos"]
@@ -233,25 +236,32 @@ class PositionalQK:
     scaled: bool
     grid_size: int
     patch_size: int
+    layout: TokenLayout | None = None
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        return layout_for(self.scores.shape[-1], self.layout, "positional scores")
 
     def _query_index(self, query: int | tuple[int, int] | str) -> int:
-        g = self.grid_size
+        g, layout = self.grid_size, self.token_layout
         if query == "cls":
-            return 0
+            return layout.require_class_token("the 'cls' query of positional scores")
         if query == "centre":
-            return 1 + (g // 2) * g + g // 2
+            return layout.patch_position(g // 2, g // 2)
         if isinstance(query, tuple) and len(query) == 2:
-            row, col = query
-            if not (0 <= row < g and 0 <= col < g):
-                raise IndexOutOfRangeError(f"query patch (row, col) = {query} outside the {g}x{g} grid")
-            return 1 + row * g + col
+            return layout.patch_position(*query)
         if isinstance(query, int) and not isinstance(query, bool):
             if not 0 <= query < g * g:
                 raise IndexOutOfRangeError(
                     f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)"
                 )
-            return 1 + query
+            return layout.patch_position(query // g, query % g)
         raise TypeError(f"query must be a patch index, a (row, col) pair, 'centre' or 'cls'; got {query!r}")
+
+    def query_patch(self, query: int | tuple[int, int] | str) -> int | None:
+        """Row-major patch index of a query, or None for a prefix-token query (e.g. "cls")."""
+        index = self._query_index(query) - self.token_layout.n_prefix
+        return index if index >= 0 else None
 
     def query_grid(
         self, layer: int, head: int, query: int | tuple[int, int] | str = "centre", softmax: bool = False
@@ -261,7 +271,7 @@ class PositionalQK:
         query: patch index k (0-based over patches), a (row, col) pair, "centre" or "cls".
         softmax=True gives the attention it implies over the patch keys (sums to 1) instead of scores.
         """
-        row = self.scores[layer, head, self._query_index(query), 1:]
+        row = self.token_layout.patches(self.scores[layer, head, self._query_index(query)], -1)
         if softmax:
             row = torch.softmax(row, -1)
         return rearrange(row, "(r c) -> r c", r=self.grid_size)
@@ -270,7 +280,7 @@ class PositionalQK:
         self, query: int | tuple[int, int] | str = "centre", softmax: bool = True
     ) -> Float[torch.Tensor, "layer head g g"]:
         """`query_grid` for every head at once, [n_layers, n_heads, g, g]."""
-        rows = self.scores[:, :, self._query_index(query), 1:]
+        rows = self.token_layout.patches(self.scores[:, :, self._query_index(query)], -1)
         if softmax:
             rows = torch.softmax(rows, -1)
         return rearrange(rows, "l h (r c) -> l h r c", r=self.grid_size)
@@ -303,12 +313,13 @@ class PositionalQK:
         renormalise=True: softmax over the patch keys (the same as softmax over all keys, then renormalised
         over patches, REFERENCE §2's default); False: softmax over all P keys, the CLS key at distance 0.
         """
+        layout = self.token_layout
         if renormalise:
-            probs = torch.softmax(self.scores[..., 1:, 1:], -1)
-            probs = F.pad(probs, (1, 0, 1, 0))
+            probs = torch.softmax(layout.patches(layout.patches(self.scores, -1), -2), -1)
+            probs = layout.pad_prefix(probs, dims=(-2, -1))
         else:
             probs = torch.softmax(self.scores, -1)
-        dist = mean_attention_distance(probs, self.patch_size, renormalise=renormalise)
+        dist = mean_attention_distance(probs, self.patch_size, renormalise=renormalise, layout=layout)
         uniform = uniform_distance_px(self.grid_size, self.patch_size)
         return PositionalLocality(mean_distance_px=dist, uniform_distance_px=uniform, renormalise=renormalise)
 
@@ -361,8 +372,19 @@ def positional_qk(
             ]
         )
     return PositionalQK(
-        scores=scores, mode=mode, scaled=scale, grid_size=model.cfg.grid_size, patch_size=model.cfg.patch_size
+        scores=scores,
+        mode=mode,
+        scaled=scale,
+        grid_size=model.cfg.grid_size,
+        patch_size=model.cfg.patch_size,
+        layout=_position_layout(model),
     )
+
+
+def _position_layout(model: HookedViT) -> TokenLayout:
+    """The token layout of W_pos's rows: the model's, or without the registers where the position table
+    skips them (DINOv2 with registers adds no position embedding to its registers)."""
+    return token_layout(model).for_rows(model.W_pos.shape[0], "W_pos")
 
 
 # ---------------------------------------------------------------------------------------------- composition

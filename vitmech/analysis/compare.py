@@ -31,6 +31,7 @@ from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollo
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
 from vitmech.batching import image_batches
 from vitmech.errors import ModelMismatchError
+from vitmech.tokens import READOUT, TokenLayout, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,8 +47,9 @@ CKATokens = Literal["all", "cls", "patches"]
 
 
 def check_comparable(before: HookedViT, after: HookedViT) -> None:
-    """Raise ModelMismatchError unless both models have the same depth, heads, image size and patch grid."""
-    fields = ("n_layers", "n_heads", "image_size", "patch_size", "grid_size")
+    """Raise ModelMismatchError unless both models have the same depth, heads, image size, patch grid and
+    prefix tokens."""
+    fields = ("n_layers", "n_heads", "image_size", "patch_size", "grid_size", "n_prefix_tokens")
     diffs = [
         f"{f}: {getattr(before.cfg, f)} vs {getattr(after.cfg, f)}"
         for f in fields
@@ -77,7 +79,8 @@ class AttentionSummary:
     Attributes:
         name: the model's name (for tables).
         metrics: per image x layer x head metrics (with the CLS rows kept, for plots).
-        rollout: CLS rows of the rollout (token 0), one per image.
+        rollout: readout rows of the rollout (the class token; the mean over patches for models without
+            one), one per image.
         outputs: [batch, n_outputs] the model's outputs (logits).
         rollout_settings: alpha, head fusion, discard ratio of the rollout.
     """
@@ -100,8 +103,8 @@ class AttentionSummary:
             "cls_entropy_last_mean_over_heads": m.cls_entropy[:, -1].mean(-1),
             f"cls_top{k}_last_head_mean_map": m.cls_top_k_head_mean[:, -1],
             f"cls_top{k}_last_mean_over_heads": m.cls_top_k[:, -1].mean(-1),
-            "rollout_entropy": self.rollout.entropy(0),
-            f"rollout_top{k}": self.rollout.top_k(k, 0),
+            "rollout_entropy": self.rollout.entropy(),
+            f"rollout_top{k}": self.rollout.top_k(k),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +140,12 @@ def _run_batch(
     def on_pattern(pattern: Tensor, hook: Any) -> None:
         layer = int(hook.name.split(".")[1])
         per_layer[layer] = attention_metrics(
-            pattern[:, None], model.cfg.patch_size, settings, layers=[layer], keep_cls_attention=True
+            pattern[:, None],
+            model.cfg.patch_size,
+            settings,
+            layers=[layer],
+            keep_cls_attention=True,
+            layout=token_layout(model),
         )
         fused[layer] = fuse_heads(pattern, rollout_settings.head_fusion)
 
@@ -158,14 +166,17 @@ def _run_batch(
     )
 
 
-def _summary(name: str, parts: list[_BatchResult], rollout_settings: RolloutSettings) -> AttentionSummary:
+def _summary(
+    name: str, parts: list[_BatchResult], rollout_settings: RolloutSettings, layout: TokenLayout
+) -> AttentionSummary:
     rollouts = [
         rollout_from_fused(
             p.fused,
             rollout_settings.alpha,
             rollout_settings.discard_ratio,
-            tokens=[0],
+            tokens=[READOUT],
             settings={"head_fusion": rollout_settings.head_fusion},
+            layout=layout,
         )
         for p in parts
     ]
@@ -198,7 +209,7 @@ def summarize_attention(
         parts.append(_run_batch(model, batch, settings, rollout_settings, keep_streams=False))
         bar.update(batch.shape[0])
     bar.close()
-    return _summary(name, parts, rollout_settings)
+    return _summary(name, parts, rollout_settings, token_layout(model))
 
 
 # ----------------------------------------------------------------------------------------- CKA
@@ -254,11 +265,11 @@ class CKAAccumulator:
         return norm(cyx) ** 2 / (norm(cxx) * norm(cyy))
 
 
-def _stream_rows(stream: Float[Tensor, "batch pos d"], tokens: CKATokens) -> Float[Tensor, "n d"]:
+def _stream_rows(stream: Float[Tensor, "batch pos d"], tokens: CKATokens, layout: TokenLayout) -> Float[Tensor, "n d"]:
     if tokens == "cls":
-        return stream[:, 0]
+        return layout.class_token(stream, 1, what="CKA on the class token (cka_tokens='cls')")
     if tokens == "patches":
-        return stream[:, 1:].reshape(-1, stream.shape[-1])
+        return layout.patches(stream, 1).reshape(-1, stream.shape[-1])
     return stream.reshape(-1, stream.shape[-1])
 
 
@@ -523,8 +534,8 @@ def compare_models(
         result_a = _run_batch(after, batch_a, settings, rollout_settings, keep_streams=accumulator is not None)
         if accumulator is not None and cka_tokens is not None:
             accumulator.update(
-                torch.stack([_stream_rows(s, cka_tokens) for s in result_b.streams]),
-                torch.stack([_stream_rows(s, cka_tokens) for s in result_a.streams]),
+                torch.stack([_stream_rows(s, cka_tokens, token_layout(before)) for s in result_b.streams]),
+                torch.stack([_stream_rows(s, cka_tokens, token_layout(after)) for s in result_a.streams]),
             )
             result_b.streams, result_a.streams = [], []
         parts_before.append(result_b)
@@ -548,8 +559,8 @@ def compare_models(
         logger.info("weight-space change skipped: %s", error)
         weights = None
     return ModelComparison(
-        before=_summary(names[0], parts_before, rollout_settings),
-        after=_summary(names[1], parts_after, rollout_settings),
+        before=_summary(names[0], parts_before, rollout_settings, token_layout(before)),
+        after=_summary(names[1], parts_after, rollout_settings, token_layout(after)),
         weights=weights,
         cka=cka,
     )

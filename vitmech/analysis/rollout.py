@@ -2,15 +2,19 @@
 
     patterns = collect_patterns(model, images)                       # [B, L, H, P, P]
     r = rollout(patterns, alpha=0.5, head_fusion="mean")             # Rollout: rows of R = A_L ... A_1
-    r.map(0)                                                         # CLS map over the patches [B, N]
+    r.map()                                                          # readout (CLS) map over the patches [B, N]
     grads = attention_gradients(model, images)                       # patterns and d y_c / d A
-    gradient_rollout(grads.patterns, grads.gradients).map(0)         # Chefer et al. 2021 (generic)
-    gmar(grads.patterns, grads.gradients, norm="l1").map(0)          # GMAR head weighting
+    gradient_rollout(grads.patterns, grads.gradients).map()          # Chefer et al. 2021 (generic)
+    gmar(grads.patterns, grads.gradients, norm="l1").map()           # GMAR head weighting
 
-    attention_flow(patterns[:1], token=0).map(0)                    # max-flow (Abnar & Zuidema 2020)
+    attention_flow(patterns[:1]).map()                               # max-flow (Abnar & Zuidema 2020)
 
 Conventions: A_l = rownorm(alpha * fuse_h(A[l, h]) + (1 - alpha) * I); R = A_L @ ... @ A_1 (later layers
-multiply on the left); the map of token t is R[t, 1:]. Rows of every A_l and of R sum to 1.
+multiply on the left); the map of token t is row t of R over the patch keys. Rows of every A_l and of R
+sum to 1. Bare patterns take `layout=token_layout(model)` (default: one class token + a square grid).
+
+Query tokens are positions or "readout": the class token, or for models without one the mean over the
+patch tokens, whose rollout row is the mean of the patch rows of R (exact, as R is linear in the query).
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ from vitmech.analysis.attention import (
     PatternStack,
     attention_entropy,
     cat_if_all,
-    check_patterns,
+    pattern_layout,
     resolve_layers,
-    single_threaded,
     to_grid,
     top_k_concentration,
 )
 from vitmech.batching import image_batches
 from vitmech.errors import IndexOutOfRangeError, InputError
+from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,12 +53,13 @@ HeadFusion = Literal["mean", "max", "min"]
 _CHUNK_ELEMENTS = 1 << 20  # elements per chunk of the chunked reductions (4 MiB in float32, stays in cache)
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 Target = None | int | Tensor | Callable[[Tensor], Tensor]
+Query = int | Literal["readout"]
 
 
 @dataclass(frozen=True)
 class RolloutSettings:
     """alpha: weight of attention against the identity (residual); head_fusion: mean, max or min over
-    heads; discard_ratio: fraction of each fused matrix's lowest entries zeroed (never CLS->CLS)."""
+    heads; discard_ratio: fraction of each fused matrix's lowest entries zeroed (never class->class)."""
 
     alpha: float = 0.5
     head_fusion: HeadFusion = "mean"
@@ -75,7 +80,6 @@ class RolloutSettings:
 # ----------------------------------------------------------------------------------------- building blocks
 
 
-@single_threaded
 def fuse_heads(
     patterns: Float[Tensor, "*batch head query key"],
     fusion: HeadFusion = "mean",
@@ -100,13 +104,16 @@ def fuse_heads(
     raise InputError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
-@single_threaded
-def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Float[Tensor, "*batch query key"]:
+def discard_lowest(
+    fused: Float[Tensor, "*batch query key"], ratio: float, layout: TokenLayout | None = None
+) -> Float[Tensor, "*batch query key"]:
     """Zero the int(ratio * P * P) lowest entries of each matrix, per batch item and layer, keeping the
-    CLS->CLS entry (vit-explain's discard_ratio, without its item-0-only bug)."""
+    class->class entry where the model has a class token (vit-explain's discard_ratio, without its
+    item-0-only bug)."""
     if not 0 <= ratio < 1:
         raise InputError(f"discard_ratio must be in [0, 1), got {ratio!r}")
     n_tokens = fused.shape[-1]
+    class_index = layout_for(n_tokens, layout, "fused").class_index
     n_entries = n_tokens * n_tokens
     n_discard = int(n_entries * ratio)
     if n_discard == 0:
@@ -117,7 +124,9 @@ def discard_lowest(fused: Float[Tensor, "*batch query key"], ratio: float) -> Fl
     else:  # ... or keep the (fewer) highest: the same set up to ties, and a much smaller top-k
         keep = flat.topk(n_entries - n_discard, dim=-1, largest=True, sorted=False).indices
         out = torch.zeros_like(flat).scatter_(-1, keep, flat.gather(-1, keep))
-    out[..., 0] = flat[..., 0]
+    if class_index is not None:
+        kept = class_index * n_tokens + class_index
+        out[..., kept] = flat[..., kept]
     return out.reshape(fused.shape)
 
 
@@ -134,7 +143,6 @@ def _residual_row_scales(
     return scale, diagonal
 
 
-@single_threaded
 def residual_attention(
     fused: Float[Tensor, "*batch query key"], alpha: float = 0.5
 ) -> Float[Tensor, "*batch query key"]:
@@ -146,42 +154,59 @@ def residual_attention(
     return mixed
 
 
-@single_threaded
 def residual_rollout_rows(
-    fused: Float[Tensor, "batch layer query key"], alpha: float, tokens: Sequence[int]
+    fused: Float[Tensor, "batch layer query key"],
+    alpha: float,
+    tokens: Sequence[Query],
+    layout: TokenLayout | None = None,
 ) -> Float[Tensor, "batch row key"]:
     """Rows `tokens` of the rollout R = A_L ... A_1 without forming any A_l: with A_l = diag(s) F_l + diag(c),
     v A_l = (v * s) F_l + v * c, one vector-matrix product per layer."""
-    rows = _check_tokens(tokens, fused.shape[-1]) or ()
     scale, diagonal = _residual_row_scales(fused, alpha)  # [B, L, P]
-    v = torch.zeros(fused.shape[0], len(rows), fused.shape[-1], dtype=fused.dtype, device=fused.device)
-    v[:, torch.arange(len(rows)), list(rows)] = 1.0
+    v = _query_rows(tokens, layout_for(fused.shape[-1], layout, "fused"), fused.dtype, fused.device)
+    v = v.expand(fused.shape[0], -1, -1)
     for layer in range(fused.shape[1] - 1, -1, -1):
         v = (v * scale[:, layer, None]) @ fused[:, layer] + v * diagonal[:, layer, None]
     return v
 
 
-def _check_tokens(tokens: Sequence[int] | None, n_tokens: int) -> tuple[int, ...] | None:
+def _check_tokens(tokens: Sequence[Query] | None, n_tokens: int) -> tuple[Query, ...] | None:
     if tokens is None:
         return None
-    out = tuple(int(t) % n_tokens if -n_tokens <= int(t) < n_tokens else -1 for t in tokens)
-    if not out or -1 in out:
-        raise IndexOutOfRangeError(f"tokens {list(tokens)} must be non-empty and in range for {n_tokens} tokens")
-    return out
+    out = tuple(
+        READOUT if t == READOUT else int(t) % n_tokens if isinstance(t, int) and -n_tokens <= t < n_tokens else None
+        for t in tokens
+    )
+    if not out or None in out:
+        raise IndexOutOfRangeError(
+            f"tokens {list(tokens)} must be non-empty, 'readout' or in range for {n_tokens} tokens"
+        )
+    return out  # type: ignore[return-value]
 
 
-@single_threaded
+def _query_rows(
+    tokens: Sequence[Query], layout: TokenLayout, dtype: torch.dtype, device: torch.device
+) -> Float[Tensor, "row key"]:
+    """One row vector per query: one-hot at a position, or the readout weights (`TokenLayout.readout_weights`)."""
+    checked = _check_tokens(tokens, layout.n_tokens)
+    assert checked is not None
+    eye = torch.eye(layout.n_tokens, dtype=dtype, device=device)
+    readout = layout.readout_weights(dtype, device)
+    return torch.stack([readout if t == READOUT else eye[t] for t in checked])
+
+
 def chain_rows(
-    layer_matrices: Float[Tensor, "batch layer query key"], tokens: Sequence[int] | None = None
+    layer_matrices: Float[Tensor, "batch layer query key"],
+    tokens: Sequence[Query] | None = None,
+    layout: TokenLayout | None = None,
 ) -> Float[Tensor, "batch row key"]:
     """Rows `tokens` of R = M_L @ ... @ M_1 (all rows when tokens is None): the rows are carried from the
     top layer down, so only len(tokens) x P x P work per layer."""
-    n_tokens = layer_matrices.shape[-1]
-    tokens = _check_tokens(tokens, n_tokens)
     if tokens is None:
         result = layer_matrices[:, -1]
     else:
-        result = layer_matrices[:, -1, list(tokens)]
+        layout = layout_for(layer_matrices.shape[-1], layout, "layer_matrices")
+        result = _query_rows(tokens, layout, layer_matrices.dtype, layer_matrices.device) @ layer_matrices[:, -1]
     for layer in range(layer_matrices.shape[1] - 2, -1, -1):
         result = result @ layer_matrices[:, layer]
     return result
@@ -195,42 +220,55 @@ class Rollout:
     """Rows of a rollout-style matrix R [P, P] for each image: `rows[b, i]` is R[tokens[i], :].
 
     Attributes:
-        rows: [batch, row, key] rows of R over all P input tokens (CLS at key 0).
-        tokens: the query token of each row (0 = CLS).
+        rows: [batch, row, key] rows of R over all P input tokens (prefix tokens first).
+        tokens: the query of each row: a position, or "readout" (the class token; the mean over patches
+            for models without one).
         method: "rollout", "gradient_rollout", "gmar" or "flow".
         settings: the choices (alpha, head fusion, discard ratio, norm, ...).
         head_weights: GMAR's [batch, layer, head] weights (None otherwise).
+        layout: the token layout of the rows (None: one class token + a square grid).
     """
 
     rows: Float[Tensor, "batch row key"]
-    tokens: tuple[int, ...]
+    tokens: tuple[Query, ...]
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     head_weights: Float[Tensor, "batch layer head"] | None = None
+    layout: TokenLayout | None = None
 
-    def row(self, token: int = 0) -> Float[Tensor, "batch key"]:
-        if token not in self.tokens:
-            raise KeyError(f"token {token} not computed; this result holds rows for tokens {list(self.tokens)}")
-        return self.rows[:, self.tokens.index(token)]
+    @property
+    def token_layout(self) -> TokenLayout:
+        return layout_for(self.rows.shape[-1], self.layout, "rollout rows")
 
-    def map(self, token: int = 0, renormalise: bool = True) -> Float[Tensor, "batch patch"]:
-        """R[token, 1:]: the token's map over the patches, renormalised to sum 1 by default."""
-        values = self.row(token)[:, 1:]
+    def row(self, token: Query = READOUT) -> Float[Tensor, "batch key"]:
+        """Row of R for `token`; "readout" and the class token's position name the same row."""
+        readout_index = self.token_layout.readout_index
+        aliases = {token}
+        if readout_index is not None and token in (READOUT, readout_index):
+            aliases = {READOUT, readout_index}
+        for alias in aliases:
+            if alias in self.tokens:
+                return self.rows[:, self.tokens.index(alias)]
+        raise KeyError(f"token {token!r} not computed; this result holds rows for tokens {list(self.tokens)}")
+
+    def map(self, token: Query = READOUT, renormalise: bool = True) -> Float[Tensor, "batch patch"]:
+        """The token's row of R over the patch keys, renormalised to sum 1 by default."""
+        values = self.token_layout.patches(self.row(token), -1)
         return (
             values / values.sum(-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny) if renormalise else values
         )
 
-    def grid(self, token: int = 0, renormalise: bool = True) -> Float[Tensor, "batch g g"]:
-        return to_grid(self.map(token, renormalise))
+    def grid(self, token: Query = READOUT, renormalise: bool = True) -> Float[Tensor, "batch g g"]:
+        return to_grid(self.map(token, renormalise), self.token_layout.grid[0])
 
-    def entropy(self, token: int = 0) -> Float[Tensor, " batch"]:
+    def entropy(self, token: Query = READOUT) -> Float[Tensor, " batch"]:
         """Entropy (nats) of the token's renormalised patch map."""
         return attention_entropy(self.map(token, renormalise=True))
 
-    def top_k(self, k: int = 10, token: int = 0) -> Float[Tensor, " batch"]:
+    def top_k(self, k: int = 10, token: Query = READOUT) -> Float[Tensor, " batch"]:
         return top_k_concentration(self.map(token, renormalise=True), k)
 
-    def to_frame(self, token: int = 0, k: int = 10) -> pd.DataFrame:
+    def to_frame(self, token: Query = READOUT, k: int = 10) -> pd.DataFrame:
         """One row per image: entropy and top-k concentration of the token's map."""
         import pandas as pd
 
@@ -262,53 +300,54 @@ class Rollout:
             method=first.method,
             settings=first.settings,
             head_weights=cat_if_all(weights),
+            layout=first.layout,
         )
 
 
 # ----------------------------------------------------------------------------------------- rollout
 
 
-@single_threaded
 def rollout_from_fused(
     fused: Float[Tensor, "batch layer query key"],
     alpha: float = 0.5,
     discard_ratio: float = 0.0,
-    tokens: Sequence[int] | None = None,
+    tokens: Sequence[Query] | None = None,
     settings: dict[str, Any] | None = None,
+    layout: TokenLayout | None = None,
 ) -> Rollout:
     """Rollout of already fused per-layer matrices [B, L, P, P] (see `rollout`)."""
-    check_patterns(fused, ndim=4, name="fused")
+    layout = pattern_layout(fused, ndim=4, name="fused", layout=layout)
     RolloutSettings(alpha=alpha, discard_ratio=discard_ratio)  # validates
     with torch.no_grad():
-        kept = discard_lowest(fused, discard_ratio)
+        kept = discard_lowest(fused, discard_ratio, layout)
         if tokens is None:
             rows = chain_rows(residual_attention(kept, alpha))
         else:
-            rows = residual_rollout_rows(kept, alpha, tokens)
+            rows = residual_rollout_rows(kept, alpha, tokens, layout)
     tokens_used = _check_tokens(tokens, fused.shape[-1]) or tuple(range(fused.shape[-1]))
-    recorded = {"alpha": alpha, "discard_ratio": discard_ratio, **(settings or {})}
-    return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded)
+    recorded = {"alpha": alpha, "discard_ratio": discard_ratio, "readout": layout.readout_name, **(settings or {})}
+    return Rollout(rows=rows, tokens=tokens_used, method="rollout", settings=recorded, layout=layout)
 
 
-@single_threaded
 def rollout(
     patterns: PatternStack,
     alpha: float = 0.5,
     head_fusion: HeadFusion = "mean",
     discard_ratio: float = 0.0,
-    tokens: Sequence[int] | None = None,
+    tokens: Sequence[Query] | None = None,
+    layout: TokenLayout | None = None,
 ) -> Rollout:
     """Attention rollout (Abnar & Zuidema 2020) of patterns [B, L, H, P, P].
 
     A_l = rownorm(alpha * fuse_h(A[l, h]) + (1 - alpha) I) after zeroing the lowest `discard_ratio` of each
-    fused matrix (never CLS->CLS, per image and layer); R = A_L @ ... @ A_1. Returns the rows of R for
-    `tokens` (all P rows when None; tokens=[0] for the CLS map costs 1/P of the full product).
+    fused matrix (never class->class, per image and layer); R = A_L @ ... @ A_1. Returns the rows of R for
+    `tokens` (all P rows when None; tokens=["readout"] for the CLS map costs 1/P of the full product).
     """
     RolloutSettings(alpha, head_fusion, discard_ratio)  # validates the arguments
-    check_patterns(patterns, ndim=5)
+    layout = pattern_layout(patterns, ndim=5, layout=layout)
     with torch.no_grad():
         fused = fuse_heads(patterns, head_fusion)
-    return rollout_from_fused(fused, alpha, discard_ratio, tokens, settings={"head_fusion": head_fusion})
+    return rollout_from_fused(fused, alpha, discard_ratio, tokens, settings={"head_fusion": head_fusion}, layout=layout)
 
 
 def _fusing_hook(fused: dict[str, list[Tensor | None]]) -> Callable[[Tensor, Any], None]:
@@ -340,7 +379,7 @@ def rollout_maps(
     images: Float[Tensor, "batch channel height width"],
     variants: dict[str, RolloutSettings],
     *,
-    tokens: Sequence[int] = (0,),
+    tokens: Sequence[Query] = (READOUT,),
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, Rollout]:
@@ -352,6 +391,7 @@ def rollout_maps(
     if not variants:
         raise InputError("give at least one rollout variant")
     model.check_images(images)
+    layout = token_layout(model)
     fusions = sorted({v.head_fusion for v in variants.values()})
     parts: dict[str, list[Rollout]] = {name: [] for name in variants}
     bar = tqdm(total=images.shape[0], desc="rollout", unit="img", disable=not progress)
@@ -364,7 +404,12 @@ def rollout_maps(
         for name, v in variants.items():
             parts[name].append(
                 rollout_from_fused(
-                    stacked[v.head_fusion], v.alpha, v.discard_ratio, tokens, settings={"head_fusion": v.head_fusion}
+                    stacked[v.head_fusion],
+                    v.alpha,
+                    v.discard_ratio,
+                    tokens,
+                    settings={"head_fusion": v.head_fusion},
+                    layout=layout,
                 )
             )
         bar.update(batch.shape[0])
@@ -463,22 +508,27 @@ def attention_gradients(
     )
 
 
-def _check_pair(patterns: Tensor, gradients: Tensor) -> None:
-    check_patterns(patterns, ndim=5)
+def _check_pair(patterns: Tensor, gradients: Tensor, layout: TokenLayout | None) -> TokenLayout:
+    layout = pattern_layout(patterns, ndim=5, layout=layout)
     if gradients.shape != patterns.shape:
         raise InputError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
+    return layout
 
 
-@single_threaded
-def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Sequence[int] | None = None) -> Rollout:
+def gradient_rollout(
+    patterns: PatternStack,
+    gradients: PatternStack,
+    tokens: Sequence[Query] | None = None,
+    layout: TokenLayout | None = None,
+) -> Rollout:
     """Gradient-weighted rollout (Chefer et al. 2021, generic rule): R = I; for each layer from the first,
     R <- R + mean_h[(dA * A)^+] @ R, i.e. R = (I + C_L) ... (I + C_1). Rows of R do not sum to 1; maps are
-    renormalised on request. tokens=[0] computes only the CLS row (L vector-matrix products)."""
-    _check_pair(patterns, gradients)
+    renormalised on request. tokens=["readout"] computes only the CLS row (L vector-matrix products)."""
+    layout = _check_pair(patterns, gradients, layout)
     n_tokens = patterns.shape[-1]
     tokens_used = _check_tokens(tokens, n_tokens) or tuple(range(n_tokens))
     with torch.no_grad():
-        v = torch.eye(n_tokens, dtype=patterns.dtype, device=patterns.device)[list(tokens_used)]
+        v = _query_rows(tokens_used, layout, patterns.dtype, patterns.device)
         v = v.expand(patterns.shape[0], -1, -1)
         # C_l = mean_h[(dA * A)^+] per layer (one layer at a time keeps the temporaries small)
         cams = torch.stack(
@@ -496,11 +546,11 @@ def gradient_rollout(patterns: PatternStack, gradients: PatternStack, tokens: Se
         rows=rows,
         tokens=tokens_used,
         method="gradient_rollout",
-        settings={"head_fusion": "mean of (grad * A)^+", "rule": "R += A_bar @ R"},
+        settings={"head_fusion": "mean of (grad * A)^+", "rule": "R += A_bar @ R", "readout": layout.readout_name},
+        layout=layout,
     )
 
 
-@single_threaded
 def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1") -> Float[Tensor, "batch layer head"]:
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
@@ -522,22 +572,24 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     return torch.where(totals > 0, scores / totals.clamp_min(torch.finfo(scores.dtype).tiny), uniform)
 
 
-@single_threaded
 def gmar(
     patterns: PatternStack,
     gradients: PatternStack,
     norm: Literal["l1", "l2"] = "l1",
     alpha: float = 0.5,
     discard_ratio: float = 0.0,
-    tokens: Sequence[int] | None = None,
+    tokens: Sequence[Query] | None = None,
+    layout: TokenLayout | None = None,
 ) -> Rollout:
     """GMAR (arXiv 2504.19414): fuse each layer's heads as sum_h w_lh A_lh with gradient-norm weights
     (`gmar_head_weights`, normalised per layer), then standard rollout."""
-    _check_pair(patterns, gradients)
+    layout = _check_pair(patterns, gradients, layout)
     with torch.no_grad():
         weights = gmar_head_weights(gradients, norm)
         fused = fuse_heads(patterns, head_weights=weights)
-    result = rollout_from_fused(fused, alpha, discard_ratio, tokens, settings={"head_fusion": f"gmar-{norm}"})
+    result = rollout_from_fused(
+        fused, alpha, discard_ratio, tokens, settings={"head_fusion": f"gmar-{norm}"}, layout=layout
+    )
     return dataclasses.replace(result, method="gmar", head_weights=weights)
 
 
@@ -546,11 +598,17 @@ def gmar(
 FLOW_SCALE = 1 << 24  # capacities are rounded to multiples of 2**-24 for scipy's integer max-flow
 
 
-def flow_graph(capacities: Float[np.ndarray, "layer query key"], scale: int = FLOW_SCALE) -> Any:
+def flow_graph(
+    capacities: Float[np.ndarray, "layer query key"],
+    scale: int = FLOW_SCALE,
+    source_weights: Float[np.ndarray, " query"] | None = None,
+) -> Any:
     """The layered attention graph as a scipy CSR matrix of int32 capacities.
 
     Node l * P + i is token i after layer l (l = 0: the input tokens). Edge (l, i) -> (l - 1, j) has
     capacity capacities[l - 1, i, j] * scale, rounded (Abnar & Zuidema's adjacency, pointing downwards).
+    With `source_weights` [P], one more node (the last) is a source with an edge to each top token i of
+    capacity source_weights[i] * scale (a pooled query, e.g. the mean over patches).
     """
     from scipy.sparse import csr_array
 
@@ -560,35 +618,42 @@ def flow_graph(capacities: Float[np.ndarray, "layer query key"], scale: int = FL
     quantised = np.rint(np.asarray(capacities, dtype=np.float64) * scale).astype(np.int64)
     layer, query, key = np.nonzero(quantised)
     n_nodes = (n_layers + 1) * n_tokens
+    values = quantised[layer, query, key]
+    heads, tails = (layer + 1) * n_tokens + query, layer * n_tokens + key
+    if source_weights is not None:
+        weights = np.rint(np.asarray(source_weights, dtype=np.float64) * scale).astype(np.int64)
+        (top,) = np.nonzero(weights)
+        values = np.concatenate([values, weights[top]])
+        heads = np.concatenate([heads, np.full(len(top), n_nodes)])
+        tails = np.concatenate([tails, n_layers * n_tokens + top])
+        n_nodes += 1
     return csr_array(
-        (
-            quantised[layer, query, key].astype(np.int32),
-            (((layer + 1) * n_tokens + query).astype(np.int32), (layer * n_tokens + key).astype(np.int32)),
-        ),
-        shape=(n_nodes, n_nodes),
+        (values.astype(np.int32), (heads.astype(np.int32), tails.astype(np.int32))), shape=(n_nodes, n_nodes)
     )
 
 
 def max_flow_values(
     capacities: Float[np.ndarray, "layer query key"],
-    token: int = 0,
+    token: int | Float[np.ndarray, " query"] = 0,
     backend: Literal["scipy", "networkx"] = "scipy",
     scale: int = FLOW_SCALE,
 ) -> Float[np.ndarray, " key"]:
     """Max-flow from `token` after the last layer to each input token, over the layered graph whose edge
-    (l, i) -> (l - 1, j) has capacity capacities[l - 1, i, j]. [P] values, unnormalised.
+    (l, i) -> (l - 1, j) has capacity capacities[l - 1, i, j]. [P] values, unnormalised. `token` may be
+    weights [P] over the top tokens instead (a source feeding token i with capacity weights[i]).
 
     backend="scipy": Dinic's algorithm in C on capacities rounded to multiples of 1/scale (error at most
     0.5/scale per edge of the minimum cut); "networkx": exact float capacities, pure Python (slow;
     a reference for small graphs).
     """
     n_layers, n_tokens, _ = capacities.shape
-    source = n_layers * n_tokens + token
+    weights = None if isinstance(token, int) else np.asarray(token, dtype=np.float64)
+    source = n_layers * n_tokens + token if isinstance(token, int) else (n_layers + 1) * n_tokens
     out = np.zeros(n_tokens)
     if backend == "scipy":
         from scipy.sparse.csgraph import maximum_flow
 
-        graph = flow_graph(capacities, scale)
+        graph = flow_graph(capacities, scale, weights)
         for sink in range(n_tokens):
             out[sink] = maximum_flow(graph, source, sink, method="dinic").flow_value / scale
     elif backend == "networkx":
@@ -601,6 +666,10 @@ def max_flow_values(
                 (((layer + 1) * n_tokens + int(i)), (layer * n_tokens + int(j)), float(capacities[layer, i, j]))
                 for i, j in zip(query, key)
             )
+        if weights is not None:
+            graph.add_weighted_edges_from(
+                (source, n_layers * n_tokens + int(i), float(weights[i])) for i in np.nonzero(weights)[0]
+            )
         for sink in range(n_tokens):
             out[sink] = nx.maximum_flow_value(graph, source, sink, capacity="weight") if sink in graph else 0.0
     else:
@@ -610,28 +679,36 @@ def max_flow_values(
 
 def attention_flow(
     patterns: PatternStack,
-    token: int = 0,
+    token: Query = READOUT,
     alpha: float = 0.5,
     head_fusion: HeadFusion = "mean",
     backend: Literal["scipy", "networkx"] = "scipy",
     progress: bool = True,
+    layout: TokenLayout | None = None,
 ) -> Rollout:
     """Attention flow (Abnar & Zuidema 2020) of patterns [B, L, H, P, P] for one query token.
 
     Capacities are the rollout matrices A_l = rownorm(alpha * fuse_h(A[l, h]) + (1 - alpha) I); the value
     for input token j is the max-flow from `token` at the top to j at the input, and the row is normalised
-    to sum 1 over the P inputs (as in the authors' code). Cost: P max-flow problems per image, each on
-    (L + 1) * P nodes and L * P^2 edges (ViT-B/16: 2,561 nodes, 465,708 edges; see docs/attention.md).
+    to sum 1 over the P inputs (as in the authors' code). token="readout" is the class token, or for
+    models without one a source feeding each top patch token with capacity 1/N (the mean over patches).
+    Cost: P max-flow problems per image, each on (L + 1) * P nodes and L * P^2 edges (ViT-B/16: 2,561
+    nodes, 465,708 edges; see docs/attention.md).
     """
     settings = RolloutSettings(alpha, head_fusion)
-    check_patterns(patterns, ndim=5)
+    layout = pattern_layout(patterns, ndim=5, layout=layout)
     n_tokens = patterns.shape[-1]
-    (token,) = _check_tokens([token], n_tokens) or (0,)
+    (token,) = _check_tokens([token], n_tokens) or (READOUT,)
+    query: int | np.ndarray
+    if token == READOUT:
+        query = layout.readout_index if layout.readout_index is not None else layout.readout_weights().double().numpy()
+    else:
+        query = int(token)
     with torch.no_grad():
         capacities = residual_attention(fuse_heads(patterns, head_fusion), alpha).double().cpu().numpy()
     rows = np.zeros((patterns.shape[0], 1, n_tokens))
     for b in tqdm(range(patterns.shape[0]), desc="attention flow", unit="img", disable=not progress):
-        values = max_flow_values(capacities[b], token, backend)
+        values = max_flow_values(capacities[b], query, backend)
         rows[b, 0] = values / values.sum() if values.sum() > 0 else values
     return Rollout(
         rows=torch.as_tensor(rows, dtype=patterns.dtype),
@@ -642,5 +719,7 @@ def attention_flow(
             "backend": backend,
             "normalised": "over all P input tokens",
             "capacity_quantum": 1 / FLOW_SCALE if backend == "scipy" else 0.0,
+            "readout": layout.readout_name,
         },
+        layout=layout,
     )

@@ -497,4 +497,35 @@ __all__ = [
     "write_chirp_dataset",
     "ChirpSplits",
     "load_chirps",
+    "COUNTERFACTUAL_ELEMENTS",
+    "chirp_counterfactual_pairs",
 ]
+
+
+# ----------------------------------------------------------------------------------------- counterfactual pairs
+
+COUNTERFACTUAL_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "text": ("title", "xlabel", "ylabel"),
+    "axes": ("ticks",),
+    "colorbar": ("colorbar",),
+}
+"""Distractor -> the figure elements switched off to remove it (tick labels belong to the axes)."""
+
+
+def chirp_counterfactual_pairs(
+    n: int, seed: int = 0, element: str = "text", *, start: int = 0, size: int = 224, noise: bool = True
+) -> tuple[list[ChirpSample], list[ChirpSample]]:
+    """n matched pairs (with, without) one distractor ("text", "axes" or "colorbar"): the same chirp, noise
+    and title drawn twice, every element on in the first, the distractor's elements off in the second (the
+    colour bar also moves the plot's right edge, as in the generator's figures)."""
+    if element not in COUNTERFACTUAL_ELEMENTS:
+        raise DataError(f"element must be one of {sorted(COUNTERFACTUAL_ELEMENTS)}, got {element!r}")
+    if n <= 0:
+        raise DataError(f"n must be positive, got {n}")
+    flags = {"title": True, "xlabel": True, "ylabel": True, "colorbar": True, "ticks": True}
+    off = {**flags, **dict.fromkeys(COUNTERFACTUAL_ELEMENTS[element], False)}
+    indices = range(start, start + n)
+    return (
+        [generate_chirp(i, seed, size=size, noise=noise, **flags) for i in indices],
+        [generate_chirp(i, seed, size=size, noise=noise, **off) for i in indices],
+    )

@@ -31,7 +31,6 @@ concurrent threads; on our 2-core CPUs 158-280 galaxies/s at 224 px depending on
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -57,6 +56,8 @@ from tqdm.auto import tqdm
 from vitmech.data._errors import DataError
 from vitmech.data._io import Box, ShardWriter, decode_image, encode_png, write_json
 from vitmech.data.gz2 import GZ2_CLASSES, gz2_features, gz2_votes_for
+from vitmech.errors import RuntimeSettingError
+from vitmech.threads import check_threads, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -500,37 +501,15 @@ def _render_group(
     return (*mix(), masks)
 
 
-Threads = int | None | str
+Threads = int | None
 
 
 def resolve_threads(n: Threads) -> int | None:
-    """``"auto"``: one thread when the 1-minute load average exceeds the CPU count (other jobs keep the
-    cores busy and spinning OpenMP threads stall: measured 4.7x slower on 2 threads than on 1 at load 5
-    on a 2-core machine), else torch's setting; an int: that many; None: torch's setting."""
-    if n == "auto":
-        try:
-            busy = os.getloadavg()[0] > (os.cpu_count() or 1)
-        except OSError:  # pragma: no cover - no load average on this platform
-            busy = False
-        return 1 if busy else None
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise DataError(f"num_threads must be a positive int, None or 'auto', got {n!r}")
-    return n
-
-
-@contextlib.contextmanager
-def torch_threads(n: Threads) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (see ``resolve_threads``), then restore the setting."""
-    n = resolve_threads(n)
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """The thread count of a ``num_threads=`` option: a positive int, or None (keep torch's setting)."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        return check_threads(n)
+    except RuntimeSettingError as err:
+        raise DataError(str(err)) from None
 
 
 RENDER_CHUNK = 48
@@ -546,25 +525,25 @@ def render_galaxies(
     flux_fraction: float = 0.8,
     arms_ridge: float = 0.25,
     return_linear: bool = False,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> GalaxyBatch:
     """Render galaxies (a pure function of ``params``). ``render_size`` (e.g. 424, like the gz2 JPEGs)
     renders larger and resizes to ``size`` (antialiased bilinear; masks by area share >= 0.5).
     ``noise=False`` skips the Poisson + sky noise (for tests). Labels index ``GALAXY_CLASSES`` (or
-    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads``: ``"auto"`` (one thread
-    while other jobs overload the CPU, else torch's setting), an int, or None (torch's setting).
+    ``ALL_CLASSES`` when a batch holds ``smooth_inbetween``). ``num_threads``: None (default) renders on
+    the caller's torch thread setting, untouched; an int asks for that many threads.
 
-    With several threads and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
+    With ``num_threads`` >= 2 and more than ``2 * RENDER_CHUNK`` galaxies, chunks of ``RENDER_CHUNK`` render
     concurrently, each on one torch thread (the GIL is released inside torch's ops): 1.3-1.5x the rate of
     torch's own intra-op threads on 2 cores, whose per-op overhead dominates these small elementwise ops.
     Results do not depend on the threads or the chunking (each image is a function of its own params).
     """
-    threads = resolve_threads(num_threads) or torch.get_num_threads()
+    threads = resolve_threads(num_threads)
 
     def render(chunk: Sequence[GalaxyParams]) -> GalaxyBatch:
         return _render(chunk, size, render_size, noise, flux_fraction, arms_ridge, return_linear)
 
-    if threads < 2 or len(params) < 2 * RENDER_CHUNK:
+    if threads is None or threads < 2 or len(params) < 2 * RENDER_CHUNK:
         with torch_threads(threads):
             return render(params)
     chunks = [params[i : i + RENDER_CHUNK] for i in range(0, len(params), RENDER_CHUNK)]
@@ -702,7 +681,7 @@ def generate_galaxies(
     noise: bool = True,
     flux_fraction: float = 0.8,
     return_linear: bool = False,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> GalaxyBatch:
     """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch.
     Deterministic: the same (seed, index) gives the same image whatever the batch it is rendered in."""
@@ -777,7 +756,7 @@ def write_galaxy_dataset(
     shard_size: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
-    num_threads: Threads = "auto",
+    num_threads: Threads = None,
 ) -> Path:
     """Write ``n`` synthetic galaxies in the gz2 schema (+ packed masks, boxes, params) as hub-style parquet
     shards ``data/train-*.parquet`` and ``data/test-*.parquet`` (PNG images), readable by ``load_gz2``.
@@ -874,4 +853,48 @@ __all__ = [
     "write_galaxy_dataset",
     "pack_masks",
     "unpack_masks",
+    "COUNTERFACTUAL_FEATURES",
+    "without_feature",
+    "galaxy_counterfactual_pairs",
 ]
+
+
+# ----------------------------------------------------------------------------------------- counterfactual pairs
+
+COUNTERFACTUAL_FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bar": ("bar_amp", ("barred_spiral",)),
+    "arms": ("arms_amp", ("unbarred_spiral", "barred_spiral")),
+    "bulge": ("bulge_amp", ("unbarred_spiral", "barred_spiral", "featured_without_bar_or_spiral", "edge_on_disk")),
+}
+"""Feature -> (the amplitude set to 0 to remove it, the classes drawn because they carry it)."""
+
+_RELABEL = {("bar", "barred_spiral"): "unbarred_spiral", ("arms", "unbarred_spiral"): "featured_without_bar_or_spiral"}
+
+
+def without_feature(params: GalaxyParams, feature: str) -> GalaxyParams:
+    """The same galaxy (same noise, shape, colours) without one feature: its amplitude set to 0, the class
+    renamed where the feature defines it (a barred spiral without its bar is an unbarred spiral)."""
+    if feature not in COUNTERFACTUAL_FEATURES:
+        raise DataError(f"feature must be one of {sorted(COUNTERFACTUAL_FEATURES)}, got {feature!r}")
+    amplitude, _ = COUNTERFACTUAL_FEATURES[feature]
+    cls = _RELABEL.get((feature, params.cls), params.cls)
+    changes: dict[str, Any] = {amplitude: 0.0, "cls": cls}
+    return dataclasses.replace(params, **changes)
+
+
+def galaxy_counterfactual_pairs(
+    n: int, seed: int = 0, feature: str = "bar", *, size: int = 224, noise: bool = True, start: int = 0
+) -> tuple[GalaxyBatch, GalaxyBatch]:
+    """n matched pairs (with, without) `feature` ("bar", "arms" or "bulge"): images ``start ..`` of the seeded
+    stream restricted to the classes that carry the feature, rendered twice from the same parameters with only
+    that feature's amplitude set to 0 in the second. The first batch's ``masks[feature]`` is where they differ
+    before the PSF (and, with noise, the Poisson noise of the changed light)."""
+    if feature not in COUNTERFACTUAL_FEATURES:
+        raise DataError(f"feature must be one of {sorted(COUNTERFACTUAL_FEATURES)}, got {feature!r}")
+    if n <= 0:
+        raise DataError(f"n must be positive, got {n}")
+    _, classes = COUNTERFACTUAL_FEATURES[feature]
+    params = sample_galaxies(n, seed, start=start, classes=classes)
+    with_feature = render_galaxies(params, size=size, noise=noise)
+    without = render_galaxies([without_feature(p, feature) for p in params], size=size, noise=noise)
+    return with_feature, without

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import torch
 
+from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError, UnknownModelError
 from vitmech.loading._state import load_strict
-from vitmech.model.hooked_vit import HookedViT
+from vitmech.loading.families.base import Converted
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,16 @@ def infer_timm_arch(state: dict[str, torch.Tensor]) -> str:
     return name
 
 
-def _timm_from_state(state: dict[str, torch.Tensor], arch: str | None) -> HookedViT:
+def _timm_from_state(state: dict[str, torch.Tensor], arch: str | None) -> Converted:
     import timm
 
-    from vitmech.loading.timm import hooked_vit_from_timm
+    from vitmech.loading.timm import convert_timm
 
     arch = arch or infer_timm_arch(state)
     n_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
     load_strict(model, state, f"timm checkpoint for {arch!r}")
-    return hooked_vit_from_timm(model.eval())
+    return convert_timm(model.eval())
 
 
 def _hf_config_for(state: dict[str, torch.Tensor], hf_config: Any, near: Path) -> Any:
@@ -140,11 +141,11 @@ def _hf_config_for(state: dict[str, torch.Tensor], hf_config: Any, near: Path) -
     return config
 
 
-def _hf_from_state(path: Path, state: dict[str, torch.Tensor], hf_config: Any) -> HookedViT:
+def _hf_from_state(path: Path, state: dict[str, torch.Tensor], hf_config: Any) -> Converted:
     """Build the HF model through transformers' own from_pretrained (which also renames old key layouts)."""
     from safetensors.torch import save_file
 
-    from vitmech.loading.hf import hooked_vit_from_hf
+    from vitmech.loading.hf import convert_hf
 
     config = _hf_config_for(state, hf_config, path)
     if not any(k.startswith("vit.") for k in state) and config.num_labels:
@@ -152,17 +153,17 @@ def _hf_from_state(path: Path, state: dict[str, torch.Tensor], hf_config: Any) -
     with tempfile.TemporaryDirectory(prefix="vitmech_hf_") as tmp:
         config.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"))
-        return hooked_vit_from_hf(tmp)
+        return convert_hf(tmp)
 
 
-def hooked_vit_from_checkpoint(
+def convert_checkpoint(
     path: str | Path,
     *,
     arch: str | None = None,
     hf_config: Any = None,
     format: Format | None = None,
     config: Any = None,
-) -> HookedViT:
+) -> Converted:
     """Load a local weight file.
 
     Args:
@@ -173,7 +174,7 @@ def hooked_vit_from_checkpoint(
         format: force "timm", "hf" or "vitmech" instead of detecting it from the keys.
         config: the `vitmech.ViTConfig` of a bare HookedViT state dict (torch.save(model.state_dict())).
     """
-    from vitmech.loading.hf import hooked_vit_from_hf
+    from vitmech.loading.hf import convert_hf
     from vitmech.loading.native import is_native_dir, load_native, read_native_metadata
 
     path = Path(path)
@@ -181,7 +182,7 @@ def hooked_vit_from_checkpoint(
         if is_native_dir(path):
             return load_native(path)
         if (path / "config.json").is_file():
-            return hooked_vit_from_hf(path)
+            return convert_hf(path)
         raise FileNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
     if path.suffix == ".safetensors" and read_native_metadata(path) is not None:
         return load_native(path)
@@ -195,6 +196,13 @@ def hooked_vit_from_checkpoint(
         raise CheckpointMismatchError(
             f"{path} holds bare HookedViT weights: pass config=ViTConfig(...), or save with model.save_pretrained(dir)"
         )
-    model = HookedViT(config, initialize=False)
-    load_strict(model, state, f"HookedViT checkpoint {path}")
-    return model.eval()
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"config must be a vitmech.ViTConfig, got {type(config).__name__}")
+    from vitmech.preprocessing import Preprocessing
+
+    return Converted(
+        config=config,
+        state_dict=state,
+        preprocessing=Preprocessing(image_size=config.image_size, source="vitmech default"),
+        source=f"HookedViT checkpoint {path}",
+    )

@@ -1,25 +1,31 @@
-"""HookedViT -> timm / HuggingFace state dicts and models (the inverse of the converters; exact)."""
+"""HookedViT -> timm / HuggingFace state dicts and models: the families' key maps read backwards (exact).
+
+Works on any module with `cfg`, `state_dict()` and `class_names` (a HookedViT) without importing it.
+`export_state_dict(model, family, source_keys)` covers every family; `to_timm` / `to_hf` also build the
+target model (timm: every timm VisionTransformer option vitmech represents; HF: plain ViT).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import partial
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
+from vitmech.config import ViTConfig
 from vitmech.errors import UnsupportedModelError
 from vitmech.loading._state import load_strict
-from vitmech.loading.hf import LAYER_KEYS, LAYER_PREFIX, VITMECH_TO_HF_ACT, detect_layout
-from vitmech.model.hooked_vit import HookedViT
+from vitmech.loading.families import Family, by_name, export, hf_vit, timm_vit
+from vitmech.loading.families.base import ViTModelLike
+from vitmech.loading.families.hf_vit import LAYER_PREFIX, VITMECH_TO_HF_ACT, detect_layout
 
 
-def _check_standard_widths(model: HookedViT, target: str) -> None:
-    cfg = model.cfg
+def _check_standard_widths(cfg: ViTConfig, target: str) -> None:
     if not cfg.uniform_heads:
         raise UnsupportedModelError(
-            f"{target} needs the same number of heads in every layer; this model has {[cfg.heads_in_layer(i) for i in range(cfg.n_layers)]}"
+            f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer or [])}"
         )
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         raise UnsupportedModelError(
@@ -38,36 +44,25 @@ def _fit_to_target(state: dict[str, torch.Tensor], target: nn.Module, what: str)
     return {k: v for k, v in state.items() if k not in absent}
 
 
-def timm_state_dict(model: HookedViT) -> dict[str, torch.Tensor]:
+def _state(model: ViTModelLike) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def export_state_dict(
+    model: ViTModelLike, family: Family | str, source_keys: Collection[str] = (), complete: bool = True
+) -> dict[str, torch.Tensor]:
+    """The model's weights in a family's source layout. source_keys (e.g. the target model's state-dict keys)
+    pick a layout variant where the family has several (transformers 4 / 5 names, a classifier prefix); when
+    `complete` (they are all of the target's keys), zero optional parameters the target lacks are left out."""
+    fam = by_name(family) if isinstance(family, str) else family
+    return export(fam, model.cfg, _state(model), source_keys, complete)
+
+
+# ---------------------------------------------------------------------------------------------- timm
+def timm_state_dict(model: ViTModelLike) -> dict[str, torch.Tensor]:
     """State dict of the equivalent timm VisionTransformer (loads strictly into `to_timm`'s model)."""
-    cfg = model.cfg
-    _check_standard_widths(model, "timm")
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    p = cfg.patch_size
-    out: dict[str, torch.Tensor] = {
-        "cls_token": sd["cls_token.W_cls"].reshape(1, 1, -1),
-        "pos_embed": sd["pos_embed.W_pos"][None],
-        "patch_embed.proj.weight": rearrange(sd["embed.W_E"], "(c p1 p2) d -> d c p1 p2", p1=p, p2=p),
-        "patch_embed.proj.bias": sd["embed.b_E"],
-    }
-    if cfg.pre_norm:
-        out["norm_pre.weight"], out["norm_pre.bias"] = sd["ln_pre.w"], sd["ln_pre.b"]
-    for layer in range(cfg.n_layers):
-        src, dst = f"blocks.{layer}.", f"blocks.{layer}."
-        w = torch.stack([sd[f"{src}attn.W_{n}"] for n in "QKV"])
-        out[dst + "attn.qkv.weight"] = rearrange(w, "three h d e -> (three h e) d")
-        b = torch.stack([sd[f"{src}attn.b_{n}"] for n in "QKV"])
-        out[dst + "attn.qkv.bias"] = rearrange(b, "three h e -> (three h e)")
-        out[dst + "attn.proj.weight"] = rearrange(sd[src + "attn.W_O"], "h e m -> m (h e)")
-        out[dst + "attn.proj.bias"] = sd[src + "attn.b_O"]
-        out[dst + "norm1.weight"], out[dst + "norm1.bias"] = sd[src + "ln1.w"], sd[src + "ln1.b"]
-        out[dst + "norm2.weight"], out[dst + "norm2.bias"] = sd[src + "ln2.w"], sd[src + "ln2.b"]
-        out[dst + "mlp.fc1.weight"], out[dst + "mlp.fc1.bias"] = sd[src + "mlp.W_in"].T, sd[src + "mlp.b_in"]
-        out[dst + "mlp.fc2.weight"], out[dst + "mlp.fc2.bias"] = sd[src + "mlp.W_out"].T, sd[src + "mlp.b_out"]
-    out["norm.weight"], out["norm.bias"] = sd["ln_final.w"], sd["ln_final.b"]
-    if cfg.has_classifier:
-        out["head.weight"], out["head.bias"] = sd["head.W_H"].T, sd["head.b_H"]
-    return {k: v.contiguous().clone() for k, v in out.items()}
+    _check_standard_widths(model.cfg, "timm")
+    return export_state_dict(model, timm_vit.FAMILY)
 
 
 def _timm_act_layer(act_fn: str) -> Any:
@@ -78,46 +73,92 @@ def _timm_act_layer(act_fn: str) -> Any:
         "gelu_tanh": partial(nn.GELU, approximate="tanh"),
         "quick_gelu": QuickGELU,
         "relu": nn.ReLU,
+        "silu": nn.SiLU,
     }[act_fn]
 
 
-def to_timm(model: HookedViT) -> nn.Module:
-    """A timm VisionTransformer with this model's weights, built from its config (no model name needed)."""
-    from timm.models.vision_transformer import VisionTransformer
+def timm_kwargs(cfg: ViTConfig) -> dict[str, Any]:
+    """timm VisionTransformer constructor arguments for this architecture (refuses what timm cannot build)."""
+    from timm.layers import SwiGLUPacked
 
-    cfg = model.cfg
-    _check_standard_widths(model, "timm")
-    timm_model = VisionTransformer(
-        img_size=cfg.image_size,
+    _check_standard_widths(cfg, "timm")
+    if cfg.pos_embed_prefix not in (None, 0):
+        raise UnsupportedModelError(
+            f"timm gives position embeddings to all prefix tokens or none; this model gives them to {cfg.pos_embed_prefix}"
+        )
+    if cfg.projection_dim:
+        raise UnsupportedModelError("timm VisionTransformer has no bias-free projection (projection_dim)")
+    return dict(
+        img_size=cfg.stored_pos_grid * cfg.patch_size,
         patch_size=cfg.patch_size,
         in_chans=cfg.n_channels,
         num_classes=cfg.n_classes,
-        global_pool="token",
+        global_pool={"cls": "token", "avg": "avg", "map": "map", "none": ""}[cfg.pool],
         embed_dim=cfg.d_model,
         depth=cfg.n_layers,
         num_heads=cfg.n_heads,
-        mlp_ratio=cfg.d_mlp / cfg.d_model,
+        mlp_ratio=(2 if cfg.gated_mlp else 1) * cfg.d_mlp / cfg.d_model,
         qkv_bias=cfg.qkv_bias,
-        class_token=True,
+        qk_norm=cfg.qk_norm,
+        init_values=1.0 if cfg.layer_scale else None,
+        class_token=cfg.class_token,
+        pos_embed="learn" if cfg.pos_embed else "none",
+        no_embed_class=cfg.pos_embed_prefix == 0,
+        reg_tokens=cfg.n_register_tokens,
         pre_norm=cfg.pre_norm,
+        final_norm=cfg.final_norm != "none",
+        fc_norm=cfg.final_norm == "pooled",
+        dynamic_img_size=cfg.pos_grid is not None,
         norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps),
         act_layer=_timm_act_layer(cfg.act_fn),
+        **({"mlp_layer": SwiGLUPacked} if cfg.gated_mlp else {}),
     )
-    if timm_model.state_dict()["blocks.0.mlp.fc1.weight"].shape[0] != cfg.d_mlp:
+
+
+def to_timm(model: ViTModelLike) -> nn.Module:
+    """A timm VisionTransformer (VisionTransformerDistilled for DeiT) with this model's weights, built from its
+    config (no model name needed)."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    cfg = model.cfg
+    cls = VisionTransformerDistilled if cfg.distill_token else VisionTransformer
+    timm_model = cls(**timm_kwargs(cfg))
+    if timm_vit.config(timm_model).d_mlp != cfg.d_mlp:
         raise UnsupportedModelError(f"timm rounds mlp_ratio to a hidden width other than d_mlp={cfg.d_mlp}")
     state = _fit_to_target(timm_state_dict(model), timm_model, "the timm model")
     load_strict(timm_model, state, "exported timm weights")
     return timm_model.to(device=model.device, dtype=model.dtype).eval()
 
 
-def hf_config(model: HookedViT) -> Any:
+# ---------------------------------------------------------------------------------------------- HuggingFace ViT
+def _check_plain_vit(cfg: ViTConfig) -> None:
+    _check_standard_widths(cfg, "HuggingFace ViT")
+    if cfg.pre_norm:
+        raise UnsupportedModelError("HuggingFace ViT has no pre-norm (ln_pre); export this model to timm instead")
+    plain = ViTConfig(**{**cfg.to_dict(), **{f.name: f.default for f in _FEATURE_FIELDS}})
+    if plain != cfg:
+        changed = [f.name for f in _FEATURE_FIELDS if getattr(cfg, f.name) != f.default]
+        raise UnsupportedModelError(f"HuggingFace ViT cannot hold {changed}; export with export_state_dict or to_timm")
+
+
+def _feature_fields() -> list[Any]:
+    import dataclasses
+
+    names = ("distill_token", "n_register_tokens", "pos_embed", "pos_embed_prefix", "layer_scale", "gated_mlp",
+             "qk_norm", "pool", "final_norm", "projection_dim", "class_token")  # fmt: skip
+    return [f for f in dataclasses.fields(ViTConfig) if f.name in names]
+
+
+_FEATURE_FIELDS = _feature_fields()
+
+
+def hf_config(model: ViTModelLike) -> Any:
     """The transformers ViTConfig describing this model."""
     from transformers import ViTConfig as HFViTConfig
 
     cfg = model.cfg
-    _check_standard_widths(model, "HuggingFace ViT")
-    if cfg.pre_norm:
-        raise UnsupportedModelError("HuggingFace ViT has no pre-norm (ln_pre); export this model to timm instead")
+    _check_plain_vit(cfg)
     names = model.class_names or [f"LABEL_{i}" for i in range(cfg.n_classes)]
     return HFViTConfig(
         hidden_size=cfg.d_model,
@@ -136,48 +177,21 @@ def hf_config(model: HookedViT) -> Any:
     )
 
 
-def hf_state_dict(model: HookedViT, layout: str | None = None) -> dict[str, torch.Tensor]:
+def _layout_keys(layout: str, classifier: bool) -> list[str]:
+    """Representative source keys that make the HF key map pick `layout` (and the 'vit.' prefix)."""
+    prefix = "vit." if classifier else ""
+    return [prefix + "embeddings.cls_token", prefix + LAYER_PREFIX[layout].format(0)]
+
+
+def hf_state_dict(model: ViTModelLike, layout: str | None = None) -> dict[str, torch.Tensor]:
     """State dict for HF ViTForImageClassification (or ViTModel without pooler when there is no head).
 
     layout: "v4" (transformers 4.x key names) or "v5"; default: that of the installed transformers.
     """
     cfg = model.cfg
-    _check_standard_widths(model, "HuggingFace ViT")
-    if layout is None:
-        layout = _installed_layout()
-    names, prefix = LAYER_KEYS[layout], LAYER_PREFIX[layout]
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    p = cfg.patch_size
-    out: dict[str, torch.Tensor] = {
-        "embeddings.cls_token": sd["cls_token.W_cls"].reshape(1, 1, -1),
-        "embeddings.position_embeddings": sd["pos_embed.W_pos"][None],
-        "embeddings.patch_embeddings.projection.weight": rearrange(
-            sd["embed.W_E"], "(c p1 p2) d -> d c p1 p2", p1=p, p2=p
-        ),
-        "embeddings.patch_embeddings.projection.bias": sd["embed.b_E"],
-    }
-    for layer in range(cfg.n_layers):
-        src, dst = f"blocks.{layer}.", prefix.format(layer)
-        for proj, name in (("q", "Q"), ("k", "K"), ("v", "V")):
-            out[f"{dst}{names[proj]}.weight"] = rearrange(sd[f"{src}attn.W_{name}"], "h d e -> (h e) d")
-            out[f"{dst}{names[proj]}.bias"] = rearrange(sd[f"{src}attn.b_{name}"], "h e -> (h e)")
-        out[f"{dst}{names['o']}.weight"] = rearrange(sd[src + "attn.W_O"], "h e m -> m (h e)")
-        out[f"{dst}{names['o']}.bias"] = sd[src + "attn.b_O"]
-        for ln in ("ln1", "ln2"):
-            out[f"{dst}{names[ln]}.weight"], out[f"{dst}{names[ln]}.bias"] = sd[f"{src}{ln}.w"], sd[f"{src}{ln}.b"]
-        out[f"{dst}{names['fc1']}.weight"], out[f"{dst}{names['fc1']}.bias"] = (
-            sd[src + "mlp.W_in"].T,
-            sd[src + "mlp.b_in"],
-        )
-        out[f"{dst}{names['fc2']}.weight"], out[f"{dst}{names['fc2']}.bias"] = (
-            sd[src + "mlp.W_out"].T,
-            sd[src + "mlp.b_out"],
-        )
-    out["layernorm.weight"], out["layernorm.bias"] = sd["ln_final.w"], sd["ln_final.b"]
-    if cfg.has_classifier:
-        out = {f"vit.{k}": v for k, v in out.items()}
-        out["classifier.weight"], out["classifier.bias"] = sd["head.W_H"].T, sd["head.b_H"]
-    return {k: v.contiguous().clone() for k, v in out.items()}
+    _check_plain_vit(cfg)
+    keys = _layout_keys(layout or _installed_layout(), cfg.has_classifier)
+    return export_state_dict(model, hf_vit.FAMILY, keys, complete=False)
 
 
 def _installed_layout() -> str:
@@ -193,7 +207,7 @@ def _installed_layout() -> str:
     return detect_layout(tiny.state_dict().keys())
 
 
-def to_hf(model: HookedViT) -> nn.Module:
+def to_hf(model: ViTModelLike) -> nn.Module:
     """A transformers ViTForImageClassification (ViTModel without pooler if headless) with these weights."""
     from transformers import ViTForImageClassification, ViTModel
 
@@ -202,11 +216,7 @@ def to_hf(model: HookedViT) -> nn.Module:
     hf_model = (
         ViTForImageClassification(config) if model.cfg.has_classifier else ViTModel(config, add_pooling_layer=False)
     )
-    state = hf_state_dict(model, detect_layout(_strip_vit(hf_model.state_dict().keys())))
+    state = export_state_dict(model, hf_vit.FAMILY, list(hf_model.state_dict()))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
     # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the bound self
     return hf_model.to(device=model.device, dtype=model.dtype).eval()  # type: ignore[call-arg]
-
-
-def _strip_vit(keys: Any) -> list[str]:
-    return [k[4:] if k.startswith("vit.") else k for k in keys]

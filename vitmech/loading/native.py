@@ -15,8 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError
-from vitmech.loading._state import load_strict
-from vitmech.model.hooked_vit import HookedViT
+from vitmech.loading.families.base import Converted, ViTModelLike
 from vitmech.preprocessing import Preprocessing
 
 FORMAT = "vitmech"
@@ -24,7 +23,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def describe(model: HookedViT, card: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe(model: ViTModelLike, card: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": 1,
@@ -35,7 +34,7 @@ def describe(model: HookedViT, card: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-def save_native(model: HookedViT, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+def save_native(model: ViTModelLike, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
     """Write the model to `directory` (created); returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,19 +62,21 @@ def read_native_metadata(weights_file: Path) -> dict[str, Any] | None:
     return json.loads(meta["vitmech"]) if "vitmech" in meta else None
 
 
-def model_from_description(meta: dict[str, Any]) -> HookedViT:
+def converted_from_description(meta: dict[str, Any], state: dict[str, Any], what: str) -> Converted:
     if meta.get("format") != FORMAT:
         raise CheckpointMismatchError(f"not a vitmech description (format={meta.get('format')!r})")
-    return HookedViT(
-        ViTConfig.from_dict(meta["config"]),
+    return Converted(
+        config=ViTConfig.from_dict(meta["config"]),
+        state_dict=state,
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
         class_names=meta.get("class_names"),
-        initialize=False,
+        card=meta.get("card", {}) or {},
+        source=what,
     )
 
 
-def load_native(path: str | Path) -> HookedViT:
-    """Load from a vitmech directory or a vitmech .safetensors file."""
+def load_native(path: str | Path) -> Converted:
+    """Read a vitmech directory or a vitmech .safetensors file (`HookedViT.from_converted` builds the model)."""
     path = Path(path)
     if path.is_dir():
         meta = json.loads((path / CONFIG_NAME).read_text())
@@ -85,7 +86,4 @@ def load_native(path: str | Path) -> HookedViT:
         meta = read_native_metadata(path)
         if meta is None:
             raise CheckpointMismatchError(f"{path} carries no vitmech metadata; pass the architecture explicitly")
-    model = model_from_description(meta)
-    load_strict(model, load_file(str(weights)), f"vitmech checkpoint {path}")
-    model.card = meta.get("card", {})
-    return model.eval()
+    return converted_from_description(meta, load_file(str(weights)), f"vitmech checkpoint {path}")

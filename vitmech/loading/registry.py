@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitmech.errors import UnknownModelError
-from vitmech.model.hooked_vit import HookedViT
+from vitmech.loading.families.base import Converted
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +70,14 @@ def check_timm_name(name: str) -> None:
         raise unknown_model(name)
 
 
-def load_pretrained(name: str, **kwargs: Any) -> HookedViT:
+def load_pretrained(name: str, **kwargs: Any) -> Converted:
     """Resolve `name` in this order: shipped vitmech model, local path, timm name, HF hub id."""
     import timm
 
-    from vitmech.loading.checkpoint import hooked_vit_from_checkpoint
-    from vitmech.loading.hf import hooked_vit_from_hf
+    from vitmech.loading.checkpoint import convert_checkpoint
+    from vitmech.loading.hf import convert_hf
     from vitmech.loading.native import load_native
-    from vitmech.loading.timm import hooked_vit_from_timm
+    from vitmech.loading.timm import convert_timm
 
     zoo = zoo_models()
     if name in zoo:
@@ -86,9 +86,9 @@ def load_pretrained(name: str, **kwargs: Any) -> HookedViT:
         raise unknown_model(name)
     path = Path(name).expanduser()
     if path.exists():
-        return hooked_vit_from_checkpoint(path, **kwargs)
+        return convert_checkpoint(path, **kwargs)
     if name.startswith(("hf-hub:", "hf_hub:", "timm/")) or timm.is_model(name):
-        return hooked_vit_from_timm(name, **kwargs)
+        return convert_timm(name, **kwargs)
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return hooked_vit_from_hf(name, **kwargs)
+        return convert_hf(name, **kwargs)
     raise unknown_model(name)

@@ -1,18 +1,25 @@
 """Multi-head self-attention with per-head weights in TransformerLens layout.
 
 W_Q, W_K, W_V [H, d_model, d_head]; b_Q, b_K, b_V [H, d_head]; W_O [H, d_head, d_model]; b_O [d_model].
-Hooks: hook_q/k/v and hook_z [B, P, H, d_head]; hook_attn_scores and hook_pattern [B, H, P_q, P_k];
-hook_result [B, P, H, d_model] (each head's output before the sum over heads, computed only when hooked).
+Optional parts, chosen by the config: `q_norm` / `k_norm` (LayerNorm over d_head, qk-norm), `ls`
+(LayerScale on the output, so each head's `hook_result` is what it writes to the residual stream).
+Hooks: hook_q/k (after qk-norm), hook_v and hook_z [B, P, H, d_head]; hook_attn_scores and hook_pattern
+[B, H, P_q, P_k]; hook_result [B, P, H, d_model] (each head's write before the sum over heads, computed
+only when hooked).
 
 Two paths give the same numbers (to ~1e-6): the fused `scaled_dot_product_attention`, used when
 nothing needs the scores or the pattern, and the explicit softmax, used when hook_attn_scores or
 hook_pattern is hooked (caching, pattern edits, gradients w.r.t. the pattern) or when
 `force_explicit` is set.
+
+The maths lives in hook-free steps (`qkv`, `transform_qk`, `context`, `write`) that `forward` chains
+with hook points between them; the exact ablation engine calls the same steps, so both run one definition.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +29,23 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from vitmech.model._hooks import is_hooked
+from vitmech.model.layer_norm import LayerNorm
+from vitmech.model.layer_scale import LayerScale
+
+Heads = Float[torch.Tensor, "batch pos head d_head"]
 
 
 class Attention(nn.Module):
-    def __init__(self, n_heads: int, d_model: int, d_head: int) -> None:
+    def __init__(
+        self,
+        n_heads: int,
+        d_model: int,
+        d_head: int,
+        *,
+        qk_norm: bool = False,
+        layer_scale: bool = False,
+        ln_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.d_head = d_head
@@ -37,6 +57,9 @@ class Attention(nn.Module):
         self.b_K = nn.Parameter(torch.zeros(n_heads, d_head))
         self.b_V = nn.Parameter(torch.zeros(n_heads, d_head))
         self.b_O = nn.Parameter(torch.zeros(d_model))
+        self.q_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
+        self.k_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
+        self.ls = LayerScale(d_model) if layer_scale else None
         self.force_explicit = False
 
         self.hook_q = HookPoint()
@@ -52,9 +75,13 @@ class Attention(nn.Module):
         """Score scale 1 / sqrt(d_head)."""
         return 1.0 / math.sqrt(self.d_head)
 
-    def qkv(
-        self, x: Float[torch.Tensor, "batch pos d_model"]
-    ) -> tuple[Float[torch.Tensor, "batch pos head d_head"], ...]:
+    @property
+    def W_O_write(self) -> Float[torch.Tensor, "head d_head d_model"]:
+        """Each head's map from z to the residual stream: W_O, times the LayerScale gain when there is one."""
+        return self.W_O if self.ls is None else self.W_O * self.ls.gamma
+
+    # ------------------------------------------------------------------ hook-free steps
+    def qkv(self, x: Float[torch.Tensor, "batch pos d_model"]) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values from one fused matmul; returned as views [B, P, H, d_head]."""
         w = rearrange(torch.cat([self.W_Q, self.W_K, self.W_V]), "h d e -> d (h e)")
         b = torch.cat([self.b_Q, self.b_K, self.b_V]).flatten()
@@ -62,13 +89,61 @@ class Attention(nn.Module):
         qkv = rearrange(qkv, "b p (h e) -> b p h e", e=self.d_head)
         return qkv.split(self.n_heads, dim=2)
 
+    def transform_qk(self, q: Heads, k: Heads) -> tuple[Heads, Heads]:
+        """qk-norm (when configured): what the scores are computed from."""
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k
+
+    def scores(self, q: Heads, k: Heads) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
+        return einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor
+
+    def context(self, q: Heads, k: Heads, v: Heads) -> Heads:
+        """z = softmax(q k^T / sqrt(d_head)) v through the fused kernel, [B, P_q, H, d_head]."""
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return z.transpose(1, 2)
+
+    def write(self, z: Heads) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The sublayer output: sum_h z_h @ W_O[h] + b_O (times the LayerScale gain)."""
+        z_flat = rearrange(z, "b p h e -> b p (h e)")
+        out = F.linear(z_flat, rearrange(self.W_O, "h e d -> (h e) d").T, self.b_O)
+        return out if self.ls is None else self.ls(out)
+
+    def head_results(self, z: Heads) -> Float[torch.Tensor, "batch pos head d_model"]:
+        """Each head's write to the residual stream (without b_O)."""
+        return einsum(z, self.W_O_write, "b p h e, h e d -> b p h d")
+
+    def output_bias(self) -> Float[torch.Tensor, " d_model"]:
+        return self.b_O if self.ls is None else self.ls(self.b_O)
+
+    def pure(
+        self,
+        x: Float[torch.Tensor, "batch pos d_model"],
+        queries: slice | None = None,
+        edit_z: Callable[[Heads, Heads], Heads] | None = None,
+    ) -> Float[torch.Tensor, "batch q_pos d_model"]:
+        """The sublayer without hook points: the output at query positions `queries` (all by default);
+        edit_z(z, v) may replace z (the ablation engine's interventions)."""
+        if self.n_heads == 0:  # every head pruned: only b_O is left
+            x = x if queries is None else x[:, queries]
+            return torch.zeros_like(x) + self.output_bias()
+        q, k, v = self.qkv(x)
+        q, k = self.transform_qk(q, k)
+        if queries is not None:
+            q = q[:, queries]
+        z = self.context(q, k, v)
+        if edit_z is not None:
+            z = edit_z(z, v)
+        return self.write(z)
+
+    # ------------------------------------------------------------------ hooked forward
     def needs_explicit_pattern(self) -> bool:
         return self.force_explicit or is_hooked(self.hook_attn_scores, self.hook_pattern)
 
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         if self.n_heads == 0:  # every head pruned: only b_O is left; hook_z still fires (empty) for caches
             self.hook_z(x.new_zeros(*x.shape[:2], 0, self.d_head))
-            return torch.zeros_like(x) + self.b_O
+            return torch.zeros_like(x) + self.output_bias()
         return self.attend(*self.qkv(x))
 
     def forward_per_head(
@@ -84,25 +159,17 @@ class Attention(nn.Module):
         v = einsum(v_input, self.W_V, "b p h d, h d e -> b p h e") + self.b_V
         return self.attend(q, k, v)
 
-    def attend(
-        self,
-        q: Float[torch.Tensor, "batch pos head d_head"],
-        k: Float[torch.Tensor, "batch pos head d_head"],
-        v: Float[torch.Tensor, "batch pos head d_head"],
-    ) -> Float[torch.Tensor, "batch pos d_model"]:
-        """Everything after the projections: hook_q/k/v, the pattern, hook_z and the output map."""
+    def attend(self, q: Heads, k: Heads, v: Heads) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Everything after the projections: qk-norm, hook_q/k/v, the pattern, hook_z and the output map."""
+        q, k = self.transform_qk(q, k)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.needs_explicit_pattern():
-            scores = einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor
-            scores = self.hook_attn_scores(scores)
+            scores = self.hook_attn_scores(self.scores(q, k))
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
             z = einsum(pattern, v, "b h q k, b k h e -> b q h e")
         else:
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            z = z.transpose(1, 2)
+            z = self.context(q, k, v)
         z = self.hook_z(z)
         if is_hooked(self.hook_result):
-            result = self.hook_result(einsum(z, self.W_O, "b p h e, h e d -> b p h d"))
-            return result.sum(dim=2) + self.b_O
-        z_flat = rearrange(z, "b p h e -> b p (h e)")
-        return F.linear(z_flat, rearrange(self.W_O, "h e d -> (h e) d").T, self.b_O)
+            return self.hook_result(self.head_results(z)).sum(dim=2) + self.output_bias()
+        return self.write(z)

@@ -1,4 +1,4 @@
-"""The classifier head on the final-normalised CLS token: logits = cls @ W_H + b_H."""
+"""Output maps on the pooled vector: the classifier (logits = x @ W_H + b_H) and a bias-free projection."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ class ClassifierHead(nn.Module):
 
     def forward(self, cls_features: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch n_classes"]:
         return self.hook_logits(F.linear(cls_features, self.W_H.T, self.b_H))
+
+
+class Projection(nn.Module):
+    """W_proj [d_model, d_proj] without bias (CLIP's image projection); `hook_embeddings` sees [B, d_proj]."""
+
+    def __init__(self, d_model: int, d_proj: int) -> None:
+        super().__init__()
+        self.W_proj = nn.Parameter(torch.zeros(d_model, d_proj))
+        self.hook_embeddings = HookPoint()
+
+    def forward(self, pooled: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_proj"]:
+        return self.hook_embeddings(pooled @ self.W_proj)

@@ -1,19 +1,22 @@
-"""HookedViT: one hooked representation of a class-token Vision Transformer.
+"""HookedViT: one hooked representation of a Vision Transformer, its optional parts chosen by the config.
 
-Flow of one forward pass (hook names in brackets; P = 1 + N tokens, CLS at position 0):
+Flow of one forward pass (hook names in brackets; P = n_prefix + N tokens, `vitmech.tokens` says where):
 
     images [B, C, S, S]
-      -> embed (patches @ W_E + b_E)                   [B, N, d]
-      -> cls_token prepended                             [hook_embed]      [B, P, d]
-      -> + pos_embed.W_pos                               [hook_pos_embed]  [B, P, d]
-      -> sum                                             [hook_full_embed] [B, P, d]
-      -> ln_pre (pre-norm models only)                   [hook_ln_pre]
-      -> blocks.0 ... blocks.{L-1}                       [blocks.l.*]
-      -> ln_final on every token                         [ln_final.*]
-      -> head on the CLS token                           [head.hook_logits] [B, n_classes]
+      -> embed (patches @ W_E + b_E)                      [B, N, d]
+      -> prefix tokens prepended (class, distillation, registers)  [hook_embed]      [B, P, d]
+      -> + position embeddings (zero where a token has none)       [hook_pos_embed]  [B, P, d]
+      -> sum                                                        [hook_full_embed] [B, P, d]
+      -> ln_pre (pre-norm models only)                      [hook_ln_pre]
+      -> blocks.0 ... blocks.{L-1}                          [blocks.l.*]
+      -> ln_final on every token (final_norm="tokens")      [ln_final.*]
+      -> pool: class token / mean of patches / attention pool   [hook_pooled] [B, d]
+      -> fc_norm (final_norm="pooled")                      [fc_norm.*]
+      -> head (and head_dist, averaged, for DeiT)           [head.hook_logits] [B, n_classes]
+         or projection                                      [proj.hook_embeddings] [B, d_proj]
 
-`hook_embed + hook_pos_embed == hook_full_embed` (the token embeddings include the CLS
-token, so that transformer_lens' `decompose_resid` sums to the residual stream).
+`hook_embed + hook_pos_embed == hook_full_embed` (the token embeddings include the prefix tokens,
+so that transformer_lens' `decompose_resid` sums to the residual stream).
 """
 
 from __future__ import annotations
@@ -31,17 +34,22 @@ from transformer_lens.hook_points import HookPoint
 from vitmech.config import ViTConfig
 from vitmech.errors import ImageInputError
 from vitmech.model.block import BlockList, TransformerBlock
-from vitmech.model.embed import ClassToken, PatchEmbed, PosEmbed
-from vitmech.model.head import ClassifierHead
+from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
+from vitmech.model.head import ClassifierHead, Projection
 from vitmech.model.layer_norm import LayerNorm
+from vitmech.model.pool import AttentionPool, TokenPool
 from vitmech.preprocessing import ImageLike, Preprocessing, preprocess
+from vitmech.tokens import token_layout
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from vitmech.loading.families.base import Converted
+
 logger = logging.getLogger(__name__)
 
-ReturnType = Literal["auto", "logits", "features", "tokens"] | None
+ReturnType = Literal["auto", "logits", "features", "embeddings", "tokens"] | None
+RETURN_TYPES = ("auto", "logits", "features", "embeddings", "tokens")
 NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 
 
@@ -78,8 +86,14 @@ class HookedViT(HookedRootModule):
         self.use_attn_result = False
 
         self.embed = PatchEmbed(cfg.n_channels, cfg.patch_size, cfg.d_model)
-        self.cls_token = ClassToken(cfg.d_model)
-        self.pos_embed = PosEmbed(cfg.n_tokens, cfg.d_model)
+        if cfg.class_token:
+            self.cls_token = ClassToken(cfg.d_model)
+        if cfg.distill_token:
+            self.dist_token = DistillToken(cfg.d_model)
+        if cfg.n_register_tokens:
+            self.registers = RegisterTokens(cfg.n_register_tokens, cfg.d_model)
+        if cfg.pos_embed:
+            self.pos_embed = PosEmbed(cfg)
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.hook_full_embed = HookPoint()
@@ -87,9 +101,22 @@ class HookedViT(HookedRootModule):
             self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_eps)
             self.hook_ln_pre = HookPoint()
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
+        if cfg.final_norm == "tokens":
+            self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.pool: AttentionPool | TokenPool
+        if cfg.pool == "map":
+            self.pool = AttentionPool(cfg)
+        elif cfg.pool != "none":
+            self.pool = TokenPool(cfg)
+        self.hook_pooled = HookPoint()
+        if cfg.final_norm == "pooled":
+            self.fc_norm = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
             self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
+        if cfg.has_distill_head:
+            self.head_dist = ClassifierHead(cfg.d_model, cfg.n_classes)
+        if cfg.projection_dim:
+            self.proj = Projection(cfg.d_model, cfg.projection_dim)
         if initialize:
             self.init_weights(seed)
         self.setup()
@@ -136,8 +163,10 @@ class HookedViT(HookedRootModule):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, param in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("W_"):
-                std = 1e-6 if leaf == "W_cls" else 0.02
+            if leaf == "gamma":
+                param.fill_(1.0)
+            elif leaf.startswith("W_") or leaf == "probe":
+                std = 1e-6 if leaf in ("W_cls", "W_dist", "W_reg") else 0.02
                 param.copy_(
                     torch.nn.init.trunc_normal_(
                         torch.empty_like(param), std=std, a=-2 * std, b=2 * std, generator=generator
@@ -149,33 +178,57 @@ class HookedViT(HookedRootModule):
                 param.zero_()
 
     @classmethod
-    def from_timm(cls, model_or_name: Any, **timm_kwargs: Any) -> HookedViT:
-        """Port a timm VisionTransformer (an instance, or a name for `timm.create_model(name, **timm_kwargs)`;
-        `pretrained` defaults to True for names)."""
-        from vitmech.loading.timm import hooked_vit_from_timm
+    def from_converted(cls, converted: Converted) -> HookedViT:
+        """Build from a converter's output (config, state dict, preprocessing, class names), loading strictly."""
+        from vitmech.loading._state import load_strict
 
-        return hooked_vit_from_timm(model_or_name, **timm_kwargs)
+        model = cls(
+            converted.config,
+            preprocessing=converted.preprocessing,
+            class_names=converted.class_names,
+            initialize=False,
+        )
+        load_strict(model, converted.state_dict, f"converted {converted.source or 'source'} weights")
+        model.card = dict(converted.card)
+        if converted.device is not None or converted.dtype is not None:
+            model = model.to(device=converted.device, dtype=converted.dtype)
+        return model.eval()
+
+    @classmethod
+    def from_timm(cls, model_or_name: Any, *, image_size: int | None = None, **timm_kwargs: Any) -> HookedViT:
+        """Port a timm model (an instance, or a name for `timm.create_model(name, **timm_kwargs)`;
+        `pretrained` defaults to True for names). image_size runs it at another size (positions resampled)."""
+        from vitmech.loading.timm import convert_timm
+
+        return cls.from_converted(convert_timm(model_or_name, image_size=image_size, **timm_kwargs))
 
     @classmethod
     def from_hf(cls, model_or_id_or_path: Any, **kwargs: Any) -> HookedViT:
-        """Port a HuggingFace ViTForImageClassification / ViTModel (instance, hub id or local directory)."""
-        from vitmech.loading.hf import hooked_vit_from_hf
+        """Port a HuggingFace ViT / DeiT / ViTMAE / DINOv2 / CLIP / SigLIP model (instance, hub id or directory)."""
+        from vitmech.loading.hf import convert_hf
 
-        return hooked_vit_from_hf(model_or_id_or_path, **kwargs)
+        return cls.from_converted(convert_hf(model_or_id_or_path, **kwargs))
+
+    @classmethod
+    def from_open_clip(cls, model: Any, **kwargs: Any) -> HookedViT:
+        """Port the image tower of an open_clip CLIP model (the model, or its `.visual`)."""
+        from vitmech.loading.open_clip import convert_open_clip
+
+        return cls.from_converted(convert_open_clip(model, **kwargs))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> HookedViT:
         """Load a local weight file (safetensors / torch) in timm, HF or vitmech format."""
-        from vitmech.loading.checkpoint import hooked_vit_from_checkpoint
+        from vitmech.loading.checkpoint import convert_checkpoint
 
-        return hooked_vit_from_checkpoint(path, **kwargs)
+        return cls.from_converted(convert_checkpoint(path, **kwargs))
 
     @classmethod
     def from_pretrained(cls, name: str, **kwargs: Any) -> HookedViT:
         """Load by name: a shipped vitmech model, a timm name, a HF hub id, or a local path."""
         from vitmech.loading.registry import load_pretrained
 
-        return load_pretrained(name, **kwargs)
+        return cls.from_converted(load_pretrained(name, **kwargs))
 
     def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
         """Write `model.safetensors` + `config.json` (architecture, preprocessing, class names, card)."""
@@ -259,10 +312,16 @@ class HookedViT(HookedRootModule):
 
     @property
     def W_pos(self) -> Float[torch.Tensor, "pos d_model"]:
-        return self.pos_embed.W_pos
+        """Position embedding of every token at the model's grid, [P, d] (zero rows for tokens without
+        one; all zero for models without learned positions). The stored parameter is `pos_embed.W_pos`."""
+        if not self.cfg.pos_embed:
+            return self.embed.W_E.new_zeros(self.cfg.n_tokens, self.cfg.d_model)
+        return self.pos_embed.table()
 
     @property
     def W_cls(self) -> Float[torch.Tensor, " d_model"]:
+        if not self.cfg.class_token:
+            raise AttributeError("this model has no class token (W_cls)")
         return self.cls_token.W_cls
 
     @property
@@ -291,9 +350,16 @@ class HookedViT(HookedRootModule):
         if not self.cfg.has_classifier:
             raise AttributeError(
                 "this model has no classifier head (n_classes=0, e.g. a HF ViTModel); "
-                "logit-based analyses need a model with a head"
+                "logit-based analyses need a model with a head, or a direction / metric on its features"
             )
         return self.head
+
+    @property
+    def final_ln(self) -> LayerNorm | None:
+        """The LayerNorm between the last block and the head: ln_final (on tokens), fc_norm (on the pooled
+        vector) or None."""
+        norm = {"tokens": "ln_final", "pooled": "fc_norm"}.get(self.cfg.final_norm)
+        return getattr(self, norm) if norm else None
 
     # ------------------------------------------------------------------ transformer_lens glue
     def to_single_token(self, label: str) -> int:
@@ -322,7 +388,8 @@ class HookedViT(HookedRootModule):
         idx = torch.as_tensor(classes, device=self.device, dtype=torch.long)
         if ((idx < 0) | (idx >= self.cfg.n_classes)).any():
             raise IndexError(f"class index out of range [0, {self.cfg.n_classes}): {idx.tolist()}")
-        directions = (self.W_H * self.ln_final.w[:, None]).T  # [n_classes, d_model]
+        gain = self.final_ln.w if self.final_ln is not None else torch.ones_like(self.W_H[:, 0])
+        directions = (self.W_H * gain[:, None]).T  # [n_classes, d_model]
         return directions[idx]
 
     # ------------------------------------------------------------------ controls
@@ -389,11 +456,11 @@ class HookedViT(HookedRootModule):
             )
         bias = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
         for block in self.blocks[:layer]:
-            bias = bias + block.attn.b_O
+            bias = bias + block.attn.output_bias()
             if include_mlp_biases:
-                bias = bias + block.mlp.b_out
+                bias = bias + block.mlp.output_bias()
         if mlp_input:
-            bias = bias + self.blocks[layer].attn.b_O
+            bias = bias + self.blocks[layer].attn.output_bias()
         return bias
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Float[torch.Tensor, "batch channel height width"]:
@@ -438,14 +505,43 @@ class HookedViT(HookedRootModule):
     def _layer_bound(self, layer: int, name: str) -> int:
         return self.cfg.layer_index(layer, name, allow_end=True)
 
+    def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
+        """The learned prefix embeddings in layout order (`vitmech.tokens`): class, distillation, registers."""
+        parts = []
+        if self.cfg.class_token:
+            parts.append(self.cls_token(batch_size))
+        if self.cfg.distill_token:
+            parts.append(self.dist_token(batch_size))
+        if self.cfg.n_register_tokens:
+            parts.append(self.registers(batch_size))
+        return parts
+
     def embed_images(self, images: Float[torch.Tensor, "batch c h w"]) -> Float[torch.Tensor, "batch pos d_model"]:
         """The residual stream entering block 0 (fires the embedding hooks)."""
-        tokens = self.hook_embed(self.cls_token(self.embed(images)))
-        positions = self.hook_pos_embed(self.pos_embed(images.shape[0]))
-        resid = self.hook_full_embed(tokens + positions)
+        batch = images.shape[0]
+        tokens = self.hook_embed(torch.cat([*self.prefix_tokens(batch), self.embed(images)], dim=1))
+        if self.cfg.pos_embed:
+            positions = self.hook_pos_embed(self.pos_embed(batch))
+            resid = self.hook_full_embed(tokens + positions)
+        else:
+            resid = self.hook_full_embed(tokens)
         if self.cfg.pre_norm:
             resid = self.hook_ln_pre(self.ln_pre(resid))
         return resid
+
+    def pooled(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch d_model"]:
+        """Final norm and pooling: the vector the head reads [B, d] (fires hook_pooled and the norm hooks)."""
+        if self.cfg.final_norm == "tokens":
+            resid = self.ln_final(resid)
+        pooled = self.hook_pooled(self.pool(resid))
+        return self.fc_norm(pooled) if self.cfg.final_norm == "pooled" else pooled
+
+    def query_positions(self) -> slice | None:
+        """The positions the output reads after the last block when it is not every token (class pooling,
+        and the distillation token of DeiT), else None."""
+        if self.cfg.pool != "cls":
+            return None
+        return slice(0, 2) if self.cfg.has_distill_head else slice(0, 1)
 
     @overload
     def unembed(self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: None) -> None: ...
@@ -454,23 +550,47 @@ class HookedViT(HookedRootModule):
     def unembed(
         self,
         resid: Float[torch.Tensor, "batch pos d_model"],
-        return_type: Literal["auto", "logits", "features", "tokens"] = "auto",
+        return_type: Literal["auto", "logits", "features", "embeddings", "tokens"] = "auto",
     ) -> torch.Tensor: ...
 
     def unembed(
         self, resid: Float[torch.Tensor, "batch pos d_model"], return_type: ReturnType = "auto"
     ) -> torch.Tensor | None:
-        """Final LayerNorm and, for logits, the classifier on the CLS token."""
+        """From the last residual stream to the output.
+
+        `resid` may hold only the positions `query_positions()` names (the exact ablation engine's last layer)."""
         if return_type is None:
             return None
-        if return_type not in ("auto", "logits", "features", "tokens"):
-            raise ValueError(f"return_type must be 'auto', 'logits', 'features', 'tokens' or None, got {return_type!r}")
-        normalized = self.ln_final(resid)
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES} or None, got {return_type!r}")
+        cfg = self.cfg
+        if return_type == "auto":
+            return_type = (
+                "logits"
+                if cfg.has_classifier
+                else "embeddings"
+                if cfg.projection_dim
+                else "features"
+                if cfg.pool != "none"
+                else "tokens"
+            )
         if return_type == "tokens":
-            return normalized
-        if return_type == "features" or (return_type == "auto" and not self.cfg.has_classifier):
-            return normalized[:, 0]
-        return self._require_head()(normalized[:, 0])
+            return self.ln_final(resid) if cfg.final_norm == "tokens" else resid
+        if cfg.pool == "none":
+            raise ValueError(f"return_type={return_type!r} needs a pooled vector; this model has pool='none'")
+        pooled = self.pooled(resid)
+        if return_type == "features":
+            return pooled
+        if return_type == "embeddings":
+            if not cfg.projection_dim:
+                raise ValueError("this model has no projection; use return_type='features'")
+            return self.proj(pooled)
+        logits = self._require_head()(pooled)
+        if cfg.has_distill_head:
+            normalized = self.ln_final(resid) if cfg.final_norm == "tokens" else resid
+            distill = normalized[:, token_layout(cfg).distill_index]
+            logits = (logits + self.head_dist(distill)) / 2
+        return logits
 
     def forward(
         self,
@@ -485,9 +605,11 @@ class HookedViT(HookedRootModule):
         Args:
             x: images [B, C, S, S] (normalised float), or, with start_at_layer, the residual
                 stream [B, P, d_model] entering that block.
-            return_type: "logits" [B, n_classes]; "features" = final-LN CLS [B, d_model];
-                "tokens" = final-LN all tokens [B, P, d_model]; "auto" = logits if the model
-                has a head, else features; None = nothing (hooks only).
+            return_type: "logits" [B, n_classes]; "features" = the pooled vector after the final norm
+                [B, d_model] (the class token for class-token models); "embeddings" = its projection
+                [B, d_proj] (CLIP); "tokens" = all tokens after the final token norm [B, P, d_model];
+                "auto" = logits if the model has a head, else embeddings if it has a projection, else
+                features, else tokens; None = nothing (hooks only).
             start_at_layer: first block to run (x is then a residual stream).
             stop_at_layer: run blocks [start, stop) and return the residual stream [B, P, d_model].
         """

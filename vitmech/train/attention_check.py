@@ -1,7 +1,8 @@
 """Seed 000's before/after table for a model pair: last-layer CLS attention entropy and top-10 concentration.
 
 A small stand-in until the attention analyses (vitmech.analysis.attention) are merged; follows REFERENCE
-section 2: p = A[l, h, 0, 1:] renormalised over the patches, entropy in nats, top-k = sum of the k largest
+section 2: p = the class token's row of A[l, h] over the patch keys, renormalised over the patches
+(`vitmech.tokens`; the mean of the patch queries' rows for models without a class token), entropy in nats, top-k = sum of the k largest
 p_i. Both averaging orders are given: mean over heads of per-head values ("per_head") and the value of
 the head-averaged distribution ("head_mean").
 """
@@ -16,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vitmech.model.hooked_vit import HookedViT
+from vitmech.tokens import TokenLayout, layout_for, token_layout
 
 
 @dataclass
@@ -34,9 +36,13 @@ class ClsAttentionSummary:
         return asdict(self)
 
 
-def cls_patch_distribution(pattern: Float[Tensor, "batch head query key"]) -> Float[Tensor, "batch head patch"]:
-    """CLS row over the patch keys, renormalised to sum to 1."""
-    p = pattern[:, :, 0, 1:]
+def cls_patch_distribution(
+    pattern: Float[Tensor, "batch head query key"], layout: TokenLayout | None = None
+) -> Float[Tensor, "batch head patch"]:
+    """Readout (CLS) row over the patch keys, renormalised to sum to 1 (`layout`: default one class token
+    + a square grid)."""
+    layout = layout_for(pattern.shape[-1], layout, "pattern")
+    p = layout.patches(layout.readout(pattern, dim=-2), -1)
     return p / p.sum(-1, keepdim=True)
 
 
@@ -57,7 +63,7 @@ def cls_attention_summary(
     layer = layer % model.cfg.n_layers
     name = f"blocks.{layer}.attn.hook_pattern"
     _, cache = model.run_with_cache(images, names_filter=name, return_type=None)
-    p = cls_patch_distribution(cache[name].double())  # [B, H, N]
+    p = cls_patch_distribution(cache[name].double(), token_layout(model))  # [B, H, N]
     mean_p = p.mean(1)
     return ClsAttentionSummary(
         layer=layer,

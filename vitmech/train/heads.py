@@ -19,6 +19,7 @@ from torch import Tensor
 
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import Preprocessing
+from vitmech.tokens import TokenLayout, layout_for, token_layout
 from vitmech.train.errors import HeadMismatchError
 
 HeadInit = Literal["zeros", "trunc_normal"]
@@ -86,17 +87,17 @@ def check_head(model: HookedViT, n_outputs: int, what: str = "the labels") -> No
 
 
 def interpolate_positions(
-    w_pos: Float[Tensor, "pos d_model"], new_grid: int, mode: str = "bicubic"
+    w_pos: Float[Tensor, "pos d_model"], new_grid: int, mode: str = "bicubic", layout: TokenLayout | None = None
 ) -> Float[Tensor, "new_pos d_model"]:
-    """Resample patch position embeddings from a g x g grid to new_grid x new_grid (CLS row kept).
+    """Resample patch position embeddings from a g x g grid to new_grid x new_grid (prefix rows kept).
 
-    As in DeiT/timm `resample_abs_pos_embed`: reshape to the grid, interpolate (align_corners=False),
-    flatten row-major again.
+    `layout` describes w_pos's rows (default: one class token + a square grid; for a model,
+    `token_layout(model).for_rows(len(w_pos))`). As in DeiT/timm `resample_abs_pos_embed`: reshape to
+    the grid, interpolate (align_corners=False), flatten row-major again.
     """
-    cls, patches = w_pos[:1], w_pos[1:]
-    grid = int(round(len(patches) ** 0.5))
-    if grid * grid != len(patches):
-        raise ValueError(f"{len(patches)} patch positions are not a square grid")
+    layout = layout_for(len(w_pos), layout, "w_pos")
+    cls, patches = layout.prefix(w_pos, 0), layout.patches(w_pos, 0)
+    grid = layout.grid[0]
     if grid == new_grid:
         return w_pos.clone()
     image = rearrange(patches, "(gh gw) d -> 1 d gh gw", gh=grid)
@@ -114,7 +115,9 @@ def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
     )
     new = _copy_model(model, cfg, preprocessing, model.class_names, skip=("pos_embed.",))
     with torch.no_grad():
-        new.pos_embed.W_pos.copy_(interpolate_positions(model.pos_embed.W_pos.detach(), cfg.grid_size))
+        w_pos = model.pos_embed.W_pos.detach()
+        layout = token_layout(model).for_rows(len(w_pos), "W_pos")
+        new.pos_embed.W_pos.copy_(interpolate_positions(w_pos, cfg.grid_size, layout=layout))
     return new
 
 

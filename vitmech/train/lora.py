@@ -82,6 +82,9 @@ class LoRAAttention(Attention):
             self.register_parameter(name, param)
         for name, child in base.named_children():
             self.add_module(name, child)
+        for name in ("q_norm", "k_norm", "ls"):  # optional parts the base was built without (None)
+            if name not in self._modules:
+                setattr(self, name, getattr(base, name, None))
         self.force_explicit = base.force_explicit
         self.lora_config = config
         d_model = base.W_Q.shape[1]
@@ -165,8 +168,11 @@ def merge_lora(model: HookedViT) -> HookedViT:
         for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
             plain.register_parameter(name, getattr(attn, name))
         for name, child in attn.named_children():
-            if name.startswith("hook_"):
+            if not name.startswith("lora_"):  # hooks, and qk-norm / LayerScale where the model has them
                 plain.add_module(name, child)
+        for name in ("q_norm", "k_norm", "ls"):
+            if name not in plain._modules:
+                setattr(plain, name, None)
         block.attn = plain
     model.setup()
     return model

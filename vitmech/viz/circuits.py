@@ -33,14 +33,14 @@ def plot_positional_grids(
     heads = list(range(n_heads)) if heads is None else list(heads)
     grids = pqk.query_grids(query, softmax=softmax)
     g = pqk.grid_size
-    q_index = pqk._query_index(query) - 1
+    q_index = pqk.query_patch(query)
     fig = Figure(figsize=(1.1 * len(heads) + 0.6, 1.1 * len(layers) + 0.8), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(layers), len(heads), squeeze=False))
     for i, layer in enumerate(layers):
         for j, head in enumerate(heads):
             ax = axes[i, j]
             ax.imshow(grids[layer, head].numpy(), cmap="viridis")
-            if q_index >= 0:
+            if q_index is not None:
                 ax.plot(q_index % g, q_index // g, marker="x", color="red", markersize=4)
             ax.set_xticks([])
             ax.set_yticks([])

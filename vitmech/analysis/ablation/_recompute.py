@@ -10,28 +10,34 @@ Ablating heads changes nothing before the first ablated layer l0, so the engine:
    + b @ W_in, where c() centres over d_model: the first term is shared by every variant of the batch,
    the second costs d_head / d_model of a full matmul; then the later layers, replacing z of any
    later ablated heads;
-4. when the metric reads only the CLS output, computes the last layer for the CLS query alone:
-   scores = LN1(x) . (W_K q_cls) (the key bias only shifts scores, cancelling in the softmax) and
-   z_cls = (pattern @ LN1(x)) @ W_V + b_V (rows of the pattern sum to 1), never forming keys or values;
+4. when the output reads only some positions (class pooling; DeiT's distillation token too), computes
+   the last layer for those queries alone;
 5. stacks k ablation variants along the batch axis ("(k b)" rows, variant-major) in one forward.
+
+Every block is run through its own hook-free steps (`TransformerBlock.attention_residual`,
+`mlp_residual`, and the attention / MLP steps they chain), the same maths as the hooked forward, so
+LayerScale, qk-norm, gated MLPs and every pooling are exact by construction; blocks of another type are
+refused, naming it.
 
 All tensors here are float, on the model's device; nothing keeps gradients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 from jaxtyping import Bool, Float
 
 from vitmech.analysis.ablation.interventions import BoundAblation
 from vitmech.analysis.ablation.metrics import OutputKind
+from vitmech.errors import UnsupportedModelError
 from vitmech.model.block import TransformerBlock
 from vitmech.model.hooked_vit import HookedViT
-from vitmech.model.mlp import ACTIVATIONS
+from vitmech.model.layer_norm import LayerNorm
+from vitmech.model.mlp import MLP
 
 VariantMasks = dict[int, Bool[torch.Tensor, "variant head"]]
 
@@ -83,101 +89,58 @@ def _rows(mask: Bool[torch.Tensor, "variant head"], batch: int) -> Bool[torch.Te
     return repeat(mask, "k h -> (k b) 1 h 1", b=batch)
 
 
-def _activation_inplace(act_fn: str):
-    """The MLP nonlinearity, applied in place where torch has an in-place kernel (saves a large allocation)."""
-    if act_fn == "gelu":
-        return torch.ops.aten.gelu_
-    if act_fn == "gelu_tanh":
-        return lambda x: torch.ops.aten.gelu_(x, approximate="tanh")
-    if act_fn == "relu":
-        return torch.relu_
-    return ACTIVATIONS[act_fn]
+def check_recomputable(model: HookedViT) -> None:
+    """Refuse, naming the part, a model whose blocks are not vitmech's own (their maths is not known here)."""
+    for layer, block in enumerate(model.blocks):
+        if type(block) is not TransformerBlock:
+            raise UnsupportedModelError(
+                f"the exact ablation engine cannot recompute blocks.{layer} ({type(block).__name__}); use engine='naive'"
+            )
+        for part in (block.ln1, block.ln2, block.mlp):
+            if type(part) not in (LayerNorm, MLP):
+                raise UnsupportedModelError(
+                    f"the exact ablation engine cannot recompute blocks.{layer} {type(part).__name__}; use engine='naive'"
+                )
 
 
-def _fused_qkv(
-    block: TransformerBlock, layer: int, weight_cache: dict | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(W_qkv [3 H d_head, d_model], b_qkv [3 H d_head], W_O [d_model, H d_head]) laid out for F.linear."""
-    key = ("fused", layer)
-    if weight_cache is not None and key in weight_cache:
-        return weight_cache[key]
-    attn = block.attn
-    fused = (
-        rearrange(torch.cat([attn.W_Q, attn.W_K, attn.W_V]), "h d e -> (h e) d").contiguous(),
-        torch.cat([attn.b_Q, attn.b_K, attn.b_V]).flatten(),
-        rearrange(attn.W_O, "h e d -> d (h e)").contiguous(),
-    )
-    if weight_cache is not None:
-        weight_cache[key] = fused
-    return fused
+def _z_editor(
+    bound: BoundAblation, layer: int, rows: Bool[torch.Tensor, "n 1 head 1"], positions: slice
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """edit_z(z, v) for the block's attention: z replaced by the ablation's values where `rows` is True."""
 
+    def edit(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        replacement = bound.replacement(layer, z, positions, lambda: v.mean(1))
+        return torch.where(rows, replacement, z)
 
-def _mlp_half(block: TransformerBlock, resid_mid: torch.Tensor) -> torch.Tensor:
-    """resid_mid + MLP(LN2(resid_mid)), same math as the block's second half."""
-    ln2, mlp = block.ln2, block.mlp
-    hidden = F.linear(F.layer_norm(resid_mid, (resid_mid.shape[-1],), ln2.w, ln2.b, ln2.eps), mlp.W_in.T, mlp.b_in)
-    return F.linear(_activation_inplace(mlp.act_fn)(hidden), mlp.W_out.T, mlp.b_out).add_(resid_mid)
+    return edit
 
 
 def full_block(
     block: TransformerBlock,
     resid: Float[torch.Tensor, "n pos d_model"],
     layer: int,
-    weight_cache: dict | None = None,
     rows: Bool[torch.Tensor, "n 1 head 1"] | None = None,
     bound: BoundAblation | None = None,
-) -> Float[torch.Tensor, "n pos d_model"]:
-    """The block's math (as TransformerBlock.forward, fused SDPA path) without hook points, with fused
-    weights cached and in-place adds; z replaced by `bound`'s values where `rows` is True."""
-    attn, ln1 = block.attn, block.ln1
-    n, n_pos, d_model = resid.shape
-    w_qkv, b_qkv, w_o = _fused_qkv(block, layer, weight_cache)
-    x = F.layer_norm(resid, (d_model,), ln1.w, ln1.b, ln1.eps)
-    q, k, v = F.linear(x, w_qkv, b_qkv).view(n, n_pos, 3, attn.n_heads, attn.d_head).permute(2, 0, 3, 1, 4).unbind(0)
-    z = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [n, P, H, d_head]
-    if rows is not None:
-        assert bound is not None, "rows to replace given without a bound ablation"
-        replacement = bound.replacement(layer, z, slice(None), lambda: v.mean(2))
-        z = torch.where(rows, replacement, z)
-    resid_mid = F.linear(z.reshape(n, n_pos, -1), w_o, attn.b_O).add_(resid)
-    return _mlp_half(block, resid_mid)
-
-
-def cls_block(
-    block: TransformerBlock,
-    resid: Float[torch.Tensor, "n pos d_model"],
-    rows: Bool[torch.Tensor, "n 1 head 1"] | None,
-    bound: BoundAblation,
-    layer: int,
-) -> Float[torch.Tensor, "n 1 d_model"]:
-    """The block's output at the CLS position only (keys and values never formed)."""
-    attn = block.attn
-    x = block.ln1(resid)  # [n, P, d]
-    q = einsum(x[:, 0], attn.W_Q, "n d, h d e -> n h e") + attn.b_Q
-    key_dirs = einsum(q, attn.W_K, "n h e, h d e -> n h d") * attn.scale
-    pattern = torch.softmax(torch.bmm(key_dirs, x.transpose(1, 2)), dim=-1)  # [n, h, P]
-    pooled = torch.bmm(pattern, x)  # [n, h, d]
-    z = einsum(pooled, attn.W_V, "n h d, h d e -> n h e") + attn.b_V
-    if rows is not None:
-
-        def value_mean() -> torch.Tensor:
-            return einsum(x.mean(1), attn.W_V, "n d, h d e -> n h e") + attn.b_V
-
-        replacement = bound.replacement(layer, z[:, None], slice(0, 1), value_mean)[:, 0]
-        z = torch.where(rows[:, 0], replacement, z)
-    attn_out = einsum(z, attn.W_O, "n h e, h e d -> n d") + attn.b_O
-    return _mlp_half(block, resid[:, :1] + attn_out[:, None])
+    queries: slice | None = None,
+) -> Float[torch.Tensor, "n q_pos d_model"]:
+    """The block's own maths (`TransformerBlock.attention_residual` and `mlp_residual`, no hook points) at
+    the query positions `queries` (all by default); z replaced by `bound`'s values where `rows` is True."""
+    edit = None
+    if rows is not None and bound is not None:
+        edit = _z_editor(bound, layer, rows, slice(None) if queries is None else queries)
+    return block.mlp_residual(block.attention_residual(resid, queries, edit))
 
 
 def _head_mlp_inputs(
     block: TransformerBlock, layer: int, heads: torch.Tensor, weight_cache: dict | None
 ) -> Float[torch.Tensor, "head d_head d_mlp"]:
-    """c(W_O[h]) * ln2.w @ W_in per head (c centres over d_model): how a change of z_h enters the MLP."""
+    """c(W_O[h]) * ln2.w @ W_in per head (c centres over d_model; W_O with the LayerScale gain, W_in with the
+    gate for gated MLPs): how a change of z_h enters the MLP's pre-activations."""
     key = ("head_mlp_in", layer)
     if weight_cache is not None and key in weight_cache:
         return weight_cache[key][heads]
-    w_o = block.attn.W_O
-    all_heads = (w_o - w_o.mean(-1, keepdim=True)) * block.ln2.w @ block.mlp.W_in
+    w_o = block.attn.W_O_write
+    all_heads = (w_o - w_o.mean(-1, keepdim=True)) * block.ln2.w @ block.mlp.input_weights()[0]
     if weight_cache is not None:
         weight_cache[key] = all_heads
     return all_heads[heads]
@@ -199,14 +162,15 @@ def start_layer(
     a fused batched matmul per variant; head sets take a weighted sum over the heads used.
     """
     ln2, mlp = block.ln2, block.mlp
+    w_in, b_in = mlp.input_weights()
     clean = state.resid_mid[layer][:, positions]
     n_batch, n_pos, d_model = clean.shape
     n_variants = start_mask.shape[0]
     cache_key = (layer, positions.stop)
     if cache_key not in state.centred_mlp_in:
-        state.centred_mlp_in[cache_key] = (clean - clean.mean(-1, keepdim=True)) * ln2.w @ mlp.W_in
-    shared = state.centred_mlp_in[cache_key].reshape(1, n_batch * n_pos, -1)  # [1, B p, d_mlp]
-    w_o = block.attn.W_O
+        state.centred_mlp_in[cache_key] = (clean - clean.mean(-1, keepdim=True)) * ln2.w @ w_in
+    shared = state.centred_mlp_in[cache_key].reshape(1, n_batch * n_pos, -1)  # [1, B p, m]
+    w_o = block.attn.W_O_write
     if bool((start_mask.sum(1) == 1).all()):
         heads = start_mask.to(torch.uint8).argmax(1)  # the one head of each variant
         diff_k = rearrange(diff[:, :, heads], "b p k e -> k (b p) e")
@@ -224,8 +188,8 @@ def start_layer(
         centred_in = centred_in.add_(shared)
     resid_mid = resid_mid.view(n_variants * n_batch, n_pos, d_model)
     sigma = resid_mid.var(-1, unbiased=False, keepdim=True).add_(ln2.eps).sqrt_()
-    pre = centred_in.view(n_variants * n_batch, n_pos, -1).div_(sigma).add_(ln2.b @ mlp.W_in + mlp.b_in)
-    return F.linear(_activation_inplace(mlp.act_fn)(pre), mlp.W_out.T, mlp.b_out).add_(resid_mid)
+    pre = centred_in.view(n_variants * n_batch, n_pos, -1).div_(sigma).add_(ln2.b @ w_in + b_in)
+    return mlp.write(mlp.activate(pre)) + resid_mid
 
 
 @torch.no_grad()
@@ -245,13 +209,14 @@ def run_variants(
     may be ablated. Variants with no heads at the start layer just recompute from there. weight_cache
     (a dict kept across calls for the same model weights) saves per-head products of weights.
     """
+    check_recomputable(model)
     n_layers = len(model.blocks)
-    cls_only = output_kind != "tokens"
+    last_queries = model.query_positions() if output_kind != "tokens" else None
     l0 = start_layer_index
     if any(layer < l0 for layer in masks):
         raise ValueError(f"masks ablate layers {sorted(masks)} before the start layer {l0}")
     batch = state.resid_mid[l0].shape[0]
-    positions = slice(0, 1) if (cls_only and l0 == n_layers - 1) else slice(None)
+    positions = last_queries if (last_queries is not None and l0 == n_layers - 1) else slice(None)
 
     start_mask = masks.get(l0)
     if start_mask is not None and bool(start_mask.any()):
@@ -259,16 +224,12 @@ def run_variants(
         diff = bound.replacement(l0, z, positions, lambda: state.value_mean[l0]) - z
         resid = start_layer(model.blocks[l0], state, l0, positions, diff, start_mask, weight_cache)
     else:
-        resid = _mlp_half(
-            model.blocks[l0], repeat(state.resid_mid[l0][:, positions], "b p d -> (k b) p d", k=n_variants)
-        )
+        clean_mid = repeat(state.resid_mid[l0][:, positions], "b p d -> (k b) p d", k=n_variants)
+        resid = model.blocks[l0].mlp_residual(clean_mid)
 
     for layer in range(l0 + 1, n_layers):
-        block = model.blocks[layer]
         mask = masks.get(layer)
         rows = _rows(mask, batch) if mask is not None and bool(mask.any()) else None
-        if cls_only and layer == n_layers - 1:
-            resid = cls_block(block, resid, rows, bound, layer)
-        else:
-            resid = full_block(block, resid, layer, weight_cache, rows, bound)
+        queries = last_queries if layer == n_layers - 1 else None
+        resid = full_block(model.blocks[layer], resid, layer, rows, bound, queries)
     return model.unembed(resid, return_type=output_kind)

@@ -78,8 +78,12 @@ def estimate_head_effects(
     targets: torch.Tensor | None = None,
     batch_size: int = 32,
     normalize_michel: bool = False,
+    batch_offset: int = 0,
 ) -> HeadEstimates:
-    """Attribution-patching and Michel estimates for every head (one forward + backward per batch)."""
+    """Attribution-patching and Michel estimates for every head (one forward + backward per batch).
+
+    batch_offset: the number of the first batch in a longer stream (seeds resampling ablations as the
+    whole stream would; see `vitmech.analysis.streaming`)."""
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
     check_inputs(model, images, metric, targets, batch_size, ablation)
@@ -94,7 +98,7 @@ def estimate_head_effects(
     for b, (start, stop) in enumerate(batch_bounds(images.shape[0], batch_size, ablation.min_batch)):
         batch = images[start:stop]
         batch_targets = None if targets is None else targets[start:stop]
-        bound = ablation.bind(model, batch, b)
+        bound = ablation.bind(model, batch, batch_offset + b)
         zs: dict[int, torch.Tensor] = {}
         probes: dict[int, torch.Tensor] = {}
         values_seen: dict[int, torch.Tensor] = {}

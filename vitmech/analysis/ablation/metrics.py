@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 
 from vitmech.analysis.ablation.errors import MetricError
+from vitmech.fingerprint import tensor_fingerprint
 
 if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
 
-OutputKind = Literal["logits", "features", "tokens"]
-OUTPUT_KINDS: tuple[str, ...] = ("logits", "features", "tokens")
+OutputKind = Literal["logits", "features", "embeddings", "tokens"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "features", "embeddings", "tokens")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Metric:
     Attributes:
         name: how tables call it; with `params` it keys stored sweeps.
         fn: fn(output, clean, targets) -> [B] (clean and targets may be None).
-        output: which output it reads ("logits", "features" or "tokens").
+        output: which output it reads ("logits", "features", "embeddings" or "tokens").
         needs_targets: whether targets (labels / regression values) are required.
         needs_clean: whether the clean output is passed (e.g. KL to clean).
         params: the metric's settings (class index, ...), recorded with results.
@@ -211,6 +212,17 @@ def mse_to_clean() -> Metric:
         return (out - clean.to(out.dtype)).pow(2).mean(-1)
 
     return Metric("mse_to_clean", fn, needs_clean=True)
+
+
+def feature_direction(direction: torch.Tensor, output: OutputKind = "features") -> Metric:
+    """The model's pooled features (or, output="embeddings", its projected image embedding) projected on a
+    direction [d]: a scalar per example for models without a classifier (DINOv2, CLIP, SigLIP, MAE)."""
+    vector = torch.as_tensor(direction).detach().flatten()
+
+    def fn(out, clean, targets):
+        return out @ vector.to(device=out.device, dtype=out.dtype)
+
+    return Metric("feature_direction", fn, output=output, params={"direction": tensor_fingerprint(vector)})
 
 
 def metric_from_function(

@@ -1,0 +1,138 @@
+"""Circuit discovery: the edge graph, circuit runs (full graph = clean, empty = corrupted, one edge = a
+hand-built hook), EAP / EAP-IG against exact edge patching, ACDC and pruning to a faithfulness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from tests.helpers.models import seeded_images, tiny_model
+from vitmech.analysis.ablation.metrics import logit_diff
+from vitmech.analysis.circuit_discovery import (
+    Graph,
+    acdc,
+    circuit_faithfulness,
+    edge_attribution_patching,
+    exact_edge_patching,
+    prune_to_faithfulness,
+    reaching_logits,
+    run_circuit,
+    sender_outputs,
+)
+from vitmech.data.counterfactual import masked_counterfactual
+from vitmech.errors import PatchingError
+
+SMALL = dict(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32)
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = tiny_model(seed=1, **SMALL)
+    clean = seeded_images(8, 32, seed=1)
+    return model, clean
+
+
+def test_graph_indexing():
+    graph = Graph.of(tiny_model(**SMALL))
+    assert graph.n_senders == 1 + 2 * 3 and graph.n_receivers == 2 * 7 + 1
+    assert graph.sender_names[graph.head_sender(1, 1)] == "L1H1" and graph.sender_names[graph.mlp_sender(0)] == "MLP0"
+    assert graph.receiver_names[graph.head_receiver(1, 0, "k")] == "L1H0.k"
+    valid = graph.valid
+    assert valid[graph.head_sender(0, 1), graph.head_receiver(1, 0, "v")]
+    assert not valid[graph.head_sender(1, 0), graph.head_receiver(1, 1, "q")]  # same layer: no edge
+    assert valid[graph.head_sender(1, 0), graph.mlp_receiver(1)]  # attention feeds its own layer's MLP
+    assert not valid[graph.mlp_sender(1), graph.mlp_receiver(1)]
+    assert int(valid.sum()) == 46
+    with pytest.raises(PatchingError, match="pre-norm"):
+        Graph.of(tiny_model(pre_norm=True))
+
+
+def test_sender_outputs_sum_to_the_residual_stream(small):
+    model, clean = small
+    senders = sender_outputs(model, clean)
+    _, cache = model.run_with_cache(clean)
+    final = cache["blocks.1.hook_resid_post"]
+    torch.testing.assert_close(
+        senders.sum(0) + model.accumulated_bias(2, include_mlp_biases=False), final, atol=1e-5, rtol=0
+    )
+
+
+def test_full_and_empty_circuits_reproduce_clean_and_corrupted(small):
+    model, clean = small
+    corrupted = masked_counterfactual(clean, (8, 8, 24, 24), "noise")
+    graph = Graph.of(model)
+    bad = sender_outputs(model, corrupted)
+    torch.testing.assert_close(run_circuit(model, clean, bad, graph.valid), model(clean), atol=1e-5, rtol=0)
+    empty = torch.zeros_like(graph.valid)
+    torch.testing.assert_close(run_circuit(model, clean, bad, empty), model(corrupted), atol=1e-5, rtol=0)
+    assert not model.cfg.use_split_qkv_input and not model.cfg.use_hook_mlp_in  # switches restored
+
+
+def test_one_removed_edge_matches_a_hand_built_hook(small):
+    """Edge L0H1 -> L1H0.k corrupted: head 0 of layer 1 reads keys from resid_pre + (corrupted - clean) L0H1 output."""
+    model, clean = small
+    corrupted = masked_counterfactual(clean, (0, 0, 16, 16), "mean")
+    graph = Graph.of(model)
+    circuit = graph.valid.clone()
+    circuit[graph.head_sender(0, 1), graph.head_receiver(1, 0, "k")] = False
+    got = run_circuit(model, clean, sender_outputs(model, corrupted), circuit)
+    _, c = model.run_with_cache(clean)
+    _, x = model.run_with_cache(corrupted)
+    delta = (x["blocks.0.attn.hook_z"][:, :, 1] - c["blocks.0.attn.hook_z"][:, :, 1]) @ model.blocks[0].attn.W_O[1]
+    model.set_use_split_qkv_input(True)
+
+    def edit(k_input, hook):
+        k_input[:, :, 0] += delta
+        return k_input
+
+    expected = model.run_with_hooks(clean, fwd_hooks=[("blocks.1.hook_k_input", edit)])
+    model.set_use_split_qkv_input(False)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_eap_ranks_edges_like_exact_edge_patching(small):
+    """Spearman of EAP vs exact edge patching over all 46 edges. Measured (this model, 8 images):
+    small perturbation (noise x 0.3): EAP 0.970, EAP-IG 0.985; a quarter of the image set to 0:
+    EAP 0.82, EAP-IG 0.91 (first-order EAP degrades with the size of the change; IG recovers it)."""
+    model, clean = small
+    metric = logit_diff(0, 1)
+    near = clean + 0.3 * seeded_images(8, 32, seed=9)
+    exact = exact_edge_patching(model, clean, near, metric)
+    eap = edge_attribution_patching(model, clean, near, metric)
+    rho = spearmanr(eap.edge_values(), exact.edge_values()).statistic
+    assert rho >= 0.9, rho
+    far = clean.clone()
+    far[:, :, 8:24, 8:24] = 0.0
+    exact_far = exact_edge_patching(model, clean, far, metric)
+    rho_eap = spearmanr(edge_attribution_patching(model, clean, far, metric).edge_values(), exact_far.edge_values())
+    ig = edge_attribution_patching(model, clean, far, metric, method="eap-ig", ig_steps=5)
+    rho_ig = spearmanr(ig.edge_values(), exact_far.edge_values()).statistic
+    assert rho_ig >= 0.9 and rho_ig > rho_eap.statistic, (rho_ig, rho_eap.statistic)
+    frame = eap.to_frame()
+    assert len(frame) == 46 and frame["score"].abs().is_monotonic_decreasing
+
+
+def test_pruning_reaches_the_target_faithfulness_measured_by_running_the_circuit(small):
+    model, clean = small
+    metric = logit_diff(0, 1)
+    corrupted = clean + 0.3 * seeded_images(8, 32, seed=9)
+    scores = edge_attribution_patching(model, clean, corrupted, metric)
+    circuit = prune_to_faithfulness(model, clean, corrupted, metric, scores, target=0.8)
+    assert circuit.faithfulness >= 0.8 and 0 < circuit.n_edges < 46
+    measured, *_ = circuit_faithfulness(model, clean, corrupted, metric, circuit.edges)
+    assert measured == pytest.approx(circuit.faithfulness, abs=1e-5)
+    assert torch.equal(reaching_logits(circuit.graph, circuit.edges), circuit.edges)
+    assert circuit.nodes and "logits" in circuit.nodes
+
+
+def test_acdc_keeps_the_circuit_close_to_the_model(small):
+    model, clean = small
+    metric = logit_diff(0, 1)
+    corrupted = clean + 0.3 * seeded_images(8, 32, seed=9)
+    circuit = acdc(model, clean, corrupted, metric, threshold=0.02)
+    measured, *_ = circuit_faithfulness(model, clean, corrupted, metric, circuit.edges)
+    assert measured == pytest.approx(circuit.faithfulness, abs=1e-5)
+    assert circuit.n_edges < 46
+    # each accepted removal moved |1 - f| by less than the threshold
+    assert abs(1 - circuit.faithfulness) < 0.02 * 46

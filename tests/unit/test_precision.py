@@ -1,0 +1,69 @@
+"""Reduced precision is opt-in, and its error against float32 stays within the bounds of
+docs/performance.md#reduced-precision (bf16 autocast on the CPU, tiny random models, 4 seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers.models import seeded_images, tiny_model
+from vitmech.analysis import streaming
+from vitmech.device import default_device, forward_precision, resolve_device
+from vitmech.errors import RuntimeSettingError
+
+# The documented bounds (about 3x the largest error measured over seeds 0-3).
+BOUNDS = {
+    "cls_entropy_mean": 0.01,  # nats
+    "cls_top10_mean": 0.002,  # fraction of the CLS attention
+    "mean_distance_mean": 0.015,  # pixels (patch size 8)
+    "sweep_ablated": 0.03,  # nats of cross-entropy, per cell
+    "logits_relative": 0.03,  # max |logit error| / max |logit|
+}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_bf16_error_stays_within_the_documented_bounds(seed):
+    model, images = tiny_model(seed), seeded_images(16, 32, seed=seed)
+    labels = torch.arange(16) % 5
+    frames = {
+        p: streaming.stream_attention_metrics(model, images, batch_size=8, precision=p, progress=False).to_frame()
+        for p in ("fp32", "bf16")
+    }
+    for column in ("cls_entropy_mean", "cls_top10_mean", "mean_distance_mean"):
+        error = float((frames["fp32"][column] - frames["bf16"][column]).abs().max())
+        assert 0 < error <= BOUNDS[column], (column, error)  # > 0: bf16 really ran
+    sweeps = {
+        p: streaming.stream_head_sweep(
+            model, images, "cross_entropy", targets=labels, batch_size=8, precision=p, progress=False
+        )
+        for p in ("fp32", "bf16")
+    }
+    assert 0 < np.abs(sweeps["fp32"].ablated - sweeps["bf16"].ablated).max() <= BOUNDS["sweep_ablated"]
+    with torch.no_grad():
+        reference = model(images)
+        with forward_precision("bf16", model.device):
+            reduced = model(images)
+    assert reduced.dtype == torch.bfloat16
+    relative = float((reference - reduced.float()).abs().max() / reference.abs().max())
+    assert relative <= BOUNDS["logits_relative"]
+
+
+def test_fp32_is_the_default_and_changes_nothing():
+    model, images = tiny_model(0), seeded_images(4, 32)
+    with torch.no_grad(), forward_precision("fp32", "cpu"):
+        assert torch.equal(model(images), model(images))
+    with pytest.raises(RuntimeSettingError, match="precision must be one of"):
+        streaming.stream_attention_metrics(model, images, precision="int8", progress=False)
+    with pytest.raises(RuntimeSettingError, match="needs a GPU"), forward_precision("fp16", "cpu"):
+        pass
+
+
+def test_devices_resolve_with_clear_errors():
+    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == default_device() and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeSettingError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeSettingError, match="no CUDA GPU"):
+            resolve_device("cuda")

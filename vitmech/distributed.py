@@ -1,0 +1,141 @@
+"""Work split across processes with torch.distributed (launched by `torchrun` or `accelerate launch`).
+
+    torchrun --nproc_per_node=4 experiments/07_head_ablation_heatmap.py ...   # or: accelerate launch ...
+
+    with distributed_session() as ranks:          # gloo on CPU, nccl on GPU; one process: a no-op
+        table = stream_ablation_sweep(model, dataset, cells, "kl_to_clean", store="runs/sweep")
+        if ranks.is_main:
+            write_report(table)                    # every rank holds the reduced result; rank 0 writes
+
+The streamed analyses (`vitmech.analysis.streaming`) read the process group themselves: batch b (and,
+for sweeps, each (batch, chunk of cells) unit) belongs to rank `unit % world_size`, each rank reduces
+its own batches into mergeable accumulators, and one `all_gather_object` collective merges them in
+rank order, so every rank returns the same result as one process would. See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vitmech.errors import RuntimeSettingError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: rank in [0, world_size)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes reports and merges stores."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """More than one process takes part."""
+        return self.world_size > 1
+
+    def owns(self, unit: int) -> bool:
+        """Whether work unit number `unit` (a batch, a (batch, cells) pair) is this rank's."""
+        return unit % self.world_size == self.rank
+
+
+def current() -> Ranks:
+    """The ranks of the initialised default process group (one process when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def default_backend() -> str:
+    """nccl when this process has a CUDA GPU, else gloo."""
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def init_process_group(
+    backend: str | None = None,
+    *,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Ranks:
+    """Join the default process group (reads RANK / WORLD_SIZE / MASTER_ADDR from a launcher's environment
+    unless given). With nccl, the process uses GPU LOCAL_RANK. Returns this process's ranks."""
+    if dist.is_initialized():
+        return current()
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise RuntimeSettingError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=30)}
+    if init_method is not None:
+        kwargs.update(init_method=init_method, rank=rank, world_size=world_size)
+    dist.init_process_group(**kwargs)
+    ranks = current()
+    logger.info("rank %d of %d joined the %s process group", ranks.rank, ranks.world_size, backend)
+    return ranks
+
+
+@contextlib.contextmanager
+def distributed_session(backend: str | None = None) -> Iterator[Ranks]:
+    """Join the process group when a launcher started several processes, leave it at the end; in a plain
+    `python` run this yields one rank and does nothing."""
+    if not launched() or dist.is_initialized():
+        yield current()
+        return
+    ranks = init_process_group(backend)
+    try:
+        yield ranks
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if current().active:
+        dist.barrier()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (`[obj]` in one process). Objects are pickled:
+    keep them small (running sums, per-image scalars), with tensors on the CPU."""
+    ranks = current()
+    if not ranks.active:
+        return [obj]
+    out: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+__all__ = [
+    "BACKENDS",
+    "Ranks",
+    "barrier",
+    "current",
+    "default_backend",
+    "distributed_session",
+    "gather_objects",
+    "init_process_group",
+    "launched",
+]
