@@ -1,4 +1,4 @@
-"""Verify the attention math of a ViT by hand (seed 000's first script).
+"""Verify the attention math of a ViT by hand (the first step of the Galaxy Zoo fine-tuning study, docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts).
 
 Loads a ViT (pretrained where a hub is reachable, otherwise a seeded random init, and says so),
 runs it with a cache, recomputes one layer's attention pattern from the cached normalised

@@ -1,8 +1,8 @@
-"""Fine-tune a ViT on galaxy morphology (seed 000's 02_fine_tune_galaxy.py), by tier, with its linear probe.
+"""Fine-tune a ViT on galaxy morphology (the Galaxy Zoo fine-tuning study's fine-tune, docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts), by tier, with its linear probe.
 
 Data: the synthetic galaxies (vitmech.data.galaxies, offline, balanced over the six gz2 classes) or
 Galaxy Zoo 2 (`--data gz2`, hub id mwalmsley/gz2 or a local copy with its schema). Split sizes default to
-seed 000's: 4,937 train / 549 validation / 568 test (for gz2: 10,000 + 1,000 rows requested, 10% of the
+the study's: 4,937 train / 549 validation / 568 test (for gz2: 10,000 + 1,000 rows requested, 10% of the
 surviving training rows to validation). The fine-tuned model is saved with a card holding the test
 accuracy, the linear probe's, chance, and the margins between them; a report folder holds the tables.
 

@@ -1,4 +1,4 @@
-"""Locality of attention (seed 000's spatial analysis): mean attention distance per layer and head.
+"""Locality of attention (Dosovitskiy et al. 2020, Fig. 7): mean attention distance per layer and head.
 
 Mean attention distance (Dosovitskiy et al. 2020, Fig. 7): per head, the mean over query patches of the
 attention-weighted pixel distance to the patch keys. With two models, also the change by layer

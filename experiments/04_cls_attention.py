@@ -1,4 +1,4 @@
-"""CLS attention by layer (seed 000's entropy analysis): entropy and top-k concentration of the CLS token's
+"""CLS attention by layer (as in the Galaxy Zoo fine-tuning study, docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts): entropy and top-k concentration of the CLS token's
 attention over the patches, per layer and head; per-head maps of one image; layer progression.
 
 Entropy in nats of the CLS row renormalised over the patches (uniform: ln N = 5.278 for 196 patches), per

@@ -1,4 +1,4 @@
-"""Attention rollout vs the last layer (seed 000's rollout analysis), and the rollout family on examples.
+"""Attention rollout vs the last layer (Abnar & Zuidema 2020, arXiv 2005.00928), and the rollout family on examples.
 
 For every image: entropy of the CLS rollout map (Abnar & Zuidema 2020; alpha 0.5, mean over heads) and of
 the last layer's head-mean CLS map, and rollout variants (max/min fusion, discard_ratio). For a few

@@ -1,6 +1,6 @@
-"""Before vs after fine-tuning: seed 000's attention comparison on any two models and the same images.
+"""Before vs after fine-tuning: the Galaxy Zoo fine-tuning study's attention comparison (docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts) on any two models and the same images.
 
-Writes a report folder: seed 000's table (last-layer CLS entropy, top-10 concentration, rollout entropy:
+Writes a report folder: the study's table (last-layer CLS entropy, top-10 concentration, rollout entropy:
 before, after, change, with paired tests), locality change by layer, per layer x head tables of every
 metric, per-head weight-space change, linear CKA of the residual streams, and the plots.
 
@@ -80,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         "paired t-tests over images, Holm-adjusted within each table; 95% percentile bootstrap CI (10,000 resamples)."
     )
     summary = comparison.summary_table()
-    report.add_table("summary", summary.drop(columns=["key"]), caption="Seed 000's table", float_format=".4g")
+    report.add_table(
+        "summary", summary.drop(columns=["key"]), caption="The Galaxy Zoo fine-tuning table", float_format=".4g"
+    )
     report.add_text(
-        "Seed 000 (google/vit-base-patch16-224 fine-tuned on Galaxy Zoo 2) reported last-layer CLS entropy "
+        "The Galaxy Zoo fine-tuning study (google/vit-base-patch16-224 fine-tuned on Galaxy Zoo 2) reported last-layer CLS entropy "
         "4.81 -> 3.09 nats, top-10 concentration 20.8% -> 79.4%, rollout entropy 4.85 -> 4.74; its exact metric "
-        "code is not public (REFERENCE §2), so both head variants are shown."
+        "code is not public (docs/attention.md#definitions-and-sources), so both head variants are shown."
     )
     report.add_table("locality", comparison.locality_table(), caption="Locality: mean attention distance by layer (px)")
     layer_table = comparison.layer_table()

@@ -1,7 +1,7 @@
 """Ablate every attention head and draw the 12 x 12 heatmap of the metric change (arXiv 2503.18762, Fig. 5 design).
 
 For each head (one at a time) its context vector z is replaced (zero / mean / resample / uniform attention,
-REFERENCE §4) and the metric over the images is compared with the clean model's: the report has the
+docs/ablation.md#interventions) and the metric over the images is compared with the clean model's: the report has the
 [layer, head] heatmap of % change, the per-layer mean and std over heads, the full table, gradient
 estimates beside the exact values (Spearman correlations), and optionally the speed-up and metric change
 of physically pruning the least important heads. The sweep is exact, fast and resumable (rerun the same
@@ -79,7 +79,7 @@ def load_chirps(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, s
         from vitmech.data.chirps import TARGETS, generate_chirps
     except ImportError as err:
         raise SystemExit(
-            "--dataset chirps needs the chirp generator vitmech.data.chirps (issue 6), which is not in this "
+            "--dataset chirps needs the chirp generator vitmech.data.chirps, which is not in this "
             "checkout; pass --images DIR [--targets FILE] instead"
         ) from err
     samples = generate_chirps(n, seed, start=CHIRP_STREAM_START, size=model.cfg.image_size)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Model `{args.model}` ({weights}{'; card: ' + str(model.card['note']) if model.card.get('note') else ''}): "
         f"{cfg.n_layers} layers x {cfg.n_heads} heads, {cfg.n_tokens} tokens. "
         f"Data: {data_note}. Metric: `{result.metric['metric']}` (clean value {result.clean:.6g}, mean over "
-        f"{result.n_examples} images). Ablation: `{ablation.name}` (REFERENCE §4: the head's z replaced before W_O). "
+        f"{result.n_examples} images). Ablation: `{ablation.name}` (docs/ablation.md#interventions: the head's z replaced before W_O). "
         f"Exact sweep of {len(result.cells)} heads: {sweep_seconds:.1f} s (results file `{result.store_path}`; "
         "rerunning resumes from it). Layers and heads are 0-based. "
         "% change = 100 (ablated - clean) / |clean|; delta_se is the standard error over images."

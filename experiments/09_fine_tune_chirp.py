@@ -1,4 +1,4 @@
-"""LoRA-fine-tune a ViT as a chirp-spectrogram regressor (seed 001's set-up, arXiv 2503.18762).
+"""LoRA-fine-tune a ViT as a chirp-spectrogram regressor (the set-up of arXiv 2503.18762).
 
 Synthetic spectrogram figures (vitmech.data.chirps: viridis image, axis labels, title, colour bar) with
 three z-scored targets: start time, start frequency, end frequency. LoRA rank 8 on query and value plus a

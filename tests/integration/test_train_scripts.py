@@ -223,33 +223,6 @@ def test_scripts_refuse_bad_arguments(capsys):
     assert "must be" in capsys.readouterr().err
 
 
-def test_seed000_table_script(tmp_path, small_pretrained):
-    script = load_script("06b_seed000_table.py")
-    after = tmp_path / "after"
-    from vitmech.train import with_new_head
-
-    with_new_head(HookedViT.from_pretrained(str(small_pretrained)), 6).save_pretrained(after)
-    assert (
-        script.main(
-            [
-                "--before",
-                str(small_pretrained),
-                "--after",
-                str(after),
-                "--images",
-                "6",
-                "--threads",
-                "1",
-                "--out",
-                str(tmp_path / "report"),
-            ]
-        )
-        == 0
-    )
-    rows = (tmp_path / "report" / "seed000_table.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0] == "metric,before,after,change"
-
-
 SHIPPED = ("vitmech/mini-pretrained", "vitmech/mini-galaxy", "vitmech/mini-chirp", "vitmech/mini-chirp-full")
 
 

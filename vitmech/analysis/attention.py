@@ -1,6 +1,6 @@
 """Attention metrics over cached patterns: CLS maps, entropy, top-k concentration, mean attention distance.
 
-Definitions (REFERENCE §2). A pattern stack is `[batch, layer, head, query, key]` over P tokens: the
+Definitions: docs/attention.md#definitions-and-sources. A pattern stack is `[batch, layer, head, query, key]` over P tokens: the
 prefix tokens (class, distillation, registers), then N patches row-major on a g x g grid (`vitmech.tokens`).
 Functions on bare patterns take `layout=token_layout(model)`; without it they assume one class token
 and a square grid. Every function is vectorised over all leading axes, so the 144 heads of a ViT-B/16
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 PatternStack = Float[Tensor, "batch layer head query key"]
 
 # Elements of the [query, key] matrices handled at once by the chunked reductions (about 4 MiB in float32,
-# so the temporary stays in cache: 5x faster than one big product on our CPUs).
+# so the temporary stays in cache: 5x faster than one big product on a 2-core EPYC).
 _CHUNK_ELEMENTS = 1 << 20
 
 

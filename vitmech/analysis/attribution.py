@@ -1,6 +1,6 @@
 """Direct logit attribution at the CLS token and the logit lens.
 
-The class logit is W_H[:, c] . LN_final(x)[0] + b_H[c], with x the final residual stream (REFERENCE §5).
+The class logit is W_H[:, c] . LN_final(x)[0] + b_H[c], with x the final residual stream (Elhage et al. 2021; docs/circuits.md#direct-logit-attribution).
 Freezing the final LayerNorm's scale sigma (sqrt(var + eps), from the full residual at CLS), LN_final is
 affine in x, and x at CLS is a sum of components, so
 

@@ -1,7 +1,7 @@
 """Reading attention heads through their weights: QK/OV circuits, positional QK, composition.
 
 All functions take a HookedViT and read its current weights; none runs the model on images.
-Conventions (docs/circuits.md, REFERENCE §5): weights right-multiply (`x @ W`), so for head h
+Conventions (docs/circuits.md#conventions): weights right-multiply (`x @ W`), so for head h
 
     QK[h] = W_Q[h] W_K[h]^T     [d_model, d_model]   score(x_q, x_k) = x_q QK x_k^T (+ bias terms)
     OV[h] = W_V[h] W_O[h]       [d_model, d_model]   the head writes (attention-weighted x) @ OV
@@ -225,7 +225,7 @@ class PositionalQK:
     Attributes:
         scores: [n_layers, n_heads, P, P] (query, key) over the rows of W_pos: its prefix tokens (`layout`),
             then the patches row-major on the g x g grid.
-        mode: "ln1" (W_pos through the block's LN1 first; default) or "raw" (W_pos as it is, REFERENCE §5).
+        mode: "ln1" (W_pos through the block's LN1 first; default) or "raw" (W_pos as it is; docs/circuits.md#positional-qk).
         scaled: whether scores include attention's 1/sqrt(d_head).
         grid_size, patch_size: the patch grid, to reshape and measure distances.
         layout: the token layout of the score rows (None: one class token + the grid).
@@ -311,7 +311,7 @@ class PositionalQK:
         """Mean attention distance (pixels) of the attention the positional scores alone would give.
 
         renormalise=True: softmax over the patch keys (the same as softmax over all keys, then renormalised
-        over patches, REFERENCE §2's default); False: softmax over all P keys, the CLS key at distance 0.
+        over patches, the default of docs/attention.md#definitions-and-sources); False: softmax over all P keys, the CLS key at distance 0.
         """
         layout = self.token_layout
         if renormalise:
@@ -333,7 +333,7 @@ def positional_inputs(model: HookedViT, layer: int, mode: PositionalMode = "ln1"
     """What layer `layer`'s W_Q / W_K read when only the position embeddings are in the residual stream.
 
     "ln1": LN1_l(W_pos) (pre-norm models: LN1_l(ln_pre(W_pos))): exactly what block 0 reads for an input
-    whose patch embeddings and CLS token are zero. "raw": W_pos itself (REFERENCE §5's formula).
+    whose patch embeddings and CLS token are zero. "raw": W_pos itself (docs/circuits.md#positional-qk).
     """
     if mode == "raw":
         return model.W_pos
@@ -348,15 +348,15 @@ def positional_inputs(model: HookedViT, layer: int, mode: PositionalMode = "ln1"
 def positional_qk(
     model: HookedViT, mode: PositionalMode = "ln1", scale: bool = True, layers: Sequence[int] | None = None
 ) -> PositionalQK:
-    """The [P, P] positional attention scores of every head (REFERENCE §5).
+    """The [P, P] positional attention scores of every head (docs/circuits.md#positional-qk).
 
     scores[l, h] = (X W_Q[h] + b_Q[h]) (X W_K[h] + b_K[h])^T [/ sqrt(d_head)] with X = `positional_inputs`.
 
     mode="ln1" (default) passes W_pos through the block's LN1 first, because the head only ever sees LN1 of
     the residual stream: its centring, 1/scale and gain change which positions match, and the raw W_pos is on
     an arbitrary scale relative to what W_Q was trained on (so a softmax of raw scores has an arbitrary
-    temperature). mode="raw" is REFERENCE §5's formula on W_pos as stored. scale=True includes attention's
-    1/sqrt(d_head), so scores are in the units of `hook_attn_scores` (REFERENCE's formula omits it; it
+    temperature). mode="raw" is the formula of docs/circuits.md#positional-qk on W_pos as stored. scale=True includes attention's
+    1/sqrt(d_head), so scores are in the units of `hook_attn_scores` (that formula omits it; it
     only matters once a softmax is taken, as in `PositionalQK.locality`).
     """
     if mode not in ("ln1", "raw"):
@@ -533,7 +533,7 @@ def composition_scores(
     n_baseline_samples: int = 64,
     seed: int = 0,
 ) -> CompositionScores:
-    """Composition scores of every (earlier head, later head) pair, Elhage et al. 2021 (REFERENCE §5).
+    """Composition scores of every (earlier head, later head) pair, Elhage et al. 2021 (docs/circuits.md#composition-scores).
 
     score(A -> B) = ||OV_A M_B||_F / (||OV_A||_F ||M_B||_F) with M_B = QK_B (Q), QK_B^T (K) or OV_B (V).
     subtract_baseline: also compute the mean score of random Gaussian matrices of the same shapes (seeded)

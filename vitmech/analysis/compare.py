@@ -1,8 +1,8 @@
-"""Attention summaries of one model and comparisons of two on the same images (seed 000).
+"""Attention summaries of one model and comparisons of two on the same images (the Galaxy Zoo fine-tuning study's comparison, docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts).
 
     summary = summarize_attention(model, images)                 # metrics + CLS rollout, streamed in batches
     comparison = compare_models(pretrained, finetuned, images)  # both models, their differences
-    comparison.summary_table()      # seed 000: last-layer CLS entropy, top-10, rollout entropy: before, after, change
+    comparison.summary_table()      # last-layer CLS entropy, top-10, rollout entropy: before, after, change
     comparison.locality_table()     # mean attention distance by layer: before, after, change
     comparison.head_table()         # every metric per layer x head for both models, and the change
     comparison.weights.to_frame()   # relative Frobenius change of W_QK and W_OV per head
@@ -96,7 +96,7 @@ class AttentionSummary:
         return self.metrics.layers[-1]
 
     def image_scalars(self) -> dict[str, Float[Tensor, " batch"]]:
-        """Seed 000's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
+        """The Galaxy Zoo table's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
         m, k = self.metrics, self.metrics.settings.k
         return {
             "cls_entropy_last_head_mean_map": m.cls_entropy_head_mean[:, -1],
@@ -376,12 +376,12 @@ class ModelComparison:
         return self.before.name, self.after.name
 
     def summary_tests(self) -> dict[str, PairedComparison]:
-        """Paired comparisons (per image) of seed 000's quantities."""
+        """Paired comparisons (per image) of the Galaxy Zoo table's quantities."""
         b, a = self.before.image_scalars(), self.after.image_scalars()
         return {key: paired_comparison(b[key], a[key]) for key in b}
 
     def summary_table(self) -> pd.DataFrame:
-        """Seed 000's table: last-layer CLS entropy (nats), top-k concentration and rollout entropy, before,
+        """The Galaxy Zoo fine-tuning table: last-layer CLS entropy (nats), top-k concentration and rollout entropy, before,
         after and change (means over images), with paired t-test, Holm-adjusted p, d_z and bootstrap CI."""
         import pandas as pd
 

@@ -1,4 +1,4 @@
-"""Attention rollout and its relatives (REFERENCE §3): rollout, discard_ratio, gradient rollout, GMAR.
+"""Attention rollout and its relatives (Abnar & Zuidema 2020, arXiv 2005.00928; Chefer et al. 2021, arXiv 2103.15679; GMAR, arXiv 2504.19414): rollout, discard_ratio, gradient rollout, GMAR.
 
     patterns = collect_patterns(model, images)                       # [B, L, H, P, P]
     r = rollout(patterns, alpha=0.5, head_fusion="mean")             # Rollout: rows of R = A_L ... A_1

@@ -1,4 +1,4 @@
-"""Head ablations (REFERENCE §4) and the hooks that apply them.
+"""Head ablations (docs/ablation.md#interventions) and the hooks that apply them.
 
 Ablating head (l, h) replaces its context vector z = `blocks.l.attn.hook_z[:, :, h]` [B, P, d_head]
 before W_O:

@@ -1,7 +1,7 @@
 """Result tables of ablation sweeps: small dataclasses with to_frame() / to_dict().
 
 Effect = metric(ablated) - metric(clean) (means over the examples); pct_change = 100 * effect / |clean|
-(the percentage of the clean metric, REFERENCE §4; |clean| keeps the sign of the effect for metrics
+(the percentage of the clean metric, docs/ablation.md#metrics; |clean| keeps the sign of the effect for metrics
 whose clean value is negative, such as logits; NaN when clean is 0). delta_se is the standard error of
 the per-example effect (ddof 1).
 """
