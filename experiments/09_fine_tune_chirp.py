@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from vitmech.cli import load_model
+from vitmech.data import TargetScaler
 from vitmech.report import Report
-from vitmech.train import TIERS, LoRAConfig, TierConfig, TrainConfig, standardize
+from vitmech.train import TIERS, ArrayDataset, LoRAConfig, TierConfig, TrainConfig
 from vitmech.train.cards import command_line, hardware_info, shipped_name
-from vitmech.train.datasets import chirp_dataset, zscore
+from vitmech.train.datasets import chirp_dataset
 from vitmech.train.study import run_study
 
 
@@ -100,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     index = torch.arange(len(raw))
     raw_train = raw.subset(index[: args.n_train])
-    mean, std = standardize(raw_train.targets)
-    train = zscore(raw_train, mean, std)
-    val = zscore(raw.subset(index[args.n_train : args.n_train + args.n_val]), mean, std)
-    test = zscore(raw.subset(index[args.n_train + args.n_val :]), mean, std)
+    scaler = TargetScaler.fit(raw_train.targets.double().numpy())
+
+    def zscored(data: ArrayDataset) -> ArrayDataset:
+        return ArrayDataset(data.images, scaler.transform(data.targets), data.names, "regression")
+
+    train = zscored(raw_train)
+    val = zscored(raw.subset(index[args.n_train : args.n_train + args.n_val]))
+    test = zscored(raw.subset(index[args.n_train + args.n_val :]))
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
     tier = TierConfig(
@@ -136,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = {
         "names": train.names,
         "units": ["s", "Hz", "Hz"],
-        "mean": mean.tolist(),
-        "std": std.tolist(),
+        "mean": list(scaler.mean),
+        "std": list(scaler.std),
         "meaning": "outputs are z-scores: value = output * std + mean",
     }
     data_card = {

@@ -10,7 +10,7 @@ Lower level: `prepare_tier` (parameter groups), `fit` (the loop), `apply_lora` /
 `with_new_head` / `with_image_size`, `evaluate`. See docs/training.md.
 """
 
-from vitmech.train.data import ArrayDataset, augment_batch, batch_indices, standardize, to_model_input
+from vitmech.train.data import ArrayDataset, augment_batch, batch_indices, to_model_input
 from vitmech.train.errors import HeadMismatchError, ResumeMismatchError, TrainingDataError
 from vitmech.train.evaluate import (
     ClassificationEval,
@@ -61,7 +61,6 @@ __all__ = [
     "pearson_r",
     "predict",
     "prepare_tier",
-    "standardize",
     "to_model_input",
     "trainable_parameter_count",
     "with_image_size",

@@ -308,24 +308,37 @@ def _train_step(
     images = augment_batch(train.images[rows], config.augment, step_generator(config.seed, step, stream=2))
     x = to_model_input(images, model.preprocessing).to(model.device, model.dtype)
     y = train.targets[rows].to(model.device)
-    factor = lr_factor(step, config)
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
     dropout_seed = int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(dropout_seed)
         loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    params = [p for p in trainable if p.grad is not None]
+    return optimizer_step(optimizer, loss, trainable, config, step)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    params: list[torch.nn.Parameter],
+    config: TrainConfig,
+    step: int,
+) -> tuple[float, float]:
+    """One update at `step` (0-based): each group's lr = its base_lr times `lr_factor`, backward of `loss`,
+    gradient clipping to config.clip_norm, then the optimizer's step. Returns (loss, gradient norm before
+    clipping); a non-finite loss is an error."""
+    factor = lr_factor(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with_grad = [p for p in params if p.grad is not None]
     if config.clip_norm is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
+        norm = float(torch.nn.utils.clip_grad_norm_(with_grad, config.clip_norm))
     else:
-        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in params if (g := p.grad) is not None])))
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in with_grad if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.step()
     return float(loss.item()), norm
 
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "lr_factor", "run_fingerprint", "task_loss"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "lr_factor", "optimizer_step", "run_fingerprint", "task_loss"]
