@@ -3,8 +3,8 @@
 Most tests run tiny models, whose ops are dominated by thread hand-off: with several threads on a busy
 machine each op can stall for a scheduler slice. Set VITMECH_TEST_THREADS to use more.
 
-The default run checks every annotation of `vitmech` at call time (jaxtyping shapes through beartype; see
-`addopts` in pyproject.toml). Tests that pass wrongly-typed values on purpose, to test vitmech's own
+The default run checks the annotations of most of `vitmech` at call time (jaxtyping shapes through beartype;
+see `addopts` in pyproject.toml). Tests that pass wrongly-typed values on purpose, to test vitmech's own
 validation (what a caller without runtime checking gets), take the `unchecked_types` fixture.
 
 Fixtures: `tiny_vit` (a 3-layer, 4-head, d_model 32 HookedViT on 32 px images, patch 8, 5 classes, with
@@ -21,6 +21,7 @@ import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import tests.helpers.typecheck  # noqa: E402, F401  (the runtime checker named in pyproject's addopts)
 from tests.helpers.models import seeded_images, tiny_model  # noqa: E402
 from vitmech import HookedViT  # noqa: E402
 

@@ -10,6 +10,10 @@ import contextlib
 from collections.abc import Iterator
 
 import jaxtyping
+from beartype import BeartypeConf, beartype
+
+beartype_tower = beartype(conf=BeartypeConf(is_pep484_tower=True))
+"""The runtime checker of the default test run: beartype with PEP 484's numeric tower (an int passes for a float)."""
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.batching import image_batches
 from vitmech.errors import IndexOutOfRangeError, InputError
@@ -444,13 +445,13 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
         if n_layers is None:
             raise InputError("give the layers to stack")
         layers = range(n_layers)
-    missing = [layer for layer in layers if f"blocks.{layer}.attn.hook_pattern" not in cache]
+    missing = [layer for layer in layers if get_act_name("pattern", layer) not in cache]
     if missing:
         raise KeyError(
             f"the cache holds no hook_pattern for layers {missing}; cache it with "
             "names_filter=lambda n: n.endswith('hook_pattern')"
         )
-    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in layers], dim=1)
+    return torch.stack([cache[get_act_name("pattern", layer)] for layer in layers], dim=1)
 
 
 def resolve_layers(model: HookedViT, layers: Sequence[int] | None) -> tuple[int, ...]:
@@ -490,7 +491,7 @@ def collect_patterns(
     for start, batch in image_batches(images, batch_size):
         images_slice = slice(start, start + batch.shape[0])
         hooks: FwdHooks = [
-            (f"blocks.{layer}.attn.hook_pattern", _pattern_writer(out, images_slice, i, readout=readout))
+            (get_act_name("pattern", layer), _pattern_writer(out, images_slice, i, readout=readout))
             for i, layer in enumerate(layers)
         ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):

@@ -29,6 +29,7 @@ import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.heads import head_label
 from vitmech.analysis.circuits import head_results
@@ -172,7 +173,7 @@ def _needed_hooks(model: HookedViT) -> list[str]:
     names = ["ln_final.hook_scale", "head.hook_logits"]
     names += ["hook_ln_pre"] if model.cfg.pre_norm else ["hook_embed", "hook_pos_embed"]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+        names += [get_act_name("z", layer), get_act_name("mlp_out", layer)]
     return names
 
 
@@ -224,7 +225,7 @@ def direct_logit_attribution_from_cache(
         value_biases = []
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            z = at_cls(cache[f"blocks.{layer}.attn.hook_z"])  # [batch, H, d_head]
+            z = at_cls(cache[get_act_name("z", layer)])  # [batch, H, d_head]
             if split_value_bias:
                 z = z - attn.b_V
                 value_biases.append((layer, head_results(attn, attn.b_V)))  # [H, d]
@@ -236,7 +237,7 @@ def direct_logit_attribution_from_cache(
                 list(range(cfg.n_heads)),
             )
             add(attn.b_O.expand(batch, 1, -1), [f"b_O L{layer}"], "attn_bias", layer, [-1])
-            mlp_out = at_cls(cache[f"blocks.{layer}.hook_mlp_out"])[:, None]
+            mlp_out = at_cls(cache[get_act_name("mlp_out", layer)])[:, None]
             add(mlp_out - block.mlp.b_out, [f"MLP{layer}"], "mlp", layer, [-1])
             add(block.mlp.b_out.expand(batch, 1, -1), [f"b_out L{layer}"], "mlp_bias", layer, [-1])
         for layer, vb in value_biases:
@@ -387,7 +388,7 @@ class LogitLens:
 def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, torch.Tensor]) -> LogitLens:
     """Logit lens from a cache holding `hook_resid_pre` of block 0 and every `hook_resid_post`."""
     _require_classifier(model)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     cached = set(cache.keys())
     missing = [n for n in names if n not in cached]
     if missing:
@@ -414,7 +415,7 @@ def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], bat
     """Run the model and apply the final LayerNorm + classifier to the CLS residual after every layer."""
     _require_classifier(model)
     model.check_images(images)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     lenses = []
     for _, chunk in image_batches(images, max(1, images.shape[0]) if batch_size is None else batch_size):
         with torch.no_grad():

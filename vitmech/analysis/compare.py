@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
@@ -138,7 +139,7 @@ def _run_batch(
     streams: dict[str, Tensor] = {}
 
     def on_pattern(pattern: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         per_layer[layer] = attention_metrics(
             pattern[:, None],
             model.cfg.patch_size,
@@ -154,10 +155,10 @@ def _run_batch(
 
     hooks: list[tuple[Any, Any]] = [(lambda n: n.endswith("attn.hook_pattern"), on_pattern)]
     if keep_streams:
-        hooks += [("blocks.0.hook_resid_pre", on_stream), (lambda n: n.endswith("hook_resid_post"), on_stream)]
+        hooks += [(get_act_name("resid_pre", 0), on_stream), (lambda n: n.endswith("hook_resid_post"), on_stream)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         outputs = model(batch, return_type="auto")
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(n_layers)]
     return _BatchResult(
         metrics=AttentionMetrics.stack_layers(per_layer),  # type: ignore[arg-type]  # every layer's hook filled its slot
         fused=torch.stack(fused, 1),  # type: ignore[arg-type]  # every layer's hook filled its slot
@@ -545,7 +546,7 @@ def compare_models(
     cka = None
     if accumulator is not None and cka_tokens is not None:
         n_layers = before.cfg.n_layers
-        sites = ("blocks.0.hook_resid_pre",) + tuple(f"blocks.{layer}.hook_resid_post" for layer in range(n_layers))
+        sites = (get_act_name("resid_pre", 0),) + tuple(get_act_name("resid_post", layer) for layer in range(n_layers))
         cka = CKAResult(
             cka=accumulator.result().float(),
             sites=sites,

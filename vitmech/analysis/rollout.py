@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.attention import (
     PatternStack,
@@ -357,7 +358,7 @@ def _fusing_hook(fused: dict[str, list[Tensor | None]]) -> Callable[[Tensor, Any
     """
 
     def on_pattern(pattern: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         for fusion, per_layer in fused.items():
             per_layer[layer] = fuse_heads(pattern, fusion)  # type: ignore[arg-type]  # keys are RolloutSettings.head_fusion values
 
@@ -368,7 +369,7 @@ def _keeping_hook(kept: dict[int, Tensor]) -> Callable[[Tensor, Any], Tensor]:
     """A hook_pattern hook that stores the pattern (graph intact) in kept[layer] and returns it unchanged."""
 
     def keep(pattern: Tensor, hook: Any) -> Tensor:
-        kept[int(hook.name.split(".")[1])] = pattern
+        kept[hook.layer()] = pattern
         return pattern
 
     return keep
@@ -487,7 +488,7 @@ def attention_gradients(
     for _, batch in image_batches(images, batch_size):
         kept: dict[int, Tensor] = {}
         keep = _keeping_hook(kept)
-        hooks: FwdHooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in layers]
+        hooks: FwdHooks = [(get_act_name("pattern", layer), keep) for layer in layers]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             x = batch.detach().requires_grad_(True)  # builds the graph even when the weights are frozen
             outputs = model(x, return_type="auto")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from einops import repeat
 from jaxtyping import Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError
 from vitmech.analysis.ablation.heads import Head, HeadsLike, parse_heads
@@ -42,11 +43,11 @@ Hook = tuple[str | Callable[..., Any], Callable[..., Any]]
 
 
 def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+    return get_act_name("z", layer)
 
 
 def pattern_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
+    return get_act_name("pattern", layer)
 
 
 class BoundAblation(ABC):
