@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/06_before_after_comparison.py --out reports/before_after
+	$(VENV)/bin/vitmech compare --out runs/demo --force
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -38,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/forward.py
 
 clean:
-	rm -rf $(VENV) reports
+	rm -rf $(VENV) reports runs

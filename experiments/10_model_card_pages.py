@@ -1,111 +1,17 @@
-"""Write docs/models/<name>.md for each shipped model from the card saved in its config.json.
+"""List the shipped models and write their card pages (`vitmech models`; same flags, `--help` lists them).
 
-python experiments/10_model_card_pages.py            # after (re)training any of the embedded models
+python experiments/10_model_card_pages.py --quick
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from vitmech.loading.registry import zoo_models
-from vitmech.train.cards import model_card_page
-
-INTROS = {
-    "vitmech/mini-pretrained": """
-The "before" model of the embedded pair: a 12-layer, 12-head ViT on a 14 x 14 patch grid (224 px, patch 16),
-like ViT-B/16 but 96 wide, pretrained from scratch on procedural scenes (one large textured shape among small
-distractors; 32 shape/fill classes; no galaxy or natural images) in two stages: 112 px (7 x 7 patches), then
-224 px after resampling the position embeddings. Its attention has been trained (it is not a random init),
-so before/after comparisons on it mean something; its classifier predicts the 32 procedural classes.
-""",
-    "vitmech/mini-galaxy": """
-The "after" model of the embedded pair: `vitmech/mini-pretrained` fully fine-tuned (all weights; backbone and
-head at different learning rates) on synthetic galaxies (vitmech.data.galaxies, six gz2 summary classes) by
-`experiments/02_fine_tune_galaxy.py`, with the Galaxy Zoo fine-tuning study's split sizes. The card compares its held-out accuracy with
-the linear probe of the same pretrained backbone (trained on the same images) and with chance.
-""",
-    "vitmech/mini-chirp": """
-The set-up of arXiv 2503.18762 on the embedded architecture: `vitmech/mini-pretrained` fine-tuned with LoRA (rank 8 on query
-and value, merged) plus a 3-output regression head on chirp-spectrogram figures (vitmech.data.chirps: viridis
-image with title, axis labels and colour bar). Outputs are z-scores of start time (s), start frequency (Hz) and
-end frequency (Hz); the card's `targets` holds the mean and std that map them back. The 12 x 12 head-ablation
-heatmap experiment runs on it offline.
-
-**A weak regressor.** It beats the mean predictor and its linear probe, but only on the frequencies (Pearson r
-0.32 and 0.48), and it has not learned the start time (r about 0). The paper's model starts from an
-ImageNet-21k ViT-B/16; this 1.4 M-parameter backbone, pretrained on procedural scenes, lacks those features.
-Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
-q, k, v at rank 16 (lr 1e-2). Both ended at test MSE 0.97-0.98. The heatmap experiment therefore shows the
-pipeline on a trained model, not the paper's findings. An 8-epoch full fine-tune does better on the
-frequencies (`vitmech/mini-chirp-full`: MSE 0.76, r 0.54 / 0.62), but it has not learned the start time either.
-""",
-    "vitmech/mini-chirp-full": """
-The same chirp regressor trained with the full tier instead of LoRA: `vitmech/mini-pretrained` with every
-weight trained (backbone 3e-4, head 1e-3, LP-FT), 8 epochs of the same 4,000 chirps, the same 3 z-scored
-targets and test split as `vitmech/mini-chirp`. It is not the paper's set-up (that is `mini-chirp`, LoRA on
-query and value); it is here because full fine-tuning adapts this small backbone further than rank-8 LoRA
-could in the time we had: test MSE 0.76 against LoRA's 0.87, and Pearson r 0.54 / 0.62 on the start / end
-frequency. The start time is still not learned (r about 0). Run
-`07_head_ablation_heatmap.py --model vitmech/mini-chirp-full` for the heatmap of the stronger regressor.
-""",
-}
-
-REPRODUCE = {
-    "vitmech/mini-pretrained": """
-```bash
-PYTHONPATH=. python experiments/00_pretrain_procedural.py            # resumable; checkpoints in runs/pretrain_procedural
-PYTHONPATH=. python experiments/10_model_card_pages.py               # this page
-```
-Writes `vitmech/zoo/mini-pretrained/` and `reports/pretrain_procedural/`. Bit-identical on the same machine and
-thread count; other CPUs give slightly different floats.
-""",
-    "vitmech/mini-galaxy": """
-```bash
-PYTHONPATH=. python experiments/02_fine_tune_galaxy.py --model vitmech/mini-pretrained --tier full --out vitmech/zoo/mini-galaxy
-```
-Writes `vitmech/zoo/mini-galaxy/` and `reports/fine_tune_galaxy/` (summary table, confusion matrices, history).
-The same script fine-tunes ViT-B/16 on Galaxy Zoo 2 where a hub is reachable:
-`--model google/vit-base-patch16-224 --data gz2 --tier lora` (or `full`, `linear_probe`).
-""",
-    "vitmech/mini-chirp": """
-```bash
-PYTHONPATH=. python experiments/09_fine_tune_chirp.py --model vitmech/mini-pretrained --tier lora --out vitmech/zoo/mini-chirp
-```
-Writes `vitmech/zoo/mini-chirp/` and `reports/fine_tune_chirp/`.
-""",
-    "vitmech/mini-chirp-full": """
-```bash
-PYTHONPATH=. python experiments/09_fine_tune_chirp.py --model vitmech/mini-pretrained --tier full --epochs 8 \\
-    --backbone-lr 3e-4 --head-lr 1e-3 --weight-decay 0.05 --out vitmech/zoo/mini-chirp-full
-```
-The shipped copy was trained with `--out runs/chirp_full/model`, then saved into `vitmech/zoo/mini-chirp-full/` by
-`save_pretrained` with its card's `name` set to match.
-""",
-}
+from vitmech.cli import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/models", help="folder of the pages")
-    args = p.parse_args(argv)
-    zoo = zoo_models()
-    missing = [name for name in INTROS if name not in zoo]
-    if missing:
-        print(f"not in vitmech/zoo yet: {missing}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in INTROS:
-        if name not in zoo:
-            continue
-        meta = json.loads((zoo[name] / "config.json").read_text())
-        page = model_card_page(name, meta["config"], meta["card"], INTROS[name], REPRODUCE[name])
-        path = out / f"{name.split('/')[-1]}.md"
-        path.write_text(page)
-        print(f"wrote {path}")
-    return 0 if not missing else 1
+    return run_command("models", argv)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ A model built from a config (random weights), run on one blank image:
 >>> logits, cache = model.run_with_cache(torch.zeros(1, 3, 32, 32))
 >>> logits.shape, cache["pattern", 1].shape  # 1 class token + 2 x 2 patches
 (torch.Size([1, 3]), torch.Size([1, 2, 5, 5]))
+
+The names below are imported on first use, so `import vitmech` (and the `vitmech` command's --help) does
+not load torch.
 """
 
-from vitmech.config import ViTConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from vitmech.errors import (
     CheckpointMismatchError,
     ImageInputError,
@@ -26,10 +33,19 @@ from vitmech.errors import (
     UnsupportedModelError,
     VitmechError,
 )
-from vitmech.model.hooked_vit import HookedViT
-from vitmech.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from vitmech.config import ViTConfig
+    from vitmech.model.hooked_vit import HookedViT
+    from vitmech.preprocessing import Preprocessing
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "HookedViT": "vitmech.model.hooked_vit",
+    "Preprocessing": "vitmech.preprocessing",
+    "ViTConfig": "vitmech.config",
+}
 
 __all__ = [
     "CheckpointMismatchError",
@@ -43,3 +59,11 @@ __all__ = [
     "ViTConfig",
     "VitmechError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitmech' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 
@@ -77,7 +77,19 @@ def to_model(model: HookedViT, images: torch.Tensor) -> torch.Tensor:
     return images.to(device=model.device, dtype=model.dtype, non_blocking=True)
 
 
+@overload
+def on_model_device(model: HookedViT, x: torch.Tensor) -> torch.Tensor: ...
+@overload
+def on_model_device(model: HookedViT, x: None) -> None: ...
+
+
+def on_model_device(model: HookedViT, x: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor (images, targets) moved to the model's device, dtype unchanged; None stays None."""
+    return x if x is None or x.device == model.device else x.to(model.device)
+
+
 __all__ = [
+    "on_model_device",
     "DEVICE_KINDS",
     "PRECISIONS",
     "Precision",

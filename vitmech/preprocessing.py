@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from PIL import Image
+
+from vitmech.data._errors import UnreadableImageError
+from vitmech.errors import ImageInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,10 +87,58 @@ class Preprocessing:
         return cls(**data)
 
 
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a PIL image, scaling 16-bit, 32-bit integer and float images correctly.
+
+    PIL's own `convert("RGB")` clips those modes at 255 (a 16-bit photo turns almost white). Here:
+    16-bit images ("I;16*", or "I" with values in [0, 65535]) are divided by 65535; float ("F") images with
+    values in [0, 1] are multiplied by 255; any other range is min-max scaled to [0, 255].
+    """
+    if image.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+        return image.convert("RGB")
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and arr.min() >= 0 and arr.max() <= 65535):
+        scaled = arr / 65535.0
+    elif image.mode == "F" and arr.min() >= 0 and arr.max() <= 1:
+        scaled = arr
+    else:
+        low, high = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - low) / (high - low) if high > low else np.zeros_like(arr)
+    gray = Image.fromarray(np.clip(np.round(np.nan_to_num(scaled) * 255), 0, 255).astype(np.uint8))
+    return gray.convert("RGB")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image from a file; 16-bit and float images are scaled to 8 bits by their own range
+    (`to_rgb8`). Raises UnreadableImageError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb8(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint16 arrays / 65535 and float arrays in [0, 1] to uint8 0-255; others refused with the reason."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+            return np.round(array * 255.0).astype(np.uint8)
+        raise TypeError(
+            f"preprocess takes float arrays with values in [0, 1]; got range [{array.min():.4g}, {array.max():.4g}]. "
+            "Scale them to [0, 1] (or give uint8 / uint16)."
+        )
+    raise TypeError(f"preprocess takes uint8, uint16 or [0, 1] float arrays; got dtype {array.dtype}")
+
+
 def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
     """Accept one image or many: PIL, uint8 arrays [H,W], [H,W,C] or [B,H,W,C], uint8 tensors [C,H,W] or [B,C,H,W]."""
     if isinstance(images, Image.Image):
-        return [images]
+        return [to_rgb8(images) if images.mode in ("I", "F") or images.mode.startswith("I;16") else images]
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8:
             raise TypeError(
@@ -98,19 +151,26 @@ def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
             raise ValueError(f"uint8 tensor must be [C,H,W] or [B,C,H,W], got shape {tuple(images.shape)}")
         return _to_pil_list(images.permute(0, 2, 3, 1).cpu().numpy())
     if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise TypeError(f"preprocess takes uint8 arrays (0-255); got dtype {images.dtype}")
+        images = _array_to_uint8(images)
         if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
             arr = images[..., 0] if images.ndim == 3 and images.shape[-1] == 1 else images
             return [Image.fromarray(arr)]
         if images.ndim == 4:
             return [img for a in images for img in _to_pil_list(a)]
         raise ValueError(f"uint8 array must be [H,W], [H,W,C] or [B,H,W,C], got shape {images.shape}")
+    if isinstance(images, (str, Path)):
+        return [read_image(images)]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise ValueError("preprocess got an empty list of images")
         return [img for item in images for img in _to_pil_list(item)]
-    raise TypeError(f"cannot preprocess an object of type {type(images).__name__}; give PIL images or uint8 arrays")
+    raise TypeError(
+        f"cannot preprocess an object of type {type(images).__name__}; give PIL images, uint8 arrays or file paths"
+    )
+
+
+MAX_ASPECT = 3.0
+"""Images more elongated than this get a warning: the model's transform squashes or crops them hard."""
 
 
 def _resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
@@ -118,6 +178,17 @@ def _resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
     size = spec.image_size
     scale_size = math.floor(size / spec.crop_pct)
     w, h = image.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        what = (
+            f"squashes it {max(w, h) / min(w, h):.1f}:1 to a square"
+            if spec.resize_mode == "squash"
+            else f"keeps only its central {min(w, h)} x {min(w, h)} square"
+        )
+        warnings.warn(
+            f"a {w} x {h} image (aspect ratio beyond {MAX_ASPECT:g}:1): this model's transform ({spec.source}) {what}; "
+            "crop or pad it yourself if that loses what matters",
+            stacklevel=4,
+        )
     if spec.resize_mode == "squash":
         new_w = new_h = scale_size
     elif w <= h:
@@ -131,6 +202,11 @@ def _resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """The resize and centre crop of `spec` (no normalisation): an image_size x image_size PIL image."""
+    return _resize_and_crop(image, spec)
+
+
 def preprocess(
     images: ImageLike | Sequence[ImageLike], spec: Preprocessing, n_channels: int = 3
 ) -> Float[torch.Tensor, "batch channel height width"]:
@@ -142,7 +218,11 @@ def preprocess(
         raise ValueError(f"preprocess supports 1- or 3-channel models, not {n_channels}")
     out = []
     for image in _to_pil_list(images):
-        image = _resize_and_crop(image.convert(mode), spec)
+        try:
+            image = _resize_and_crop(image.convert(mode), spec)
+        except (OSError, SyntaxError) as err:  # a truncated or corrupt file, decoded lazily by PIL
+            name = getattr(image, "filename", "") or "an image"
+            raise ImageInputError(f"cannot read {name}: {err}") from err
         arr = np.asarray(image, dtype=np.float32) / 255.0
         if arr.ndim == 2:
             arr = arr[..., None]

@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 from einops import einsum
+from transformer_lens import FactoredMatrix
 
+from vitmech.errors import UnsupportedModelError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
 
@@ -42,12 +44,35 @@ __all__ = [
     "fold_value_biases",
     "load_processed",
     "process_weights",
+    "refactor_factored_attn_matrices",
 ]
+
+
+def unprocessable_features(model: HookedViT) -> list[str]:
+    """The parts of this model the processing steps here do not handle (they would change its outputs)."""
+    cfg = model.cfg
+    checks = {
+        "SwiGLU MLPs (W_gate)": cfg.gated_mlp,
+        "qk-norm": cfg.qk_norm,
+        "LayerScale": cfg.layer_scale,
+        "a distillation token or register tokens": cfg.distill_token or cfg.n_register_tokens > 0,
+        "no class token": not cfg.class_token,
+        f"pool={cfg.pool!r}": cfg.pool != "cls",
+        f"final_norm={cfg.final_norm!r}": cfg.final_norm != "tokens",
+        "position embeddings that are resampled or partial": cfg.pos_grid is not None
+        or cfg.n_pos_prefix != cfg.n_prefix_tokens
+        or not cfg.pos_embed,
+        "a projection": cfg.projection_dim > 0,
+    }
+    return [name for name, present in checks.items() if present]
 
 
 def _target(model: HookedViT, inplace: bool) -> HookedViT:
     if not isinstance(model, HookedViT):
         raise TypeError(f"expected a HookedViT, got {type(model).__name__}")
+    features = unprocessable_features(model)
+    if features:
+        raise UnsupportedModelError("weight processing does not handle " + ", ".join(features) + " (yet)")
     return model if inplace else copy.deepcopy(model)
 
 
@@ -147,6 +172,40 @@ def center_classifier(model: HookedViT, inplace: bool = False) -> HookedViT:
     return model
 
 
+@torch.no_grad()
+def refactor_factored_attn_matrices(model: HookedViT, inplace: bool = False) -> HookedViT:
+    """TransformerLens' `refactor_factored_attn_matrices`: the same QK and OV circuits, factored evenly.
+
+    Per head, with the biases as an extra input coordinate fixed at 1, W_QK = [W_Q; b_Q] [W_K; b_K]^T = U S V^T
+    becomes [W_Q; b_Q] = U S^1/2, [W_K; b_K] = V S^1/2 (queries and keys of equal norm per direction); the value
+    bias is folded into b_O, then W_OV = W_V W_O = U S V^T becomes W_V = U S, W_O = V^T (W_O orthonormal rows,
+    so |z| is the norm of the head's write). Attention scores and outputs are unchanged up to float error.
+    Refused with qk-norm (a LayerNorm between the projections and the scores breaks the bilinear form).
+    """
+    model = _target(model, inplace)
+    if getattr(model.cfg, "qk_norm", False):
+        raise ValueError("refactor_factored_attn_matrices: with qk-norm the scores are not a bilinear form of W_Q, W_K")
+    for block in model.blocks:
+        attn = block.attn
+        if attn.n_heads == 0:
+            continue
+        q_eff = torch.cat([attn.W_Q, attn.b_Q[:, None, :]], dim=1)  # [h, d+1, e]
+        k_eff = torch.cat([attn.W_K, attn.b_K[:, None, :]], dim=1)
+        q_even, k_even_t = FactoredMatrix(q_eff, k_eff.transpose(-1, -2)).make_even().pair
+        k_even = k_even_t.transpose(-1, -2)
+        attn.W_Q.copy_(q_even[:, :-1])
+        attn.b_Q.copy_(q_even[:, -1])
+        attn.W_K.copy_(k_even[:, :-1])
+        attn.b_K.copy_(k_even[:, -1])
+        attn.b_O.add_(einsum(attn.b_V, attn.W_O, "h e, h e d -> d"))
+        attn.b_V.zero_()
+        u, singular, v = FactoredMatrix(attn.W_V, attn.W_O).svd()  # [h, d, e], [h, e], [h, d, e]
+        attn.W_V.copy_(u * singular[:, None, :])
+        attn.W_O.copy_(v.transpose(-1, -2))
+    _record(model, "refactor_factored_attn_matrices")
+    return model
+
+
 def process_weights(
     model: HookedViT,
     fold_ln: bool = True,
@@ -154,11 +213,13 @@ def process_weights(
     fold_value_bias: bool = True,
     center_head: bool = False,
     center_reading_weights: bool = True,
+    refactor_attn: bool = False,
     inplace: bool = False,
 ) -> HookedViT:
     """TransformerLens' default processing for a HookedViT, each step optional; returns the processed model.
 
-    Order: fold LN, centre writing weights, centre the classifier, fold value biases (TransformerLens' order).
+    Order: fold LN, centre writing weights, centre the classifier, fold value biases (TransformerLens' order),
+    then, with refactor_attn, `refactor_factored_attn_matrices` (off by default, as in TransformerLens).
     center_head defaults to False (TransformerLens centres its unembedding by default): it changes the logits
     by a constant per image, which is harmless for a softmax classifier but not for a regression head.
     """
@@ -171,6 +232,8 @@ def process_weights(
         center_classifier(model, inplace=True)
     if fold_value_bias:
         fold_value_biases(model, inplace=True)
+    if refactor_attn:
+        refactor_factored_attn_matrices(model, inplace=True)
     return model
 
 
@@ -179,7 +242,14 @@ def load_processed(name: str, **options: Any) -> HookedViT:
 
     Options are `process_weights`' keyword arguments; anything else is passed to `from_pretrained`.
     """
-    processing_keys = {"fold_ln", "center_writing", "fold_value_bias", "center_head", "center_reading_weights"}
+    processing_keys = {
+        "fold_ln",
+        "center_writing",
+        "fold_value_bias",
+        "center_head",
+        "center_reading_weights",
+        "refactor_attn",
+    }
     processing = {k: options.pop(k) for k in list(options) if k in processing_keys}
     model = HookedViT.from_pretrained(name, **options)
     return process_weights(model, inplace=True, **processing)

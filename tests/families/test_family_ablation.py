@@ -82,3 +82,13 @@ def test_a_direction_on_the_features_gives_a_scalar_for_models_without_a_classif
     np.testing.assert_allclose(exact.ablated, naive.ablated, atol=TOL, rtol=0)
     with torch.no_grad():
         assert exact.clean == pytest.approx(float((model(images, return_type="features") @ direction).mean()), abs=1e-5)
+
+
+def test_weight_processing_refuses_the_parts_it_does_not_handle():
+    from vitmech import UnsupportedModelError
+    from vitmech.weight_processing import process_weights
+
+    with pytest.raises(UnsupportedModelError, match="LayerScale"):
+        process_weights(MODELS["dinov2_reg4"]())
+    with pytest.raises(UnsupportedModelError, match="pool='map'"):
+        process_weights(MODELS["siglip_map"]())

@@ -110,3 +110,15 @@ def test_dinov2_at_518_and_224_px_resamples_positions_as_hf():
     at_224 = HookedViT.from_hf(source, image_size=224)
     assert at_224.cfg.pos_grid == 37 and at_224.cfg.grid_size == 16 and at_224.cfg.pos_resample == "bicubic"
     check_port(source, at_224, layers, reference(source, "pooler_output", False), image_size=224)
+
+
+def test_hf_dinov3_fails_at_load_naming_the_feature():
+    from vitmech import UnsupportedModelError
+
+    config = T.DINOv3ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32
+    )
+    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
+        HookedViT.from_hf(T.DINOv3ViTModel(config))
+    with pytest.raises(UnsupportedModelError, match="class token and the mean of the patches"):
+        HookedViT.from_hf(T.Dinov2ForImageClassification(T.Dinov2Config(**SMALL, num_labels=2)))

@@ -86,3 +86,14 @@ def test_timm_export_builds_an_equal_timm_model(case):
     x = torch.randn(2, 3, source.patch_embed.img_size[0], source.patch_embed.img_size[1])
     with torch.no_grad():
         assert torch.equal(exported(x), source(x))
+
+
+def test_rotary_families_fail_at_load_naming_the_feature():
+    from vitmech import UnsupportedModelError
+
+    eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, img_size=28)
+    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
+        HookedViT.from_timm(eva)
+    dinov3 = timm.create_model("vit_small_patch16_dinov3", pretrained=False, depth=1, img_size=32)
+    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
+        HookedViT.from_timm(dinov3)

@@ -80,7 +80,7 @@ def test_experiment_writes_the_report_and_resumes(saved):
     first = (out / "all_heads.csv").read_text()
     store_files = list((out / "store").glob("sweep-*.jsonl"))
     assert len(store_files) == 1
-    assert exp.main(args) == 0  # a rerun resumes from the store and gives the same table
+    assert exp.main([*args, "--resume"]) == 0  # a rerun resumes from the store and gives the same table
     assert (out / "all_heads.csv").read_text() == first
     assert len(list((out / "store").glob("sweep-*.jsonl"))) == 1
 
@@ -94,7 +94,7 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     args = [
         "--model",
         str(tmp_path / "chirp_model"),
-        "--dataset",
+        "--images",
         "chirps",
         "--n-images",
         "6",
@@ -111,13 +111,32 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     assert sweep["metric"]["metric"] == "mse" and sweep["ablation"]["ablation"] == "mean"
 
 
-def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys):
+def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_path):
     exp = load_experiment()
+    with pytest.raises(SystemExit, match="vitmech/mini-chirp-does-not-exist' is not in this installation"):
+        exp.main(
+            [
+                "--model",
+                "vitmech/mini-chirp-does-not-exist",
+                "--images",
+                str(saved / "images"),
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
     with pytest.raises(SystemExit):
-        exp.main(["--model", "vitmech/mini-chirp-does-not-exist", "--images", str(saved / "images")])
-    assert "cannot load model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        exp.main(["--model", str(saved / "model"), "--images", str(saved / "images"), "--metric", "mse"])
+        exp.main(
+            [
+                "--model",
+                str(saved / "model"),
+                "--images",
+                str(saved / "images"),
+                "--metric",
+                "mse",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
     assert "needs targets" in capsys.readouterr().err
 
 
@@ -150,7 +169,8 @@ def test_plots_draw_the_results():
 
 
 def test_targets_follow_their_image_files_when_one_cannot_be_read(saved, tmp_path):
-    exp = load_experiment()
+    from vitmech.data.sources import load_image_source
+
     folder = tmp_path / "images"
     folder.mkdir()
     for f in sorted((saved / "images").glob("*.png")):
@@ -158,20 +178,5 @@ def test_targets_follow_their_image_files_when_one_cannot_be_read(saved, tmp_pat
     (folder / "02.png").write_bytes(b"not a png")  # the third of six files
     values = np.arange(12, dtype=np.float32).reshape(6, 2) + 0.5
     np.save(tmp_path / "y.npy", values)
-    kept_targets = exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 3, 4, 5])
-    assert kept_targets.tolist() == values[[0, 1, 3, 4, 5]].tolist()
-    from vitmech.cli import read_image_folder
-
-    images, kept = read_image_folder(folder)
-    assert kept == [0, 1, 3, 4, 5] and len(images) == 5
-
-
-def test_whole_number_targets_are_labels_unless_told_or_the_model_is_a_regressor(tmp_path):
-    exp = load_experiment()
-    np.save(tmp_path / "y.npy", np.array([1.0, 0.0, 2.0]))
-    assert exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 2]).dtype == torch.int64
-    values = exp.load_targets(str(tmp_path / "y.npy"), [0, 1, 2], "values")
-    assert values.dtype == torch.float32 and values.tolist() == [1.0, 0.0, 2.0]
-    np.save(tmp_path / "z.npy", np.array([0.5, 1.0, 2.0]))
-    with pytest.raises(ValueError, match="whole number"):
-        exp.load_targets(str(tmp_path / "z.npy"), [0, 1, 2], "labels")
+    source = load_image_source(folder, targets=str(tmp_path / "y.npy"), skip_unreadable=True)
+    assert len(source) == 5 and source.targets.tolist() == values[[0, 1, 3, 4, 5]].tolist()

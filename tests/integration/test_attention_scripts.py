@@ -91,7 +91,7 @@ def test_06_writes_seed_000_table_equal_to_the_library(setup, capsys):
         "qk_change_per_head",
     ):
         assert (out / f"{figure}.png").stat().st_size > 1000
-    assert "Seed 000's table" in (out / "report.md").read_text()
+    assert "Before/after table" in (out / "report.md").read_text()
     assert json.loads((out / "comparison.json").read_text())["names"] == ["before", "after"]
     assert "CLS attention entropy" in capsys.readouterr().out
 

@@ -29,15 +29,12 @@ def small_pretrained(tmp_path_factory) -> Path:
 
 
 def test_pretrain_script_runs_and_saves_a_loadable_model(tmp_path):
-    script = load_script("00_pretrain_procedural.py")
-    out = tmp_path / "model"
+    from vitmech.cli import run_command
+
+    out = tmp_path / "run" / "model"
     args = [
         "--out",
-        str(out),
-        "--run-dir",
         str(tmp_path / "run"),
-        "--report",
-        str(tmp_path / "report"),
         "--no-progress",
         "--threads",
         "1",
@@ -60,7 +57,7 @@ def test_pretrain_script_runs_and_saves_a_loadable_model(tmp_path):
         "--test-images",
         "16",
     ]
-    assert script.main(args) == 0
+    assert run_command("pretrain", args) == 0
     model = HookedViT.from_pretrained(str(out))
     assert model.cfg.n_heads == 12 and model.cfg.grid_size == 14 and model.cfg.n_classes == 32
     card = model.card
@@ -69,9 +66,9 @@ def test_pretrain_script_runs_and_saves_a_loadable_model(tmp_path):
         and 0 <= card["metrics"]["procedural_test_accuracy"] <= 1
     )
     assert {"source_model", "data", "tier", "recipe", "hardware", "train_seconds"} <= set(card)
-    assert (tmp_path / "report" / "report.md").is_file()
+    assert (tmp_path / "run" / "report.md").is_file()
     # a second run resumes from the finished checkpoints instead of training again
-    assert script.main(args) == 0
+    assert run_command("pretrain", [*args, "--resume"]) == 0
 
 
 def test_galaxy_script_full_tier_with_probe(tmp_path, small_pretrained):
@@ -98,11 +95,9 @@ def test_galaxy_script_full_tier_with_probe(tmp_path, small_pretrained):
                 "1",
                 "--no-progress",
                 "--out",
-                str(out),
-                "--run-dir",
                 str(tmp_path / "run"),
-                "--report",
-                str(tmp_path / "report"),
+                "--save-model",
+                str(out),
             ]
         )
         == 0
@@ -115,7 +110,7 @@ def test_galaxy_script_full_tier_with_probe(tmp_path, small_pretrained):
         metrics["test"]["accuracy"] - metrics["linear_probe_test"]["accuracy"]
     )
     assert metrics["baselines"]["uniform"] == pytest.approx(1 / 6)
-    summary = (tmp_path / "report" / "summary.csv").read_text()
+    summary = (tmp_path / "run" / "summary.csv").read_text()
     assert "linear probe" in summary and "chance (uniform)" in summary
 
 
@@ -139,7 +134,7 @@ def test_galaxy_script_reads_a_local_gz2_copy(tmp_path, small_pretrained):
             [
                 "--model",
                 str(small_pretrained),
-                "--data",
+                "--images",
                 "gz2",
                 "--gz2-source",
                 str(source),
@@ -155,11 +150,9 @@ def test_galaxy_script_reads_a_local_gz2_copy(tmp_path, small_pretrained):
                 "1",
                 "--no-progress",
                 "--out",
-                str(tmp_path / "m"),
-                "--run-dir",
                 str(tmp_path / "run"),
-                "--report",
-                str(tmp_path / "report"),
+                "--save-model",
+                str(tmp_path / "m"),
             ]
         )
         == 0
@@ -193,11 +186,9 @@ def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
                 "1",
                 "--no-progress",
                 "--out",
-                str(out),
-                "--run-dir",
                 str(tmp_path / "run"),
-                "--report",
-                str(tmp_path / "report"),
+                "--save-model",
+                str(out),
             ]
         )
         == 0
@@ -214,13 +205,17 @@ def test_scripts_refuse_bad_arguments(capsys):
     for name, args in (
         ("02_fine_tune_galaxy.py", ["--n-train", "0"]),
         ("09_fine_tune_chirp.py", ["--steps", "-1"]),
-        ("00_pretrain_procedural.py", ["--stage1-size", "100"]),
         ("02_fine_tune_galaxy.py", ["--tier", "half"]),
     ):
         with pytest.raises(SystemExit) as exc:
             load_script(name).main(args)
         assert exc.value.code == 2
     assert "must be" in capsys.readouterr().err
+    from vitmech.cli import run_command
+
+    with pytest.raises(SystemExit) as exc:
+        run_command("pretrain", ["--stage1-size", "100"])
+    assert exc.value.code == 2
 
 
 SHIPPED = ("vitmech/mini-pretrained", "vitmech/mini-galaxy", "vitmech/mini-chirp", "vitmech/mini-chirp-full")

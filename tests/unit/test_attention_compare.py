@@ -93,7 +93,9 @@ def test_seed_000_table_holds_before_after_and_change(pair, comparison):
     assert row["change"] == pytest.approx(row["after"] - row["before"], abs=1e-6)
     rollout_row = table.set_index("key").loc["rollout_entropy"]
     assert rollout_row["after"] == pytest.approx(float(alone.rollout.entropy(0).mean()), rel=1e-6)
-    assert set(table["direction"]) <= {"more focused", "more spread", "no change"}
+    assert set(table["direction"]) <= {"more focused", "more spread", "no significant change"}
+    worded = table["direction"] != "no significant change"
+    assert (table.loc[worded, "p_holm"] < 0.05).all() and not (table.loc[~worded, "p_holm"] < 0.05).any()
     assert (table["p_holm"] >= table["p"]).all()
 
 
@@ -102,7 +104,9 @@ def test_locality_head_and_layer_tables(pair, comparison):
     assert list(locality["layer"]) == [0, 1, 2]
     b = comparison.before.metrics.mean_distance[:, 1].mean()
     assert locality["distance_before_px"].iloc[1] == pytest.approx(float(b), rel=1e-6)
-    assert ((locality["change_px"] < 0) == (locality["direction"] == "more local")).all()
+    significant = locality["p_holm"] < 0.05
+    assert ((significant & (locality["change_px"] < 0)) == (locality["direction"] == "more local")).all()
+    assert (~significant == (locality["direction"] == "no significant change")).all()
     heads = comparison.head_table()
     assert len(heads) == 12 and {"cls_top3_before", "cls_top3_after", "cls_top3_change", "qk_relative_change"} <= set(
         heads

@@ -25,10 +25,10 @@ def test_head_grid_is_one_mosaic_with_each_map_in_its_tile():
     maps = torch.zeros(3, 4, 2, 2)
     maps[1, 2, 0, 1] = 1.0  # one hot cell in layer 1, head 2
     fig = viz.plot_head_grid(maps, layers=[0, 5, 11])
-    (ax,) = fig.axes
+    ax, colorbar = fig.axes
     mosaic = ax.images[0].get_array()
     assert mosaic.shape == (3 * 3 - 1, 4 * 3 - 1, 3)  # 2 px tiles + 1 px gaps
-    hot = matplotlib.colormaps["jet"](1.0)[:3]
+    hot = matplotlib.colormaps[viz.MAP_CMAP](1.0)[:3]
     assert np.allclose(mosaic[3, 2 * 3 + 1], hot)  # row 1 tile starts at 3; head 2 tile at 6, column 1
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "5", "11"]
     over_image = viz.plot_head_grid(maps, image=np.full((8, 8, 3), 255, np.uint8), tile=8)
@@ -41,11 +41,11 @@ def test_overlays_progression_rollout_and_curves():
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     maps = {"a": torch.rand(4, 4), "b": torch.rand(4, 4)}
     fig = viz.plot_overlays(image, maps)
-    assert len(fig.axes) == 3 and fig.axes[1].get_title() == "a"
+    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "a"  # image, two maps, colour bar
     fig = viz.plot_layer_progression(image, {"before": {0: maps["a"], 5: maps["b"]}, "after": {0: maps["b"]}})
-    assert len(fig.axes) == 4 and fig.axes[0].get_title() == "before: layer 0"
+    assert len(fig.axes) == 5 and fig.axes[0].get_title() == "before: layer 0"
     fig = viz.plot_rollout_vs_last_layer({"x": image}, {"x": maps["a"]}, {"x": maps["b"]})
-    assert [ax.get_title() for ax in fig.axes] == ["x: last layer", "x: rollout"]
+    assert [ax.get_title() for ax in fig.axes][:2] == ["x: last layer", "x: rollout"]
     frame = pd.DataFrame({"layer": [0, 1], "cls_entropy_mean": [5.0, 4.0], "cls_entropy_std": [0.1, 0.2]})
     fig = viz.plot_metric_by_layer({"before": frame}, "cls_entropy", reference=5.278)
     assert list(fig.axes[0].lines[0].get_ydata()) == [5.0, 4.0]

@@ -114,12 +114,12 @@ def test_report_for_one_model_from_an_image_folder(saved_pair, tmp_path):
 
 def test_missing_models_fail_clearly(tmp_path):
     main = load_script().main
-    with pytest.raises(SystemExit, match="vitmech/not-shipped are not in this checkout"):
+    with pytest.raises(SystemExit, match="vitmech/not-shipped' is not in this installation"):
         main(["--model", "vitmech/not-shipped", "--finetuned", "none", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="cannot load model '.*nowhere'"):
         main(["--model", str(tmp_path / "nowhere"), "--finetuned", "none", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="at least 2"):
-        main(["--synthetic-galaxies", "1", "--finetuned", "none", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="at least 1"):
+        main(["--n-images", "0", "--finetuned", "none", "--out", str(tmp_path / "x")])
 
 
 def test_figures_have_one_panel_per_head_or_model():
@@ -142,8 +142,10 @@ def test_figures_have_one_panel_per_head_or_model():
 
 
 def test_weight_processing_that_changes_the_logits_stops_the_report(saved_pair, tmp_path, monkeypatch):
+    import vitmech.weight_processing
+
     script = load_script()
-    real = script.process_weights
+    real = vitmech.weight_processing.process_weights
 
     def broken(model):
         processed = real(model)
@@ -151,6 +153,6 @@ def test_weight_processing_that_changes_the_logits_stops_the_report(saved_pair, 
             processed.head.b_H.add_(1.0)  # not a function-preserving edit
         return processed
 
-    monkeypatch.setattr(script, "process_weights", broken)
+    monkeypatch.setattr(vitmech.weight_processing, "process_weights", broken)
     with pytest.raises(SystemExit, match="weight processing changed"):
         script.main(["--model", str(saved_pair[0]), "--synthetic-galaxies", "2", "--out", str(tmp_path / "r")])

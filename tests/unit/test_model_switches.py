@@ -200,3 +200,27 @@ def test_exact_ablation_engine_is_unaffected_by_the_switches():
     naive = head_sweep(model, images, "kl_to_clean", progress=False, engine="naive").grid("delta")
     torch.testing.assert_close(torch.as_tensor(on), torch.as_tensor(off), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.as_tensor(naive), torch.as_tensor(off), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("weights", ["raw", "processed"])
+def test_refactor_factored_attn_matrices_keeps_circuits_and_outputs(weights):
+    from vitmech.weight_processing import refactor_factored_attn_matrices
+
+    model = _models()[weights]
+    images = seeded_images(2, 32, seed=13)
+    refactored = refactor_factored_attn_matrices(model)
+    torch.testing.assert_close(refactored(images), model(images), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        _, before = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_attn_scores"))
+        _, after = refactored.run_with_cache(images, names_filter=lambda n: n.endswith("hook_attn_scores"))
+    for name in before.cache_dict:
+        torch.testing.assert_close(after[name], before[name], atol=1e-4, rtol=0)
+    torch.testing.assert_close(refactored.OV.AB, model.OV.AB, atol=1e-5, rtol=0)
+    w_o = refactored.W_O  # [layer, head, d_head, d_model]: orthonormal rows
+    eye = torch.eye(model.cfg.d_head).expand(*w_o.shape[:2], -1, -1)
+    torch.testing.assert_close(w_o @ w_o.transpose(-1, -2), eye, atol=1e-5, rtol=0)
+    assert (refactored.b_V == 0).all()
+    # even split: each direction's query and key columns (bias row included) have the same norm, sqrt(S)
+    q_eff = torch.cat([refactored.W_Q, refactored.b_Q[:, :, None]], dim=-2)
+    k_eff = torch.cat([refactored.W_K, refactored.b_K[:, :, None]], dim=-2)
+    torch.testing.assert_close(q_eff.norm(dim=-2), k_eff.norm(dim=-2), atol=1e-4, rtol=1e-4)

@@ -67,3 +67,21 @@ def test_devices_resolve_with_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeSettingError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_analyses_move_cpu_inputs_to_the_model_device():
+    from vitmech.analysis.ablation import estimate_head_effects, head_sweep
+    from vitmech.analysis.attention import collect_patterns
+    from vitmech.analysis.attribution import direct_logit_attribution
+
+    model, images = tiny_model(0).to("cuda"), seeded_images(4, 32)
+    labels = torch.arange(4) % 5
+    assert collect_patterns(model, images, progress=False).device.type == "cuda"
+    direct_logit_attribution(model, images)
+    sweep = head_sweep(model, images, "cross_entropy", targets=labels, progress=False)
+    cpu = head_sweep(tiny_model(0), images, "cross_entropy", targets=labels, progress=False)
+    np.testing.assert_allclose(sweep.ablated, cpu.ablated, rtol=0, atol=1e-4)
+    estimate_head_effects(model, images, "cross_entropy", targets=labels)
+    streamed = streaming.stream_attention_metrics(model, images, precision="fp16", progress=False)
+    assert streamed.n_images == 4

@@ -62,10 +62,10 @@ def test_accepts_pil_lists_uint8_arrays_and_tensors_alike():
 @pytest.mark.parametrize(
     "bad, error, message",
     [
-        (np.zeros((8, 8, 3), dtype=np.float32), TypeError, "uint8"),
+        (np.full((8, 8, 3), 2.0, dtype=np.float32), TypeError, r"\[0, 1\]"),
         (torch.zeros(1, 3, 8, 8), TypeError, "already normalised"),
         ([], ValueError, "empty"),
-        ("image.png", TypeError, "cannot preprocess"),
+        (b"image bytes", TypeError, "cannot preprocess"),
     ],
 )
 def test_bad_images_are_refused(bad, error, message):

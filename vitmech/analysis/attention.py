@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from transformer_lens.utilities import get_act_name
 
 from vitmech.batching import image_batches
+from vitmech.device import on_model_device
 from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
@@ -478,6 +479,7 @@ def collect_patterns(
     """
     if rows not in ("all", "cls"):
         raise InputError(f"rows must be 'all' or 'cls', got {rows!r}")
+    images = on_model_device(model, images)
     model.check_images(images)
     layers = resolve_layers(model, layers)
     cfg = model.cfg

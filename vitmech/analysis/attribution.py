@@ -11,8 +11,8 @@ each head's result z[h] @ W_O[h] at CLS, each layer's b_O, each MLP's post @ W_o
 constants beta . W_H[:, c] ("ln_final.b") and b_H[c] ("b_H").
 
 Both analyses read the class token (`vitmech.tokens.TokenLayout.class_index`); for models without one
-(average or attention pooling) they raise a ValueError naming the analysis, since no single token's
-residual stream is what the head reads.
+(average or attention pooling), or whose output reads the patch mean although they have one (pool="avg"),
+they raise a ValueError naming the analysis, since no single token's residual stream is what the head reads.
 
     dla = direct_logit_attribution(model, images)             # the predicted class of each image
     dla.head_attributions()                                    # [batch, layer, head]
@@ -34,10 +34,22 @@ from transformer_lens.utilities import get_act_name
 from vitmech.analysis.ablation.heads import head_label
 from vitmech.analysis.circuits import head_results
 from vitmech.batching import image_batches
+from vitmech.device import on_model_device
 from vitmech.model.hooked_vit import HookedViT
-from vitmech.tokens import token_layout
+from vitmech.tokens import TokenLayout, token_layout
 
 ClassSpec = str | int | Sequence[int] | Int[torch.Tensor, " batch"]
+
+
+def _class_readout(model: HookedViT, what: str) -> TokenLayout:
+    """The model's token layout; a clear error unless its output is read from the class token."""
+    layout = token_layout(model)
+    layout.require_class_token(what)
+    if layout.readout_index is None:
+        raise ValueError(
+            f"{what} reads the class token, and this model's output reads the {layout.readout_name} (pool='avg')"
+        )
+    return layout
 
 
 def _require_classifier(model: HookedViT) -> None:
@@ -197,12 +209,11 @@ def direct_logit_attribution_from_cache(
             "without a names_filter, or call direct_logit_attribution(model, images)"
         )
     cfg = model.cfg
-    layout = token_layout(model)
+    layout = _class_readout(model, "direct logit attribution")
 
     def at_cls(x: torch.Tensor) -> torch.Tensor:
         return layout.class_token(x, 1, what="direct logit attribution")
 
-    layout.require_class_token("direct logit attribution")
     logits_all = cache["head.hook_logits"]
     classes_t = resolve_classes(model, classes, logits_all)
     with torch.no_grad():
@@ -283,6 +294,7 @@ def direct_logit_attribution(
     classes: "predicted", a class index or name, or one index per image. Caches only the hooks it needs.
     """
     _require_classifier(model)
+    images = on_model_device(model, images)
     model.check_images(images)
     results = []
     offset = 0
@@ -395,7 +407,7 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
         raise KeyError(
             f"the cache lacks {missing[:4]}; run model.run_with_cache(images) or call logit_lens(model, images)"
         )
-    layout = token_layout(model)
+    layout = _class_readout(model, "the logit lens")
     with torch.no_grad():
         resid = torch.stack(
             [layout.class_token(cache[n], 1, what="the logit lens") for n in names], dim=1
@@ -414,6 +426,7 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
 def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], batch_size: int | None = 32) -> LogitLens:
     """Run the model and apply the final LayerNorm + classifier to the CLS residual after every layer."""
     _require_classifier(model)
+    images = on_model_device(model, images)
     model.check_images(images)
     names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     lenses = []

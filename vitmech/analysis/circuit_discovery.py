@@ -36,7 +36,7 @@ from jaxtyping import Bool, Float
 from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
-from vitmech.analysis.patching import Hooks, _check_pair
+from vitmech.analysis.patching import Hooks, check_pair
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 
@@ -282,7 +282,7 @@ class EdgeScores:
 def _metric_runs(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor, metric: MetricLike, targets):
     metric_obj: Metric = resolve_metric(metric)
     metric_obj.check_model(model)
-    _check_pair(model, clean, corrupted)
+    check_pair(model, clean, corrupted)
     with torch.no_grad():
         clean_out = model(clean, return_type=metric_obj.output)
         corrupted_out = model(corrupted, return_type=metric_obj.output)

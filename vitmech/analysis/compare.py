@@ -31,6 +31,7 @@ from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, atte
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
 from vitmech.batching import image_batches
+from vitmech.device import on_model_device
 from vitmech.errors import ModelMismatchError
 from vitmech.tokens import READOUT, TokenLayout, token_layout
 
@@ -63,8 +64,9 @@ def check_comparable(before: HookedViT, after: HookedViT) -> None:
 
 
 def prepare_images(model: HookedViT, images: Any) -> Float[Tensor, "batch channel height width"]:
-    """A float tensor goes to the model as it is (checked); PIL images or uint8 arrays are preprocessed."""
+    """A float tensor goes to the model's device (checked); PIL images or uint8 arrays are preprocessed."""
     if isinstance(images, Tensor) and images.is_floating_point():
+        images = on_model_device(model, images)
         model.check_images(images)
         return images
     return model.preprocess(images)
@@ -359,8 +361,16 @@ def weight_change(before: HookedViT, after: HookedViT) -> WeightChange:
 # ----------------------------------------------------------------------------------------- two models
 
 
-def _direction(change: float, smaller: str, larger: str) -> str:
-    return "no change" if change == 0 else (smaller if change < 0 else larger)
+SIGNIFICANCE = 0.05
+"""Holm-adjusted p below which a change gets a direction word ("more focused"); otherwise
+"no significant change"."""
+
+
+def _direction(change: float, smaller: str, larger: str, p_holm: float) -> str:
+    """A direction word only for a Holm-significant change (p_holm < SIGNIFICANCE)."""
+    if not p_holm < SIGNIFICANCE or change == 0:  # NaN p (constant differences, n < 2) is not significant
+        return "no significant change"
+    return smaller if change < 0 else larger
 
 
 @dataclass
@@ -387,15 +397,16 @@ class ModelComparison:
         import pandas as pd
 
         k = self.before.metrics.settings.k
+        query = "CLS" if self.readout == "class token" else f"Readout ({self.readout})"
         labels = {
-            "cls_entropy_last_head_mean_map": ("CLS attention entropy, last layer (head-mean map)", "nats"),
-            "cls_entropy_last_mean_over_heads": ("CLS attention entropy, last layer (mean of per-head)", "nats"),
+            "cls_entropy_last_head_mean_map": (f"{query} attention entropy, last layer (head-mean map)", "nats"),
+            "cls_entropy_last_mean_over_heads": (f"{query} attention entropy, last layer (mean of per-head)", "nats"),
             f"cls_top{k}_last_head_mean_map": (f"Top-{k} patch concentration, last layer (head-mean map)", "fraction"),
             f"cls_top{k}_last_mean_over_heads": (
                 f"Top-{k} patch concentration, last layer (mean of per-head)",
                 "fraction",
             ),
-            "rollout_entropy": ("Rollout CLS entropy", "nats"),
+            "rollout_entropy": (f"Rollout {query} entropy", "nats"),
             f"rollout_top{k}": (f"Rollout top-{k} concentration", "fraction"),
         }
         tests = self.summary_tests()
@@ -411,9 +422,9 @@ class ModelComparison:
                     "before": test.mean_before,
                     "after": test.mean_after,
                     "change": test.mean_change,
-                    "direction": _direction(test.mean_change, "more focused", "more spread")
+                    "direction": _direction(test.mean_change, "more focused", "more spread", p_holm)
                     if entropy
-                    else _direction(test.mean_change, "more spread", "more focused"),
+                    else _direction(test.mean_change, "more spread", "more focused", p_holm),
                     "ci95_low": test.ci_low,
                     "ci95_high": test.ci_high,
                     "t": test.t,
@@ -442,7 +453,7 @@ class ModelComparison:
                     "distance_after_px": t.mean_after,
                     "change_px": t.mean_change,
                     "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _direction(t.mean_change, "more local", "more global"),
+                    "direction": _direction(t.mean_change, "more local", "more global", p),
                     "p": t.p,
                     "p_holm": p,
                     "cohens_dz": t.cohens_dz,
@@ -466,9 +477,15 @@ class ModelComparison:
             frame = frame.merge(self.weights.to_frame(), on=["layer", "head"], how="left")
         return frame
 
+    @property
+    def readout(self) -> str:
+        """The query the "CLS" metrics read: "class token", or "mean over patches" (models without one)."""
+        return self.before.metrics.query
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "names": list(self.names),
+            "readout": self.readout,
             "attention_settings": self.before.metrics.settings.to_dict(),
             "rollout_settings": self.before.rollout_settings.to_dict(),
             "summary": self.summary_table().to_dict(orient="records"),

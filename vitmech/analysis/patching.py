@@ -167,7 +167,8 @@ def _check_sites(model: HookedViT, sites: Sequence[Site]) -> list[Site]:
     return list(sites)
 
 
-def _check_pair(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor) -> None:
+def check_pair(model: HookedViT, clean: torch.Tensor, corrupted: torch.Tensor) -> None:
+    """PatchingError (or ImageInputError) unless clean and corrupted are valid model inputs of the same shape."""
     model.check_images(clean)
     model.check_images(corrupted)
     if clean.shape != corrupted.shape:
@@ -204,7 +205,7 @@ def patched_outputs(
     max_rows bounds the stacked batch (sites x images) of one suffix run.
     """
     sites = _check_sites(model, sites)
-    _check_pair(model, source, target)
+    check_pair(model, source, target)
     source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     return outputs_with_sources(model, target, sites, source_cache, output=output, max_rows=max_rows)
 
@@ -279,7 +280,7 @@ def naive_patched_outputs(
 ) -> torch.Tensor:
     """The same as `patched_outputs`, one full forward of the target images per site (the reference)."""
     sites = _check_sites(model, sites)
-    _check_pair(model, source, target)
+    check_pair(model, source, target)
     source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
     outputs = []
     for site in sites:
@@ -443,7 +444,7 @@ def activation_patching(
     """
     metric_obj: Metric = resolve_metric(metric)
     metric_obj.check_model(model)
-    _check_pair(model, clean, corrupted)
+    check_pair(model, clean, corrupted)
     for name, run in (("source", source), ("target", target)):
         if run not in ("clean", "corrupted"):
             raise PatchingError(f"{name} must be 'clean' or 'corrupted', got {run!r}")

@@ -32,7 +32,7 @@ from jaxtyping import Float
 from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
-from vitmech.analysis.patching import Hooks, Run, Site, _check_pair, outputs_with_sources
+from vitmech.analysis.patching import Hooks, Run, Site, check_pair, outputs_with_sources
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 
@@ -124,7 +124,7 @@ def path_patching(
     """
     metric_obj: Metric = resolve_metric(metric)
     metric_obj.check_model(model)
-    _check_pair(model, clean, corrupted)
+    check_pair(model, clean, corrupted)
     if component not in ("q", "k", "v"):
         raise PatchingError(f"component must be 'q', 'k' or 'v', got {component!r}")
     groups = [_as_group(s) for s in senders]

@@ -41,6 +41,7 @@ from vitmech.analysis.attention import (
     top_k_concentration,
 )
 from vitmech.batching import image_batches
+from vitmech.device import on_model_device
 from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
@@ -391,6 +392,7 @@ def rollout_maps(
     """
     if not variants:
         raise InputError("give at least one rollout variant")
+    images = on_model_device(model, images)
     model.check_images(images)
     layout = token_layout(model)
     fusions = sorted({v.head_fusion for v in variants.values()})
@@ -481,6 +483,7 @@ def attention_gradients(
     without touching the parameters' .grad. Images are independent, so summing y over the batch gives
     each image its own gradient.
     """
+    images = on_model_device(model, images)
     model.check_images(images)
     layers = resolve_layers(model, layers)
     parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor]] = []

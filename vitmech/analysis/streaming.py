@@ -343,6 +343,7 @@ class StreamedAttentionMetrics:
         n_images: images seen (all ranks).
         precision: the forward pass precision ("fp32", "bf16", "fp16").
         rows_path: the CSV of per-image rows, if spilled.
+        query: the query the "cls" metrics read ("class token" or "mean over patches", `TokenLayout.readout`).
     """
 
     heads: dict[str, Moments]
@@ -352,6 +353,7 @@ class StreamedAttentionMetrics:
     n_images: int
     precision: str = "fp32"
     rows_path: Path | None = None
+    query: str = "class token"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head), the columns of `AttentionMetrics.to_frame()`."""
@@ -470,6 +472,7 @@ def stream_attention_metrics(
         n_images=heads["cls_entropy"].n,
         precision=precision,
         rows_path=spill.finish(),
+        query=token_layout(model).readout_name,
     )
 
 
@@ -560,7 +563,7 @@ class StreamedComparison(_compare.ModelComparison):
                     "distance_after_px": t.mean_after,
                     "change_px": t.mean_change,
                     "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _compare._direction(t.mean_change, "more local", "more global"),
+                    "direction": _compare._direction(t.mean_change, "more local", "more global", p),
                     "p": t.p,
                     "p_holm": p,
                     "cohens_dz": t.cohens_dz,
@@ -591,7 +594,12 @@ class _SummaryAccumulator:
         scalars = _gather_images(self.images)
         distance = scalars.pop("__layer_distance")
         metrics = StreamedAttentionMetrics(
-            heads, layers, tuple(range(model.cfg.n_layers)), settings, heads["cls_entropy"].n
+            heads,
+            layers,
+            tuple(range(model.cfg.n_layers)),
+            settings,
+            heads["cls_entropy"].n,
+            query=token_layout(model).readout_name,
         )
         return StreamedSummary(name, metrics, scalars, distance, rs)
 

@@ -18,6 +18,7 @@ from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
 from vitmech.loading._state import raise_on_mismatch
 from vitmech.loading.families import Converted, convert, family_for
 from vitmech.loading.families.hf_vit import HF_ACTS, LAYER_KEYS, LAYER_PREFIX, VITMECH_TO_HF_ACT, detect_layout
+from vitmech.loading.peft import merged
 from vitmech.preprocessing import HALF, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def _hf_class(config: Any, id_or_path: str) -> Any:
 
     kind = getattr(config, "model_type", None)
     if kind not in DEFAULT_CLASSES:
+        if kind == "dinov3_vit":
+            kind = "dinov3_vit (rotary position embeddings)"
         raise UnsupportedModelError(
             f"{id_or_path!r} is a {kind!r} model; supported HuggingFace model types: {sorted(DEFAULT_CLASSES)}"
         )
@@ -172,6 +175,7 @@ def convert_hf(
     preprocessing: Preprocessing | None = None,
     ignore_pooler: bool = True,
     image_size: int | None = None,
+    adapter: str | Path | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Converted:
     """Convert a HF model instance, or load one by hub id / local directory first.
@@ -179,6 +183,8 @@ def convert_hf(
     A ViTModel's pooler (dense + tanh on the class token) is not part of HookedViT: with ignore_pooler=True
     (default) its weights are left out with a warning; False raises instead.
     image_size: run at another image size (position embeddings resampled as HF `interpolate_pos_encoding`).
+    adapter: a peft adapter directory (LoRA) to merge into the base model first; a `peft.PeftModel` is
+    merged the same way.
     """
     prep = None
     if isinstance(model_or_id_or_path, (str, Path)):
@@ -187,6 +193,7 @@ def convert_hf(
         if from_pretrained_kwargs:
             raise TypeError(f"{sorted(from_pretrained_kwargs)} only apply when a hub id or path is given")
         model = model_or_id_or_path
+    model = merged(model, adapter)
     family = family_for(model, "hf")
     pooler = getattr(model, "pooler", None) or getattr(getattr(model, "vit", None), "pooler", None)
     if pooler is not None and any(True for _ in pooler.parameters()):

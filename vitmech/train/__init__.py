@@ -6,10 +6,12 @@
                        checkpoint_dir="runs/galaxy_full")
     result.model.save_pretrained("runs/galaxy_full/final", card=result.card(data="synthetic galaxies"))
 
+Attention-supervised tier: `fine_tune_attention_supervised` (docs/alignment.md#attention-supervised-tier).
 Lower level: `prepare_tier` (parameter groups), `fit` (the loop), `apply_lora` / `merge_lora`,
 `with_new_head` / `with_image_size`, `evaluate`. See docs/training.md.
 """
 
+from vitmech.train.attention_supervision import SUPERVISED_TIER, AttentionSupervision, fine_tune_attention_supervised
 from vitmech.train.data import ArrayDataset, augment_batch, batch_indices, to_model_input
 from vitmech.train.errors import HeadMismatchError, ResumeMismatchError, TrainingDataError
 from vitmech.train.evaluate import (
@@ -29,6 +31,9 @@ from vitmech.train.lora import LoRAAttention, LoRAConfig, apply_lora, has_lora, 
 from vitmech.train.tiers import TIERS, TierConfig, prepare_tier, trainable_parameter_count
 
 __all__ = [
+    "SUPERVISED_TIER",
+    "AttentionSupervision",
+    "fine_tune_attention_supervised",
     "TIERS",
     "ArrayDataset",
     "ClassificationEval",

@@ -162,3 +162,22 @@ __all__ = [
     "procedural_dataset",
     "render_in_chunks",
 ]
+
+
+def image_source_dataset(source: Any, preprocessing: Any) -> ArrayDataset:
+    """Your own images (a `vitmech.data.sources.ImageSource` with labels or targets) as an ArrayDataset:
+    each image resized and centre-cropped by the model's own transform to image_size x image_size."""
+    import dataclasses
+
+    from vitmech.preprocessing import resize_and_crop
+
+    spec = dataclasses.replace(preprocessing, crop_pct=1.0)
+    images = np.stack([np.asarray(resize_and_crop(im.convert("RGB"), spec), dtype=np.uint8) for im in source.images])
+    if source.labels is not None:
+        names = list(source.class_names or [str(c) for c in range(int(source.labels.max()) + 1)])
+        return ArrayDataset(torch.from_numpy(images), torch.as_tensor(source.labels), names, "classification")
+    if source.targets is not None:
+        targets = torch.as_tensor(source.targets, dtype=torch.float32)
+        k = 1 if targets.ndim == 1 else targets.shape[1]
+        return ArrayDataset(torch.from_numpy(images), targets, [f"target_{i}" for i in range(k)], "regression")
+    raise ValueError("fine-tuning needs labels (class sub-folders, --labels) or --targets for the images")

@@ -24,7 +24,7 @@ from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
 from vitmech.train.evaluate import ClassificationEval, Evaluation, evaluate, predict
 from vitmech.train.heads import check_head, with_new_head
-from vitmech.train.loop import TrainConfig, TrainResult, fit, lr_factor, optimizer_step, task_loss
+from vitmech.train.loop import LossFn, TrainConfig, TrainResult, fit, lr_factor, optimizer_step, task_loss
 from vitmech.train.lora import has_lora, lora_summary, merge_lora
 from vitmech.train.tiers import TierConfig, prepare_tier, trainable_parameter_count
 
@@ -106,6 +106,8 @@ def fine_tune(
     resume: bool = True,
     card: dict[str, Any] | None = None,
     progress: bool = True,
+    loss_fn: LossFn | None = None,
+    fingerprint_extra: dict[str, Any] | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of `model` on `train` by tier; returns the merged model and its history.
 
@@ -115,6 +117,8 @@ def fine_tune(
         cache_features: for the linear probe, train the head on features computed once (fast; no
             augmentation); False runs the generic loop with the backbone frozen (checkpointed).
         checkpoint_dir / resume: see `fit`.
+        loss_fn / fingerprint_extra: a loss replacing the task loss, and what a resume must match about
+            it (see `fit`; used by the attention-supervised tier).
     """
     if new_head:
         work = with_new_head(model, train.n_outputs, train.names, task=train.task, seed=config.seed)
@@ -127,6 +131,8 @@ def fine_tune(
     n_trainable = trainable_parameter_count(work)
     adapters = lora_summary(work)
     extra = {"lora": adapters} if adapters.get("adapters") else {}
+    if loss_fn is not None and tier.tier == "linear_probe" and cache_features:
+        raise ValueError("a custom loss_fn needs the generic loop: pass cache_features=False for the linear probe")
     if tier.tier == "linear_probe" and cache_features:
         result = fit_head_on_features(work, train, config, groups, progress=progress)
     else:
@@ -140,8 +146,9 @@ def fine_tune(
             resume=resume,
             evaluate=evaluate_fn,
             card=card,
-            fingerprint_extra={"tier": tier.to_dict()},
+            fingerprint_extra={"tier": tier.to_dict(), **(fingerprint_extra or {})},
             progress=progress,
+            loss_fn=loss_fn,
         )
     if has_lora(work):
         merge_lora(work)

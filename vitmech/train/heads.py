@@ -122,3 +122,19 @@ def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
 
 
 __all__ = ["check_head", "interpolate_positions", "with_image_size", "with_new_head"]
+
+
+def check_labels(model: HookedViT, labels: Tensor, class_names: list[str] | None = None) -> None:
+    """HeadMismatchError unless every label is a class of the model's head (0 to n_classes - 1)."""
+    if class_names:
+        check_head(model, len(class_names), f"the {len(class_names)} classes of the images")
+    if labels.numel() == 0:
+        return
+    n = model.cfg.n_classes
+    low, high = int(labels.min()), int(labels.max())
+    if not model.cfg.has_classifier or low < 0 or high >= n:
+        bad = low if low < 0 else high
+        raise HeadMismatchError(
+            f"label {bad} is out of range for the model's head with {n} classes (labels must be 0 to {n - 1}); "
+            f"swap the head with vitmech.train.with_new_head(model, n_classes) or fix the labels"
+        )

@@ -34,6 +34,10 @@ from vitmech.train.heads import check_head
 logger = logging.getLogger(__name__)
 
 
+LossFn = Callable[[HookedViT, Tensor, Tensor, Tensor], Tensor]
+"""(model, input batch [B, C, S, S], targets, dataset rows [B]) -> scalar loss."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Recipe of one run (learning rates live in the tier's parameter groups).
@@ -205,6 +209,7 @@ def fit(
     fingerprint_extra: dict[str, Any] | None = None,
     stop_at_step: int | None = None,
     progress: bool = True,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train `model` in place on `train` with AdamW over `param_groups` (from `prepare_tier`).
 
@@ -215,6 +220,8 @@ def fit(
             metrics join the history.
         card: stored in each checkpoint (source model, data, tier, ...).
         stop_at_step: stop after this many steps as if interrupted (checkpoint written first).
+        loss_fn: the step's loss from (model, input batch, targets, dataset rows) instead of the task
+            loss (e.g. the attention-supervised loss of `vitmech.train.attention_supervision`).
     Returns:
         TrainResult. The model is left in eval mode.
     """
@@ -272,7 +279,7 @@ def fit(
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
     bar = tqdm(range(start, end), total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
     for step in bar:
-        loss, grad_norm = _train_step(model, optimizer, train, config, step, trainable)
+        loss, grad_norm = _train_step(model, optimizer, train, config, step, trainable, loss_fn)
         running += loss
         count += 1
         done = step + 1
@@ -303,6 +310,7 @@ def _train_step(
     config: TrainConfig,
     step: int,
     trainable: list[torch.nn.Parameter],
+    loss_fn: LossFn | None = None,
 ) -> tuple[float, float]:
     rows = batch_indices(len(train), config.batch_size, step, config.seed)
     images = augment_batch(train.images[rows], config.augment, step_generator(config.seed, step, stream=2))
@@ -311,7 +319,10 @@ def _train_step(
     dropout_seed = int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(dropout_seed)
-        loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
+        if loss_fn is None:
+            loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
+        else:
+            loss = loss_fn(model, x, y, torch.as_tensor(rows))
     return optimizer_step(optimizer, loss, trainable, config, step)
 
 

@@ -54,14 +54,26 @@ def _as_rgb(image: ArrayLike) -> np.ndarray:
     return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 
-def upsample_map(attention_map: ArrayLike, size: int) -> np.ndarray:
-    """A [g, g] map bilinearly upsampled to [size, size] and min-max scaled to [0, 1]."""
+def upsample_map(attention_map: ArrayLike, size: int, normalize: bool = True) -> np.ndarray:
+    """A [g, g] map bilinearly upsampled to [size, size]; min-max scaled to [0, 1] when `normalize`."""
     grid = torch.as_tensor(_numpy(attention_map))
     if grid.ndim != 2:
         raise ValueError(f"an attention map is [g, g], got shape {list(grid.shape)}")
     up = F.interpolate(grid[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    if not normalize:
+        return up.numpy()
     low, high = up.min(), up.max()
     return ((up - low) / (high - low) if high > low else torch.zeros_like(up)).numpy()
+
+
+MAP_CMAP = "inferno"
+"""Perceptually uniform colour map for attention maps (ordered lightness, readable in grey)."""
+
+
+def shared_range(maps: Sequence[ArrayLike]) -> tuple[float, float]:
+    """(0, largest value) over all maps: one colour scale for every panel of a figure."""
+    high = max(float(np.nanmax(_numpy(m))) for m in maps) if maps else 1.0
+    return 0.0, high if high > 0 else 1.0
 
 
 def draw_overlay(
@@ -69,16 +81,26 @@ def draw_overlay(
     image: ArrayLike,
     attention_map: ArrayLike,
     alpha: float = 0.55,
-    cmap: str = "jet",
+    cmap: str = MAP_CMAP,
     title: str | None = None,
-) -> None:
-    """The map (min-max scaled, upsampled) over the image on `ax`."""
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Any:
+    """The map (upsampled) over the image on `ax`, on the colour scale [vmin, vmax] (default: the map's own
+    min-max range, which the caller must then say). Returns the map's image artist (for a colour bar)."""
     rgb = _as_rgb(image)
+    own_scale = vmin is None or vmax is None
+    up = upsample_map(attention_map, rgb.shape[0], normalize=own_scale)
     ax.imshow(rgb)
-    ax.imshow(upsample_map(attention_map, rgb.shape[0]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    artist = ax.imshow(up, cmap=cmap, alpha=alpha, vmin=0 if own_scale else vmin, vmax=1 if own_scale else vmax)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
+    return artist
+
+
+def _colorbar(fig: Figure, artist: Any, axes: Any, label: str) -> None:
+    fig.colorbar(artist, ax=axes, shrink=0.8, label=label)
 
 
 def plot_overlays(
@@ -87,23 +109,33 @@ def plot_overlays(
     ncols: int | None = None,
     alpha: float = 0.55,
     title: str | None = None,
+    per_map_scale: bool = False,
 ) -> Figure:
-    """The image, then each named [g, g] map over it (min-max scaled per map)."""
+    """The image, then each named [g, g] map over it, all on one colour scale [0, max] with a colour bar
+    (`per_map_scale`: each map min-max scaled to its own range instead, and the figure says so)."""
     n = len(maps) + 1
     ncols = ncols or n
     nrows = -(-n // ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
+    fig, axes = _figure(nrows, ncols, figsize=(2.6 * ncols + 0.8, 2.7 * nrows), squeeze=False)
     flat = axes.ravel()
     flat[0].imshow(_as_rgb(image))
     flat[0].set_title("image", fontsize=9)
     flat[0].set_axis_off()
+    vmin, vmax = (None, None) if per_map_scale else shared_range(list(maps.values()))
+    artist = None
     for ax, (name, attention_map) in zip(flat[1:], maps.items()):
-        draw_overlay(ax, image, attention_map, alpha=alpha, title=name)
+        artist = draw_overlay(ax, image, attention_map, alpha=alpha, title=name, vmin=vmin, vmax=vmax)
     for ax in flat[n:]:
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    note = "each map scaled to its own range (per-map scale)" if per_map_scale else "one shared colour scale"
+    fig.suptitle(f"{title}: {note}" if title else note, fontsize=10)
+    if artist is not None:
+        _colorbar(
+            fig,
+            artist,
+            axes.ravel().tolist(),
+            "relative (0 = min, 1 = max of each map)" if per_map_scale else "attention weight",
+        )
     return fig
 
 
@@ -121,12 +153,16 @@ def plot_head_grid(
     image: ArrayLike | None = None,
     tile: int = 56,
     alpha: float = 0.6,
-    cmap: str = "jet",
+    cmap: str = MAP_CMAP,
+    per_tile: bool = False,
 ) -> Figure:
-    """Per-head CLS attention of one image: a layer x head mosaic (12 x 12 for ViT-B/16), each map scaled
-    to its own range; blended over the image (resized to `tile` px) when one is given. One imshow, so
-    144 heads draw in a fraction of a second."""
+    """Per-head CLS attention of one image: a layer x head mosaic (12 x 12 for ViT-B/16), blended over the
+    image (resized to `tile` px) when one is given. All tiles share one colour scale [0, max over heads]
+    with a colour bar, so a near-uniform head looks flat; `per_tile` scales each map to its own range
+    instead (then the title says so). One imshow, so 144 heads draw in a fraction of a second."""
     import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     grid = _numpy(maps)
     if grid.ndim != 4:
@@ -138,7 +174,10 @@ def plot_head_grid(
     up = torch.as_tensor(grid.reshape(-1, 1, g, g))
     if size != g:
         up = F.interpolate(up, size=(size, size), mode="bilinear", align_corners=False)
-    tiles = colour(_scaled(up[:, 0].numpy()))[..., :3].reshape(n_layers, n_heads, size, size, 3)
+    values = up[:, 0].numpy()
+    vmin, vmax = shared_range([grid])
+    scaled = _scaled(values) if per_tile else np.clip((values - vmin) / (vmax - vmin), 0.0, 1.0)
+    tiles = colour(scaled)[..., :3].reshape(n_layers, n_heads, size, size, 3)
     if image is not None:
         rgb = torch.as_tensor(_as_rgb(image)).permute(2, 0, 1)[None]
         thumb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
@@ -146,7 +185,7 @@ def plot_head_grid(
     gap = max(1, size // 16)
     padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap), (0, 0)), constant_values=1.0)
     mosaic = np.clip(rearrange(padded, "l h y x c -> (l y) (h x) c")[:-gap, :-gap], 0.0, 1.0)
-    fig, ax = _figure(figsize=(0.8 * n_heads + 1.0, 0.8 * n_layers + 1.0))
+    fig, ax = _figure(figsize=(0.8 * n_heads + 2.0, 0.8 * n_layers + 1.0))
     ax.imshow(mosaic, interpolation="nearest")
     centres = np.arange(n_heads) * (size + gap) + size / 2 - 0.5
     ax.set_xticks(centres, labels=[str(h) for h in range(n_heads)], fontsize=7)
@@ -154,8 +193,15 @@ def plot_head_grid(
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.tick_params(length=0)
-    ax.set_title(title or "CLS attention per head (each map scaled to its own range)", fontsize=10)
-    fig.tight_layout()
+    scale_note = "each map scaled to its own range (per-tile scale)" if per_tile else "one shared colour scale"
+    ax.set_title(f"{title or 'CLS attention per head'}\n{scale_note}", fontsize=10)
+    norm = Normalize(0, 1) if per_tile else Normalize(vmin, vmax)
+    fig.colorbar(
+        ScalarMappable(norm=norm, cmap=colour),
+        ax=ax,
+        shrink=0.8,
+        label="relative (0 = min, 1 = max of each tile)" if per_tile else "attention weight",
+    )
     return fig
 
 
@@ -165,21 +211,27 @@ def plot_layer_progression(
     alpha: float = 0.55,
     title: str | None = None,
 ) -> Figure:
-    """Rows: models (or any named set); columns: layers. maps[row][layer] is a [g, g] map. `image` is one
-    image, or one per row (when the rows preprocess differently)."""
+    """Rows: models (or any named set); columns: layers. maps[row][layer] is a [g, g] map, all on one
+    colour scale with a colour bar. `image` is one image, or one per row (when the rows preprocess
+    differently)."""
     rows = list(maps)
     layers = sorted({layer for row in maps.values() for layer in row})
-    fig, axes = _figure(len(rows), len(layers), figsize=(2.6 * len(layers), 2.7 * len(rows)), squeeze=False)
+    vmin, vmax = shared_range([m for row in maps.values() for m in row.values()])
+    fig, axes = _figure(len(rows), len(layers), figsize=(2.6 * len(layers) + 0.8, 2.7 * len(rows)), squeeze=False)
+    artist = None
     for r, row in enumerate(rows):
         img = image[row] if isinstance(image, Mapping) else image
         for c, layer in enumerate(layers):
             ax = axes[r, c]
             if layer in maps[row]:
-                draw_overlay(ax, img, maps[row][layer], alpha=alpha, title=f"{row}: layer {layer}")
+                artist = draw_overlay(
+                    ax, img, maps[row][layer], alpha=alpha, title=f"{row}: layer {layer}", vmin=vmin, vmax=vmax
+                )
             else:
                 ax.set_axis_off()
-    fig.suptitle(title or "CLS attention (head mean) by layer")
-    fig.tight_layout()
+    fig.suptitle((title or "CLS attention (head mean) by layer") + ": one shared colour scale", fontsize=10)
+    if artist is not None:
+        _colorbar(fig, artist, axes.ravel().tolist(), "attention weight")
     return fig
 
 
@@ -189,14 +241,20 @@ def plot_rollout_vs_last_layer(
     last_layer_maps: Mapping[str, ArrayLike],
     alpha: float = 0.55,
 ) -> Figure:
-    """Columns: models; rows: last-layer CLS attention (head mean) and rollout, over the image."""
+    """Columns: models; rows: last-layer CLS attention (head mean) and rollout, over the image; each row on
+    its own shared colour scale (rollout and attention weights differ in range), with colour bars."""
     names = list(rollout_maps)
-    fig, axes = _figure(2, len(names), figsize=(2.8 * len(names), 5.6), squeeze=False)
-    for c, name in enumerate(names):
-        img = image[name] if isinstance(image, Mapping) else image
-        draw_overlay(axes[0, c], img, last_layer_maps[name], alpha=alpha, title=f"{name}: last layer")
-        draw_overlay(axes[1, c], img, rollout_maps[name], alpha=alpha, title=f"{name}: rollout")
-    fig.tight_layout()
+    fig, axes = _figure(2, len(names), figsize=(2.8 * len(names) + 1.0, 5.6), squeeze=False)
+    for r, (label, maps) in enumerate((("last layer", last_layer_maps), ("rollout", rollout_maps))):
+        vmin, vmax = shared_range([maps[n] for n in names])
+        artist = None
+        for c, name in enumerate(names):
+            img = image[name] if isinstance(image, Mapping) else image
+            artist = draw_overlay(
+                axes[r, c], img, maps[name], alpha=alpha, title=f"{name}: {label}", vmin=vmin, vmax=vmax
+            )
+        _colorbar(fig, artist, axes[r].tolist(), f"{label} weight")
+    fig.suptitle("one shared colour scale per row", fontsize=10)
     return fig
 
 

@@ -31,6 +31,7 @@ from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import HeadSweepResult
 from vitmech.analysis.ablation.sweep import check_inputs
 from vitmech.batching import batch_bounds
+from vitmech.device import on_model_device
 from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
 
@@ -87,6 +88,7 @@ def estimate_head_effects(
     whole stream would; see `vitmech.analysis.streaming`)."""
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
+    images, targets = on_model_device(model, images), on_model_device(model, targets)
     check_inputs(model, images, metric, targets, batch_size, ablation)
     n_layers = len(model.blocks)
     if len({block.attn.n_heads for block in model.blocks}) != 1:

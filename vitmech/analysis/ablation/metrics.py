@@ -113,9 +113,17 @@ def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor,
     return values
 
 
-def _targets_as_index(targets: torch.Tensor, name: str) -> torch.Tensor:
+def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int | None = None) -> torch.Tensor:
     if targets.ndim != 1 or targets.is_floating_point():
         raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
+    if n_classes is not None and targets.numel():
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            raise MetricError(
+                f"metric {name!r}: label {bad} is out of range for the model's head with {n_classes} classes "
+                f"(labels must be 0 to {n_classes - 1})"
+            )
     return targets.long()
 
 
@@ -129,7 +137,7 @@ def class_logit(target: int | None = None) -> Metric:
     if target is None:
 
         def fn(out, clean, targets):
-            idx = _targets_as_index(targets, "class_logit")
+            idx = _targets_as_index(targets, "class_logit", out.shape[-1])
             return out.gather(1, idx[:, None].to(out.device))[:, 0]
 
         return Metric("class_logit", fn, needs_targets=True, params={"class": "target"})
@@ -148,7 +156,7 @@ def logit_diff(a: int | None = None, b: int | None = None) -> Metric:
     if a is None or b is None:
 
         def margin(out, clean, targets):
-            idx = _targets_as_index(targets, "logit_diff").to(out.device)
+            idx = _targets_as_index(targets, "logit_diff", out.shape[-1]).to(out.device)
             target_logit = out.gather(1, idx[:, None])[:, 0]
             others = out.scatter(1, idx[:, None], float("-inf"))
             return target_logit - others.max(1).values
@@ -167,7 +175,9 @@ def cross_entropy() -> Metric:
     """Cross-entropy of the target class, in nats."""
 
     def fn(out, clean, targets):
-        return F.cross_entropy(out, _targets_as_index(targets, "cross_entropy").to(out.device), reduction="none")
+        return F.cross_entropy(
+            out, _targets_as_index(targets, "cross_entropy", out.shape[-1]).to(out.device), reduction="none"
+        )
 
     return Metric("cross_entropy", fn, needs_targets=True)
 
@@ -176,7 +186,7 @@ def accuracy() -> Metric:
     """1 where the arg-max class equals the target, else 0."""
 
     def fn(out, clean, targets):
-        return (out.argmax(-1) == _targets_as_index(targets, "accuracy").to(out.device)).to(out.dtype)
+        return (out.argmax(-1) == _targets_as_index(targets, "accuracy", out.shape[-1]).to(out.device)).to(out.dtype)
 
     return Metric("accuracy", fn, needs_targets=True)
 
@@ -205,13 +215,15 @@ def kl_to_clean() -> Metric:
     return Metric("kl_to_clean", fn, needs_clean=True)
 
 
-def mse_to_clean() -> Metric:
-    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when clean)."""
+def mse_to_clean(output: OutputKind = "logits") -> Metric:
+    """Mean over outputs of (output - clean output)^2 per example: a regressor's drift without targets (0 when
+    clean); output="features" for the pooled features of a model without a classifier."""
 
     def fn(out, clean, targets):
         return (out - clean.to(out.dtype)).pow(2).mean(-1)
 
-    return Metric("mse_to_clean", fn, needs_clean=True)
+    name = "mse_to_clean" if output == "logits" else f"{output}_mse_to_clean"
+    return Metric(name, fn, output=output, needs_clean=True)
 
 
 def feature_direction(direction: torch.Tensor, output: OutputKind = "features") -> Metric:
@@ -270,6 +282,7 @@ BUILTIN_METRICS: dict[str, Callable[[], Metric]] = {
     "kl_to_clean": kl_to_clean,
     "kl": kl_to_clean,
     "mse_to_clean": mse_to_clean,
+    "features_mse_to_clean": lambda: mse_to_clean("features"),
     "class_logit": class_logit,
     "logit_diff": logit_diff,
 }

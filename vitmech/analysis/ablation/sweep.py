@@ -40,6 +40,7 @@ from vitmech.analysis.ablation.metrics import OUTPUT_KINDS, Metric, MetricLike, 
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore
 from vitmech.batching import batch_bounds
+from vitmech.device import on_model_device
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.model.hooked_vit import HookedViT
 
@@ -275,6 +276,7 @@ def ablation_sweep(
     """
     metric = resolve_metric(metric)
     ablation = resolve_ablation(ablation)
+    images, targets = on_model_device(model, images), on_model_device(model, targets)
     check_inputs(model, images, metric, targets, batch_size, ablation)
     if engine not in ("exact", "naive"):
         raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
@@ -380,6 +382,7 @@ def ablated_output(
     Metric("output", lambda out, clean, targets: out, output=output).check_model(model)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         raise AblationError("images must be a non-empty batch [B, C, S, S]")
+    images = on_model_device(model, images)
     model.check_images(images)
     ablation = resolve_ablation(ablation)
     cell = make_cell(model, heads)

@@ -12,6 +12,12 @@ from vitmech.errors import UnsupportedModelError
 from vitmech.loading.families import hf_clip, hf_vit, open_clip_vit, timm_vit
 from vitmech.loading.families.base import Converted, Family, check_supported, convert, export
 
+# model classes of families not ported yet, with the feature that stops them
+KNOWN_UNSUPPORTED = {
+    "Eva": "rotary position embeddings (EVA-02, DINOv3)",
+    "DINOv3ViTModel": "rotary position embeddings (DINOv3)",
+}
+
 FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY, hf_vit.FAMILY, hf_clip.FAMILY, open_clip_vit.FAMILY)
 
 
@@ -22,9 +28,9 @@ def family_for(model: Any, source: str) -> Family:
         if family.matches(model):
             return family
     known = ", ".join(f.name for f in candidates) or "none"
-    raise UnsupportedModelError(
-        f"model class {type(model).__name__} is not a supported {source} model (supported: {known})"
-    )
+    name = type(model).__name__
+    feature = f" ({KNOWN_UNSUPPORTED[name]})" if name in KNOWN_UNSUPPORTED else ""
+    raise UnsupportedModelError(f"model class {name}{feature} is not a supported {source} model (supported: {known})")
 
 
 def by_name(name: str) -> Family:

@@ -120,7 +120,9 @@ def unsupported(model: Any) -> list[str]:
     cfg = model.config
     found = []
     name = type(model).__name__
-    if name not in CLASSES:
+    if name == "Dinov2ForImageClassification":
+        found.append("model class Dinov2ForImageClassification: a head on the class token and the mean of the patches")
+    elif name not in CLASSES:
         found.append(f"model class {name} (supported: {', '.join(CLASSES)})")
     if getattr(cfg, "hidden_act", "gelu") not in HF_ACTS:
         found.append(f"activation {cfg.hidden_act!r}")

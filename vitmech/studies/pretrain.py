@@ -1,60 +1,70 @@
-"""Pretrain vitmech's embedded 12 x 12-head ViT on procedural (non-galaxy) images: vitmech/mini-pretrained.
+"""Pretrain the embedded 12 x 12-head ViT on procedural (non-galaxy) images: how vitmech/mini-pretrained was made.
 
 Formula-driven pretraining (FractalDB-style; here scenes of textured shapes, vitmech/data/procedural.py):
 classify 32 shape/fill classes. Two stages, as in low-resolution pretraining (FixRes, DeiT): most steps at
 112 px (7 x 7 patches: ~10x cheaper per image on a CPU), then the position embeddings are resampled to
-the 14 x 14 grid and a short stage trains at 224 px. Both stages checkpoint under --run-dir and resume
-after an interruption (run the same command again).
+the 14 x 14 grid and a short stage trains at 224 px. Both stages checkpoint under OUT/checkpoints and
+resume after an interruption (--resume).
 
-    python experiments/00_pretrain_procedural.py                       # the shipped recipe (~30 min, 2 cores)
-    python experiments/00_pretrain_procedural.py --stage1-steps 20 --stage2-steps 5 --out runs/try --layers 2
+    vitmech pretrain                                    # the shipped recipe (~30 min on 2 cores) into runs/
+    vitmech pretrain --save-model vitmech/zoo/mini-pretrained --out runs/pretrain   # replace the shipped model
 """
 
 from __future__ import annotations
 
 import os
 
-# Threads that wait passively instead of spinning: on a shared, oversubscribed CPU spinning OpenMP threads
-# made training 3-4x slower (measured); must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vitmech.studies.finetune
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import sys
-import time
-from pathlib import Path
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-import torch
+from vitmech.cli.args import add_run  # noqa: E402
 
-from vitmech.data.procedural import FILLS, PROCEDURAL_CLASSES, SHAPES
-from vitmech.report import Report
-from vitmech.train import TierConfig, TrainConfig, chance_baselines, evaluate, fit, prepare_tier, with_image_size
-from vitmech.train.cards import command_line, hardware_info
-from vitmech.train.datasets import procedural_dataset
-from vitmech.train.mini import mini_vit
+QUICK = {
+    "layers": 2,
+    "d_model": 24,
+    "stage1_images": 16,
+    "stage1_steps": 2,
+    "stage1_batch": 8,
+    "stage2_images": 8,
+    "stage2_steps": 1,
+    "stage2_batch": 4,
+    "test_images": 8,
+}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="vitmech/zoo/mini-pretrained", help="where the final model is saved")
-    p.add_argument("--run-dir", default="runs/pretrain_procedural", help="checkpoints and data cache")
-    p.add_argument("--report", default="reports/pretrain_procedural", help="report folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage1-images", type=int, default=12288)
-    p.add_argument("--stage1-size", type=int, default=112)
-    p.add_argument("--stage1-steps", type=int, default=1000)
-    p.add_argument("--stage1-batch", type=int, default=64)
-    p.add_argument("--stage1-lr", type=float, default=1e-3)
-    p.add_argument("--stage2-images", type=int, default=3200)
-    p.add_argument("--stage2-steps", type=int, default=100)
-    p.add_argument("--stage2-batch", type=int, default=32)
-    p.add_argument("--stage2-lr", type=float, default=2e-4)
-    p.add_argument("--test-images", type=int, default=512)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own setting)")
-    p.add_argument("--layers", type=int, default=None, help="override n_layers (tests)")
-    p.add_argument("--d-model", type=int, default=None, help="override d_model (tests; d_head = d_model / 12)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage1-images", type=int, default=12288, help="stage-1 training images")
+    p.add_argument("--stage1-size", type=int, default=112, help="stage-1 image size (px)")
+    p.add_argument("--stage1-steps", type=int, default=1000, help="stage-1 steps")
+    p.add_argument("--stage1-batch", type=int, default=64, help="stage-1 batch size")
+    p.add_argument("--stage1-lr", type=float, default=1e-3, help="stage-1 learning rate")
+    p.add_argument("--stage2-images", type=int, default=3200, help="stage-2 training images (224 px)")
+    p.add_argument("--stage2-steps", type=int, default=100, help="stage-2 steps")
+    p.add_argument("--stage2-batch", type=int, default=32, help="stage-2 batch size")
+    p.add_argument("--stage2-lr", type=float, default=2e-4, help="stage-2 learning rate")
+    p.add_argument("--test-images", type=int, default=512, help="test images")
+    p.add_argument("--layers", type=int, default=None, help="override n_layers (smaller trials)")
+    p.add_argument("--d-model", type=int, default=None, help="override d_model (d_head = d_model / 12)")
+    p.add_argument("--save-model", metavar="DIR", help="where the model goes (default: OUT/model)")
+    add_run(p, resumable=True, device=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitmech.cli.outputs import study_report
+    from vitmech.data.procedural import FILLS, PROCEDURAL_CLASSES, SHAPES
+    from vitmech.studies._common import start
+    from vitmech.train import TierConfig, TrainConfig, chance_baselines, evaluate, fit, prepare_tier, with_image_size
+    from vitmech.train.cards import command_line, hardware_info, shipped_name
+    from vitmech.train.datasets import procedural_dataset
+    from vitmech.train.mini import mini_vit
+
     for name in (
         "stage1_images",
         "stage1_steps",
@@ -65,18 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "test_images",
     ):
         if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
+            args.parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.stage1_size % 16 or args.stage1_size > 224:
-        p.error("--stage1-size must be a multiple of the patch size 16 and at most 224")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run = Path(args.run_dir)
+        args.parser.error("--stage1-size must be a multiple of the patch size 16 and at most 224")
+    out = start(args, resumable_parts=("checkpoints",))
+    run = out / "checkpoints"
     progress = not args.no_progress
     overrides = {}
     if args.layers:
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     test1 = procedural_dataset(
         args.test_images, args.seed + 1000, args.stage1_size, cache_dir=run / "data", progress=progress
     )
-    acc1 = evaluate(model, test1).accuracy
+    acc1 = evaluate(model, test1).accuracy  # type: ignore[union-attr]  # classification data
     logging.info(
         "stage 1: %d steps, %.0f s, test accuracy %.3f at %d px", res1.steps_done, res1.seconds, acc1, args.stage1_size
     )
@@ -156,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     del train2
     test2 = procedural_dataset(args.test_images, args.seed + 1000, 224, cache_dir=run / "data", progress=progress)
-    ev = evaluate(model, test2)
+    ev: Any = evaluate(model, test2)  # classification data: a ClassificationEval
     chance = chance_baselines(torch.arange(len(PROCEDURAL_CLASSES)), test2.targets, len(PROCEDURAL_CLASSES))
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
     logging.info("stage 2: %d steps, %.0f s, test accuracy %.3f at 224 px", res2.steps_done, res2.seconds, ev.accuracy)
 
     card = {
-        "name": "vitmech/mini-pretrained",
+        **({"name": card_name} if (card_name := shipped_name(str(args.save_model or ""))) else {}),
         "source_model": f"random init (vitmech.train.mini.scaled_init_, seed {args.seed})",
         "data": {
             "generator": "vitmech.data.procedural (scenes of one textured shape among 0-3 small distractors)",
@@ -201,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware_info(),
         "command": command_line(),
     }
-    model.save_pretrained(args.out, card=card)
+    model_dir = Path(args.save_model) if args.save_model else out / "model"
+    model.save_pretrained(model_dir, card=card)
 
-    report = Report(args.report, "Procedural pretraining of the embedded 12 x 12-head ViT")
+    report = study_report(out, "Procedural pretraining of the embedded 12 x 12-head ViT", [])
     report.add_text(
-        f"Saved to `{args.out}`. Test accuracy at 224 px: {ev.accuracy:.3f} (chance {chance['uniform']:.3f}); "
+        f"Saved to `{model_dir}`. Test accuracy at 224 px: {ev.accuracy:.3f} (chance {chance['uniform']:.3f}); "
         f"after stage 1 at {args.stage1_size} px: {acc1:.3f}. Train time {res1.seconds + res2.seconds:.0f} s."
     )
     report.add_table("history_stage1", res1.to_frame(), caption="Stage 1 training history", show=False)
@@ -215,9 +219,5 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_json("card", card)
     report.write()
-    print(f"saved {args.out}: procedural test accuracy {ev.accuracy:.3f} (chance {chance['uniform']:.3f})")
+    print(f"saved {model_dir}: procedural test accuracy {ev.accuracy:.3f} (chance {chance['uniform']:.3f})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Set-up shared by the studies: threads, seeds, models and the output folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from vitmech.cli.models import LoadedModel, load_models
+from vitmech.cli.outputs import output_dir
+
+
+def start(args: argparse.Namespace, resumable_parts: tuple[str, ...] = ()) -> Path:
+    """Seed torch and create the output folder (refusing to overwrite)."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    return output_dir(args, resumable_parts)
+
+
+def models(args: argparse.Namespace, names: list[str], comparable: bool = False) -> list[LoadedModel]:
+    return load_models(names, random_init=args.random_init, device=getattr(args, "device", None), comparable=comparable)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def model_lines(loaded: list[LoadedModel]) -> str:
+    return "\n".join(f"- `{m.name}`: {m.note}" for m in loaded)
+
+
+def error(args: argparse.Namespace, message: str) -> Any:
+    """argparse-style usage error (exit status 2)."""
+    args.parser.error(message)
