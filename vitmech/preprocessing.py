@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
-from vitmech.data._errors import UnreadableImageError
+from vitmech.errors import UnreadableImageError
 from vitmech.errors import ImageInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
