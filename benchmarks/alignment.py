@@ -46,7 +46,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def alignment_table(model: HookedViT, maps: torch.Tensor, regions: RegionMasks) -> Any:
-    """Per-head and head-mean scores and their long table from class-token maps [B, L, H, g, g]."""
+    """Per-head and head-mean scores and their long table from class-token maps [B, L, H, g, g]; the masks'
+    patch counts are computed afresh (RegionMasks keeps them between calls)."""
+    regions = RegionMasks(regions.masks, regions.names)
     heads = alignment_scores(maps, regions, source="cls attention")
     means = alignment_scores(head_mean_grid(maps), regions, source="head mean")
     return heads, means, heads.to_frame(), means.to_frame()

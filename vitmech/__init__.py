@@ -36,6 +36,7 @@ from vitmech.errors import (
 
 if TYPE_CHECKING:
     from vitmech.config import ViTConfig
+    from vitmech.memory import set_cache_budget
     from vitmech.model.hooked_vit import HookedViT
     from vitmech.preprocessing import Preprocessing
 
@@ -45,6 +46,7 @@ _LAZY = {
     "HookedViT": "vitmech.model.hooked_vit",
     "Preprocessing": "vitmech.preprocessing",
     "ViTConfig": "vitmech.config",
+    "set_cache_budget": "vitmech.memory",
 }
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "UnsupportedModelError",
     "ViTConfig",
     "VitmechError",
+    "set_cache_budget",
 ]
 
 

@@ -6,14 +6,17 @@ Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad inpu
     VitmechError
     └── InputError (ValueError)
         ├── IndexOutOfRangeError (IndexError): a layer, head or token index outside the model
-        ├── UnsupportedModelError, UnknownModelError, CheckpointMismatchError (ResumeMismatchError)
+        ├── UnsupportedModelError, UnknownModelError, CheckpointMismatchError (ResumeMismatchError,
+        │   NonFiniteWeightsError), CacheBudgetError (also MemoryError)
         ├── ImageInputError, ModelMismatchError
         ├── DataError: SchemaError, UnknownLabelError, UnreadableImageError, EmptySplitError,
         │   InsufficientDataError
         ├── TrainingDataError, HeadMismatchError
         ├── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
         │   StoreMismatchError
-        └── RuntimeSettingError, BatchSourceError, PatchingError
+        ├── RuntimeSettingError, BatchSourceError, PatchingError
+        └── vitmech.io.errors.StorageError: CorruptFileError, IncompleteWriteError, LockHeldError (and the data
+            and ablation stores' kinds built on them)
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ class ImageInputError(InputError):
 
 class ModelMismatchError(InputError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
+
+
+class NonFiniteWeightsError(CheckpointMismatchError):
+    """Weights holding NaN or inf (the tensors are named; `.nonfinite` lists them); pass allow_nonfinite=True to load anyway."""
+
+    def __init__(self, message: str, nonfinite: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.nonfinite = list(nonfinite or [])
+
+
+class CacheBudgetError(InputError, MemoryError):
+    """An activation cache that would exceed the memory budget (size, budget and advice in the message)."""
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -132,6 +147,7 @@ class PatchingError(InputError):
 __all__ = [
     "AblationError",
     "BatchSourceError",
+    "CacheBudgetError",
     "CheckpointMismatchError",
     "DataError",
     "EmptyReferenceError",
@@ -144,6 +160,7 @@ __all__ = [
     "InsufficientDataError",
     "MetricError",
     "ModelMismatchError",
+    "NonFiniteWeightsError",
     "PatchingError",
     "ResumeMismatchError",
     "RuntimeSettingError",

@@ -7,7 +7,11 @@
     report.add_figure("entropy_by_layer", fig, caption="...")         # entropy_by_layer.png
     report.write()                                                    # report.md + index.json
 
-Every file is written as soon as it is added, so an interrupted run keeps what it produced.
+A run writes into a hidden staging folder inside the report folder (`.report.tmp-<pid>-<random>`) and
+`write()` moves its files in, `index.json` last (the list of files with their sizes and SHA-256,
+and who wrote them); `verify_report` checks a folder against it. A lock file (`.report.lock`, naming
+pid and host) keeps a second run out of the folder while one writes, so a folder never mixes two runs'
+files. Figures and tables are written atomically (temporary name, then rename).
 """
 
 from __future__ import annotations
@@ -16,9 +20,17 @@ import csv
 import json
 import logging
 import math
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vitmech.io.atomic import atomic_write, atomic_write_text, fsync_dir, remove_stale_temporaries, temporary_name
+from vitmech.io.errors import CorruptFileError, IncompleteWriteError
+from vitmech.io.lock import WriterLock, check_not_being_written
+from vitmech.io.manifest import created_by, file_digest
+from vitmech.io.readers import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +74,32 @@ def markdown_table(rows: Rows, float_format: str = ".4g", columns: Sequence[str]
     return "\n".join(lines)
 
 
+REPORT_LOCK = ".report.lock"
+INDEX = "index.json"
+
+
 class Report:
-    """A folder holding report.md, one CSV per table, JSON files and PNG figures."""
+    """A folder holding report.md, one CSV per table, JSON files and PNG figures (see the module docstring)."""
 
     def __init__(self, directory: str | Path, title: str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.directory / REPORT_LOCK, what=f"report folder {self.directory}").acquire()
+        remove_stale_temporaries(self.directory)  # staging folders of killed runs
+        self._staging = temporary_name(self.directory / "report")
+        self._staging.mkdir()
         self.title = title
         self._sections: list[str] = []
         self._artifacts: list[str] = []
 
     def path(self, name: str) -> Path:
-        return self.directory / name
+        """Where to write an extra artifact `name` before `write()` (the staging folder)."""
+        return self._staging / name
 
     def _record(self, filename: str) -> Path:
         if filename not in self._artifacts:
             self._artifacts.append(filename)
-        return self.directory / filename
+        return self._staging / filename
 
     def add_text(self, markdown: str) -> None:
         self._sections.append(markdown.strip())
@@ -95,11 +116,15 @@ class Report:
         """Write `name.csv`; with show=True also put the table in report.md."""
         rows = _rows(table)
         path = self._record(f"{name}.csv")
-        with path.open("w", newline="") as f:
-            if rows:
-                writer = csv.DictWriter(f, fieldnames=list(columns or rows[0].keys()), extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
+
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                if rows:
+                    writer = csv.DictWriter(f, fieldnames=list(columns or rows[0].keys()), extrasaction="ignore")
+                    writer.writeheader()
+                    writer.writerows(rows)
+
+        atomic_write(path, write_csv)
         if show:
             heading = f"**{caption}** ([{name}.csv]({name}.csv))" if caption else f"[{name}.csv]({name}.csv)"
             self._sections.append(heading + "\n\n" + markdown_table(rows, float_format, columns))
@@ -107,7 +132,7 @@ class Report:
 
     def add_json(self, name: str, data: Any) -> Path:
         path = self._record(f"{name}.json")
-        path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
         return path
 
     def add_figure(self, name: str, figure: Any, caption: str = "", dpi: int = 110) -> Path:
@@ -115,18 +140,54 @@ class Report:
         import matplotlib.pyplot as plt
 
         path = self._record(f"{name}.png")
-        figure.savefig(path, dpi=dpi, bbox_inches="tight")
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
         plt.close(figure)
         self._sections.append(f"![{caption or name}]({name}.png)" + (f"\n\n_{caption}_" if caption else ""))
         return path
 
     def write(self) -> Path:
-        """Write report.md and index.json (the list of files); returns report.md's path."""
+        """Move the run's files in, then write index.json (files, sizes, hashes); returns report.md's path."""
         body = "\n\n".join([f"# {self.title}", *self._sections]) + "\n"
+        atomic_write_text(self._staging / "report.md", body)
+        files = [*self._artifacts, "report.md"]
+        index = self.directory / INDEX
+        index.unlink(missing_ok=True)  # the folder is in flux until the new index is written
+        fsync_dir(self.directory)
+        for name in files:
+            os.replace(self._staging / name, self.directory / name)
+        fsync_dir(self.directory)
+        payload = {
+            "title": self.title,
+            "files": self._artifacts,
+            "manifest": {name: file_digest(self.directory / name) for name in files},
+            "created_by": created_by(),
+        }
+        atomic_write_text(index, json.dumps(payload, indent=2) + "\n")
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._lock.release()
         md = self.directory / "report.md"
-        md.write_text(body)
-        (self.directory / "index.json").write_text(
-            json.dumps({"title": self.title, "files": self._artifacts}, indent=2) + "\n"
-        )
         logger.info("report written to %s", md)
         return md
+
+
+def verify_report(directory: str | Path) -> dict[str, Any]:
+    """index.json of a report folder after checking every listed file's size and SHA-256.
+
+    Raises IncompleteWriteError (a run is writing it, died, or files are missing) or CorruptFileError
+    (a file differs from the index), naming the file.
+    """
+    directory = Path(directory)
+    check_not_being_written(directory / REPORT_LOCK, f"report folder {directory}")
+    index_file = directory / INDEX
+    if not index_file.is_file():
+        raise IncompleteWriteError(
+            f"report folder {directory} has no {INDEX}: no run finished writing it", path=index_file
+        )
+    index = read_json(index_file, what="report index")
+    for name, expected in index.get("manifest", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise IncompleteWriteError(f"report folder {directory} lacks {name} (listed in {INDEX})", path=path)
+        if file_digest(path) != expected:
+            raise CorruptFileError(f"{path} differs from the copy recorded in {index_file}", path=path)
+    return index

@@ -18,7 +18,7 @@ def test_report_folder_holds_tables_json_figures_and_markdown(tmp_path):
     report = Report(tmp_path / "r", title="Demo")
     rows = [{"layer": 0, "entropy": 4.8123456}, {"layer": 1, "entropy": float("nan")}]
     report.add_table("entropy", rows, caption="Entropy by layer")
-    assert (tmp_path / "r" / "entropy.csv").exists()  # written before write()
+    assert not (tmp_path / "r" / "entropy.csv").exists()  # staged until write()
     report.add_json("settings", {"renormalise": True})
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])

@@ -154,7 +154,12 @@ def test_checkpoint_holds_safetensors_and_a_json_card(tmp_path, data):
     )
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_0000004"]
     last = latest_checkpoint(tmp_path)
-    assert {p.name for p in last.iterdir()} == {"model.safetensors", "optimizer.safetensors", "trainer.json"}
+    assert {p.name for p in last.iterdir()} == {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer.json",
+        "manifest.json",
+    }
     meta = json.loads((last / "trainer.json").read_text())
     assert meta["step"] == 4 and meta["card"] == {"data": "procedural"}
     assert meta["fingerprint"]["model_config"]["d_model"] == 32

@@ -30,7 +30,6 @@ a few tensor operations, never a loop over heads (benchmarks/alignment.py).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +87,9 @@ class RegionMasks:
 
     masks: Bool[Tensor, "batch region height width"]
     names: tuple[str, ...]
+    _counts: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.masks = torch.as_tensor(self.masks)
@@ -101,6 +103,12 @@ class RegionMasks:
 
     def __len__(self) -> int:
         return self.masks.shape[0]
+
+    def grid_counts(self, grid: tuple[int, int]) -> tuple[Float[Tensor, "batch region cell"], Float[Tensor, " cell"]]:
+        """`grid_counts(self.masks, grid)`, computed once per grid and kept (masks are not to be changed in place)."""
+        if grid not in self._counts:
+            self._counts[grid] = grid_counts(self.masks, grid)
+        return self._counts[grid]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -422,13 +430,13 @@ def grid_counts(
     (float32 counts, exact below 2**24 pixels per cell)."""
     height, width = masks.shape[-2:]
     gy, gx = grid
-    if height % gy == 0 and width % gx == 0:  # whole patches: a reshape and a sum
-        blocks = rearrange(masks, "b r (gy sy) (gx sx) -> b r gy gx (sy sx)", gy=gy, gx=gx)
-        counts = blocks.sum(-1, dtype=torch.int32).float()
-        cells = torch.full((gy, gx), float((height // gy) * (width // gx)), device=masks.device)
+    if height % gy == 0 and width % gx == 0:  # whole patches: a reshape and a sum (numpy: one thread)
+        array = masks.cpu().numpy().reshape(*masks.shape[:2], gy, height // gy, gx, width // gx)
+        counts = torch.from_numpy(array.sum(axis=(3, 5), dtype=np.int32).astype(np.float32))
+        cells = torch.full((gy, gx), float((height // gy) * (width // gx)))
     else:
-        ay, ax = _assignment(height, gy).to(masks.device), _assignment(width, gx).to(masks.device)
-        counts = einsum(ay, masks.float(), ax, "gy y, b r y x, gx x -> b r gy gx")
+        ay, ax = _assignment(height, gy), _assignment(width, gx)
+        counts = einsum(ay, masks.cpu().float(), ax, "gy y, b r y x, gx x -> b r gy gx")
         cells = einsum(ay.sum(1), ax.sum(1), "gy, gx -> gy gx")
     return counts.flatten(-2), cells.flatten()
 
@@ -443,35 +451,46 @@ def _scores(
     """IoU, energy, pointing [batch, unit, region] of maps whose cell j covers cells[j] pixels, counts[b, r, j]
     of them inside region r (cells are pixels for the pixel path, patches for the nearest path).
 
-    Sums of counts are exact in float32 (integers below 2**24); products with the map values carry float32
-    rounding (relative 1e-7)."""
-    k_units = k[:, None, :].expand(-1, values.shape[1], -1).contiguous().to(values.dtype)
-    array = values.cpu().numpy()  # numpy sorts short rows about 15x faster than torch on CPU
-    if bool((cells == cells[0]).all()):  # equal cells: rank from k directly, values sorted without indices
-        ordered = torch.from_numpy(-np.sort(-array, axis=-1)).to(values.device)
-        rank = torch.ceil(k_units / cells[0]).long() - 1
-    else:
-        order = torch.from_numpy(np.argsort(-array, axis=-1, kind="stable")).to(values.device)
-        ordered = values.gather(-1, order)
-        cum = cells[order].cumsum(-1)  # pixels covered down to each rank
-        rank = torch.searchsorted(cum, k_units.to(cum.dtype))  # first rank with cum >= k
-    rank = rank.clamp(0, values.shape[-1] - 1)
-    threshold = rearrange(ordered.gather(-1, rank), "b u r -> b r u 1")  # the k-th highest pixel value
-    spread = rearrange(values, "b u c -> b 1 u c")
-    above = (spread > threshold).to(counts.dtype)  # [B, R, U, C]
-    tied = (spread == threshold).to(counts.dtype)
-    columns = torch.stack([counts, cells.expand_as(counts)], -1)  # [B, R, C, 2]: region pixels, all pixels
-    in_above, n_above = (above @ columns).unbind(-1)  # [B, R, U] each
-    in_tied, n_tied = (tied @ columns).unbind(-1)
-    k_r, area_r = k[..., None].to(counts.dtype), area[..., None].to(counts.dtype)
-    overlap = in_above + (k_r - n_above) * in_tied / n_tied
+    Each map is sorted once; the pixels above and at the k-th value, and the region pixels among them, are
+    read from prefix sums in that order, so nothing of size [batch, unit, region, cell] is compared or
+    multiplied. Computed with numpy: its kernels run on one thread, and on a shared CPU torch's parallel
+    kernels on these small arrays wait for their slowest thread (2-3x slower here). Sums of counts are exact
+    in float32 (integers below 2**24); products with map values carry float32 rounding (relative 1e-7)."""
+    v = values.detach().cpu().numpy()
+    region_pixels = counts.detach().cpu().numpy().astype(v.dtype)
+    cell_pixels = cells.detach().cpu().numpy().astype(v.dtype)
+    n_units, n_cells = v.shape[1], v.shape[2]
+    k_units = np.broadcast_to(k.cpu().numpy().astype(v.dtype)[:, None, :], (len(v), n_units, k.shape[1])).copy()
+    order = np.argsort(-v, axis=-1)  # [B, U, C], highest first (order within ties does not matter)
+    ordered = np.take_along_axis(v, order, -1)
+    cum_pixels = np.cumsum(cell_pixels[order], -1)  # pixels covered down to each rank
+    rank = torch.searchsorted(torch.from_numpy(cum_pixels), torch.from_numpy(k_units)).numpy()  # first cum >= k
+    threshold = np.take_along_axis(ordered, np.clip(rank, 0, n_cells - 1), -1)  # [B, U, R] the k-th highest value
+    ascending = torch.from_numpy(np.flip(ordered, -1).copy())
+    below_or_tied = torch.searchsorted(ascending, torch.from_numpy(threshold), right=True).numpy()
+    below = torch.searchsorted(ascending, torch.from_numpy(threshold)).numpy()
+    n_above, n_at_least = n_cells - below_or_tied, n_cells - below  # cells strictly above / at or above t
+
+    def prefix(cumulative: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """cumulative[..., count - 1], 0 where count is 0."""
+        taken = np.take_along_axis(cumulative, np.clip(count - 1, 0, None), -1)
+        return np.where(count > 0, taken, 0)
+
+    pixels_above, pixels_at_least = prefix(cum_pixels, n_above), prefix(cum_pixels, n_at_least)
+    in_region = np.cumsum(np.take_along_axis(region_pixels[:, None], order[:, :, None], -1), -1)  # [B, U, R, C]
+    in_above = prefix(in_region, n_above[..., None])[..., 0]
+    in_at_least = prefix(in_region, n_at_least[..., None])[..., 0]
+    k_r, area_r = k_units, area.cpu().numpy().astype(v.dtype)[:, None, :]
+    overlap = in_above + (k_r - pixels_above) * (in_at_least - in_above) / (pixels_at_least - pixels_above)
     iou = overlap / (k_r + area_r - overlap)
-    positive = values.clamp_min(0).to(counts.dtype)
-    energy = (positive @ counts.transpose(1, 2)) / (positive @ cells)[..., None]  # [B, U, R]
-    is_max = (values == values.amax(-1, keepdim=True)).to(counts.dtype)
-    pointing = (is_max @ counts.transpose(1, 2)) / (is_max @ cells)[..., None]
-    swap = "b r u -> b u r"  # rounding can overshoot [0, 1] by an ulp: clamp
-    return tuple(t.double().clamp(0, 1) for t in (rearrange(iou, swap), energy, pointing))  # type: ignore[return-value]
+    positive = np.clip(v, 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a map without positive mass has no energy share: NaN
+        mass = np.einsum("buc,c->bu", positive, cell_pixels)[..., None]
+        energy = np.einsum("buc,brc->bur", positive, region_pixels) / mass
+    is_max = (v == v.max(-1, keepdims=True)).astype(v.dtype)
+    pointing = np.einsum("buc,brc->bur", is_max, region_pixels) / np.einsum("buc,c->bu", is_max, cell_pixels)[..., None]
+    # rounding can overshoot [0, 1] by an ulp: clamp
+    return tuple(torch.from_numpy(np.clip(t.astype(np.float64), 0, 1)) for t in (iou, energy, pointing))  # type: ignore[return-value]
 
 
 def alignment_scores(
@@ -502,7 +521,8 @@ def alignment_scores(
         raise ValueError(f"maps must be a float tensor [batch, *units, gh, gw], got {getattr(maps, 'shape', maps)!r}")
     if maps.shape[0] != len(regions):
         raise ValueError(f"{maps.shape[0]} images of maps but {len(regions)} images of masks")
-    if not torch.isfinite(maps).all():
+    flat_maps = maps.detach().cpu().reshape(maps.shape[0], -1, maps.shape[-2] * maps.shape[-1])  # [B, U, C]
+    if not np.isfinite(flat_maps.numpy()).all():
         raise ValueError("maps must be finite")
     units = tuple(maps.shape[1:-2])
     names = tuple(unit_names) if unit_names is not None else _default_unit_names(len(units))
@@ -511,19 +531,19 @@ def alignment_scores(
     grid = (maps.shape[-2], maps.shape[-1])
     height, width = regions.size
     n_pixels = height * width
-    masks = regions.masks.to(maps.device)
-    area_pixels = masks.flatten(2).sum(-1).double()  # [B, R]
-    k_value = area_pixels if q is None else torch.full_like(area_pixels, max(1, round(q * n_pixels)))
-    k_safe = k_value.clamp_min(1)
     # the pixel path works in float64 so that pixels tied in exact arithmetic stay tied after interpolation
     work = torch.float64 if maps.dtype == torch.float64 or upsample == "bilinear" else torch.float32
-    flat = maps.detach().to(work).reshape(maps.shape[0], -1, grid[0] * grid[1])  # [B, U, C]
+    flat = flat_maps.to(work)
     with torch.no_grad():
+        counts, cells = regions.grid_counts(grid)
+        area_pixels = counts.double().sum(-1)  # [B, R] exact: integer counts
+        k_value = area_pixels if q is None else torch.full_like(area_pixels, max(1, round(q * n_pixels)))
+        k_safe = k_value.clamp_min(1)
         if upsample == "nearest":
-            counts, cells = grid_counts(masks, grid)
             iou, energy, pointing = _scores(flat, counts.to(work), cells.to(work), k_safe, area_pixels)
         else:
-            ones = torch.ones(n_pixels, dtype=work, device=maps.device)
+            masks = regions.masks.cpu()
+            ones = torch.ones(n_pixels, dtype=work)
             rows = []  # pixel path: one image at a time, `chunk` units at a time, to bound memory
             for b in range(flat.shape[0]):
                 pixels = masks[b : b + 1].flatten(2).to(work)
@@ -536,11 +556,11 @@ def alignment_scores(
                     parts.append(_scores(up, pixels, ones, k_safe[b : b + 1], area_pixels[b : b + 1]))
                 rows.append(tuple(torch.cat([p[i] for p in parts], 1) for i in range(3)))
             iou, energy, pointing = (torch.cat([r[i] for r in rows]) for i in range(3))
-    empty = (area_pixels == 0)[:, None, :]
-    iou, energy, pointing = (t.masked_fill(empty, math.nan) for t in (iou, energy, pointing))
+    empty = (area_pixels == 0).numpy()[:, None, :]
+    iou, energy, pointing = (torch.from_numpy(np.where(empty, np.nan, t.numpy())) for t in (iou, energy, pointing))
     share = area_pixels / n_pixels
     expected = k_value * share
-    chance = (expected / (k_value + area_pixels - expected)).masked_fill(area_pixels == 0, math.nan)
+    chance = torch.from_numpy(np.where(empty[:, 0], np.nan, (expected / (k_value + area_pixels - expected)).numpy()))
     shape = (maps.shape[0], *units, len(regions.names))
     return AlignmentResult(
         iou=iou.reshape(shape),

@@ -52,7 +52,7 @@ from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_lab
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
-from vitmech.analysis.ablation.store import JsonlStore, MemoryStore
+from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store_line, store_files
 from vitmech.analysis.ablation.sweep import (
     CellLike,
     Engine,
@@ -728,8 +728,7 @@ class ShardedStore(MemoryStore):
         return self.directory / f"sweep-{self.key}.rank{rank}.jsonl"
 
     def _files(self) -> list[Path]:
-        shards = sorted(self.directory.glob(f"sweep-{self.key}.*.jsonl"))  # one per rank (or other writer)
-        return ([self.merged] if self.merged.exists() else []) + shards
+        return store_files(self.merged)  # the merged file, rank shards, and shards of other single writers
 
     def reload(self) -> None:
         """Read every finished record of the merged file and all shards (half-written lines skipped)."""
@@ -758,6 +757,7 @@ class ShardedStore(MemoryStore):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.merged)
+        self._own.close()
         for shard in self.directory.glob(f"sweep-{self.key}.*.jsonl"):
             shard.unlink()
 
@@ -769,18 +769,16 @@ def _json_line(record: dict[str, Any]) -> str:
 
 
 def _read_records(path: Path, key: str) -> list[dict[str, Any]]:
-    import json
-
     from vitmech.analysis.ablation.errors import StoreMismatchError
 
     raw = path.read_bytes()
-    lines = raw[: raw.rfind(b"\n") + 1].decode().splitlines()
+    lines = raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1]
     if not lines:
         return []
-    header = json.loads(lines[0])
+    header = parse_store_line(lines[0], path, 1)  # garbled lines: StoreCorruptError naming file and line
     if header.get("type") != "header" or header.get("key") != key:
         raise StoreMismatchError(f"{path} was written for settings key {header.get('key')!r}, not {key!r}")
-    return [json.loads(line) for line in lines[1:]]
+    return [parse_store_line(line, path, number) for number, line in enumerate(lines[1:], start=2)]
 
 
 def _sweep_settings(

@@ -8,8 +8,10 @@ once a model's ``preprocess`` is given.
 """
 
 from vitmech.data._errors import (
+    CorruptDatasetError,
     DataError,
     EmptySplitError,
+    IncompleteDatasetError,
     InsufficientDataError,
     SchemaError,
     UnknownLabelError,
@@ -55,8 +57,10 @@ from vitmech.data.gz2 import (
 )
 
 __all__ = [
+    "CorruptDatasetError",
     "DataError",
     "EmptySplitError",
+    "IncompleteDatasetError",
     "InsufficientDataError",
     "SchemaError",
     "UnknownLabelError",

@@ -10,6 +10,7 @@ from vitmech.errors import (
     UnknownLabelError,
     UnreadableImageError,
 )
+from vitmech.io.errors import CorruptFileError, IncompleteWriteError
 
 __all__ = [
     "DataError",
@@ -18,4 +19,14 @@ __all__ = [
     "UnreadableImageError",
     "EmptySplitError",
     "InsufficientDataError",
+    "IncompleteDatasetError",
+    "CorruptDatasetError",
 ]
+
+
+class IncompleteDatasetError(DataError, IncompleteWriteError):
+    """A dataset folder whose writer did not finish: missing shards or completion file (named)."""
+
+
+class CorruptDatasetError(DataError, CorruptFileError):
+    """A dataset file that cannot be read or whose size/hash differs from the completion file (named)."""

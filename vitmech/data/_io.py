@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,17 @@ import pyarrow.parquet as pq
 from datasets import Features
 from jaxtyping import Bool, UInt8
 
-from vitmech.data._errors import DataError, UnreadableImageError
+from vitmech.data._errors import (
+    CorruptDatasetError,
+    DataError,
+    IncompleteDatasetError,
+    UnreadableImageError,
+)
+from vitmech.io.atomic import atomic_write, atomic_write_text, fsync_dir
+from vitmech.io.errors import CorruptFileError, IncompleteWriteError, StorageError
+from vitmech.io.lock import LOCK_NAME, WriterLock, check_not_being_written
+from vitmech.io.manifest import verify_manifest, write_manifest
+from vitmech.io.readers import check_parquet, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +172,9 @@ class ShardWriter:
 
         table = Dataset.from_dict(self._buffer, features=self.features).data.table
         table = table.replace_schema_metadata(self.schema.metadata)
-        pq.write_table(table, self.paths[self._shard], row_group_size=PARQUET_ROW_GROUP_SIZE)
+        atomic_write(
+            self.paths[self._shard], lambda tmp: pq.write_table(table, tmp, row_group_size=PARQUET_ROW_GROUP_SIZE)
+        )
         self._written += n
         self._shard += 1
         self._buffer = {name: [] for name in self.features}
@@ -174,7 +187,113 @@ class ShardWriter:
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------- dataset folders: commit and check
+DATASET_INFO = "vitmech_dataset.json"
+"""The completion file of a dataset folder: settings, and the size and SHA-256 of every file (written last)."""
+SHARD_PATTERN = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+
+
+def begin_dataset(root: Path, overwrite: bool) -> WriterLock:
+    """Take the folder's writer lock (a second writer gets LockHeldError), then clear an older dataset in it.
+
+    The completion file goes first, so a writer killed from here on leaves a folder every loader refuses
+    (`check_dataset_folder`) until `finish_dataset` runs.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(root / LOCK_NAME, what=f"dataset folder {root}", keep_on_error=True).acquire()
+    try:
+        if any(p.name != LOCK_NAME for p in root.iterdir()):
+            if not overwrite:
+                raise DataError(f"{root} exists and is not empty; pass overwrite=True to replace its data/ folder")
+            (root / DATASET_INFO).unlink(missing_ok=True)
+            fsync_dir(root)
+            for old in (root / "data").glob("*.parquet"):
+                old.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def finish_dataset(root: Path, payload: Mapping[str, Any], lock: WriterLock | None = None) -> Path:
+    """Write the completion file (payload + a manifest of every file under `data/` and the other top-level
+    files), then release the writer lock. Returns its path."""
+    root = Path(root)
+    files = [
+        p.relative_to(root).as_posix()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != DATASET_INFO and not p.name.startswith(".")
+    ]
+    extra = {k: v for k, v in payload.items() if k != "kind"}
+    path = write_manifest(root, files, kind=str(payload.get("kind", "dataset")), extra=extra, name=DATASET_INFO)
+    if lock is not None:
+        lock.release()
+    return path
+
+
+def missing_shards(root: Path) -> list[str]:
+    """Shard files absent from a `{split}-{k:05d}-of-{n:05d}.parquet` series (paths relative to root)."""
+    series: dict[tuple[Path, str], dict[int, set[int]]] = {}
+    for path in Path(root).rglob("*.parquet"):
+        match = SHARD_PATTERN.match(path.name)
+        if match and not path.name.startswith("."):
+            key = (path.parent, match["split"])
+            series.setdefault(key, {}).setdefault(int(match["count"]), set()).add(int(match["index"]))
+    missing = []
+    for (parent, split), by_count in sorted(series.items()):
+        if len(by_count) > 1:
+            raise IncompleteDatasetError(
+                f"split {split!r} in {parent} mixes shard series of {sorted(by_count)} files (two writes mixed); "
+                "write the dataset again",
+                path=parent,
+            )
+        ((count, found),) = by_count.items()
+        for k in range(count):
+            if k not in found:
+                missing.append((parent / f"{split}-{k:05d}-of-{count:05d}.parquet").relative_to(root).as_posix())
+    return missing
+
+
+def check_dataset_folder(root: Path) -> None:
+    """Refuse a local dataset folder that is partial or damaged, naming what is missing or broken.
+
+    Checks: no writer holds or died holding the folder's lock; the completion file (if the folder has one)
+    matches every file's size and SHA-256; every `-of-N` shard series is complete; every parquet footer reads.
+    """
+    root = Path(root)
+    try:
+        check_not_being_written(root / LOCK_NAME, f"dataset {root}")
+        info = read_json(root / DATASET_INFO, what="dataset completion file") if (root / DATASET_INFO).is_file() else {}
+        if isinstance(info, dict) and "files" in info:  # written by finish_dataset (older folders have none)
+            verify_manifest(root, what=f"dataset {root}", name=DATASET_INFO)
+    except IncompleteWriteError as exc:
+        raise IncompleteDatasetError(str(exc), path=exc.path) from exc
+    except CorruptFileError as exc:
+        raise CorruptDatasetError(str(exc), path=exc.path, line=exc.line) from exc
+    missing = missing_shards(root)
+    if missing:
+        raise IncompleteDatasetError(
+            f"dataset {root} is partial: {len(missing)} shard file(s) missing: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}. Its writer was interrupted, or files were lost: write it again",
+            path=root / missing[0],
+        )
+    for path in sorted(root.rglob("*.parquet")):
+        if not path.name.startswith("."):
+            try:
+                check_parquet(path)
+            except CorruptFileError as exc:
+                raise CorruptDatasetError(str(exc), path=path) from exc
+
+
+def dataset_read_error(source: Any, exc: Exception) -> DataError:
+    """A DataError naming the source for an exception from datasets / pyarrow while reading it."""
+    if isinstance(exc, (DataError, StorageError)):
+        return exc if isinstance(exc, DataError) else CorruptDatasetError(str(exc), path=exc.path)
+    return CorruptDatasetError(f"cannot read dataset {source}: {type(exc).__name__}: {exc}", path=str(source))
 
 
 __all__ = [
@@ -187,4 +306,10 @@ __all__ = [
     "shard_paths",
     "ShardWriter",
     "write_json",
+    "DATASET_INFO",
+    "begin_dataset",
+    "finish_dataset",
+    "check_dataset_folder",
+    "missing_shards",
+    "dataset_read_error",
 ]

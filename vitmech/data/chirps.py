@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from vitmech.data._errors import DataError, EmptySplitError, SchemaError
 from vitmech.data._figure import ELEMENTS, FigureStyle, SpectrogramFigure
-from vitmech.data._io import Box, ShardWriter, encode_png, write_json
+from vitmech.data._io import Box, ShardWriter, begin_dataset, encode_png, finish_dataset, write_json
 from vitmech.data._transforms import LazyImageTransform, Preprocess
 from vitmech.data.gz2 import open_gz2
 
@@ -337,11 +337,7 @@ def write_chirp_dataset(
     float16. Rows 0 .. n_test - 1 of the seeded stream are ``test``, the next n_val ``validation``, the
     rest ``train``. ``target_scaler.json`` holds the training split's target mean/std."""
     root = Path(path)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(f"{root} exists and is not empty; pass overwrite=True to replace its data/ folder")
-        for old in (root / "data").glob("*.parquet"):
-            old.unlink()
+    lock = begin_dataset(root, overwrite)  # one writer; a kill from here on leaves a folder loaders refuse
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
     n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
@@ -387,8 +383,8 @@ def write_chirp_dataset(
     scaler = TargetScaler.fit(np.asarray(train_targets, dtype=np.float32).astype(np.float64))
     scaler.save(root / "target_scaler.json")
     elapsed = time.perf_counter() - started
-    write_json(
-        root / "vitmech_dataset.json",
+    finish_dataset(
+        root,
         {
             "kind": "synthetic_chirps",
             "n": n,
@@ -401,6 +397,7 @@ def write_chirp_dataset(
             "store_spectrogram": store_spectrogram,
             "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
         },
+        lock,
     )
     logger.info("wrote %d chirps to %s in %.1f s (%.0f/s)", n, root, elapsed, n / max(elapsed, 1e-9))
     return root

@@ -54,7 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vitmech.data._errors import DataError
-from vitmech.data._io import Box, ShardWriter, decode_image, encode_png, write_json
+from vitmech.data._io import Box, ShardWriter, begin_dataset, decode_image, encode_png, finish_dataset
 from vitmech.data.gz2 import GZ2_CLASSES, gz2_features, gz2_votes_for
 from vitmech.errors import RuntimeSettingError
 from vitmech.threads import check_threads, torch_threads
@@ -766,11 +766,7 @@ def write_galaxy_dataset(
     ``classes`` to exercise the loader's filter). Writes ``vitmech_dataset.json`` with the settings.
     """
     root = Path(path)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(f"{root} exists and is not empty; pass overwrite=True to replace its data/ folder")
-        for old in (root / "data").glob("*.parquet"):
-            old.unlink()
+    lock = begin_dataset(root, overwrite)  # one writer; a kill from here on leaves a folder loaders refuse
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
     n_test = int(round(n * test_fraction))
@@ -812,8 +808,8 @@ def write_galaxy_dataset(
     bar.close()
     for writer in writers.values():
         writer.close()
-    write_json(
-        root / "vitmech_dataset.json",
+    finish_dataset(
+        root,
         {
             "kind": "synthetic_galaxies",
             "n": n,
@@ -826,6 +822,7 @@ def write_galaxy_dataset(
             "features": list(FEATURES),
             "box_convention": "(x0, y0, x1, y1) pixels of the size x size image, top-left origin, exclusive upper ends",
         },
+        lock,
     )
     logger.info("wrote %d synthetic galaxies (%d test) to %s", n, n_test, root)
     return root

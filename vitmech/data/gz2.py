@@ -38,9 +38,19 @@ from vitmech.data._errors import (
     UnknownLabelError,
     UnreadableImageError,
 )
-from vitmech.data._io import ShardWriter, decode_image, encode_jpeg, encode_png, write_json
+from vitmech.data._io import (
+    ShardWriter,
+    begin_dataset,
+    check_dataset_folder,
+    dataset_read_error,
+    decode_image,
+    encode_jpeg,
+    encode_png,
+    finish_dataset,
+)
 from vitmech.data._splits import check_unique, hash_rank, n_from_fraction
 from vitmech.data._transforms import LazyImageTransform, Preprocess
+from vitmech.io.readers import check_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -229,19 +239,10 @@ def open_gz2(source: Source = GZ2_HUB_ID, *, config: str = "default", cache_dir:
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.exists():
-        if path.is_file():
-            if path.suffix != ".parquet":
-                raise DataError(f"{path} is a file but not a .parquet file")
-            return datasets.load_dataset("parquet", data_files=str(path), **kwargs)
-        if (path / "dataset_dict.json").exists():
-            return datasets.load_from_disk(str(path))
-        if (path / "state.json").exists():
-            return DatasetDict({"train": datasets.load_from_disk(str(path))})
-        if (path / config).is_dir():
-            return datasets.load_dataset(str(path), data_dir=config, **kwargs)
-        if not any(path.rglob("*.parquet")) and not any(path.rglob("*.arrow")):
-            raise DataError(f"{path} holds no parquet/arrow files and is not a save_to_disk folder")
-        return datasets.load_dataset(str(path), **kwargs)
+        try:
+            return _open_local(path, config, kwargs)
+        except Exception as exc:  # pyarrow / datasets raise many types: name the source
+            raise dataset_read_error(path, exc) from exc
     if _looks_like_path(text):
         raise DataError(f"gz2 source {text!r} does not exist (and is not a hub id like {GZ2_HUB_ID!r})")
     try:
@@ -251,6 +252,25 @@ def open_gz2(source: Source = GZ2_HUB_ID, *, config: str = "default", cache_dir:
             f"could not load {text!r} (config {config!r}) from the HuggingFace hub: {exc}. "
             "Without hub access pass a local directory or parquet file with the gz2 schema."
         ) from exc
+
+
+def _open_local(path: Path, config: str, kwargs: dict[str, Any]) -> DatasetDict:
+    """A local file or folder, after refusing a partial or damaged one (`check_dataset_folder`)."""
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DataError(f"{path} is a file but not a .parquet file")
+        check_parquet(path)
+        return datasets.load_dataset("parquet", data_files=str(path), **kwargs)
+    check_dataset_folder(path)
+    if (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    if (path / "state.json").exists():
+        return DatasetDict({"train": datasets.load_from_disk(str(path))})
+    if (path / config).is_dir():
+        return datasets.load_dataset(str(path), data_dir=config, **kwargs)
+    if not any(path.rglob("*.parquet")) and not any(path.rglob("*.arrow")):
+        raise DataError(f"{path} holds no parquet/arrow files and is not a save_to_disk folder")
+    return datasets.load_dataset(str(path), **kwargs)
 
 
 def _str_files(files: Any) -> Any:
@@ -635,6 +655,7 @@ def make_gz2_fixture(
     are replaced by garbage; ``drop_columns`` leaves columns out (to test schema errors).
     """
     root = Path(path)
+    lock = begin_dataset(root, overwrite=True)
     rng = np.random.default_rng(seed)
     corrupt = dict(corrupt or {})
     full = gz2_features()
@@ -659,7 +680,7 @@ def make_gz2_fixture(
             row.update(gz2_votes_for(summary, rng))
             writer.add({k: v for k, v in row.items() if k in features})
         writer.close()
-    write_json(root / "vitmech_dataset.json", {"kind": "gz2_fixture", "seed": seed, "image_size": image_size})
+    finish_dataset(root, {"kind": "gz2_fixture", "seed": seed, "image_size": image_size}, lock)
     return root
 
 

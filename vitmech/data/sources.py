@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vitmech.data._errors import DataError, UnreadableImageError
+from vitmech.data.targets import TargetsFileError, read_value_rows
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +136,9 @@ def _targets_from(rows: list[dict[str, Any]], columns: list[str], path: Path) ->
 
 
 def read_value_file(path: str | Path) -> np.ndarray:
-    """Numbers from .npy, or .csv / .txt without a header (one row per image)."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise FileNotFoundError(f"no labels/targets file at {file}")
-    if file.suffix == ".npy":
-        values = np.load(file)
-    else:
-        values = np.loadtxt(file, delimiter="," if file.suffix == ".csv" else None, ndmin=2)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    return values
+    """Numbers from .npy, or .csv / .txt without a header (one row per image); a cell that is not a number
+    is named by file, line and column (`vitmech.data.targets.read_value_rows`)."""
+    return read_value_rows(path)
 
 
 def load_image_source(
@@ -169,6 +162,7 @@ def load_image_source(
     if not path.exists():
         raise FileNotFoundError(f"no image folder, file or list at {path}")
     class_names = None
+    n_listed: int | None = None  # images in the source before `limit` (a value file must have one row each)
     label_values: np.ndarray | None = None
     target_values: np.ndarray | None = None
     column_source = False
@@ -188,10 +182,13 @@ def load_image_source(
         note = f"{len(files)} images listed in {path}"
     elif path.is_file() and path.suffix.lower() == ".txt":
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        n_listed = len(lines)
         files = [(path.parent / line).expanduser() for line in lines][:limit]
         note = f"{len(files)} images listed in {path}"
     else:
-        files = image_files(path)[:limit]
+        every_file = image_files(path)
+        n_listed = len(every_file)
+        files = every_file[:limit]
         note = f"{len(files)} images from {path}"
         if path.is_dir():
             parents = {f.parent for f in files}
@@ -202,9 +199,11 @@ def load_image_source(
     images, kept = _read_all(files, skip_unreadable)
     if not column_source:
         if labels:
-            label_values, class_names = _labels_from(list(_aligned(read_value_file(labels), files, labels)), labels)
+            label_values, class_names = _labels_from(
+                list(_aligned(read_value_file(labels), files, labels, n_listed)), labels
+            )
         if targets:
-            target_values = _aligned(read_value_file(targets), files, targets).astype(np.float32)
+            target_values = _aligned(read_value_file(targets), files, targets, n_listed).astype(np.float32)
     result = ImageSource(images, [str(f) for f in files], label_values, target_values, class_names, note)
     if len(kept) < len(files):
         result = ImageSource(
@@ -221,9 +220,17 @@ def load_image_source(
     return result
 
 
-def _aligned(values: np.ndarray, files: Sequence[Path], where: str) -> np.ndarray:
-    if values.shape[0] < len(files):
-        raise DataError(f"{where} has {values.shape[0]} rows for {len(files)} images")
+def _aligned(values: np.ndarray, files: Sequence[Path], where: str, n_listed: int | None = None) -> np.ndarray:
+    """The rows of `files` (the first `len(files)` of the source's `n_listed` images) from a value file that
+    must hold exactly one row per image of the source: more rows are refused as well as fewer."""
+    expected = n_listed if n_listed is not None else len(files)
+    if values.shape[0] != expected:
+        more = "more" if values.shape[0] > expected else "fewer"
+        raise TargetsFileError(
+            f"{where} has {values.shape[0]} rows for {expected} image files ({more} rows than images); it must "
+            "hold exactly one row per image file, in the source's order",
+            path=where,
+        )
     return values[: len(files)]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from vitmech.errors import CheckpointMismatchError
+from vitmech.errors import CheckpointMismatchError, NonFiniteWeightsError
 
 _LIST_LIMIT = 20
 
@@ -53,8 +53,28 @@ class SourceWeights:
             )
 
 
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """`module.load_state_dict(strict=True)` with an error that lists missing, unexpected and mis-shaped keys."""
+def check_finite(state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """NonFiniteWeightsError naming the floating tensors of `state_dict` that hold NaN or inf."""
+    bad = []
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            n_nan = int(torch.isnan(value).sum())
+            bad.append(f"{key} ({n_nan} NaN, {int((~torch.isfinite(value)).sum()) - n_nan} inf of {value.numel()})")
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} has non-finite weights in {len(bad)} tensor(s): {_listing(bad)}. The file is damaged or "
+            "the run that wrote it diverged; pass allow_nonfinite=True to load it anyway",
+            nonfinite=[b.split(" (")[0] for b in bad],
+        )
+
+
+def load_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, allow_nonfinite: bool = False
+) -> None:
+    """`module.load_state_dict(strict=True)` with an error that lists missing, unexpected and mis-shaped keys,
+    after refusing NaN/inf weights (unless `allow_nonfinite`)."""
+    if not allow_nonfinite:
+        check_finite(state_dict, what)
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

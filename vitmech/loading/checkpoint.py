@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ import torch
 
 from vitmech.config import ViTConfig
 from vitmech.errors import CheckpointMismatchError, UnknownModelError
-from vitmech.loading._state import load_strict
+from vitmech.loading._state import check_finite, load_strict
 from vitmech.loading.families.base import Converted
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from vitmech.io.readers import read_safetensors
 
-        state: Any = load_file(str(path))
+        state: Any = read_safetensors(path, what="checkpoint")
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -98,7 +99,7 @@ def _timm_from_state(state: dict[str, torch.Tensor], arch: str | None) -> Conver
     arch = arch or infer_timm_arch(state)
     n_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     model = timm.create_model(arch, pretrained=False, num_classes=n_classes)
-    load_strict(model, state, f"timm checkpoint for {arch!r}")
+    load_strict(model, state, f"timm checkpoint for {arch!r}", allow_nonfinite=True)  # checked by the caller
     return convert_timm(model.eval())
 
 
@@ -163,6 +164,7 @@ def convert_checkpoint(
     hf_config: Any = None,
     format: Format | None = None,
     config: Any = None,
+    allow_nonfinite: bool = False,
 ) -> Converted:
     """Load a local weight file.
 
@@ -173,6 +175,7 @@ def convert_checkpoint(
             config.json (default: config.json beside the file, else the standard size).
         format: force "timm", "hf" or "vitmech" instead of detecting it from the keys.
         config: the `vitmech.ViTConfig` of a bare HookedViT state dict (torch.save(model.state_dict())).
+        allow_nonfinite: load weights holding NaN or inf (refused by default, naming the tensors).
     """
     from vitmech.loading.hf import convert_hf
     from vitmech.loading.native import is_native_dir, load_native, read_native_metadata
@@ -180,18 +183,20 @@ def convert_checkpoint(
     path = Path(path)
     if path.is_dir():
         if is_native_dir(path):
-            return load_native(path)
+            return load_native(path, allow_nonfinite=allow_nonfinite)
         if (path / "config.json").is_file():
             return convert_hf(path)
         raise FileNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
     if path.suffix == ".safetensors" and read_native_metadata(path) is not None:
-        return load_native(path)
+        return load_native(path, allow_nonfinite=allow_nonfinite)
     state = read_state_dict(path)
+    if not allow_nonfinite:
+        check_finite(state, f"checkpoint {path}")
     fmt = format or detect_format(state)
     if fmt == "timm":
-        return _timm_from_state(state, arch)
+        return replace(_timm_from_state(state, arch), allow_nonfinite=allow_nonfinite)
     if fmt == "hf":
-        return _hf_from_state(path, state, hf_config)
+        return replace(_hf_from_state(path, state, hf_config), allow_nonfinite=allow_nonfinite)
     if config is None:
         raise CheckpointMismatchError(
             f"{path} holds bare HookedViT weights: pass config=ViTConfig(...), or save with model.save_pretrained(dir)"
@@ -205,4 +210,5 @@ def convert_checkpoint(
         state_dict=state,
         preprocessing=Preprocessing(image_size=config.image_size, source="vitmech default"),
         source=f"HookedViT checkpoint {path}",
+        allow_nonfinite=allow_nonfinite,
     )

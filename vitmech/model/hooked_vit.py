@@ -188,7 +188,12 @@ class HookedViT(HookedRootModule):
             class_names=converted.class_names,
             initialize=False,
         )
-        load_strict(model, converted.state_dict, f"converted {converted.source or 'source'} weights")
+        load_strict(
+            model,
+            converted.state_dict,
+            f"converted {converted.source or 'source'} weights",
+            allow_nonfinite=converted.allow_nonfinite,
+        )
         model.card = dict(converted.card)
         if converted.device is not None or converted.dtype is not None:
             model = model.to(device=converted.device, dtype=converted.dtype)
@@ -496,6 +501,11 @@ class HookedViT(HookedRootModule):
             raise ImageInputError(
                 f"images are {images.dtype} but the model is {self.dtype}; use images.to(model.dtype)"
             )
+        if images.device != self.device:
+            raise ImageInputError(
+                f"images are on {images.device} but the model is on {self.device}; move them with "
+                f"images.to(model.device) (or the model with model.to('{images.device}'))"
+            )
         finite = torch.isfinite(images)
         if not bool(finite.all()):
             n_nan = int(torch.isnan(images).sum())
@@ -639,18 +649,25 @@ class HookedViT(HookedRootModule):
         names_filter: NamesFilter = None,
         return_cache_object: bool = True,
         remove_batch_dim: bool = False,
+        cache_budget: int | None = None,
         **kwargs: Any,
     ) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]:
         """Run and cache activations (detached) in a transformer_lens ActivationCache.
 
         names_filter=None caches every hook except the per-head `attn.hook_result` (12x the size
         of attn_out) unless `use_attn_result` is set; ask for it by name to get it regardless.
-        Call under `torch.no_grad()` when no gradients are needed.
+        Call under `torch.no_grad()` when no gradients are needed. The cache size is estimated first
+        (`vitmech.memory`): logged when large, refused above `cache_budget` bytes (default: the budget of
+        `vitmech.set_cache_budget`, else 80% of the device's free memory).
         """
         if names_filter is None and not self.use_attn_result:
             names_filter = _all_but_head_results
         elif isinstance(names_filter, tuple):
             names_filter = list(names_filter)
+        if model_args and isinstance(model_args[0], torch.Tensor) and model_args[0].ndim >= 1:
+            from vitmech.memory import check_cache_size  # logs large caches, refuses those above the budget
+
+            check_cache_size(self, model_args[0].shape[0], names_filter, cache_budget)
         out, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )

@@ -495,7 +495,7 @@ def write_alignment_report(
         "(docs/alignment.md#definitions)\n"
         "- change = after - before per image; paired t-test, Cohen's d_z, 95% percentile bootstrap CI "
         f"({config.n_resamples:,} resamples, seed {config.seed}); Holm's correction over all "
-        f"{len(study.comparisons)} comparisons in the first table. Direction words only for Holm-significant rows.\n"
+        f"{len(study.comparisons)} comparisons (both tables below). Direction words only for Holm-significant rows.\n"
         "- the attention-supervised tier is trained on this measure: its gain is reported apart and is not "
         "evidence that ordinary fine-tuning moves attention.\n" + (f"- command: `{command}`\n" if command else "")
     )

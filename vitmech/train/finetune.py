@@ -82,7 +82,7 @@ def fit_head_on_features(
     for step in range(config.steps):
         rows = batch_indices(len(train), config.batch_size, step, config.seed)
         loss = task_loss(head(features[rows]), train.targets[rows], train.task, config.label_smoothing)
-        value, _ = optimizer_step(optimizer, loss, list(head.parameters()), config, step)
+        value, _ = optimizer_step(optimizer, loss, list(head.parameters()), config, step, head)
         running, count = running + value, count + 1
         if (step + 1) % max(1, config.log_every) == 0 or step + 1 == config.steps:
             result.history.append({"step": step + 1, "loss": running / count, "lr_factor": lr_factor(step, config)})

@@ -9,6 +9,7 @@ after a checkpoint and resumed ends with the same weights as one that was never 
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import math
@@ -25,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vitmech.fingerprint import module_fingerprint, tensor_fingerprint
+from vitmech.io.lock import LOCK_NAME, WriterLock
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vitmech.train.data import ArrayDataset, Augment, augment_batch, batch_indices, step_generator, to_model_input
@@ -238,12 +240,68 @@ def fit(
             model.cfg.image_size,
         )
 
+    lock = None
+    if checkpoint_dir is not None:  # one writer per run folder
+        lock = WriterLock(Path(checkpoint_dir) / LOCK_NAME, what=f"training run folder {checkpoint_dir}").acquire()
+    try:
+        return _fit(
+            model,
+            param_groups,
+            train,
+            config,
+            checkpoint_dir,
+            resume,
+            evaluate,
+            card,
+            fingerprint_extra,
+            stop_at_step,
+            progress,
+            trainable,
+            loss_fn,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global torch and numpy generators (what a resumed run must continue from), JSON-able."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(raw))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _fit(
+    model: HookedViT,
+    param_groups: list[dict[str, Any]],
+    train: ArrayDataset,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    evaluate: Callable[[HookedViT], dict[str, float]] | None,
+    card: dict[str, Any] | None,
+    fingerprint_extra: dict[str, Any] | None,
+    stop_at_step: int | None,
+    progress: bool,
+    trainable: list[torch.nn.Parameter],
+    loss_fn: LossFn | None = None,
+) -> TrainResult:
     optimizer = torch.optim.AdamW(param_groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     fingerprint = run_fingerprint(model, optimizer, train, config, fingerprint_extra)
     result = TrainResult()
     start = 0
+    running, count = 0.0, 0  # loss sum and steps since the last history row
     if checkpoint_dir is not None and resume:
         last = latest_checkpoint(checkpoint_dir)
         if last is not None:
@@ -251,6 +309,12 @@ def fit(
             start = int(meta["step"])
             result.history = list(meta.get("history", []))
             result.resumed_from = start
+            running, count = (
+                float(meta.get("running_loss", {}).get("sum", 0.0)),
+                int(meta.get("running_loss", {}).get("count", 0)),
+            )
+            if "rng" in meta:
+                _set_rng_state(meta["rng"])
             logger.info("resumed from %s (step %d of %d)", last, start, config.steps)
 
     def checkpoint(step: int) -> None:
@@ -259,6 +323,8 @@ def fit(
         state = {
             "fingerprint": fingerprint,
             "history": result.history,
+            "running_loss": {"sum": running, "count": count},
+            "rng": _rng_state(),
             "card": card or {},
             "train_config": config.to_dict(),
         }
@@ -275,7 +341,6 @@ def fit(
 
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
-    running, count = 0.0, 0
     end = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
     bar = tqdm(range(start, end), total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
     for step in bar:
@@ -323,7 +388,7 @@ def _train_step(
             loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
         else:
             loss = loss_fn(model, x, y, torch.as_tensor(rows))
-    return optimizer_step(optimizer, loss, trainable, config, step)
+    return optimizer_step(optimizer, loss, trainable, config, step, model)
 
 
 def optimizer_step(
@@ -332,10 +397,11 @@ def optimizer_step(
     params: list[torch.nn.Parameter],
     config: TrainConfig,
     step: int,
+    model: torch.nn.Module,
 ) -> tuple[float, float]:
     """One update at `step` (0-based): each group's lr = its base_lr times `lr_factor`, backward of `loss`,
     gradient clipping to config.clip_norm, then the optimizer's step. Returns (loss, gradient norm before
-    clipping); a non-finite loss is an error."""
+    clipping); a non-finite loss is an error (naming `model`'s non-finite weights when that is the cause)."""
     factor = lr_factor(step, config)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
@@ -347,6 +413,12 @@ def optimizer_step(
     else:
         norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in with_grad if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
+        broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {step} because the model's weights already hold NaN/inf "
+                f"before this update: {broken[:8]}; reload the weights (a damaged file?) rather than change the recipe"
+            )
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.step()
     return float(loss.item()), norm

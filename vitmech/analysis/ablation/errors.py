@@ -3,5 +3,18 @@
 from __future__ import annotations
 
 from vitmech.errors import AblationError, EmptyReferenceError, HeadIndexError, MetricError, StoreMismatchError
+from vitmech.io.errors import CorruptFileError
 
-__all__ = ["AblationError", "EmptyReferenceError", "HeadIndexError", "MetricError", "StoreMismatchError"]
+
+class StoreCorruptError(StoreMismatchError, CorruptFileError):
+    """A sweep store file with a garbled line (the file and 1-based line are named; `.path`, `.line`)."""
+
+
+__all__ = [
+    "AblationError",
+    "EmptyReferenceError",
+    "HeadIndexError",
+    "MetricError",
+    "StoreCorruptError",
+    "StoreMismatchError",
+]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 
 from vitmech.analysis.ablation.errors import MetricError
-from vitmech.fingerprint import tensor_fingerprint
+from vitmech.fingerprint import Unfingerprintable, function_fingerprint, tensor_fingerprint
 
 if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
@@ -41,6 +41,9 @@ class Metric:
         needs_targets: whether targets (labels / regression values) are required.
         needs_clean: whether the clean output is passed (e.g. KL to clean).
         params: the metric's settings (class index, ...), recorded with results.
+        code: fingerprint of a user function's code and closure (`metric_from_function`), part of `key()`.
+        keyable: False when nothing identifies the function (no name given and no fingerprint): such a
+            metric works in memory but a resumable store refuses it.
     """
 
     name: str
@@ -49,6 +52,8 @@ class Metric:
     needs_targets: bool = False
     needs_clean: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    code: str | None = None
+    keyable: bool = True
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_KINDS:
@@ -61,7 +66,8 @@ class Metric:
 
     def key(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}({params})"
+        code = f"#{self.code}" if self.code else ""
+        return f"{self.name}({params}){code}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.name, "output": self.output, **self.params}
@@ -114,16 +120,18 @@ def check_per_example(values: Any, batch: int, name: str) -> Float[torch.Tensor,
 
 
 def _targets_as_index(targets: torch.Tensor, name: str, n_classes: int | None = None) -> torch.Tensor:
+    """Class targets as long indices, after checking each lies in [0, n_classes) (the head's outputs)."""
     if targets.ndim != 1 or targets.is_floating_point():
         raise MetricError(f"metric {name!r} needs integer class targets [B], got {targets.dtype} {list(targets.shape)}")
-    if n_classes is not None and targets.numel():
-        low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= n_classes:
-            bad = low if low < 0 else high
-            raise MetricError(
-                f"metric {name!r}: label {bad} is out of range for the model's head with {n_classes} classes "
-                f"(labels must be 0 to {n_classes - 1})"
-            )
+    if n_classes is None:
+        return targets.long()
+    outside = ((targets < 0) | (targets >= n_classes)).nonzero().flatten()
+    if len(outside):
+        shown = sorted({int(targets[i]) for i in outside})[:10]
+        raise MetricError(
+            f"metric {name!r}: {len(outside)} label(s) outside the model's {n_classes} classes (valid 0..{n_classes - 1}): "
+            f"{shown}; check that the labels belong to this model's head"
+        )
     return targets.long()
 
 
@@ -249,11 +257,18 @@ def metric_from_function(
 
     fn is called as fn(output), fn(output, targets), fn(output, clean) or fn(output, clean, targets)
     depending on needs_targets / needs_clean, and must return one value per example [B].
-    Stored sweeps are keyed by `name` and `params`: rename it (or change params) when you change fn.
+    Stored sweeps are keyed by `name`, `params` and a fingerprint of fn's code, closure values and the
+    globals it reads, so two different lambdas never share stored results. A callable that cannot be
+    fingerprinted (a callable object) is refused by a resumable store unless `name` is given.
     """
     if not callable(fn):
         raise MetricError(f"a metric must be callable, got {type(fn).__name__}")
-    metric_name = name or str(getattr(fn, "__name__", "custom"))
+    try:
+        code: str | None = function_fingerprint(fn)
+    except Unfingerprintable:
+        code = None
+    keyable = code is not None or name is not None
+    metric_name = name or str(getattr(fn, "__name__", type(fn).__name__))
 
     def call(out, clean, targets):
         args = [out]
@@ -270,6 +285,8 @@ def metric_from_function(
         needs_targets=needs_targets,
         needs_clean=needs_clean,
         params=dict(params or {}),
+        code=code,
+        keyable=keyable,
     )
 
 

@@ -188,6 +188,12 @@ def _open_store(
     """A MemoryStore, or the JSONL file under `store` keyed by everything that determines the results."""
     if store is None:
         return MemoryStore()
+    if not metric.keyable:
+        raise MetricError(
+            f"metric {metric.name!r} is a callable object whose code cannot be fingerprinted, so stored results "
+            "could be mixed up with another metric's: pass metric_from_function(fn, name='unique-name') "
+            "or a Metric with a unique name"
+        )
     settings = {
         "model": module_fingerprint(model),
         "model_config": model.cfg.to_dict(),
@@ -318,6 +324,7 @@ def ablation_sweep(
                 )
     finally:
         bar.close()
+        sink.close()
     return _table(sink, cells, len(bounds), metric, ablation)
 
 

@@ -49,6 +49,7 @@ class Converted:
     device: torch.device | None = None
     dtype: torch.dtype | None = None
     source: str = ""
+    allow_nonfinite: bool = False  # build even if weights hold NaN/inf (refused by default, naming the tensors)
 
 
 @dataclass(frozen=True)
