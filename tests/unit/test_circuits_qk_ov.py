@@ -137,7 +137,7 @@ def test_attention_distance_matches_the_reference_values():
     neighbours = (dist == 16).float()
     neighbours = torch.nn.functional.pad(neighbours / neighbours.sum(-1, keepdim=True), (1, 0, 1, 0))
     assert mean_attention_distance(neighbours, 16).item() == pytest.approx(16.0)
-    with pytest.raises(ValueError, match="not 1 CLS token \\+ a square grid"):
+    with pytest.raises(ValueError, match="not 1 class token \\+ a square grid"):
         mean_attention_distance(torch.ones(11, 11), 16)
 
 
