@@ -98,6 +98,7 @@ QUICK_RUNS = {
         "2",
     ],
     "finetune-chirp": lambda t: ["--model", str(t / "before")],
+    "patch": lambda t: [],
     "pretrain": lambda t: [],
     "data": lambda t: [],
     "models": lambda t: ["--pages"],

@@ -11,7 +11,7 @@ models without a class token, the mean of the patch queries' rows (`TokenLayout.
 records which (`AttentionMetrics.query`).
 
     patterns = collect_patterns(model, images)                  # [B, L, H, P, P], pattern-only cache
-    metrics = attention_metrics(patterns, patch_size=16)        # AttentionMetrics
+    metrics = attention_metrics(patterns, model)                 # AttentionMetrics; geometry read from the model
     metrics.to_frame()                                          # per layer x head: mean, std over images
 
 Choices are parameters and are recorded in every result (`AttentionSettings`):
@@ -206,9 +206,25 @@ def patch_distances(
     return (torch.cdist(centres, centres) * patch_size).to(dtype)
 
 
+def geometry(patch_size: Any, layout: TokenLayout | None = None) -> tuple[float, TokenLayout | None]:
+    """Patch size in pixels and token layout: read from a model (HookedViT) or its ViTConfig when one is
+    given (the safe way: the numbers cannot contradict the model), else the number as given."""
+    cfg = getattr(patch_size, "cfg", patch_size)
+    if hasattr(cfg, "patch_size") and hasattr(cfg, "n_layers"):
+        from vitmech.tokens import token_layout
+
+        own = token_layout(cfg)
+        if layout is not None and layout != own:
+            raise ValueError(f"layout {layout} contradicts the model's own token layout {own}")
+        return float(cfg.patch_size), own
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)) or patch_size <= 0:
+        raise ValueError(f"patch_size must be a positive number of pixels or the model, got {patch_size!r}")
+    return float(patch_size), layout
+
+
 def mean_attention_distance(
     patterns: Float[Tensor, "*batch query key"],
-    patch_size: float,
+    patch_size: Any,
     renormalise: bool = True,
     layout: TokenLayout | None = None,
 ) -> Float[Tensor, "*batch"]:
@@ -217,7 +233,9 @@ def mean_attention_distance(
 
     renormalise=True divides each query's patch-key weights by their sum (drops the prefix keys);
     False uses the raw weights (prefix keys then add distance 0). A query with no patch mass counts 0.
+    patch_size: pixels, or the model (or its config) to read the patch size and token layout from.
     """
+    patch_size, layout = geometry(patch_size, layout)
     layout = pattern_layout(patterns, layout=layout)
     n_tokens = patterns.shape[-1]
     between_patches = patch_distances(layout.grid[0], patch_size, patterns.dtype).to(patterns.device)
@@ -398,7 +416,7 @@ def _std(values: Tensor) -> Tensor:
 
 def attention_metrics(
     patterns: PatternStack,
-    patch_size: float,
+    patch_size: Any,
     settings: AttentionSettings | None = None,
     layers: Sequence[int] | None = None,
     keep_cls_attention: bool = False,
@@ -406,10 +424,12 @@ def attention_metrics(
 ) -> AttentionMetrics:
     """Every attention metric for every image, layer and head of a pattern stack [B, L, H, P, P].
 
-    patch_size is in pixels (model.cfg.patch_size); `layers` names the model layer of each stacked
-    layer (default 0..L-1); `layout` is the model's token layout (`token_layout(model)`; default one
-    class token + a square grid).
+    patch_size: the model itself (preferred: its patch size and token layout are read from it, so they
+    cannot contradict it), its ViTConfig, or pixels (model.cfg.patch_size); `layers` names the model layer
+    of each stacked layer (default 0..L-1); `layout` is the model's token layout (`token_layout(model)`;
+    default one class token + a square grid).
     """
+    patch_size, layout = geometry(patch_size, layout)
     settings = settings or AttentionSettings()
     layout = pattern_layout(patterns, ndim=5, layout=layout)
     n_layers = patterns.shape[1]

@@ -55,6 +55,11 @@ COMMANDS: dict[str, Command] = {
     "finetune-chirp": Command(
         "vitmech.studies.finetune_chirp", "LoRA chirp-spectrogram regressor (arXiv 2503.18762)", "09_fine_tune_chirp.py"
     ),
+    "patch": Command(
+        "vitmech.studies.patching",
+        "activation and path patching, EAP circuit on counterfactual galaxy pairs",
+        "15_patching_circuits.py",
+    ),
     "pretrain": Command(
         "vitmech.studies.pretrain", "pretrain the mini ViT on procedural scenes (how mini-pretrained was made)"
     ),

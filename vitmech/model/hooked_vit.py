@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -33,6 +34,7 @@ from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import ViTConfig
 from vitmech.errors import ImageInputError
+from vitmech.hook_names import check_hook_names
 from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
 from vitmech.model.head import ClassifierHead, Projection
@@ -235,11 +237,24 @@ class HookedViT(HookedRootModule):
 
         return cls.from_converted(load_pretrained(name, **kwargs))
 
-    def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
-        """Write `model.safetensors` + `config.json` (architecture, preprocessing, class names, card)."""
+    def save_pretrained(
+        self, directory: str | Path, card: dict[str, Any] | None = None, format: str = "vitmech"
+    ) -> Path:
+        """Write the model to `directory`. format "vitmech" (default): `model.safetensors` + `config.json`
+        (architecture, preprocessing, class names, card); "hf": a transformers folder that
+        `AutoModelForImageClassification.from_pretrained` (or `AutoModel`, headless) loads, with its image
+        processor config; "timm": timm's hub layout (`timm.models.save_for_hf`). All three load back with
+        `HookedViT.from_pretrained(directory)`."""
+        from vitmech.loading.export_formats import save_hf, save_timm
         from vitmech.loading.native import save_native
 
-        return save_native(self, directory, card=card)
+        if format == "vitmech":
+            return save_native(self, directory, card=card)
+        if format == "hf":
+            return save_hf(self, directory)
+        if format == "timm":
+            return save_timm(self, directory)
+        raise ValueError(f"format must be 'vitmech', 'hf' or 'timm', got {format!r}")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -643,6 +658,20 @@ class HookedViT(HookedRootModule):
             return resid
         return self.unembed(resid, return_type)
 
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Any = (),
+        bwd_hooks: Any = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Iterator[Any]:
+        """transformer_lens' `hooks` (used by `run_with_hooks`), with hook names checked first: an unknown
+        name or layer raises HookNameError listing the closest valid names."""
+        check_hook_names(self, [name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
+            yield model
+
     def run_with_cache(
         self,
         *model_args: Any,
@@ -664,6 +693,9 @@ class HookedViT(HookedRootModule):
             names_filter = _all_but_head_results
         elif isinstance(names_filter, tuple):
             names_filter = list(names_filter)
+        check_hook_names(
+            self, [names_filter] if isinstance(names_filter, str) or callable(names_filter) else names_filter or []
+        )
         if model_args and isinstance(model_args[0], torch.Tensor) and model_args[0].ndim >= 1:
             from vitmech.memory import check_cache_size  # logs large caches, refuses those above the budget
 

@@ -40,6 +40,16 @@ def _diverging_norm(grid: np.ndarray) -> TwoSlopeNorm | None:
     return TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
 
 
+def within_two_se(result: HeadSweepResult | np.ndarray) -> np.ndarray:
+    """[layer, head] bool: cells whose change is within 2 standard errors of zero (|delta| < 2 delta_se),
+    i.e. not distinguishable from no effect; all False for a bare array (no uncertainty known)."""
+    if not hasattr(result, "grid"):
+        return np.zeros(np.asarray(result).shape, dtype=bool)
+    delta, se = result.grid("delta"), result.grid("delta_se")
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(delta) & np.isfinite(se) & (np.abs(delta) < 2 * se)
+
+
 def plot_head_heatmap(
     result: HeadSweepResult | np.ndarray,
     value: str = "pct_change",
@@ -47,32 +57,51 @@ def plot_head_heatmap(
     annotate: bool | None = None,
     fmt: str = ".2g",
     cmap: str = "RdBu_r",
+    mark_uncertain: bool = True,
 ) -> Figure:
     """Heatmap of a head sweep: rows are layers (0 at the top), columns heads; red = the metric went up.
 
     result: a HeadSweepResult (its `grid(value)` is drawn) or a [layer, head] array. Unswept heads are blank.
     annotate: write each value in its cell (default: when the grid has at most 16 x 16 cells).
+    mark_uncertain: grey out and hatch the cells within 2 standard errors of zero (`within_two_se`), so only
+    effects the data resolve stand out; the title says so.
     """
+    from matplotlib.patches import Rectangle
+
     grid = np.asarray(result.grid(value) if hasattr(result, "grid") else result, dtype=float)
     if grid.ndim != 2:
         raise ValueError(f"expected a [layer, head] grid, got shape {grid.shape}")
     n_layers, n_heads = grid.shape
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.55 * n_heads), max(3.0, 1.0 + 0.45 * n_layers)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.55 * n_heads), max(3.0, 1.3 + 0.45 * n_layers)))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=_diverging_norm(grid), aspect="auto")
     fig.colorbar(image, ax=ax, label=VALUE_LABELS.get(value, value))
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
+    uncertain = within_two_se(result) if mark_uncertain else np.zeros(grid.shape, dtype=bool)
+    for layer, head in zip(*np.nonzero(uncertain)):
+        ax.add_patch(
+            Rectangle(
+                (head - 0.5, layer - 0.5), 1, 1, facecolor="lightgrey", edgecolor="grey", hatch="//", alpha=0.85, lw=0
+            )
+        )
     if annotate is None:
         annotate = n_layers <= 16 and n_heads <= 16
     if annotate:
         span = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
         for (layer, head), v in np.ndenumerate(grid):
             if np.isfinite(v):
-                colour = "white" if abs(v) > 0.6 * span else "black"
+                colour = "dimgrey" if uncertain[layer, head] else "white" if abs(v) > 0.6 * span else "black"
                 ax.text(head, layer, format(v, fmt), ha="center", va="center", fontsize=6, color=colour)
-    ax.set_title(title or f"Head ablation: {VALUE_LABELS.get(value, value)}")
+    heading = title or f"Head ablation: {VALUE_LABELS.get(value, value)}"
+    if uncertain.any():
+        heading += (
+            f"\ngrey hatched: within 2 SE of zero ({int(uncertain.sum())} of {int(np.isfinite(grid).sum())} heads)"
+        )
+    elif mark_uncertain and hasattr(result, "grid"):
+        heading += "\nevery head's change exceeds 2 SE"
+    ax.set_title(heading, fontsize=10)
     fig.tight_layout()
     return fig
 
