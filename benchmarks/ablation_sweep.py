@@ -4,7 +4,7 @@ ViT-B/16 (timm architecture, seeded O(1) random weights: no hub here, and timing
 weights), a batch of 8 images, cross-entropy. In one run:
 
 - naive loop: one full `model.run_with_hooks` forward per head (+ one clean forward per group of heads),
-  over all 144 heads by default (about 4 minutes on a quiet 2-core machine), in groups of one head per
+  over all 144 heads by default (about 4 minutes on 2 idle CPU cores), in groups of one head per
   layer, half of the groups before and half after the exact sweep (to bracket load changes on a shared
   machine); the time is normalised to the 145 forwards of one plain naive loop.
   `--naive-heads-per-layer K` times only K heads per layer and extrapolates (a quick check);

@@ -3,6 +3,10 @@
 Most tests run tiny models, whose ops are dominated by thread hand-off: with several threads on a busy
 machine each op can stall for a scheduler slice. Set VITMECH_TEST_THREADS to use more.
 
+The default run checks the annotations of most of `vitmech` at call time (jaxtyping shapes through beartype;
+see `addopts` in pyproject.toml). Tests that pass wrongly-typed values on purpose, to test vitmech's own
+validation (what a caller without runtime checking gets), take the `unchecked_types` fixture.
+
 Fixtures: `tiny_vit` (a 3-layer, 4-head, d_model 32 HookedViT on 32 px images, patch 8, 5 classes, with
 weights drawn so attention is far from uniform) and `tiny_images` (5 seeded N(0, 1) images [5, 3, 32, 32]).
 """
@@ -13,9 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import tests.helpers.typecheck  # noqa: E402, F401  (the runtime checker named in pyproject's addopts)
 from tests.helpers.models import seeded_images, tiny_model  # noqa: E402
 from vitmech import HookedViT  # noqa: E402
 
@@ -32,3 +38,12 @@ def tiny_vit() -> HookedViT:
 def tiny_images() -> torch.Tensor:
     """5 seeded images [5, 3, 32, 32] for `tiny_vit`."""
     return seeded_images(5, 32, seed=1)
+
+
+@pytest.fixture
+def unchecked_types():
+    """Runtime type and shape checks off for this test (it passes wrongly-typed values on purpose)."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", before)

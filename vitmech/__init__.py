@@ -5,6 +5,16 @@ model = HookedViT.from_pretrained("vit_base_patch16_224")      # timm name, hub 
 logits, cache = model.run_with_cache(model.preprocess(images))
 cache["pattern", 11]                                              # [batch, head, query, key]
 
+A model built from a config (random weights), run on one blank image:
+
+>>> import torch
+>>> from vitmech import HookedViT, ViTConfig
+>>> cfg = ViTConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, image_size=32, patch_size=16, n_classes=3)
+>>> model = HookedViT(cfg, seed=0).eval()
+>>> logits, cache = model.run_with_cache(torch.zeros(1, 3, 32, 32))
+>>> logits.shape, cache["pattern", 1].shape  # 1 class token + 2 x 2 patches
+(torch.Size([1, 3]), torch.Size([1, 2, 5, 5]))
+
 The names below are imported on first use, so `import vitmech` (and the `vitmech` command's --help) does
 not load torch.
 """
@@ -14,7 +24,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from vitmech.errors import CheckpointMismatchError, ImageInputError, UnknownModelError, UnsupportedModelError
+from vitmech.errors import (
+    CheckpointMismatchError,
+    ImageInputError,
+    IndexOutOfRangeError,
+    InputError,
+    UnknownModelError,
+    UnsupportedModelError,
+    VitmechError,
+)
 
 if TYPE_CHECKING:
     from vitmech.config import ViTConfig
@@ -35,10 +53,13 @@ __all__ = [
     "CheckpointMismatchError",
     "HookedViT",
     "ImageInputError",
+    "IndexOutOfRangeError",
+    "InputError",
     "Preprocessing",
     "UnknownModelError",
     "UnsupportedModelError",
     "ViTConfig",
+    "VitmechError",
     "set_cache_budget",
 ]
 

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vitmech.errors import IndexOutOfRangeError
+
 ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
 ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
 Pool = Literal["cls", "avg", "map", "none"]
@@ -186,6 +188,28 @@ class ViTConfig:
                     f"n_heads_per_layer must give {self.n_layers} counts in [0, {self.n_heads}], got {list(counts)}"
                 )
 
+    def layer_index(
+        self,
+        layer: Any,
+        name: str = "layer",
+        *,
+        allow_end: bool = False,
+        allow_negative: bool = True,
+        error: type[IndexOutOfRangeError] = IndexOutOfRangeError,
+    ) -> int:
+        """`layer` checked against the depth and returned in [0, n_layers) ([0, n_layers] with allow_end, where
+        n_layers means "after the last block"); negative layers count from the end unless allow_negative=False.
+
+        >>> cfg = ViTConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072)
+        >>> cfg.layer_index(-1), cfg.layer_index(12, "stop_at_layer", allow_end=True)
+        (11, 12)
+        """
+        n = self.n_layers
+        low, high = (-n if allow_negative else 0), (n if allow_end else n - 1)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not low <= layer <= high:
+            raise error(f"{name} {layer!r} is out of range: this model has {n} layers (valid: {low} to {high})")
+        return layer + n if layer < 0 else layer
+
     def heads_in_layer(self, layer: int) -> int:
         """Number of attention heads in block `layer`."""
         return self.n_heads if self.n_heads_per_layer is None else self.n_heads_per_layer[layer]
@@ -277,4 +301,5 @@ class ViTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # JSON lists
+        return cls(**fields)

@@ -1,13 +1,45 @@
-"""Errors vitmech raises on bad input, each saying what was expected."""
+"""Errors vitmech raises, each saying what was expected; all of them are `VitmechError`s.
+
+Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad input (it is also a
+`ValueError`, so code written against the built-in types keeps working), or a specific kind:
+
+    VitmechError
+    └── InputError (ValueError)
+        ├── IndexOutOfRangeError (IndexError): a layer, head or token index outside the model
+        ├── UnsupportedModelError, UnknownModelError, CheckpointMismatchError (ResumeMismatchError,
+        │   NonFiniteWeightsError), CacheBudgetError (also MemoryError)
+        ├── ImageInputError, ModelMismatchError
+        ├── DataError: SchemaError, UnknownLabelError, UnreadableImageError, EmptySplitError,
+        │   InsufficientDataError
+        ├── TrainingDataError, HeadMismatchError
+        ├── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
+        │   StoreMismatchError
+        ├── RuntimeSettingError, BatchSourceError, PatchingError
+        └── vitmech.io.errors.StorageError: CorruptFileError, IncompleteWriteError, LockHeldError (and the data
+            and ablation stores' kinds built on them)
+"""
 
 from __future__ import annotations
 
 
-class UnsupportedModelError(ValueError):
+class VitmechError(Exception):
+    """The root of every error vitmech raises on purpose."""
+
+
+class InputError(VitmechError, ValueError):
+    """A value a function cannot use (shape, range, option, combination); the message names it and what is valid."""
+
+
+class IndexOutOfRangeError(InputError, IndexError):
+    """A layer, head or token index outside the model (the message gives the valid range)."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+class UnsupportedModelError(InputError):
     """The source model has an architectural feature HookedViT does not represent (named in the message)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A checkpoint's keys or shapes do not match the model it should load into (listed in the message)."""
 
     def __init__(self, message: str, missing: list[str] | None = None, unexpected: list[str] | None = None) -> None:
@@ -16,15 +48,15 @@ class CheckpointMismatchError(ValueError):
         self.unexpected = list(unexpected or [])
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name that no source knows; the message lists close matches."""
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputError):
     """Model input of the wrong shape, dtype or with non-finite values."""
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(InputError):
     """Two models that cannot be compared head by head (depth, heads, image size or patch grid differ)."""
 
 
@@ -36,17 +68,108 @@ class NonFiniteWeightsError(CheckpointMismatchError):
         self.nonfinite = list(nonfinite or [])
 
 
-class CacheBudgetError(MemoryError, ValueError):
+class CacheBudgetError(InputError, MemoryError):
     """An activation cache that would exceed the memory budget (size, budget and advice in the message)."""
 
 
-class RuntimeSettingError(ValueError):
+# ---------------------------------------------------------------------------------------------- data
+class DataError(InputError):
+    """Base class of every data-layer input error."""
+
+
+class SchemaError(DataError):
+    """A dataset lacks a required column, or a column has the wrong type."""
+
+
+class UnknownLabelError(DataError):
+    """A label column holds values outside the known classes (and outside the excluded ones)."""
+
+
+class UnreadableImageError(DataError):
+    """An image could not be decoded (corrupt bytes, missing file, unknown format)."""
+
+
+class EmptySplitError(DataError):
+    """A split ended up with no rows (after filtering, or because of the requested fractions)."""
+
+
+class InsufficientDataError(DataError):
+    """More rows were requested than the source can give."""
+
+
+# ---------------------------------------------------------------------------------------------- training
+class TrainingDataError(InputError):
+    """A training or evaluation set that cannot be used: empty, NaN targets, labels outside the head."""
+
+
+class HeadMismatchError(InputError):
+    """The model's output head does not fit the task (number of classes or targets)."""
+
+
+class ResumeMismatchError(CheckpointMismatchError):
+    """A resume checkpoint was written by another model, tier or recipe (the differences are listed)."""
+
+
+# ---------------------------------------------------------------------------------------------- ablation
+class AblationError(InputError):
+    """Base class: an ablation request that cannot be carried out as asked."""
+
+
+class HeadIndexError(AblationError, IndexOutOfRangeError):
+    """A layer or head index outside the model."""
+
+
+class EmptyReferenceError(AblationError):
+    """A reference (or resample source) set with no images."""
+
+
+class MetricError(AblationError):
+    """A metric that cannot be used: wrong output shape, missing targets, or a model without the output it reads."""
+
+
+class StoreMismatchError(AblationError):
+    """A resumable sweep file whose recorded settings or data do not match the current run."""
+
+
+# ---------------------------------------------------------------------------------------------- runtime, patching
+class RuntimeSettingError(InputError):
     """A device, precision, thread or distributed setting that is not valid (the value and the choices named)."""
 
 
-class BatchSourceError(ValueError):
+class BatchSourceError(InputError):
     """A dataset, loader or folder that does not yield image batches (what was found named in the message)."""
 
 
-class PatchingError(ValueError):
+class PatchingError(InputError):
     """A patching, path-patching or circuit request that cannot run (bad sites, unpaired images, ...)."""
+
+
+__all__ = [
+    "AblationError",
+    "BatchSourceError",
+    "CacheBudgetError",
+    "CheckpointMismatchError",
+    "DataError",
+    "EmptyReferenceError",
+    "EmptySplitError",
+    "HeadIndexError",
+    "HeadMismatchError",
+    "ImageInputError",
+    "IndexOutOfRangeError",
+    "InputError",
+    "InsufficientDataError",
+    "MetricError",
+    "ModelMismatchError",
+    "NonFiniteWeightsError",
+    "PatchingError",
+    "ResumeMismatchError",
+    "RuntimeSettingError",
+    "SchemaError",
+    "StoreMismatchError",
+    "TrainingDataError",
+    "UnknownLabelError",
+    "UnknownModelError",
+    "UnreadableImageError",
+    "UnsupportedModelError",
+    "VitmechError",
+]

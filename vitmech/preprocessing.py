@@ -20,8 +20,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
-from vitmech.data._errors import UnreadableImageError
-from vitmech.errors import ImageInputError
+from vitmech.errors import ImageInputError, UnreadableImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

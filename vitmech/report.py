@@ -2,7 +2,7 @@
 
     report = Report("reports/before_after", title="Before vs after fine-tuning")
     report.add_text("Models: ...")
-    report.add_table("summary", rows, caption="Seed 000's table")     # summary.csv + a Markdown table
+    report.add_table("summary", rows, caption="Before vs after")     # summary.csv + a Markdown table
     report.add_json("settings", {"renormalise": True})                # settings.json
     report.add_figure("entropy_by_layer", fig, caption="...")         # entropy_by_layer.png
     report.write()                                                    # report.md + index.json

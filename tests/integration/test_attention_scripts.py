@@ -162,20 +162,6 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
                 str(setup / "bad"),
             ]
         )
-    try:
-        import vitmech.data.galaxies  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit, match="vitmech.data.galaxies"):
-            s06.main(
-                [
-                    "--pretrained",
-                    str(setup / "before"),
-                    "--finetuned",
-                    str(setup / "after"),
-                    "--out",
-                    str(setup / "bad"),
-                ]
-            )
     with pytest.raises(SystemExit, match="at least 2"):
         s06.main(
             [
@@ -233,7 +219,6 @@ def test_scripts_skip_unreadable_image_files(setup, tmp_path):
 
 
 def test_synthetic_galaxies_feed_the_scripts(setup):
-    pytest.importorskip("vitmech.data.galaxies")
     out = setup / "r04_galaxies"
     assert (
         script("04_cls_attention").main(

@@ -226,8 +226,7 @@ def test_shipped_model_loads_by_name_and_path_with_its_card(name):
     from vitmech.loading.registry import zoo_models
 
     zoo = zoo_models()
-    if name not in zoo:
-        pytest.skip(f"{name} is not in this checkout")
+    assert name in zoo, f"{name} is shipped with the package (vitmech/zoo) but was not found"
     model = HookedViT.from_pretrained(name)
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.grid_size) == (12, 12, 14)
     by_path = HookedViT.from_pretrained(str(zoo[name]))
@@ -243,8 +242,7 @@ def test_shipped_galaxy_model_beats_its_probe_and_chance_on_fresh_galaxies():
     from vitmech.train import evaluate
     from vitmech.train.datasets import galaxy_dataset
 
-    if "vitmech/mini-galaxy" not in zoo_models():
-        pytest.skip("vitmech/mini-galaxy is not in this checkout")
+    assert "vitmech/mini-galaxy" in zoo_models(), "the shipped galaxy model is missing from vitmech/zoo"
     model = HookedViT.from_pretrained("vitmech/mini-galaxy")
     card = model.card["metrics"]
     assert card["margins"]["over_linear_probe"] > 0 and card["margins"]["over_uniform_chance"] > 0

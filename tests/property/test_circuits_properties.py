@@ -90,7 +90,7 @@ def test_scores_and_head_results_rebuilt_from_the_cache_equal_the_hooks(override
         )
     for layer, block in enumerate(model.blocks):
         attn = block.attn
-        x = cache["normalized", layer, "ln1"]
+        x = cache["normalized", layer, "ln1"] * block.ln1.w + block.ln1.b  # the hook is before gain and bias
         # by hand: x W_Q + b_Q, x W_K + b_K, q.k / sqrt(d_head)
         q = einsum(x, attn.W_Q, "b p d, h d e -> b p h e") + attn.b_Q
         k = einsum(x, attn.W_K, "b p d, h d e -> b p h e") + attn.b_K

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.typecheck import runtime_checks_off
 from vitmech.analysis.ablation import (
     AblationError,
     Cell,
@@ -165,7 +166,7 @@ def test_bad_sweep_arguments(model, data):
         head_sweep(model, images, "kl", heads=[(0, 0)], layers=[0], progress=False)
     with pytest.raises(AblationError, match="unique"):
         ablation_sweep(model, images, [Cell("a", ()), Cell("a", ((0, 0),))], "kl", progress=False)
-    with pytest.raises(AblationError, match="engine"):
+    with runtime_checks_off(), pytest.raises(AblationError, match="engine"):
         head_sweep(model, images, "kl", engine="fast", progress=False)
     with pytest.raises(AblationError, match="batch_size"):
         head_sweep(model, images, "kl", batch_size=0, progress=False)
@@ -183,7 +184,7 @@ def test_frames_are_plain_tables(model, data):
 
 
 def test_batch_bounds_cover_every_image_once_and_merge_a_too_small_last_batch():
-    from vitmech.analysis.ablation.sweep import batch_bounds
+    from vitmech.batching import batch_bounds
 
     assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert batch_bounds(9, 4, 2) == [(0, 4), (4, 9)]

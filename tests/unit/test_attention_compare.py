@@ -165,7 +165,7 @@ def test_raw_images_are_preprocessed_by_each_model(pair):
     assert result.cka is None
 
 
-def test_mismatched_models_get_a_clear_error(pair):
+def test_mismatched_models_get_a_clear_error(pair, unchecked_types):
     before, _, images = pair
     for overrides, field in [
         ({"n_layers": 2}, "n_layers"),
@@ -208,6 +208,40 @@ def test_paired_comparison_matches_scipy_and_cohens_dz():
         paired_comparison([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="at least 2"):
         paired_comparison([1.0], [2.0])
+
+
+def _hand_written(before, after, n_resamples, confidence, seed):
+    """The formulas the library implemented by hand before it called scipy: t, p and the percentile CI."""
+    d = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    n, mean, sd = d.shape[0], d.mean(), d.std(ddof=1)
+    t = mean / (sd / np.sqrt(n))
+    p = 2 * stats.t.sf(abs(t), df=n - 1)
+    means = d[np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return t, p, *np.quantile(means, [tail, 1 - tail])
+
+
+@pytest.mark.parametrize("n", [2, 7, 40])
+def test_library_statistics_give_the_hand_written_numbers(n):
+    rng = np.random.default_rng(n)
+    before = rng.normal(size=n)
+    after = before + rng.normal(0.2, 1.0, size=n)
+    test = paired_comparison(before, after, n_resamples=3000, confidence=0.9, seed=11)
+    t, p, low, high = _hand_written(before, after, 3000, 0.9, 11)
+    assert test.t == pytest.approx(t, rel=1e-12) and test.p == pytest.approx(p, rel=1e-10)
+    assert test.ci_low == pytest.approx(low, abs=1e-12) and test.ci_high == pytest.approx(high, abs=1e-12)
+    if n > 2:  # the seed matters (with 2 items the extreme resample means are hit by any seed)
+        assert paired_comparison(before, after, n_resamples=3000, confidence=0.9, seed=12).ci_low != test.ci_low
+
+
+def test_holm_matches_the_step_down_formula():
+    p = np.random.default_rng(0).uniform(0, 0.2, size=12)
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(np.maximum.accumulate(p[order] * (12 - np.arange(12))), 1.0)
+    expected = np.empty(12)
+    expected[order] = stepped
+    assert holm(p.tolist()) == pytest.approx(expected.tolist(), abs=1e-15)
+    assert holm([]) == []
 
 
 def test_holm_by_hand():

@@ -160,7 +160,8 @@ def test_entropy_from_hook_pattern_equals_entropy_of_attention_recomputed_by_han
     metrics = attention_metrics(patterns, model.cfg.patch_size)
     for layer in range(model.cfg.n_layers):
         attn = model.blocks[layer].attn
-        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        ln1 = model.blocks[layer].ln1
+        x = cache[f"blocks.{layer}.ln1.hook_normalized"] * ln1.w + ln1.b  # the hook is before gain and bias
         q = einsum(x, attn.W_Q, "b p d, h d e -> b h p e") + attn.b_Q[None, :, None]
         k = einsum(x, attn.W_K, "b p d, h d e -> b h p e") + attn.b_K[None, :, None]
         by_hand = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(model.cfg.d_head), dim=-1)
@@ -212,7 +213,7 @@ def test_metrics_tables_and_concatenation():
 # ----------------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gets_clear_errors():
+def test_bad_input_gets_clear_errors(unchecked_types):
     model = tiny_model()
     good = torch.softmax(torch.randn(1, 1, 1, 17, 17), -1)
     with pytest.raises(ValueError, match="stack_patterns"):

@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.helpers.typecheck import runtime_checks_off
 from vitmech.viz import attention as viz  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def test_head_grid_is_one_mosaic_with_each_map_in_its_tile():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "5", "11"]
     over_image = viz.plot_head_grid(maps, image=np.full((8, 8, 3), 255, np.uint8), tile=8)
     assert over_image.axes[0].images[0].get_array().shape == (3 * 9 - 1, 4 * 9 - 1, 3)
-    with pytest.raises(ValueError, match="layer, head, g, g"):
+    with runtime_checks_off(), pytest.raises(ValueError, match="layer, head, g, g"):
         viz.plot_head_grid(torch.zeros(4, 2, 2))
 
 
@@ -63,7 +64,7 @@ def test_upsample_denormalize_and_bad_images():
     image = torch.zeros(3, 4, 4)
     shown = viz.denormalize(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert shown.shape == (4, 4, 3) and np.allclose(shown, 0.5)
-    with pytest.raises(ValueError, match="one image"):
+    with runtime_checks_off(), pytest.raises(ValueError, match="one image"):
         viz.denormalize(torch.zeros(1, 3, 4, 4), (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         viz.plot_overlays(np.zeros((3, 8, 8)), {"a": torch.rand(2, 2)})

@@ -9,13 +9,13 @@ import torch
 from einops import einsum
 
 from tests.helpers.models import tiny_model
+from tests.helpers.typecheck import runtime_checks_off
+from vitmech.analysis.attention import mean_attention_distance, patch_distances
 from vitmech.analysis.circuits import (
     PositionalQK,
-    attention_distance_px,
     eigenvalue_copying_score,
     ov_circuits,
     ov_copying_scores,
-    patch_distances_px,
     positional_qk,
     qk_circuits,
     top_singular_directions,
@@ -113,7 +113,7 @@ def test_bad_queries_are_rejected(query, error):
 
 def test_positional_qk_rejects_an_unknown_mode_and_layer():
     model = tiny_model()
-    with pytest.raises(ValueError, match="'ln1' or 'raw'"):
+    with runtime_checks_off(), pytest.raises(ValueError, match="'ln1' or 'raw'"):
         positional_qk(model, mode="ln2")
     with pytest.raises(IndexError):
         positional_qk(model, layers=[7])
@@ -125,20 +125,20 @@ def test_attention_distance_matches_the_reference_values():
     self-only 0; nearest-neighbour-only 16 px; uniform over 7x7 patches of 32 px 115.50 px."""
     n = 196
     uniform = torch.full((n + 1, n + 1), 1.0 / n)
-    assert attention_distance_px(uniform, 14, 16).item() == pytest.approx(116.49, abs=0.01)
-    assert attention_distance_px(
-        torch.full((n + 1, n + 1), 1.0 / (n + 1)), 14, 16, renormalise=False
+    assert mean_attention_distance(uniform, 16).item() == pytest.approx(116.49, abs=0.01)
+    assert mean_attention_distance(
+        torch.full((n + 1, n + 1), 1.0 / (n + 1)), 16, renormalise=False
     ).item() == pytest.approx(115.90, abs=0.01)
     assert uniform_distance_px(14, 16) == pytest.approx(116.49, abs=0.01)
     assert uniform_distance_px(7, 32) == pytest.approx(115.50, abs=0.01)
     self_only = torch.eye(n + 1)
-    assert attention_distance_px(self_only, 14, 16).item() == 0.0
-    dist = patch_distances_px(14, 16)
+    assert mean_attention_distance(self_only, 16).item() == 0.0
+    dist = patch_distances(14, 16)
     neighbours = (dist == 16).float()
     neighbours = torch.nn.functional.pad(neighbours / neighbours.sum(-1, keepdim=True), (1, 0, 1, 0))
-    assert attention_distance_px(neighbours, 14, 16).item() == pytest.approx(16.0)
-    with pytest.raises(ValueError, match="1 \\+ 14x14"):
-        attention_distance_px(torch.ones(10, 10), 14, 16)
+    assert mean_attention_distance(neighbours, 16).item() == pytest.approx(16.0)
+    with pytest.raises(ValueError, match="not 1 class token \\+ a square grid"):
+        mean_attention_distance(torch.ones(11, 11), 16)
 
 
 def _pqk(scores: torch.Tensor, grid: int, patch: int) -> PositionalQK:

@@ -12,8 +12,13 @@ from vitmech.tokens import TokenLayout
 
 
 class _Hook:
+    """The part of a HookPoint the hooks read."""
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def layer(self) -> int:
+        return int(self.name.split(".")[1])
 
 
 def test_pattern_writers_made_in_a_loop_write_their_own_slice():

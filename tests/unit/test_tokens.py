@@ -15,7 +15,7 @@ from vitmech.analysis.attention import (
     patch_distances,
     token_attention,
 )
-from vitmech.analysis.circuits import PositionalQK, attention_distance_px
+from vitmech.analysis.circuits import PositionalQK
 from vitmech.analysis.compare import _stream_rows
 from vitmech.analysis.rollout import (
     attention_flow,
@@ -28,7 +28,6 @@ from vitmech.analysis.rollout import (
 )
 from vitmech.config import ViTConfig
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
-from vitmech.train.attention_check import cls_patch_distribution
 from vitmech.train.heads import interpolate_positions
 
 # class + 4 registers + 3x3 patches (P = 14); DeiT class + distillation (P = 11); no class token (P = 9)
@@ -140,9 +139,6 @@ def test_cls_attention_and_distance_against_loops(layout):
         weights = patterns[..., n0 + i, n0:]
         expected += (weights * dist[i]).sum(-1) / weights.sum(-1) / n
     torch.testing.assert_close(mean_attention_distance(patterns, 8.0, layout=layout), expected)
-    torch.testing.assert_close(
-        attention_distance_px(patterns, 3, 8, layout=layout), expected.to(patterns.dtype), rtol=1e-6, atol=1e-6
-    )
     metrics = attention_metrics(patterns, 8.0, AttentionSettings(k=3), layout=layout)
     assert metrics.query == layout.readout_name
     assert metrics.cls_entropy.shape == (2, 3, 2)
@@ -163,7 +159,7 @@ def test_patterns_without_their_layout_fail_clearly():
 def test_cls_patch_distribution_follows_the_layout():
     pattern = random_patterns(REGISTERS, shape=(2, 2))
     expected = pattern[:, :, 0, 5:] / pattern[:, :, 0, 5:].sum(-1, keepdim=True)
-    torch.testing.assert_close(cls_patch_distribution(pattern, REGISTERS), expected)
+    torch.testing.assert_close(cls_attention(pattern, layout=REGISTERS), expected)
 
 
 # ------------------------------------------------------------------------------------------- rollout

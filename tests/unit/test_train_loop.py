@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.models import tiny_model
+from tests.helpers.typecheck import runtime_checks_off
 from tests.unit.test_train_tiers import procedural_set
 from vitmech.train import (
     ArrayDataset,
@@ -168,11 +169,13 @@ def test_checkpoint_holds_safetensors_and_a_json_card(tmp_path, data):
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():
     config = TrainConfig(steps=20, warmup_steps=4, min_lr_ratio=0.1)
     assert [lr_factor(s, config) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(4, config) == pytest.approx(1.0)
     assert lr_factor(19, config) == pytest.approx(0.1)
-    for s in range(4, 20):  # closed form, independently
-        progress = (s - 4) / (20 - 4 - 1)
+    for s in range(3, 20):  # closed form, independently: step s has taken s + 1 optimizer steps
+        progress = (s + 1 - 4) / (20 - 4)
         assert lr_factor(s, config) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert [lr_factor(s, config) for s in range(3, 20)] == sorted(
+        (lr_factor(s, config) for s in range(3, 20)), reverse=True
+    )
 
 
 def test_batches_cover_each_epoch_exactly_once():
@@ -222,7 +225,7 @@ def test_bad_train_configs_are_refused():
         dict(steps=5, clip_norm=0.0),
         dict(steps=5, min_lr_ratio=2.0),
     ):
-        with pytest.raises(ValueError):
+        with runtime_checks_off(), pytest.raises(ValueError):
             TrainConfig(**kwargs)
 
 

@@ -1,6 +1,6 @@
 """Attention metrics over cached patterns: CLS maps, entropy, top-k concentration, mean attention distance.
 
-Definitions (REFERENCE §2). A pattern stack is `[batch, layer, head, query, key]` over P tokens: the
+Definitions: docs/attention.md#definitions-and-sources. A pattern stack is `[batch, layer, head, query, key]` over P tokens: the
 prefix tokens (class, distillation, registers), then N patches row-major on a g x g grid (`vitmech.tokens`).
 Functions on bare patterns take `layout=token_layout(model)`; without it they assume one class token
 and a square grid. Every function is vectorised over all leading axes, so the 144 heads of a ViT-B/16
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,8 +37,11 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
+from vitmech.batching import image_batches
 from vitmech.device import on_model_device
+from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -52,7 +55,7 @@ logger = logging.getLogger(__name__)
 PatternStack = Float[Tensor, "batch layer head query key"]
 
 # Elements of the [query, key] matrices handled at once by the chunked reductions (about 4 MiB in float32,
-# so the temporary stays in cache: 5x faster than one big product on our CPUs).
+# so the temporary stays in cache: 5x faster than one big product on a 2-core EPYC).
 _CHUNK_ELEMENTS = 1 << 20
 
 
@@ -82,7 +85,7 @@ class AttentionSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
+            raise InputError(f"k must be a positive int, got {self.k!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "entropy_unit": "nats", "distance_unit": "pixels"}
@@ -115,7 +118,7 @@ def pattern_layout(
             + (f" of dtype {patterns.dtype}" if isinstance(patterns, Tensor) else "")
         )
     if patterns.ndim < 2 or patterns.shape[-1] != patterns.shape[-2]:
-        raise ValueError(f"{name} must end in square [query, key] axes, got shape {list(patterns.shape)}")
+        raise InputError(f"{name} must end in square [query, key] axes, got shape {list(patterns.shape)}")
     if ndim is not None and patterns.ndim != ndim:
         hint = ""
         if ndim == 5 and patterns.ndim == 4:
@@ -123,7 +126,7 @@ def pattern_layout(
                 " (one layer from a cache is [batch, head, P, P]: use stack_patterns(cache) for all layers, "
                 "or patterns[:, None] for one)"
             )
-        raise ValueError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
+        raise InputError(f"{name} must be [batch, layer, head, query, key], got shape {list(patterns.shape)}{hint}")
     return layout_for(patterns.shape[-1], layout, name)
 
 
@@ -131,7 +134,7 @@ def to_grid(values: Float[Tensor, "*batch patch"], grid_size: int | None = None)
     """Patch values (row-major) onto the g x g grid."""
     g = grid_size if grid_size is not None else math.isqrt(values.shape[-1])
     if g * g != values.shape[-1]:
-        raise ValueError(f"{values.shape[-1]} patch values do not fill a {g} x {g} grid")
+        raise InputError(f"{values.shape[-1]} patch values do not fill a {g} x {g} grid")
     return rearrange(values, "... (gy gx) -> ... gy gx", gy=g, gx=g)
 
 
@@ -160,7 +163,7 @@ def token_attention(
     elif isinstance(token, int) and -n_tokens <= token < n_tokens:
         row = layout.patches(patterns.select(-2, token), -1)
     else:
-        raise IndexError(f"token {token!r} out of range for {n_tokens} tokens (or 'readout')")
+        raise IndexOutOfRangeError(f"token {token!r} out of range for {n_tokens} tokens (or 'readout')")
     return _renormalised(row) if renormalise else row
 
 
@@ -190,7 +193,7 @@ def attention_entropy(p: Float[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
 def top_k_concentration(p: Float[Tensor, "*batch n"], k: int = 10) -> Float[Tensor, "*batch"]:
     """Sum of the k largest entries of p (the attention mass on the top-k patches)."""
     if not 1 <= k <= p.shape[-1]:
-        raise ValueError(f"k must be in [1, {p.shape[-1]}], got {k}")
+        raise InputError(f"k must be in [1, {p.shape[-1]}], got {k}")
     return p.topk(k, dim=-1, sorted=False).values.sum(-1)
 
 
@@ -370,7 +373,7 @@ class AttentionMetrics:
     def stack_layers(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
         """Join single-layer results of the same images (e.g. computed layer by layer in hooks)."""
         if not parts:
-            raise ValueError("nothing to stack")
+            raise InputError("nothing to stack")
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts], 1),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts], 1),
@@ -387,10 +390,10 @@ class AttentionMetrics:
     def concat(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
         """Join results of image batches (same layers and settings) along the image axis."""
         if not parts:
-            raise ValueError("nothing to concatenate")
+            raise InputError("nothing to concatenate")
         first = parts[0]
         if any(p.layers != first.layers or p.settings != first.settings or p.query != first.query for p in parts):
-            raise ValueError("can only concatenate metrics of the same layers, settings and query")
+            raise InputError("can only concatenate metrics of the same layers, settings and query")
         return cls(
             cls_entropy=torch.cat([p.cls_entropy for p in parts]),
             cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts]),
@@ -432,9 +435,9 @@ def attention_metrics(
     n_layers = patterns.shape[1]
     layers = tuple(range(n_layers)) if layers is None else tuple(int(layer) for layer in layers)
     if len(layers) != n_layers:
-        raise ValueError(f"{len(layers)} layer labels for {n_layers} stacked layers")
+        raise InputError(f"{len(layers)} layer labels for {n_layers} stacked layers")
     if settings.k > layout.n_patches:
-        raise ValueError(f"k = {settings.k} exceeds the {layout.n_patches} patches")
+        raise InputError(f"k = {settings.k} exceeds the {layout.n_patches} patches")
     with torch.no_grad():
         p = cls_attention(patterns, settings.renormalise, layout)  # [B, L, H, N]
         head_mean = p.mean(2)  # [B, L, N]
@@ -461,36 +464,22 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
     n_layers = cache.model.cfg.n_layers if hasattr(cache, "model") else None
     if layers is None:
         if n_layers is None:
-            raise ValueError("give the layers to stack")
+            raise InputError("give the layers to stack")
         layers = range(n_layers)
-    missing = [layer for layer in layers if f"blocks.{layer}.attn.hook_pattern" not in cache]
+    missing = [layer for layer in layers if get_act_name("pattern", layer) not in cache]
     if missing:
         raise KeyError(
             f"the cache holds no hook_pattern for layers {missing}; cache it with "
             "names_filter=lambda n: n.endswith('hook_pattern')"
         )
-    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in layers], dim=1)
-
-
-def image_batches(images: Tensor, batch_size: int) -> Iterator[tuple[int, Tensor]]:
-    """(start index, batch) slices of a preprocessed image tensor [B, C, S, S]."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    for start in range(0, images.shape[0], batch_size):
-        yield start, images[start : start + batch_size]
+    return torch.stack([cache[get_act_name("pattern", layer)] for layer in layers], dim=1)
 
 
 def resolve_layers(model: HookedViT, layers: Sequence[int] | None) -> tuple[int, ...]:
     """Layer indices (negative counts from the end), checked against the model's depth."""
-    n = model.cfg.n_layers
     if layers is None:
-        return tuple(range(n))
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -n <= layer < n:
-            raise IndexError(f"layer {layer!r} out of range for a model with {n} layers")
-        out.append(layer % n)
-    return tuple(out)
+        return tuple(range(model.cfg.n_layers))
+    return tuple(model.cfg.layer_index(layer) for layer in layers)
 
 
 def collect_patterns(
@@ -509,7 +498,7 @@ def collect_patterns(
     token's, or the mean of the patch queries' rows for models without one (`TokenLayout.readout`).
     """
     if rows not in ("all", "cls"):
-        raise ValueError(f"rows must be 'all' or 'cls', got {rows!r}")
+        raise InputError(f"rows must be 'all' or 'cls', got {rows!r}")
     images = on_model_device(model, images)
     model.check_images(images)
     layers = resolve_layers(model, layers)
@@ -524,7 +513,7 @@ def collect_patterns(
     for start, batch in image_batches(images, batch_size):
         images_slice = slice(start, start + batch.shape[0])
         hooks: FwdHooks = [
-            (f"blocks.{layer}.attn.hook_pattern", _pattern_writer(out, images_slice, i, readout=readout))
+            (get_act_name("pattern", layer), _pattern_writer(out, images_slice, i, readout=readout))
             for i, layer in enumerate(layers)
         ]
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):

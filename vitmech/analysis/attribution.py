@@ -1,6 +1,6 @@
 """Direct logit attribution at the CLS token and the logit lens.
 
-The class logit is W_H[:, c] . LN_final(x)[0] + b_H[c], with x the final residual stream (REFERENCE §5).
+The class logit is W_H[:, c] . LN_final(x)[0] + b_H[c], with x the final residual stream (Elhage et al. 2021; docs/circuits.md#direct-logit-attribution).
 Freezing the final LayerNorm's scale sigma (sqrt(var + eps), from the full residual at CLS), LN_final is
 affine in x, and x at CLS is a sum of components, so
 
@@ -29,8 +29,11 @@ import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache
+from transformer_lens.utilities import get_act_name
 
-from vitmech.analysis.circuits import head_label, head_results
+from vitmech.analysis.ablation.heads import head_label
+from vitmech.analysis.circuits import head_results
+from vitmech.batching import image_batches
 from vitmech.device import on_model_device
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import TokenLayout, token_layout
@@ -182,7 +185,7 @@ def _needed_hooks(model: HookedViT) -> list[str]:
     names = ["ln_final.hook_scale", "head.hook_logits"]
     names += ["hook_ln_pre"] if model.cfg.pre_norm else ["hook_embed", "hook_pos_embed"]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+        names += [get_act_name("z", layer), get_act_name("mlp_out", layer)]
     return names
 
 
@@ -233,25 +236,25 @@ def direct_logit_attribution_from_cache(
         value_biases = []
         for layer, block in enumerate(model.blocks):
             attn = block.attn
-            z = at_cls(cache[f"blocks.{layer}.attn.hook_z"])  # [batch, H, d_head]
+            z = at_cls(cache[get_act_name("z", layer)])  # [batch, H, d_head]
             if split_value_bias:
                 z = z - attn.b_V
                 value_biases.append((layer, head_results(attn, attn.b_V)))  # [H, d]
             add(
                 head_results(attn, z),
-                [head_label(layer, h) for h in range(cfg.n_heads)],
+                [head_label((layer, h)) for h in range(cfg.n_heads)],
                 "head",
                 layer,
                 list(range(cfg.n_heads)),
             )
             add(attn.b_O.expand(batch, 1, -1), [f"b_O L{layer}"], "attn_bias", layer, [-1])
-            mlp_out = at_cls(cache[f"blocks.{layer}.hook_mlp_out"])[:, None]
+            mlp_out = at_cls(cache[get_act_name("mlp_out", layer)])[:, None]
             add(mlp_out - block.mlp.b_out, [f"MLP{layer}"], "mlp", layer, [-1])
             add(block.mlp.b_out.expand(batch, 1, -1), [f"b_out L{layer}"], "mlp_bias", layer, [-1])
         for layer, vb in value_biases:
             add(
                 vb.expand(batch, -1, -1),
-                [f"b_V {head_label(layer, h)}" for h in range(cfg.n_heads)],
+                [f"b_V {head_label((layer, h))}" for h in range(cfg.n_heads)],
                 "value_bias",
                 layer,
                 list(range(cfg.n_heads)),
@@ -279,12 +282,6 @@ def direct_logit_attribution_from_cache(
     )
 
 
-def _batches(images: torch.Tensor, batch_size: int | None) -> list[torch.Tensor]:
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return list(images.split(batch_size)) if batch_size else [images]
-
-
 def direct_logit_attribution(
     model: HookedViT,
     images: Float[torch.Tensor, "batch c h w"],
@@ -301,7 +298,7 @@ def direct_logit_attribution(
     model.check_images(images)
     results = []
     offset = 0
-    for chunk in _batches(images, batch_size):
+    for _, chunk in image_batches(images, max(1, images.shape[0]) if batch_size is None else batch_size):
         chunk_classes = classes
         if not isinstance(classes, (str, int)):
             chunk_classes = torch.as_tensor(classes)
@@ -403,7 +400,7 @@ class LogitLens:
 def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, torch.Tensor]) -> LogitLens:
     """Logit lens from a cache holding `hook_resid_pre` of block 0 and every `hook_resid_post`."""
     _require_classifier(model)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     cached = set(cache.keys())
     missing = [n for n in names if n not in cached]
     if missing:
@@ -431,9 +428,9 @@ def logit_lens(model: HookedViT, images: Float[torch.Tensor, "batch c h w"], bat
     _require_classifier(model)
     images = on_model_device(model, images)
     model.check_images(images)
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     lenses = []
-    for chunk in _batches(images, batch_size):
+    for _, chunk in image_batches(images, max(1, images.shape[0]) if batch_size is None else batch_size):
         with torch.no_grad():
             _, cache = model.run_with_cache(chunk, names_filter=names, return_type=None)
         lenses.append(logit_lens_from_cache(model, cache))

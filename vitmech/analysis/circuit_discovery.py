@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from einops import einsum
 from jaxtyping import Bool, Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
 from vitmech.analysis.patching import Hooks, check_pair
@@ -166,8 +167,8 @@ def _sender_hooks(graph: Graph, store: dict[int, torch.Tensor], detach: bool) ->
 
     hooks: Hooks = [("hook_full_embed", keep(0))]
     for layer in range(graph.n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_result", keep_heads(layer)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", keep(graph.mlp_sender(layer))))
+        hooks.append((get_act_name("result", layer), keep_heads(layer)))
+        hooks.append((get_act_name("mlp_out", layer), keep(graph.mlp_sender(layer))))
     return hooks
 
 
@@ -205,7 +206,7 @@ def _receiver_hooks(
                 def edit_input(x, hook, w=weights, n=n_attn):
                     return x - removed_delta(w, n, "s h, s b p d -> b p h d")
 
-                hooks.append((f"blocks.{layer}.hook_{c}_input", edit_input))
+                hooks.append((get_act_name(f"{c}_input", layer), edit_input))
         n_mlp = graph.senders_before_mlp(layer)
         weights = removed[:n_mlp, graph.mlp_receiver(layer)]
         if bool(weights.any()):
@@ -213,14 +214,14 @@ def _receiver_hooks(
             def edit_mlp(x, hook, w=weights, n=n_mlp):
                 return x - removed_delta(w, n, "s, s b p d -> b p d")
 
-            hooks.append((f"blocks.{layer}.hook_mlp_in", edit_mlp))
+            hooks.append((get_act_name("mlp_in", layer), edit_mlp))
     weights = removed[:, graph.logits_receiver]
     if bool(weights.any()):
 
         def edit_final(x, hook, w=weights):
             return x - removed_delta(w, graph.n_senders, "s, s b p d -> b p d")
 
-        hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", edit_final))
+        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit_final))
     return hooks
 
 
@@ -309,9 +310,9 @@ def _receiver_gradients(
         assert embed is not None
         return embed
 
-    names = [f"blocks.{layer}.hook_{c}_input" for layer in range(graph.n_layers) for c in COMPONENTS]
-    names += [f"blocks.{layer}.hook_mlp_in" for layer in range(graph.n_layers)]
-    names.append(f"blocks.{graph.n_layers - 1}.hook_resid_post")
+    names = [get_act_name(f"{c}_input", layer) for layer in range(graph.n_layers) for c in COMPONENTS]
+    names += [get_act_name("mlp_in", layer) for layer in range(graph.n_layers)]
+    names.append(get_act_name("resid_post", graph.n_layers - 1))
     hooks: Hooks = [(name, keep) for name in names]
     if embed is not None:
         hooks.insert(0, ("hook_full_embed", set_embed))
@@ -328,10 +329,10 @@ def _receiver_gradients(
     grads = []
     for layer in range(graph.n_layers):
         for c in COMPONENTS:
-            g = grad(f"blocks.{layer}.hook_{c}_input")
+            g = grad(get_act_name(f"{c}_input", layer))
             grads += [g[:, :, h] for h in range(graph.n_heads)]
-        grads.append(grad(f"blocks.{layer}.hook_mlp_in"))
-    grads.append(grad(f"blocks.{graph.n_layers - 1}.hook_resid_post"))
+        grads.append(grad(get_act_name("mlp_in", layer)))
+    grads.append(grad(get_act_name("resid_post", graph.n_layers - 1)))
     model.zero_grad(set_to_none=True)
     return torch.stack(grads).detach()
 

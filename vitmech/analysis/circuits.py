@@ -1,7 +1,7 @@
 """Reading attention heads through their weights: QK/OV circuits, positional QK, composition.
 
 All functions take a HookedViT and read its current weights; none runs the model on images.
-Conventions (docs/circuits.md, REFERENCE §5): weights right-multiply (`x @ W`), so for head h
+Conventions (docs/circuits.md#conventions): weights right-multiply (`x @ W`), so for head h
 
     QK[h] = W_Q[h] W_K[h]^T     [d_model, d_model]   score(x_q, x_k) = x_q QK x_k^T (+ bias terms)
     OV[h] = W_V[h] W_O[h]       [d_model, d_model]   the head writes (attention-weighted x) @ OV
@@ -28,6 +28,8 @@ from einops import einsum, rearrange
 from jaxtyping import Complex, Float
 from transformer_lens import FactoredMatrix
 
+from vitmech.analysis.attention import mean_attention_distance, patch_distances
+from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
@@ -96,9 +98,9 @@ def top_singular_directions(circuit: FactoredMatrix, k: int = 3, name: str = "")
     Computed from the factors (transformer_lens' factored SVD), never from the d x d product.
     """
     if circuit.ndim != 4:
-        raise ValueError(f"expected a per-head FactoredMatrix [layer, head, d, d], got shape {tuple(circuit.shape)}")
+        raise InputError(f"expected a per-head FactoredMatrix [layer, head, d, d], got shape {tuple(circuit.shape)}")
     if not 1 <= k <= circuit.mdim:
-        raise ValueError(f"k must be in [1, {circuit.mdim}] (the circuit's rank is at most d_head), got {k}")
+        raise InputError(f"k must be in [1, {circuit.mdim}] (the circuit's rank is at most d_head), got {k}")
     with torch.no_grad():
         U, S, V = circuit.svd()
     return SingularDirections(
@@ -159,7 +161,8 @@ def qk_scores(
 ) -> Float[torch.Tensor, "... head pos_q pos_k"]:
     """Attention scores of one layer from LN1-output vectors: (x W_Q + b_Q)(y W_K + b_K)^T [/ sqrt(d_head)].
 
-    With `queries_from` = the cached `ln1.hook_normalized` and scale=True this is `hook_attn_scores`.
+    With `queries_from` = the cached `ln1.hook_normalized` times ln1.w plus ln1.b (the LayerNorm output; the hook
+    itself is taken before gain and bias) and scale=True this is `hook_attn_scores`.
     """
     keys_from = queries_from if keys_from is None else keys_from
     q = einsum(queries_from, attn.W_Q, "... p d, h d e -> ... h p e") + attn.b_Q[:, None, :]
@@ -174,42 +177,6 @@ def head_results(attn: Attention, z: Float[torch.Tensor, "... head d_head"]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- positions
-def patch_distances_px(
-    grid_size: int, patch_size: int, dtype: torch.dtype = torch.float32
-) -> Float[torch.Tensor, "n_patches n_patches"]:
-    """Euclidean distance in pixels between patch centres, patches in row-major grid order."""
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], -1).to(torch.float64)
-    return (torch.cdist(centres, centres) * patch_size).to(dtype)
-
-
-def attention_distance_px(
-    pattern: Float[torch.Tensor, "... pos pos"],
-    grid_size: int,
-    patch_size: int,
-    renormalise: bool = True,
-    layout: TokenLayout | None = None,
-) -> Float[torch.Tensor, "..."]:
-    """Mean attention distance (Dosovitskiy et al. 2020, REFERENCE §2) of attention over the P tokens of
-    `layout` (default: one class token + the g x g grid).
-
-    Mean over query patches i of sum_j A[i, j] * patch_size * ||g_i - g_j|| over patch keys j, in pixels.
-    renormalise=True divides each query's patch attention by its sum (drops the prefix keys); False keeps
-    the raw weights (prefix keys then count as distance 0, the keras "probing ViTs" convention).
-    """
-    layout = layout or TokenLayout.standard(grid_size=grid_size)
-    if pattern.shape[-2:] != (layout.n_tokens, layout.n_tokens) or layout.grid != (grid_size, grid_size):
-        raise ValueError(
-            f"expected a pattern over {layout.n_prefix} + {grid_size}x{grid_size} = {layout.n_tokens} tokens "
-            f"(prefix + patches), got {tuple(pattern.shape)}"
-        )
-    patch = layout.patches(layout.patches(pattern, -1), -2)
-    if renormalise:
-        patch = patch / patch.sum(-1, keepdim=True).clamp_min(1e-30)
-    dist = patch_distances_px(grid_size, patch_size).to(patch.device, patch.dtype)
-    return (patch * dist).sum(-1).mean(-1)
-
-
 @dataclass
 class PositionalLocality:
     """How near the patches are that each head's positional scores favour.
@@ -258,7 +225,7 @@ class PositionalQK:
     Attributes:
         scores: [n_layers, n_heads, P, P] (query, key) over the rows of W_pos: its prefix tokens (`layout`),
             then the patches row-major on the g x g grid.
-        mode: "ln1" (W_pos through the block's LN1 first; default) or "raw" (W_pos as it is, REFERENCE §5).
+        mode: "ln1" (W_pos through the block's LN1 first; default) or "raw" (W_pos as it is; docs/circuits.md#positional-qk).
         scaled: whether scores include attention's 1/sqrt(d_head).
         grid_size, patch_size: the patch grid, to reshape and measure distances.
         layout: the token layout of the score rows (None: one class token + the grid).
@@ -285,7 +252,7 @@ class PositionalQK:
             return layout.patch_position(*query)
         if isinstance(query, int) and not isinstance(query, bool):
             if not 0 <= query < g * g:
-                raise IndexError(
+                raise IndexOutOfRangeError(
                     f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)"
                 )
             return layout.patch_position(query // g, query % g)
@@ -344,7 +311,7 @@ class PositionalQK:
         """Mean attention distance (pixels) of the attention the positional scores alone would give.
 
         renormalise=True: softmax over the patch keys (the same as softmax over all keys, then renormalised
-        over patches, REFERENCE §2's default); False: softmax over all P keys, the CLS key at distance 0.
+        over patches, the default of docs/attention.md#definitions-and-sources); False: softmax over all P keys, the CLS key at distance 0.
         """
         layout = self.token_layout
         if renormalise:
@@ -352,7 +319,7 @@ class PositionalQK:
             probs = layout.pad_prefix(probs, dims=(-2, -1))
         else:
             probs = torch.softmax(self.scores, -1)
-        dist = attention_distance_px(probs, self.grid_size, self.patch_size, renormalise=renormalise, layout=layout)
+        dist = mean_attention_distance(probs, self.patch_size, renormalise=renormalise, layout=layout)
         uniform = uniform_distance_px(self.grid_size, self.patch_size)
         return PositionalLocality(mean_distance_px=dist, uniform_distance_px=uniform, renormalise=renormalise)
 
@@ -366,12 +333,12 @@ def positional_inputs(model: HookedViT, layer: int, mode: PositionalMode = "ln1"
     """What layer `layer`'s W_Q / W_K read when only the position embeddings are in the residual stream.
 
     "ln1": LN1_l(W_pos) (pre-norm models: LN1_l(ln_pre(W_pos))): exactly what block 0 reads for an input
-    whose patch embeddings and CLS token are zero. "raw": W_pos itself (REFERENCE §5's formula).
+    whose patch embeddings and CLS token are zero. "raw": W_pos itself (docs/circuits.md#positional-qk).
     """
     if mode == "raw":
         return model.W_pos
     if mode != "ln1":
-        raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
+        raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     pos = model.W_pos
     if model.cfg.pre_norm:
         pos = _layer_norm(model.ln_pre, pos)
@@ -381,21 +348,21 @@ def positional_inputs(model: HookedViT, layer: int, mode: PositionalMode = "ln1"
 def positional_qk(
     model: HookedViT, mode: PositionalMode = "ln1", scale: bool = True, layers: Sequence[int] | None = None
 ) -> PositionalQK:
-    """The [P, P] positional attention scores of every head (REFERENCE §5).
+    """The [P, P] positional attention scores of every head (docs/circuits.md#positional-qk).
 
     scores[l, h] = (X W_Q[h] + b_Q[h]) (X W_K[h] + b_K[h])^T [/ sqrt(d_head)] with X = `positional_inputs`.
 
     mode="ln1" (default) passes W_pos through the block's LN1 first, because the head only ever sees LN1 of
     the residual stream: its centring, 1/scale and gain change which positions match, and the raw W_pos is on
     an arbitrary scale relative to what W_Q was trained on (so a softmax of raw scores has an arbitrary
-    temperature). mode="raw" is REFERENCE §5's formula on W_pos as stored. scale=True includes attention's
-    1/sqrt(d_head), so scores are in the units of `hook_attn_scores` (REFERENCE's formula omits it; it
+    temperature). mode="raw" is the formula of docs/circuits.md#positional-qk on W_pos as stored. scale=True includes attention's
+    1/sqrt(d_head), so scores are in the units of `hook_attn_scores` (that formula omits it; it
     only matters once a softmax is taken, as in `PositionalQK.locality`).
     """
     if mode not in ("ln1", "raw"):
-        raise ValueError(f"mode must be 'ln1' or 'raw', got {mode!r}")
+        raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
     layer_ids = (
-        list(range(model.cfg.n_layers)) if layers is None else [model._layer_bound(layer, "layer") for layer in layers]
+        list(range(model.cfg.n_layers)) if layers is None else [model.cfg.layer_index(layer) for layer in layers]
     )
     with torch.no_grad():
         scores = torch.stack(
@@ -429,7 +396,7 @@ def composition_score(left: FactoredMatrix, right: FactoredMatrix) -> Float[torc
     ||L R|| = ||C_L C_R||, a d_head x d_head product.
     """
     if left.rdim != right.ldim:
-        raise ValueError(f"left's columns ({left.rdim}) must match right's rows ({right.ldim})")
+        raise InputError(f"left's columns ({left.rdim}) must match right's rows ({right.ldim})")
     c_left, c_right = _collapse_left(left), _collapse_right(right)
     product = c_left @ c_right
     return product.norm(dim=(-2, -1)) / (c_left.norm(dim=(-2, -1)) * c_right.norm(dim=(-2, -1)))
@@ -460,7 +427,7 @@ def _reader(model: HookedViT, mode: str) -> FactoredMatrix:
         return qk_circuits(model).T
     if mode == "V":
         return ov_circuits(model)
-    raise ValueError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+    raise InputError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
 
 
 def _scores_later_than(left: FactoredMatrix, right: FactoredMatrix) -> Float[torch.Tensor, "layer head layer head"]:
@@ -485,9 +452,9 @@ def random_composition_baseline(d_model: int, d_head: int, mode: str, n_samples:
     (the score is scale-free, so the variance does not matter), seeded. About 1/sqrt(d_model) for d_head << d.
     """
     if mode not in COMPOSITION_MODES:
-        raise ValueError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
+        raise InputError(f"composition mode must be one of {COMPOSITION_MODES}, got {mode!r}")
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise InputError(f"n_samples must be >= 1, got {n_samples}")
     g = torch.Generator().manual_seed(seed)
     shape = (n_samples, d_model, d_head)
     w_v, w_o = torch.randn(shape, generator=g), torch.randn(shape, generator=g).transpose(-2, -1)
@@ -547,7 +514,7 @@ class CompositionScores:
         frame = self.to_frame()
         if mode is not None:
             if mode not in self.scores:
-                raise ValueError(f"mode {mode!r} was not computed; have {sorted(self.scores)}")
+                raise InputError(f"mode {mode!r} was not computed; have {sorted(self.scores)}")
             frame = frame[frame["mode"] == mode]
         return frame.sort_values("adjusted", ascending=False).head(k).reset_index(drop=True)
 
@@ -566,7 +533,7 @@ def composition_scores(
     n_baseline_samples: int = 64,
     seed: int = 0,
 ) -> CompositionScores:
-    """Composition scores of every (earlier head, later head) pair, Elhage et al. 2021 (REFERENCE §5).
+    """Composition scores of every (earlier head, later head) pair, Elhage et al. 2021 (docs/circuits.md#composition-scores).
 
     score(A -> B) = ||OV_A M_B||_F / (||OV_A||_F ||M_B||_F) with M_B = QK_B (Q), QK_B^T (K) or OV_B (V).
     subtract_baseline: also compute the mean score of random Gaussian matrices of the same shapes (seeded)
@@ -575,7 +542,7 @@ def composition_scores(
     """
     unknown = [m for m in modes if m not in COMPOSITION_MODES]
     if unknown or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {COMPOSITION_MODES}, got {list(modes)}")
+        raise InputError(f"modes must be a non-empty subset of {COMPOSITION_MODES}, got {list(modes)}")
     with torch.no_grad():
         writer = ov_circuits(model)
         scores = {m: _scores_later_than(writer, _reader(model, m)) for m in modes}
@@ -595,16 +562,16 @@ def composition_changes(before: CompositionScores, after: CompositionScores) -> 
     keys = ["mode", "src_layer", "src_head", "dst_layer", "dst_head"]
     a, b = before.to_frame(), after.to_frame()
     if len(a) != len(b) or set(a["mode"]) != set(b["mode"]):
-        raise ValueError("composition results of different architectures or modes cannot be compared head by head")
+        raise InputError("composition results of different architectures or modes cannot be compared head by head")
     merged = a[keys + ["adjusted"]].merge(b[keys + ["adjusted"]], on=keys, suffixes=("_before", "_after"))
     merged["change"] = merged["adjusted_after"] - merged["adjusted_before"]
     return merged.reindex(merged["change"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
 def uniform_distance_px(grid_size: int, patch_size: int) -> float:
-    """Mean attention distance (pixels) of uniform attention over a g x g patch grid (116.49 px for 14 x 14 x 16)."""
-    return float(patch_distances_px(grid_size, patch_size, torch.float64).mean())
+    """Mean attention distance (pixels) of uniform attention over a g x g patch grid.
+
+    >>> round(uniform_distance_px(14, 16), 2)  # ViT-B/16 at 224 px
+    116.49
+    """
+    return float(patch_distances(grid_size, patch_size, torch.float64).mean())

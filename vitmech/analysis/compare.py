@@ -1,8 +1,8 @@
-"""Attention summaries of one model and comparisons of two on the same images (seed 000).
+"""Attention summaries of one model and comparisons of two on the same images (the Galaxy Zoo fine-tuning study's comparison, docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts).
 
     summary = summarize_attention(model, images)                 # metrics + CLS rollout, streamed in batches
     comparison = compare_models(pretrained, finetuned, images)  # both models, their differences
-    comparison.summary_table()      # seed 000: last-layer CLS entropy, top-10, rollout entropy: before, after, change
+    comparison.summary_table()      # last-layer CLS entropy, top-10, rollout entropy: before, after, change
     comparison.locality_table()     # mean attention distance by layer: before, after, change
     comparison.head_table()         # every metric per layer x head for both models, and the change
     comparison.weights.to_frame()   # relative Frobenius change of W_QK and W_OV per head
@@ -25,10 +25,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
-from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics, image_batches
+from vitmech.analysis.attention import AttentionMetrics, AttentionSettings, attention_metrics
 from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollout_from_fused
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
+from vitmech.batching import image_batches
 from vitmech.device import on_model_device
 from vitmech.errors import ModelMismatchError
 from vitmech.tokens import READOUT, TokenLayout, token_layout
@@ -97,7 +99,7 @@ class AttentionSummary:
         return self.metrics.layers[-1]
 
     def image_scalars(self) -> dict[str, Float[Tensor, " batch"]]:
-        """Seed 000's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
+        """The Galaxy Zoo table's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
         m, k = self.metrics, self.metrics.settings.k
         return {
             "cls_entropy_last_head_mean_map": m.cls_entropy_head_mean[:, -1],
@@ -139,7 +141,7 @@ def _run_batch(
     streams: dict[str, Tensor] = {}
 
     def on_pattern(pattern: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         per_layer[layer] = attention_metrics(
             pattern[:, None],
             model.cfg.patch_size,
@@ -155,10 +157,10 @@ def _run_batch(
 
     hooks: list[tuple[Any, Any]] = [(lambda n: n.endswith("attn.hook_pattern"), on_pattern)]
     if keep_streams:
-        hooks += [("blocks.0.hook_resid_pre", on_stream), (lambda n: n.endswith("hook_resid_post"), on_stream)]
+        hooks += [(get_act_name("resid_pre", 0), on_stream), (lambda n: n.endswith("hook_resid_post"), on_stream)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         outputs = model(batch, return_type="auto")
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(n_layers)]
     return _BatchResult(
         metrics=AttentionMetrics.stack_layers(per_layer),  # type: ignore[arg-type]  # every layer's hook filled its slot
         fused=torch.stack(fused, 1),  # type: ignore[arg-type]  # every layer's hook filled its slot
@@ -385,12 +387,12 @@ class ModelComparison:
         return self.before.name, self.after.name
 
     def summary_tests(self) -> dict[str, PairedComparison]:
-        """Paired comparisons (per image) of seed 000's quantities."""
+        """Paired comparisons (per image) of the Galaxy Zoo table's quantities."""
         b, a = self.before.image_scalars(), self.after.image_scalars()
         return {key: paired_comparison(b[key], a[key]) for key in b}
 
     def summary_table(self) -> pd.DataFrame:
-        """Seed 000's table: last-layer CLS entropy (nats), top-k concentration and rollout entropy, before,
+        """The Galaxy Zoo fine-tuning table: last-layer CLS entropy (nats), top-k concentration and rollout entropy, before,
         after and change (means over images), with paired t-test, Holm-adjusted p, d_z and bootstrap CI."""
         import pandas as pd
 
@@ -561,7 +563,7 @@ def compare_models(
     cka = None
     if accumulator is not None and cka_tokens is not None:
         n_layers = before.cfg.n_layers
-        sites = ("blocks.0.hook_resid_pre",) + tuple(f"blocks.{layer}.hook_resid_post" for layer in range(n_layers))
+        sites = (get_act_name("resid_pre", 0),) + tuple(get_act_name("resid_post", layer) for layer in range(n_layers))
         cka = CKAResult(
             cka=accumulator.result().float(),
             sites=sites,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
@@ -67,7 +68,7 @@ def patch_logit_lens(
     model.check_images(images)
     layout = token_layout(model)
     n_layers = model.cfg.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    names = [get_act_name("resid_pre", 0)] + [get_act_name("resid_post", layer) for layer in range(n_layers)]
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         _, cache = model.run_with_cache(images[start : start + batch_size], names_filter=names, return_type=None)

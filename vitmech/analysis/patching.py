@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from einops import rearrange, repeat
 from jaxtyping import Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
 from vitmech.errors import PatchingError
@@ -232,9 +233,9 @@ def outputs_with_sources(
     batch = target.shape[0]
     layers = sorted({s.layer for s in sites})
     if start_resid is None or any(layer not in start_resid for layer in layers):
-        start_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+        start_names = [get_act_name("resid_pre", layer) for layer in layers]
         cache = cached(model, target, start_names)
-        start_resid = {layer: cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
+        start_resid = {layer: cache[get_act_name("resid_pre", layer)] for layer in layers}
     per_chunk = max(1, max_rows // batch)
     results: list[torch.Tensor | None] = [None] * len(sites)
     for layer in layers:

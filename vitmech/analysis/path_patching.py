@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from einops import einsum
 from jaxtyping import Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.metrics import Metric, MetricLike, resolve_metric
 from vitmech.analysis.patching import Hooks, Run, Site, check_pair, outputs_with_sources
@@ -143,10 +144,10 @@ def path_patching(
     src_images, tgt_images = runs[source], runs[target]
     kind = metric_obj.output
     n_layers = model.cfg.n_layers
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    z_names = [get_act_name("z", layer) for layer in range(n_layers)]
     _, src_cache = model.run_with_cache(src_images, names_filter=z_names, return_type=None)
-    tgt_names = z_names + [f"blocks.{layer}.hook_{n}" for layer in range(n_layers) for n in ("resid_pre", "mlp_out")]
-    tgt_names.append(f"blocks.{n_layers - 1}.hook_resid_post")
+    tgt_names = z_names + [get_act_name(n, layer) for layer in range(n_layers) for n in ("resid_pre", "mlp_out")]
+    tgt_names.append(get_act_name("resid_post", n_layers - 1))
     _, tgt_cache = model.run_with_cache(tgt_images, names_filter=tgt_names, return_type=None)
     clean_out, corrupted_out = model(clean, return_type=kind), model(corrupted, return_type=kind)
 
@@ -158,7 +159,7 @@ def path_patching(
     values = torch.full((len(groups), n_receivers, batch), float("nan"))
     for g, group in enumerate(groups):
         if to_logits:
-            resid = tgt_cache[f"blocks.{n_layers - 1}.hook_resid_post"].clone()
+            resid = tgt_cache[get_act_name("resid_post", n_layers - 1)].clone()
             for layer, head in group:
                 diff = src_cache[z_names[layer]][:, :, head] - tgt_cache[z_names[layer]][:, :, head]
                 resid += einsum(diff, model.blocks[layer].attn.W_O_write[head], "b p e, e d -> b p d")
@@ -170,7 +171,7 @@ def path_patching(
             continue
         saved = _sender_run(model, tgt_images, group, src_cache, tgt_cache, first, component, freeze_mlps)
         sites = [Site(component, receiver_heads[i][0], head=receiver_heads[i][1]) for i in later]
-        start = {layer: tgt_cache[f"blocks.{layer}.hook_resid_pre"] for layer in {s.layer for s in sites}}
+        start = {layer: tgt_cache[get_act_name("resid_pre", layer)] for layer in {s.layer for s in sites}}
         outs = outputs_with_sources(model, tgt_images, sites, saved, output=kind, max_rows=max_rows, start_resid=start)
         for j, i in enumerate(later):
             values[g, i] = score(outs[j])
@@ -205,7 +206,7 @@ def _sender_run(
     saved: dict[str, torch.Tensor] = {}
 
     def set_z(z: torch.Tensor, hook: Any) -> torch.Tensor:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         frozen = tgt_cache[hook.name].clone()
         for sender_layer, head in group:
             if sender_layer == layer:
@@ -220,11 +221,11 @@ def _sender_run(
 
     hooks: Hooks = []
     for layer in range(first, n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_{component}", keep))
-        hooks.append((f"blocks.{layer}.attn.hook_z", set_z))
+        hooks.append((get_act_name(component, layer), keep))
+        hooks.append((get_act_name("z", layer), set_z))
         if freeze_mlps:
-            hooks.append((f"blocks.{layer}.hook_mlp_out", set_mlp))
+            hooks.append((get_act_name("mlp_out", layer), set_mlp))
     model.run_with_hooks(
-        tgt_cache[f"blocks.{first}.hook_resid_pre"], start_at_layer=first, return_type=None, fwd_hooks=hooks
+        tgt_cache[get_act_name("resid_pre", first)], start_at_layer=first, return_type=None, fwd_hooks=hooks
     )
     return saved

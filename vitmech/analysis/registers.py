@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.attention import image_batches
 from vitmech.tokens import TokenLayout, layout_for, token_layout
@@ -249,9 +250,9 @@ def register_analysis(
     model.check_images(images)
     layout = token_layout(model)
     n_layers = model.cfg.n_layers
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
-    names += [f"blocks.{n_layers - 1}.hook_resid_post"]
-    names += [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    names = [get_act_name("resid_pre", layer) for layer in range(n_layers)]
+    names += [get_act_name("resid_post", n_layers - 1)]
+    names += [get_act_name("pattern", layer) for layer in range(n_layers)]
     parts = []
     bar = tqdm(total=images.shape[0], desc="token norms", unit="img", disable=not progress)
     for _, batch in image_batches(images, batch_size):

@@ -1,4 +1,4 @@
-"""Attention rollout and its relatives (REFERENCE §3): rollout, discard_ratio, gradient rollout, GMAR.
+"""Attention rollout and its relatives (Abnar & Zuidema 2020, arXiv 2005.00928; Chefer et al. 2021, arXiv 2103.15679; GMAR, arXiv 2504.19414): rollout, discard_ratio, gradient rollout, GMAR.
 
     patterns = collect_patterns(model, images)                       # [B, L, H, P, P]
     r = rollout(patterns, alpha=0.5, head_fusion="mean")             # Rollout: rows of R = A_L ... A_1
@@ -29,18 +29,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.attention import (
     PatternStack,
     attention_entropy,
     cat_if_all,
-    image_batches,
     pattern_layout,
     resolve_layers,
     to_grid,
     top_k_concentration,
 )
+from vitmech.batching import image_batches
 from vitmech.device import on_model_device
+from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -67,11 +69,11 @@ class RolloutSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+            raise InputError(f"alpha must be in (0, 1], got {self.alpha!r}")
         if self.head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {self.head_fusion!r}")
+            raise InputError(f"head_fusion must be one of {HEAD_FUSIONS}, got {self.head_fusion!r}")
         if not 0 <= self.discard_ratio < 1:
-            raise ValueError(f"discard_ratio must be in [0, 1), got {self.discard_ratio!r}")
+            raise InputError(f"discard_ratio must be in [0, 1), got {self.discard_ratio!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,7 +91,7 @@ def fuse_heads(
     head_weights, the weighted sum sum_h w_h A_h."""
     if head_weights is not None:
         if head_weights.shape != patterns.shape[:-2]:
-            raise ValueError(
+            raise InputError(
                 f"head_weights {list(head_weights.shape)} must match patterns' leading axes {list(patterns.shape[:-2])}"
             )
         # a batched vector-matrix product over the contiguous [head, query * key] block (6x faster than einsum)
@@ -101,7 +103,7 @@ def fuse_heads(
         return patterns.amax(-3)
     if fusion == "min":
         return patterns.amin(-3)
-    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
+    raise InputError(f"head_fusion must be one of {HEAD_FUSIONS}, got {fusion!r}")
 
 
 def discard_lowest(
@@ -111,7 +113,7 @@ def discard_lowest(
     class->class entry where the model has a class token (vit-explain's discard_ratio, without its
     item-0-only bug)."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"discard_ratio must be in [0, 1), got {ratio!r}")
+        raise InputError(f"discard_ratio must be in [0, 1), got {ratio!r}")
     n_tokens = fused.shape[-1]
     class_index = layout_for(n_tokens, layout, "fused").class_index
     n_entries = n_tokens * n_tokens
@@ -178,7 +180,9 @@ def _check_tokens(tokens: Sequence[Query] | None, n_tokens: int) -> tuple[Query,
         for t in tokens
     )
     if not out or None in out:
-        raise IndexError(f"tokens {list(tokens)} must be non-empty, 'readout' or in range for {n_tokens} tokens")
+        raise IndexOutOfRangeError(
+            f"tokens {list(tokens)} must be non-empty, 'readout' or in range for {n_tokens} tokens"
+        )
     return out  # type: ignore[return-value]
 
 
@@ -355,7 +359,7 @@ def _fusing_hook(fused: dict[str, list[Tensor | None]]) -> Callable[[Tensor, Any
     """
 
     def on_pattern(pattern: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         for fusion, per_layer in fused.items():
             per_layer[layer] = fuse_heads(pattern, fusion)  # type: ignore[arg-type]  # keys are RolloutSettings.head_fusion values
 
@@ -366,7 +370,7 @@ def _keeping_hook(kept: dict[int, Tensor]) -> Callable[[Tensor, Any], Tensor]:
     """A hook_pattern hook that stores the pattern (graph intact) in kept[layer] and returns it unchanged."""
 
     def keep(pattern: Tensor, hook: Any) -> Tensor:
-        kept[int(hook.name.split(".")[1])] = pattern
+        kept[hook.layer()] = pattern
         return pattern
 
     return keep
@@ -387,7 +391,7 @@ def rollout_maps(
     at [batch, layer, P, P] per fusion whatever the number of images.
     """
     if not variants:
-        raise ValueError("give at least one rollout variant")
+        raise InputError("give at least one rollout variant")
     images = on_model_device(model, images)
     model.check_images(images)
     layout = token_layout(model)
@@ -442,7 +446,7 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     if callable(target):
         values = target(outputs)
         if not isinstance(values, Tensor) or values.shape != outputs.shape[:1]:
-            raise ValueError(
+            raise InputError(
                 f"a target callable must map outputs {list(outputs.shape)} to one value per image [{outputs.shape[0]}]"
             )
         return values, None
@@ -453,12 +457,12 @@ def _target_values(outputs: Tensor, target: Target) -> tuple[Tensor, Tensor | No
     elif isinstance(target, Tensor) and target.ndim == 1 and target.shape[0] == outputs.shape[0]:
         index = target.to(device=outputs.device, dtype=torch.long)
     else:
-        raise ValueError(
+        raise InputError(
             "target must be None (predicted class), an int, a tensor [batch] of indices, "
             "or a callable outputs -> [batch]"
         )
     if ((index < 0) | (index >= outputs.shape[-1])).any():
-        raise IndexError(f"target index out of range for {outputs.shape[-1]} outputs: {index.tolist()}")
+        raise IndexOutOfRangeError(f"target index out of range for {outputs.shape[-1]} outputs: {index.tolist()}")
     return outputs.gather(-1, index[:, None])[:, 0], index
 
 
@@ -487,7 +491,7 @@ def attention_gradients(
     for _, batch in image_batches(images, batch_size):
         kept: dict[int, Tensor] = {}
         keep = _keeping_hook(kept)
-        hooks: FwdHooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in layers]
+        hooks: FwdHooks = [(get_act_name("pattern", layer), keep) for layer in layers]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             x = batch.detach().requires_grad_(True)  # builds the graph even when the weights are frozen
             outputs = model(x, return_type="auto")
@@ -511,7 +515,7 @@ def attention_gradients(
 def _check_pair(patterns: Tensor, gradients: Tensor, layout: TokenLayout | None) -> TokenLayout:
     layout = pattern_layout(patterns, ndim=5, layout=layout)
     if gradients.shape != patterns.shape:
-        raise ValueError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
+        raise InputError(f"gradients {list(gradients.shape)} and patterns {list(patterns.shape)} differ in shape")
     return layout
 
 
@@ -555,7 +559,7 @@ def gmar_head_weights(gradients: PatternStack, norm: Literal["l1", "l2"] = "l1")
     """GMAR head weights: w_lh = ||d y / d A_lh||_p / sum_h ||d y / d A_lh||_p per image and layer
     (uniform where a layer's gradients are all zero)."""
     if norm not in ("l1", "l2"):
-        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        raise InputError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if norm == "l2":
         scores = torch.linalg.vector_norm(gradients.flatten(-2), ord=2, dim=-1)
     else:  # sum |g| in cache-sized chunks (vector_norm's ord=1 path is 2.5x slower here)
@@ -614,7 +618,7 @@ def flow_graph(
 
     n_layers, n_tokens, _ = capacities.shape
     if not 1 <= scale <= 2**28:  # the flow value is at most ~scale (the source row sums to 1): int32 is safe
-        raise ValueError(f"scale must be in [1, 2**28], got {scale}")
+        raise InputError(f"scale must be in [1, 2**28], got {scale}")
     quantised = np.rint(np.asarray(capacities, dtype=np.float64) * scale).astype(np.int64)
     layer, query, key = np.nonzero(quantised)
     n_nodes = (n_layers + 1) * n_tokens
@@ -673,7 +677,7 @@ def max_flow_values(
         for sink in range(n_tokens):
             out[sink] = nx.maximum_flow_value(graph, source, sink, capacity="weight") if sink in graph else 0.0
     else:
-        raise ValueError(f"backend must be 'scipy' or 'networkx', got {backend!r}")
+        raise InputError(f"backend must be 'scipy' or 'networkx', got {backend!r}")
     return out
 
 

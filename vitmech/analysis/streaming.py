@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis import compare as _compare
 from vitmech.analysis.ablation.estimates import HeadEstimates, estimate_head_effects
@@ -661,7 +662,7 @@ def stream_compare_models(
         for part in gather_objects(_cpu_cka(cka)):
             merge_cka(merged, part)
         n_layers = before.cfg.n_layers
-        sites = ("blocks.0.hook_resid_pre",) + tuple(f"blocks.{layer}.hook_resid_post" for layer in range(n_layers))
+        sites = (get_act_name("resid_pre", 0),) + tuple(get_act_name("resid_post", layer) for layer in range(n_layers))
         cka_result = _compare.CKAResult(
             cka=merged.result().float(),
             sites=sites,

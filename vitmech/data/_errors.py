@@ -1,37 +1,16 @@
-"""Errors raised by the data layer.
-
-Every error is a ``ValueError`` subclass (bad input, not a bug), so callers can catch
-``DataError`` for all of them or a specific class for one failure.
-"""
+"""The data layer's errors (defined with every other vitmech error in `vitmech.errors`)."""
 
 from __future__ import annotations
 
+from vitmech.errors import (
+    DataError,
+    EmptySplitError,
+    InsufficientDataError,
+    SchemaError,
+    UnknownLabelError,
+    UnreadableImageError,
+)
 from vitmech.io.errors import CorruptFileError, IncompleteWriteError
-
-
-class DataError(ValueError):
-    """Base class of every data-layer input error."""
-
-
-class SchemaError(DataError):
-    """A dataset lacks a required column, or a column has the wrong type."""
-
-
-class UnknownLabelError(DataError):
-    """A label column holds values outside the known classes (and outside the excluded ones)."""
-
-
-class UnreadableImageError(DataError):
-    """An image could not be decoded (corrupt bytes, missing file, unknown format)."""
-
-
-class EmptySplitError(DataError):
-    """A split ended up with no rows (after filtering, or because of the requested fractions)."""
-
-
-class InsufficientDataError(DataError):
-    """More rows were requested than the source can give."""
-
 
 __all__ = [
     "DataError",

@@ -11,33 +11,26 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
-from einops import rearrange
-from jaxtyping import Float, UInt8
+from jaxtyping import Float
 from torch import Tensor
 
 from vitmech.data._errors import DataError
 from vitmech.data._io import decode_image
+from vitmech.preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageLike, Preprocessing, preprocess
 
 logger = logging.getLogger(__name__)
 
-ImageLike = PIL.Image.Image | UInt8[np.ndarray, "H W 3"]
 Preprocess = Callable[[Sequence[ImageLike]], Any]
 """A model's preprocessing: list of PIL images (or uint8 arrays) -> ``Float[Tensor, "B C H W"]``
 (a numpy array, or a mapping with ``"pixel_values"`` as HF image processors return, is accepted)."""
-
-HALF_MEAN = (0.5, 0.5, 0.5)
-HALF_STD = (0.5, 0.5, 0.5)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def default_preprocess(
     images: Sequence[ImageLike],
     size: int = 224,
-    mean: Sequence[float] = HALF_MEAN,
-    std: Sequence[float] = HALF_STD,
+    mean: Sequence[float] = HALF,
+    std: Sequence[float] = HALF,
 ) -> Float[Tensor, "B 3 size size"]:
     """Fallback preprocessing: RGB, bilinear (antialiased) resize to ``size`` x ``size``, scale to [0, 1],
     normalise with ``mean``/``std``. Defaults are mean = std = 0.5 (google/vit-base-patch16-224, the
@@ -45,20 +38,16 @@ def default_preprocess(
     for timm-style weights. Use the model's own ``preprocess`` for real work."""
     if len(images) == 0:
         raise DataError("default_preprocess got an empty batch")
-    arrays = []
-    for image in images:
-        if isinstance(image, np.ndarray):
-            image = PIL.Image.fromarray(image)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), PIL.Image.Resampling.BILINEAR)
-        arrays.append(np.asarray(image))
-    batch = torch.from_numpy(np.stack(arrays))
-    pixels = rearrange(batch, "b h w c -> b c h w").float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
+    spec = Preprocessing(
+        image_size=size,
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation="bilinear",
+        resize_mode="squash",
+        crop_pct=1.0,
+        source="vitmech.data.default_preprocess",
+    )
+    return preprocess(list(images), spec)
 
 
 def _as_pixel_tensor(output: Any, batch_size: int) -> Float[Tensor, "B C H W"]:
@@ -115,8 +104,6 @@ class LazyImageTransform:
 __all__ = [
     "ImageLike",
     "Preprocess",
-    "HALF_MEAN",
-    "HALF_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "default_preprocess",

@@ -1,4 +1,4 @@
-"""Synthetic chirp spectrograms (arXiv 2503.18762, seed 001) with distractors that come with boxes.
+"""Synthetic chirp spectrograms (the design of arXiv 2503.18762) with distractors that come with boxes.
 
 Faithful to the paper's public generator (``chirp_spectrogram_generator``): a 128 x 128 (frequency x
 time) grid over 60 s and 0-100 Hz; start time U(0, 45) s, duration U(1, 15) s, start frequency

@@ -1,6 +1,6 @@
 """Synthetic galaxies with known features: one class per gz2 summary class, with masks and boxes.
 
-Model (REFERENCE section 8). Each galaxy is a sum of components in linear flux, each with an RGB
+Model (docs/data.md#synthetic-galaxies). Each galaxy is a sum of components in linear flux, each with an RGB
 colour (redder bulge, bluer arms): Sersic spheroid/bulge ``I(R) = I_e exp(-b_n((R/R_e)^(1/n) - 1))``
 with ``b_n ~ 2n - 1/3 + 4/(405n) + 46/(25515n^2)`` and elliptical ``R = sqrt(x'^2 + (y'/q)^2)``;
 exponential disk; logarithmic spiral arms ``[(1 + cos(m(phi - cot(psi) ln(R/R0))))/2]^p`` on the disk;
@@ -25,7 +25,7 @@ PSF spreads just outside thin features. Boxes are the masks' tight boxes. Coordi
 ``(x0, y0, x1, y1)`` with exclusive upper ends, top-left origin. Absent features: empty mask, box None.
 
 Speed: components are evaluated with torch on whole batches of one class, chunks of a large batch on
-concurrent threads; on our 2-core CPUs 158-280 galaxies/s at 224 px depending on the machine
+concurrent threads; on 2 CPU cores 158-280 galaxies/s at 224 px depending on the CPU
 (``benchmarks/data.py``, docs/performance.md).
 """
 

@@ -3,9 +3,9 @@
 The hub dataset ``mwalmsley/gz2`` (configs ``default``, ``tiny``; splits ``train``, ``test``) holds
 ``image`` (424 x 424 JPEG), ``id_str``, ``ra``, ``dec``, per-answer vote counts and ``*_fraction``
 columns, and ``summary``, a string class ('' when unassigned). ``load_gz2`` reads it (or any local
-directory / parquet file with the same schema), keeps the six classes of its author in REFERENCE
+directory / parquet file with the same schema), keeps the six classes in its author's
 order, drops ``smooth_inbetween`` and '', and makes seeded train/val/test splits the way the Galaxy Zoo
-study (seed 000) did: request N rows, filter, report how many survive, carve validation out of the
+fine-tuning study (docs/attention.md#the-galaxy-zoo-fine-tuning-table-and-the-scripts) did: request N rows, filter, report how many survive, carve validation out of the
 surviving training rows. Images stay encoded in the arrow files; decoding and the model's
 preprocessing run lazily, per batch, through ``Dataset.with_transform``.
 
@@ -78,7 +78,7 @@ GZ2_CLASS_PRIORS: dict[str, float] = {
     "barred_spiral": 0.0772,
     "featured_without_bar_or_spiral": 0.0363,
 }
-"""Class shares in the full catalogue after filtering (REFERENCE section 7)."""
+"""Class shares in the full catalogue after filtering (Willett et al. 2013, MNRAS 435, 2835)."""
 
 GZ2_QUESTIONS: dict[str, tuple[str, ...]] = {
     "smooth-or-featured-gz2": ("smooth", "featured-or-disk", "artifact"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitmech.errors import InputError
 
-class StorageError(ValueError):
+
+class StorageError(InputError):
     """A file or folder vitmech wrote or reads is damaged, incomplete, or held by another writer.
 
     Attributes:

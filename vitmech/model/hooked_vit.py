@@ -466,8 +466,7 @@ class HookedViT(HookedRootModule):
             include_mlp_biases: count the MLPs' b_out (False when the MLP outputs are decomposed whole).
         """
         n = self.cfg.n_layers
-        if not isinstance(layer, int) or not 0 <= layer <= n:
-            raise IndexError(f"layer={layer!r} out of range [0, {n}]")
+        layer = self.cfg.layer_index(layer, allow_end=True, allow_negative=False)
         if mlp_input and layer == n:
             raise ValueError("mlp_input=True needs layer < n_layers (the final LayerNorm has no MLP)")
         if self.cfg.pre_norm:
@@ -529,10 +528,7 @@ class HookedViT(HookedRootModule):
             raise ImageInputError(f"input contains {n_nan} NaN and {n_inf} infinite values")
 
     def _layer_bound(self, layer: int, name: str) -> int:
-        n = self.cfg.n_layers
-        if not isinstance(layer, int) or not -n <= layer <= n:
-            raise IndexError(f"{name}={layer!r} out of range for a model with {n} layers")
-        return layer % n if layer < 0 else layer
+        return self.cfg.layer_index(layer, name, allow_end=True)
 
     def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
         """The learned prefix embeddings in layout order (`vitmech.tokens`): class, distillation, registers."""

@@ -14,8 +14,8 @@ from vitmech.model._hooks import is_hooked
 class LayerNorm(nn.Module):
     """y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis.
 
-    `hook_scale` sees sqrt(var + eps) [..., 1]; `hook_normalized` sees the full output y
-    (after w and b), as in TransformerLens. Without hooks it runs `F.layer_norm`.
+    `hook_scale` sees sqrt(var + eps) [..., 1]; `hook_normalized` sees (x - mean(x)) / scale, before w and b,
+    as TransformerLens 4's normalization components do. Without hooks it runs `F.layer_norm`.
     """
 
     def __init__(self, d_model: int, eps: float) -> None:
@@ -33,5 +33,5 @@ class LayerNorm(nn.Module):
         var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
         scale = self.hook_scale((var + self.eps).sqrt())
         # three passes over x: centre, divide by the (possibly hook-edited) scale, gain and bias
-        normalized = (x - mean) / scale
-        return self.hook_normalized(torch.addcmul(self.b, normalized, self.w))
+        normalized = self.hook_normalized((x - mean) / scale)
+        return torch.addcmul(self.b, normalized, self.w)

@@ -42,7 +42,7 @@ def measured_distance(model: Any, images: Any) -> Any:
     """Mean attention distance (px) per head on the images, [L, H], averaged over images."""
     import torch
 
-    from vitmech.analysis.circuits import attention_distance_px
+    from vitmech.analysis.attention import mean_attention_distance
     from vitmech.tokens import token_layout
 
     layout = token_layout(model)
@@ -52,7 +52,7 @@ def measured_distance(model: Any, images: Any) -> Any:
     cfg = model.cfg
     return torch.stack(
         [
-            attention_distance_px(cache["pattern", layer], cfg.grid_size, cfg.patch_size, layout=layout).mean(0)
+            mean_attention_distance(cache["pattern", layer], cfg.patch_size, layout=layout).mean(0)
             for layer in range(cfg.n_layers)
         ]
     )

@@ -69,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     from vitmech.cli.args import models_from
     from vitmech.cli.outputs import study_report
+    from vitmech.data import TargetScaler
     from vitmech.studies._common import models, start
-    from vitmech.train import LoRAConfig, ResumeMismatchError, TierConfig, TrainConfig, standardize
+    from vitmech.train import ArrayDataset, LoRAConfig, ResumeMismatchError, TierConfig, TrainConfig
     from vitmech.train.cards import command_line, hardware_info, shipped_name
-    from vitmech.train.datasets import chirp_dataset, zscore
+    from vitmech.train.datasets import chirp_dataset
     from vitmech.train.study import run_study
 
     for name in ("n_train", "n_val", "n_test", "batch_size"):
@@ -100,10 +101,14 @@ def run(args: argparse.Namespace) -> int:
     )
     index = torch.arange(len(raw))
     raw_train = raw.subset(index[: args.n_train])
-    mean, std = standardize(raw_train.targets)
-    train = zscore(raw_train, mean, std)
-    val = zscore(raw.subset(index[args.n_train : args.n_train + args.n_val]), mean, std)
-    test = zscore(raw.subset(index[args.n_train + args.n_val :]), mean, std)
+    scaler = TargetScaler.fit(raw_train.targets.double().numpy())
+
+    def zscored(data: ArrayDataset) -> ArrayDataset:
+        return ArrayDataset(data.images, scaler.transform(data.targets), data.names, "regression")
+
+    train = zscored(raw_train)
+    val = zscored(raw.subset(index[args.n_train : args.n_train + args.n_val]))
+    test = zscored(raw.subset(index[args.n_train + args.n_val :]))
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
     tier = TierConfig(
@@ -136,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     targets = {
         "names": train.names,
         "units": ["s", "Hz", "Hz"],
-        "mean": mean.tolist(),
-        "std": std.tolist(),
+        "mean": list(scaler.mean),
+        "std": list(scaler.std),
         "meaning": "outputs are z-scores: value = output * std + mean",
     }
     data_card = {

@@ -25,11 +25,11 @@ so before/after comparisons on it mean something; its classifier predicts the 32
     "vitmech/mini-galaxy": """
 The "after" model of the embedded pair: `vitmech/mini-pretrained` fully fine-tuned (all weights; backbone and
 head at different learning rates) on synthetic galaxies (vitmech.data.galaxies, six gz2 summary classes) by
-`vitmech finetune`, with seed 000's split sizes. The card compares its held-out accuracy with
+`vitmech finetune`, with the Galaxy Zoo fine-tuning study's split sizes. The card compares its held-out accuracy with
 the linear probe of the same pretrained backbone (trained on the same images) and with chance.
 """,
     "vitmech/mini-chirp": """
-Seed 001's set-up on the embedded architecture: `vitmech/mini-pretrained` fine-tuned with LoRA (rank 8 on query
+The set-up of arXiv 2503.18762 on the embedded architecture: `vitmech/mini-pretrained` fine-tuned with LoRA (rank 8 on query
 and value, merged) plus a 3-output regression head on chirp-spectrogram figures (vitmech.data.chirps: viridis
 image with title, axis labels and colour bar). Outputs are z-scores of start time (s), start frequency (Hz) and
 end frequency (Hz); the card's `targets` holds the mean and std that map them back. The 12 x 12 head-ablation

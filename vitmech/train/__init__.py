@@ -12,7 +12,7 @@ Lower level: `prepare_tier` (parameter groups), `fit` (the loop), `apply_lora` /
 """
 
 from vitmech.train.attention_supervision import SUPERVISED_TIER, AttentionSupervision, fine_tune_attention_supervised
-from vitmech.train.data import ArrayDataset, augment_batch, batch_indices, standardize, to_model_input
+from vitmech.train.data import ArrayDataset, augment_batch, batch_indices, to_model_input
 from vitmech.train.errors import HeadMismatchError, ResumeMismatchError, TrainingDataError
 from vitmech.train.evaluate import (
     ClassificationEval,
@@ -66,7 +66,6 @@ __all__ = [
     "pearson_r",
     "predict",
     "prepare_tier",
-    "standardize",
     "to_model_input",
     "trainable_parameter_count",
     "with_image_size",

@@ -183,21 +183,12 @@ def to_model_input(
     return (x - mean) / std
 
 
-def standardize(targets: Float[Tensor, "n k"]) -> tuple[Float[Tensor, " k"], Float[Tensor, " k"]]:
-    """Mean and std (ddof 0) per target column, for z-scoring; a constant column is an error."""
-    mean, std = targets.mean(0), targets.std(0, unbiased=False)
-    if bool((std == 0).any()):
-        raise TrainingDataError("a regression target is constant; it cannot be z-scored")
-    return mean, std
-
-
 __all__ = [
     "ArrayDataset",
     "Augment",
     "Task",
     "augment_batch",
     "batch_indices",
-    "standardize",
     "step_generator",
     "to_model_input",
 ]

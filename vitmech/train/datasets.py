@@ -95,7 +95,7 @@ def chirp_dataset(
     n: int, seed: int, size: int = 224, *, start: int = 0, cache_dir: str | Path | None = None, progress: bool = True
 ) -> ArrayDataset:
     """`n` chirp spectrogram figures (vitmech.data.chirps, all distractors on) with their RAW targets
-    [n, 3] (start time s, start frequency Hz, end frequency Hz); z-score them with `zscore_chirps`."""
+    [n, 3] (start time s, start frequency Hz, end frequency Hz); z-score them with `vitmech.data.TargetScaler`."""
     from vitmech.data.chirps import TARGETS, generate_chirps
 
     def make() -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +109,6 @@ def chirp_dataset(
         cache_dir, {"kind": "chirps", "n": n, "seed": seed, "size": size, "start": start, "v": 1}, make
     )
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(targets), list(TARGETS), "regression")
-
-
-def zscore(data: ArrayDataset, mean: torch.Tensor, std: torch.Tensor) -> ArrayDataset:
-    """The same images with targets (t - mean) / std (regression)."""
-    return ArrayDataset(data.images, (data.targets - mean) / std, data.names, "regression")
 
 
 def gz2_datasets(
@@ -166,7 +161,6 @@ __all__ = [
     "gz2_datasets",
     "procedural_dataset",
     "render_in_chunks",
-    "zscore",
 ]
 
 

@@ -24,7 +24,7 @@ from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
 from vitmech.train.evaluate import ClassificationEval, Evaluation, evaluate, predict
 from vitmech.train.heads import check_head, with_new_head
-from vitmech.train.loop import LossFn, TrainConfig, TrainResult, fit, lr_factor, task_loss
+from vitmech.train.loop import LossFn, TrainConfig, TrainResult, fit, lr_factor, optimizer_step, task_loss
 from vitmech.train.lora import has_lora, lora_summary, merge_lora
 from vitmech.train.tiers import TierConfig, prepare_tier, trainable_parameter_count
 
@@ -81,15 +81,9 @@ def fit_head_on_features(
     running, count = 0.0, 0
     for step in range(config.steps):
         rows = batch_indices(len(train), config.batch_size, step, config.seed)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(step, config)
         loss = task_loss(head(features[rows]), train.targets[rows], train.task, config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(list(head.parameters()), config.clip_norm)
-        optimizer.step()
-        running, count = running + loss.item(), count + 1
+        value, _ = optimizer_step(optimizer, loss, list(head.parameters()), config, step, head)
+        running, count = running + value, count + 1
         if (step + 1) % max(1, config.log_every) == 0 or step + 1 == config.steps:
             result.history.append({"step": step + 1, "loss": running / count, "lr_factor": lr_factor(step, config)})
             running, count = 0.0, 0

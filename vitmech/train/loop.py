@@ -10,6 +10,7 @@ after a checkpoint and resumed ends with the same weights as one that was never 
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import time
@@ -105,13 +106,26 @@ class TrainConfig:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of each group's base lr at `step` (0-based): linear warm-up, then cosine to min_lr_ratio."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps - 1)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+    """Multiplier of each group's base lr at `step` (0-based): linear warm-up, then cosine to min_lr_ratio.
+
+    transformers' `get_cosine_with_min_lr_schedule_with_warmup` read one step ahead, so step 0 already
+    trains (lr / warmup_steps) and the last step ends at lr * min_lr_ratio.
+
+    >>> config = TrainConfig(steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    >>> [round(lr_factor(s, config), 3) for s in (0, 1, 9)]
+    [0.5, 1.0, 0.1]
+    """
+    return float(_cosine_schedule(config.warmup_steps, config.steps, config.min_lr_ratio)(step + 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _cosine_schedule(warmup_steps: int, steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """transformers' schedule as a function of the number of optimizer steps taken (its LambdaLR's lambda)."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(probe, warmup_steps, steps, min_lr_rate=min_lr_ratio)
+    return scheduler.lr_lambdas[0]
 
 
 @dataclass
@@ -367,9 +381,6 @@ def _train_step(
     images = augment_batch(train.images[rows], config.augment, step_generator(config.seed, step, stream=2))
     x = to_model_input(images, model.preprocessing).to(model.device, model.dtype)
     y = train.targets[rows].to(model.device)
-    factor = lr_factor(step, config)
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
     dropout_seed = int(np.random.SeedSequence([config.seed, step, 3]).generate_state(1)[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(dropout_seed)
@@ -377,13 +388,30 @@ def _train_step(
             loss = task_loss(model(x, return_type="logits"), y, train.task, config.label_smoothing)
         else:
             loss = loss_fn(model, x, y, torch.as_tensor(rows))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    params = [p for p in trainable if p.grad is not None]
+    return optimizer_step(optimizer, loss, trainable, config, step, model)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    params: list[torch.nn.Parameter],
+    config: TrainConfig,
+    step: int,
+    model: torch.nn.Module,
+) -> tuple[float, float]:
+    """One update at `step` (0-based): each group's lr = its base_lr times `lr_factor`, backward of `loss`,
+    gradient clipping to config.clip_norm, then the optimizer's step. Returns (loss, gradient norm before
+    clipping); a non-finite loss is an error (naming `model`'s non-finite weights when that is the cause)."""
+    factor = lr_factor(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with_grad = [p for p in params if p.grad is not None]
     if config.clip_norm is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip_norm))
+        norm = float(torch.nn.utils.clip_grad_norm_(with_grad, config.clip_norm))
     else:
-        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in params if (g := p.grad) is not None])))
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for p in with_grad if (g := p.grad) is not None])))
     if not math.isfinite(loss.item()):
         broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if broken:
@@ -396,4 +424,4 @@ def _train_step(
     return float(loss.item()), norm
 
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "lr_factor", "run_fingerprint", "task_loss"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "lr_factor", "optimizer_step", "run_fingerprint", "task_loss"]

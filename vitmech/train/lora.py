@@ -120,12 +120,9 @@ class LoRAAttention(Attention):
 
 
 def _layers(model: HookedViT, config: LoRAConfig) -> list[int]:
-    n = model.cfg.n_layers
-    layers = list(range(n)) if config.layers is None else list(config.layers)
-    bad = [i for i in layers if not 0 <= i < n]
-    if bad:
-        raise ValueError(f"LoRA layers {bad} out of range for a model with {n} layers")
-    return layers
+    if config.layers is None:
+        return list(range(model.cfg.n_layers))
+    return [model.cfg.layer_index(layer, "LoRA layer", allow_negative=False) for layer in config.layers]
 
 
 def apply_lora(model: HookedViT, config: LoRAConfig = LoRAConfig(), seed: int = 0) -> HookedViT:

@@ -1,6 +1,6 @@
 """A fine-tuning study: the chosen tier, its linear probe and the guessing baselines, on the same held-out set.
 
-What seed 000 reports (test accuracy vs a baseline) and what seed 004 asks (tiers side by side), as one
+What the Galaxy Zoo fine-tuning study reports (test accuracy vs a baseline) and the tiers side by side, as one
 result whose `summary_rows()` is the report table and whose `card_metrics()` goes into the model card.
 """
 

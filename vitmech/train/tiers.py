@@ -1,4 +1,5 @@
-"""The three fine-tuning tiers of seed 004, as parameter groups for AdamW.
+"""Three fine-tuning tiers (linear probe; LoRA, Hu et al. 2021, arXiv 2106.09685; full, as LP-FT, Kumar et al.
+2022, arXiv 2202.10054), as parameter groups for AdamW.
 
 - "linear_probe": only the head trains; the backbone is frozen (bit-identical afterwards).
 - "lora": rank-r adapters on query and value (by default) plus the head; base weights frozen.

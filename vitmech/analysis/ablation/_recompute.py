@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from einops import einsum, rearrange, repeat
 from jaxtyping import Bool, Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.interventions import BoundAblation
 from vitmech.analysis.ablation.metrics import OutputKind
@@ -72,16 +73,16 @@ def run_clean(
     """One clean forward caching what restarting at each of `start_layers` needs."""
     names = []
     for layer in sorted(start_layers):
-        names += [f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.attn.hook_z"]
+        names += [get_act_name("resid_mid", layer), get_act_name("z", layer)]
         if need_values:
-            names.append(f"blocks.{layer}.attn.hook_v")
+            names.append(get_act_name("v", layer))
     output, cache = model.run_with_cache(images, names_filter=names, return_type=output_kind, return_cache_object=False)
     state = CleanState(output=output)
     for layer in start_layers:
-        state.resid_mid[layer] = cache[f"blocks.{layer}.hook_resid_mid"]
-        state.z[layer] = cache[f"blocks.{layer}.attn.hook_z"]
+        state.resid_mid[layer] = cache[get_act_name("resid_mid", layer)]
+        state.z[layer] = cache[get_act_name("z", layer)]
         if need_values:
-            state.value_mean[layer] = cache[f"blocks.{layer}.attn.hook_v"].mean(1)
+            state.value_mean[layer] = cache[get_act_name("v", layer)].mean(1)
     return state
 
 

@@ -24,11 +24,13 @@ import torch
 from einops import einsum
 from jaxtyping import Float
 from scipy.stats import spearmanr
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation, z_hook_name
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import HeadSweepResult
-from vitmech.analysis.ablation.sweep import batch_bounds, check_inputs
+from vitmech.analysis.ablation.sweep import check_inputs
+from vitmech.batching import batch_bounds
 from vitmech.device import on_model_device
 from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
@@ -106,7 +108,7 @@ def estimate_head_effects(
         leaf_z, keep_v = _probe_hook(zs, probes), _keeping_hook(values_seen)
         hooks: FwdHooks = [(z_hook_name(layer), leaf_z) for layer in range(n_layers)]
         if ablation.needs_values:
-            hooks += [(f"blocks.{layer}.attn.hook_v", keep_v) for layer in range(n_layers)]
+            hooks += [(get_act_name("v", layer), keep_v) for layer in range(n_layers)]
         with torch.enable_grad():
             output = model.run_with_hooks(batch, fwd_hooks=hooks, return_type=metric.output)
             values = metric(output, clean=output.detach(), targets=batch_targets)
@@ -195,7 +197,7 @@ def _probe_hook(zs: dict[int, torch.Tensor], probes: dict[int, torch.Tensor]) ->
     """
 
     def leaf_z(z: torch.Tensor, hook: Any) -> torch.Tensor:
-        layer = int(hook.name.split(".")[1])
+        layer = hook.layer()
         zs[layer] = z.detach()
         probes[layer] = torch.zeros_like(z, requires_grad=True)
         return z + probes[layer]
@@ -207,7 +209,7 @@ def _keeping_hook(seen: dict[int, torch.Tensor]) -> Hook:
     """A hook storing the detached activation in seen[layer]."""
 
     def keep(tensor: torch.Tensor, hook: Any) -> None:
-        seen[int(hook.name.split(".")[1])] = tensor.detach()
+        seen[hook.layer()] = tensor.detach()
 
     return keep
 

@@ -36,11 +36,7 @@ def _as_int(value: Any, what: str) -> int:
 
 def check_layer(model: HookedViT, layer: Any) -> int:
     """The layer index, or HeadIndexError when it is outside [0, n_layers)."""
-    layer = _as_int(layer, "layer")
-    n = len(model.blocks)
-    if not 0 <= layer < n:
-        raise HeadIndexError(f"layer {layer} is out of range: this model has {n} layers (0 to {n - 1})")
-    return layer
+    return model.cfg.layer_index(_as_int(layer, "layer"), allow_negative=False, error=HeadIndexError)
 
 
 def check_head(model: HookedViT, layer: Any, head: Any) -> Head:
@@ -87,7 +83,11 @@ def all_heads(model: HookedViT, layers: Iterable[int] | None = None) -> list[Hea
 
 
 def head_label(head: Head) -> str:
-    """'L3H5' for (3, 5): 0-based layer and head."""
+    """The label of a head: 0-based layer and head.
+
+    >>> head_label((3, 5))
+    'L3H5'
+    """
     return f"L{head[0]}H{head[1]}"
 
 

@@ -1,4 +1,4 @@
-"""Head ablations (REFERENCE §4) and the hooks that apply them.
+"""Head ablations (docs/ablation.md#interventions) and the hooks that apply them.
 
 Ablating head (l, h) replaces its context vector z = `blocks.l.attn.hook_z[:, :, h]` [B, P, d_head]
 before W_O:
@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from einops import repeat
 from jaxtyping import Float
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError
 from vitmech.analysis.ablation.heads import Head, HeadsLike, parse_heads
+from vitmech.batching import image_batches
 from vitmech.fingerprint import tensor_fingerprint
 
 if TYPE_CHECKING:
@@ -41,11 +43,11 @@ Hook = tuple[str | Callable[..., Any], Callable[..., Any]]
 
 
 def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+    return get_act_name("z", layer)
 
 
 def pattern_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
+    return get_act_name("pattern", layer)
 
 
 class BoundAblation(ABC):
@@ -133,8 +135,8 @@ class MeanAblation(HeadAblation):
             raise EmptyReferenceError(f"mean ablation needs a non-empty reference batch [N, C, S, S]; got {shape}")
         names = [z_hook_name(layer) for layer in range(len(model.blocks))]
         sums: list[torch.Tensor] | None = None
-        for start in range(0, images.shape[0], batch_size):
-            _, cache = model.run_with_cache(images[start : start + batch_size], names_filter=names, return_type=None)
+        for _, batch in image_batches(images, batch_size):
+            _, cache = model.run_with_cache(batch, names_filter=names, return_type=None)
             batch_sums = [cache[name].double().sum(0) for name in names]
             sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
         assert sums is not None

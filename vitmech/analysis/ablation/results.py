@@ -1,7 +1,7 @@
 """Result tables of ablation sweeps: small dataclasses with to_frame() / to_dict().
 
 Effect = metric(ablated) - metric(clean) (means over the examples); pct_change = 100 * effect / |clean|
-(the percentage of the clean metric, REFERENCE §4; |clean| keeps the sign of the effect for metrics
+(the percentage of the clean metric, docs/ablation.md#metrics; |clean| keeps the sign of the effect for metrics
 whose clean value is negative, such as logits; NaN when clean is 0). delta_se is the standard error of
 the per-example effect (ddof 1).
 """
@@ -9,7 +9,7 @@ the per-example effect (ddof 1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,15 @@ import pandas as pd
 from vitmech.analysis.ablation.heads import Cell
 
 
-def percent_change(delta: np.ndarray | float, clean: float) -> np.ndarray:
+@overload
+def percent_change(delta: np.ndarray, clean: float) -> np.ndarray: ...
+
+
+@overload
+def percent_change(delta: float, clean: float) -> float: ...
+
+
+def percent_change(delta: np.ndarray | float, clean: float) -> np.ndarray | float:
     """100 * delta / |clean| (NaN where clean is 0)."""
     delta = np.asarray(delta, dtype=np.float64)
     if clean == 0:

@@ -39,6 +39,7 @@ from vitmech.analysis.ablation.interventions import (
 from vitmech.analysis.ablation.metrics import OUTPUT_KINDS, Metric, MetricLike, OutputKind, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore
+from vitmech.batching import batch_bounds
 from vitmech.device import on_model_device
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
 from vitmech.model.hooked_vit import HookedViT
@@ -76,16 +77,6 @@ def check_inputs(
             f"images per batch; got {images.shape[0]} images in batches of {batch_size} "
             "(or pass source=reference images)"
         )
-
-
-def batch_bounds(n_images: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
-    """[start, stop) of each batch: `batch_size` images each; a last batch smaller than `min_batch`
-    joins the one before it (so resampling within the batch never sees a batch of one)."""
-    bounds = [(start, min(start + batch_size, n_images)) for start in range(0, n_images, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_batch:
-        (start, _), (_, stop) = bounds[-2], bounds.pop()
-        bounds[-1] = (start, stop)
-    return bounds
 
 
 def plan_chunks(cells: Sequence[Cell], variants_per_chunk: int) -> list[list[int]]:
@@ -422,7 +413,6 @@ __all__ = [
     "BoundAblation",
     "ablated_output",
     "ablation_sweep",
-    "batch_bounds",
     "check_inputs",
     "head_sweep",
     "naive_head_sweep",

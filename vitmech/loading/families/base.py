@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -20,6 +20,7 @@ from vitmech.loading.keymap import KeyMap, export_weights, import_weights
 from vitmech.preprocessing import Preprocessing
 
 
+@runtime_checkable
 class ViTModelLike(Protocol):
     """What export and saving read from a model (a HookedViT), without importing it."""
 
