@@ -47,9 +47,12 @@ def test_hook_q_sees_rotated_queries_of_patches_only():
     source = eva_model("vit_small_patch16_dinov3", img_size=32, num_classes=0)
     hooked = HookedViT.from_timm(source)
     x = torch.randn(1, 3, 32, 32)
-    _, cache = hooked.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_q", "ln1.hook_normalized")))
-    attn = hooked.blocks[0].attn
-    q_raw, _, _ = attn.qkv(cache["blocks.0.ln1.hook_normalized"])
+    _, cache = hooked.run_with_cache(x, names_filter=lambda n: n in ("blocks.0.attn.hook_q", "blocks.0.hook_resid_pre"))
+    block = hooked.blocks[0]
+    normed = torch.nn.functional.layer_norm(
+        cache["blocks.0.hook_resid_pre"], (64,), block.ln1.w, block.ln1.b, block.ln1.eps
+    )
+    q_raw, _, _ = block.attn.qkv(normed)
     n_prefix = hooked.cfg.n_prefix_tokens
     q = cache["blocks.0.attn.hook_q"]
     assert torch.equal(q.narrow(1, 0, n_prefix), q_raw.narrow(1, 0, n_prefix))
