@@ -15,8 +15,8 @@ def test_a_wrong_shape_is_caught_at_the_call():
     mean_attention_distance(patterns, 16)  # "*batch query key": fine
     with pytest.raises(jaxtyping.TypeCheckError, match="patterns"):
         mean_attention_distance(patterns.double().int(), 16)  # not a float tensor
-    with pytest.raises(jaxtyping.TypeCheckError, match="patch_size"):
-        mean_attention_distance(patterns, "16")  # type: ignore[arg-type]
+    with pytest.raises(jaxtyping.TypeCheckError, match="renormalise"):
+        mean_attention_distance(patterns, 16, renormalise="yes")  # type: ignore[arg-type]
 
 
 def test_checks_can_be_switched_off_for_validation_tests():

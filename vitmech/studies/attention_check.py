@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         output, cache = model.run_with_cache(images)
     layer = args.layer
-    x = cache["normalized", layer, "ln1"]  # [1, P, d] = LN1(resid_pre)
+    ln1 = model.blocks[layer].ln1
+    x = cache["normalized", layer, "ln1"] * ln1.w + ln1.b  # [1, P, d] = LN1(resid_pre): the hook is before gain, bias
     attn = model.blocks[layer].attn
     q = einsum(x, attn.W_Q, "b p d, h d e -> b p h e") + attn.b_Q
     k = einsum(x, attn.W_K, "b p d, h d e -> b p h e") + attn.b_K
