@@ -134,15 +134,18 @@ def test_a_rank_shard_is_its_own_file(tmp_path):
 
 
 def test_two_processes_sweeping_one_store_both_get_the_right_table(setup, tmp_path):
-    """Two writers at once (a thread stands in for the second process: each holds its own lock)."""
+    """Two writers at once (a thread stands in for the second process: each holds its own lock and, like a
+    process, its own copy of the model, since hooks attached in one thread would fire in the other's forward)."""
+    import copy
     import threading
 
     model, images = setup
     reference = head_sweep(model, images, "mse_to_clean", **KW).to_frame()
     results = {}
+    copies = [copy.deepcopy(model) for _ in range(2)]
 
     def run(i):
-        results[i] = head_sweep(model, images, "mse_to_clean", store=tmp_path, **KW).to_frame()
+        results[i] = head_sweep(copies[i], images, "mse_to_clean", store=tmp_path, **KW).to_frame()
 
     first = JsonlStore.for_settings(tmp_path, "unrelated", {})  # hold one lock to make sure locks are per file
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
