@@ -33,3 +33,45 @@ def model_lines(loaded: list[LoadedModel]) -> str:
 def error(args: argparse.Namespace, message: str) -> Any:
     """argparse-style usage error (exit status 2)."""
     args.parser.error(message)
+
+
+def run_tier_study(
+    args: argparse.Namespace,
+    out: Path,
+    model: Any,
+    splits: tuple[Any, Any, Any],
+    tier: Any,
+    config: Any,
+    *,
+    probe_config: Any,
+    probe_train: Any,
+    card: dict[str, Any],
+    progress: bool,
+) -> Any:
+    """`vitmech.train.study.run_study` with the fine-tuning commands' shared flags, checkpoints under
+    `out/checkpoints/<tier>`, and a clear exit when those checkpoints belong to another run."""
+    from vitmech.train import ResumeMismatchError
+    from vitmech.train.study import run_study
+
+    train, val, test = splits
+    try:
+        return run_study(
+            model,
+            train,
+            val,
+            test,
+            tier,
+            config,
+            probe_config=probe_config,
+            probe_lr=args.probe_lr,
+            probe_train=probe_train,
+            head_from_probe=args.lp_ft and bool(args.probe_steps),
+            checkpoint_dir=out / "checkpoints" / args.tier,
+            card=card,
+            progress=progress,
+        )
+    except ResumeMismatchError as err:
+        raise SystemExit(
+            f"error: {out} holds checkpoints of a different run ({err}). Rerun with --restart to discard them, "
+            "or pass a new --out."
+        ) from None

@@ -113,11 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     from vitmech.cli.args import models_from
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import models, start
-    from vitmech.train import LoRAConfig, ResumeMismatchError, TierConfig, TrainConfig
+    from vitmech.studies._common import models, run_tier_study, start
+    from vitmech.train import LoRAConfig, TierConfig, TrainConfig
     from vitmech.train.cards import command_line, hardware_info, shipped_name
     from vitmech.train.datasets import galaxy_dataset, gz2_datasets
-    from vitmech.train.study import run_study
 
     check(args)
     names = models_from(args)
@@ -183,27 +182,18 @@ def run(args: argparse.Namespace) -> int:
     )
     probe_train = train.subset(torch.arange(min(args.probe_train, len(train)))) if args.probe_train else None
     base_card = {"source_model": names[0], "source_weights": weights_note, "data": data_card}
-    try:
-        study = run_study(
-            model,
-            train,
-            val,
-            test,
-            tier,
-            config,
-            probe_config=probe_config,
-            probe_lr=args.probe_lr,
-            probe_train=probe_train,
-            head_from_probe=args.lp_ft and bool(args.probe_steps),
-            checkpoint_dir=out / "checkpoints" / args.tier,
-            card=base_card,
-            progress=progress,
-        )
-    except ResumeMismatchError as err:
-        raise SystemExit(
-            f"error: {out} holds checkpoints of a different run ({err}). Rerun with --restart to discard them, "
-            "or pass a new --out."
-        ) from None
+    study = run_tier_study(
+        args,
+        out,
+        model,
+        (train, val, test),
+        tier,
+        config,
+        probe_config=probe_config,
+        probe_train=probe_train,
+        card=base_card,
+        progress=progress,
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     model_dir = Path(args.save_model) if args.save_model else out / "model"
     card_name = shipped_name(str(model_dir))

@@ -70,11 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from vitmech.cli.args import models_from
     from vitmech.cli.outputs import study_report
     from vitmech.data import TargetScaler
-    from vitmech.studies._common import models, start
-    from vitmech.train import ArrayDataset, LoRAConfig, ResumeMismatchError, TierConfig, TrainConfig
+    from vitmech.studies._common import models, run_tier_study, start
+    from vitmech.train import ArrayDataset, LoRAConfig, TierConfig, TrainConfig
     from vitmech.train.cards import command_line, hardware_info, shipped_name
     from vitmech.train.datasets import chirp_dataset
-    from vitmech.train.study import run_study
 
     for name in ("n_train", "n_val", "n_test", "batch_size"):
         if getattr(args, name) <= 0:
@@ -151,27 +150,18 @@ def run(args: argparse.Namespace) -> int:
         "images": "stream indices 0.. split in order train / val / test",
     }
     base_card = {"source_model": names[0], "source_weights": weights_note, "data": data_card, "targets": targets}
-    try:
-        study = run_study(
-            model,
-            train,
-            val,
-            test,
-            tier,
-            config,
-            probe_config=probe_config,
-            probe_lr=args.probe_lr,
-            probe_train=probe_train,
-            head_from_probe=args.lp_ft and bool(args.probe_steps),
-            checkpoint_dir=out / "checkpoints" / args.tier,
-            card=base_card,
-            progress=progress,
-        )
-    except ResumeMismatchError as err:
-        raise SystemExit(
-            f"error: {out} holds checkpoints of a different run ({err}). Rerun with --restart to discard them, "
-            "or pass a new --out."
-        ) from None
+    study = run_tier_study(
+        args,
+        out,
+        model,
+        (train, val, test),
+        tier,
+        config,
+        probe_config=probe_config,
+        probe_train=probe_train,
+        card=base_card,
+        progress=progress,
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     model_dir = Path(args.save_model) if args.save_model else out / "model"
