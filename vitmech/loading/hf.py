@@ -47,6 +47,7 @@ DEFAULT_CLASSES = {
     "clip_vision_model": "CLIPVisionModel",
     "siglip": "SiglipVisionModel",
     "siglip_vision_model": "SiglipVisionModel",
+    "dinov3_vit": "DINOv3ViTModel",
 }
 # classes a saved config may name whose image tower loads through another class
 TOWER_CLASSES = {"CLIPModel": "CLIPVisionModelWithProjection", "SiglipModel": "SiglipVisionModel"}
@@ -118,8 +119,6 @@ def _hf_class(config: Any, id_or_path: str) -> Any:
 
     kind = getattr(config, "model_type", None)
     if kind not in DEFAULT_CLASSES:
-        if kind == "dinov3_vit":
-            kind = "dinov3_vit (rotary position embeddings)"
         raise UnsupportedModelError(
             f"{id_or_path!r} is a {kind!r} model; supported HuggingFace model types: {sorted(DEFAULT_CLASSES)}"
         )
