@@ -17,9 +17,9 @@ from typing import Any
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families.base import Family
-from vitmech.loading.families.hf_vit import HF_ACTS
+from vitmech.loading.families.hf_vit import HF_ACTS, processor_defaults
 from vitmech.loading.keymap import KeyMap, Rule, optional, rule
-from vitmech.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from vitmech.preprocessing import Preprocessing
 
 CLASS = "DINOv3ViTModel"
 
@@ -114,10 +114,7 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
 
 def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """DINOv3ViTImageProcessor defaults (a hub id or directory reads its own processor instead)."""
-    return Preprocessing(
-        image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
-        resize_mode="squash", crop_pct=1.0, source="DINOv3ViTImageProcessor defaults",
-    )  # fmt: skip
+    return processor_defaults("dinov3_vit", cfg.image_size, "DINOv3ViTImageProcessor defaults")
 
 
 FAMILY = Family(
