@@ -115,9 +115,7 @@ def plot_top_layers(
     for row in range(n):
         axes[row, 0].imshow(np.asarray(images[row]))
         axes[row, 0].set_axis_off()
-        axes[row, 0].set_title(
-            f"image {row}\n{ranking.region} area {float(ranking.area_share[row]):.2f}", fontsize=8
-        )
+        axes[row, 0].set_title(f"image {row}\n{ranking.region} area {float(ranking.area_share[row]):.2f}", fontsize=8)
         for col in range(k):
             layer = int(top[row, col])
             index = ranking.layers.index(layer)
