@@ -86,11 +86,12 @@ def unsupported(model: Any) -> list[str]:
             continue
         if (blk.gamma_1 is None) != (blk.gamma_2 is None):
             found.append(f"{where}: LayerScale on one sublayer only")
-        if type(blk.attn) is not EvaAttention:
-            found.append(f"{where}: attention {type(blk.attn).__name__}")
+        attn: Any = blk.attn  # typed by timm as its base class
+        if type(attn) is not EvaAttention:
+            found.append(f"{where}: attention {type(attn).__name__}")
         else:
             found += _timm.block_problems(blk, where, "scale_attn_inner")
-            if blk.attn.num_prefix_tokens != model.num_prefix_tokens:
+            if attn.num_prefix_tokens != model.num_prefix_tokens:
                 found.append(f"{where}: rotary prefix count differs from the model's prefix tokens")
         found += _timm.mlp_problems(blk.mlp, where, allow_norm=True)
     return found
