@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = x[torch.as_tensor(rows)]
     by_class = {}
     for which in ("true", "predicted"):
-        target = torch.as_tensor(top[which].to_numpy())
+        target = torch.tensor(top[which].to_numpy())
         by_class[which] = explain(
             model, chosen, methods, target, batch_size=args.batch_size, ig_steps=args.ig_steps, random_weights=m.random
         )
