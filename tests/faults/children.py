@@ -6,6 +6,7 @@ until done (or until the parent SIGKILLs it at a seeded random moment).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,6 +149,22 @@ def task_sweep(store: str, out: str, throttle: str = "0") -> None:
     ready()
     result = head_sweep(m, images, "kl_to_clean", batch_size=3, max_batch=3, store=store or None, progress=False)
     Path(out).write_text(json.dumps(sweep_table(result)))
+
+
+def task_stream_rank(store: str, rank: str, world: str, throttle: str = "0") -> None:
+    """The streamed sweep of `sweep_setup` as rank `rank` of `world` (collectives answered locally)."""
+    from vitmech.analysis import streaming
+    from vitmech.distributed import Ranks
+
+    streaming.current = lambda: Ranks(int(rank), int(world))
+    streaming.gather_objects = lambda obj: [obj] * int(world)
+    streaming.barrier = lambda: None
+    m, images = sweep_setup()
+    if float(throttle) > 0:
+        throttle_store_writes(float(throttle))
+    ready()
+    with contextlib.suppress(KeyError):  # this rank alone cannot build the table (the others' cells are missing)
+        streaming.stream_head_sweep(m, images, "kl_to_clean", store=store, batch_size=3, max_batch=3, progress=False)
 
 
 DATASET_SUMMARIES = ["smooth_round", "spiral", "edge_on_disk", "barred_spiral"] * 10  # 40 train rows, 12 test
