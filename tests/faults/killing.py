@@ -20,7 +20,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_child(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run `python -m tests.faults.children <args>` to the end."""
     return subprocess.run(
         [sys.executable, "-m", "tests.faults.children", *args],
@@ -49,7 +49,7 @@ def start_child(*args: str) -> subprocess.Popen:
     return proc
 
 
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 900) -> None:
     """Poll `condition` until it holds; RuntimeError if `proc` ends first or the time runs out."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -62,7 +62,7 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(0.01)
 
 
-def kill_at(delay: float, *args: str, when: Callable[[], bool] | None = None, timeout: float = 300) -> bool:
+def kill_at(delay: float, *args: str, when: Callable[[], bool] | None = None, timeout: float = 900) -> bool:
     """Start the child, wait for "ready" (and for `when()` to hold, if given: progress, not wall time, on a
     loaded machine), sleep `delay` seconds, SIGKILL it. True if it was killed before it finished (False: it
     completed first; a child that fails on its own raises)."""
