@@ -59,6 +59,42 @@ def test_help_is_fast_and_does_not_import_torch():
     assert seconds < 5.0, f"vitmech --help took {seconds:.2f} s (interpreter start included)"
 
 
+def test_every_subcommand_help_is_fast_and_does_not_import_torch():
+    """Each `vitmech COMMAND --help` in one fresh interpreter: builds the parser without torch, quickly."""
+    script = (
+        "import sys, time, json\n"
+        "from vitmech.cli import main\n"
+        "from vitmech.cli.commands import COMMANDS\n"
+        "seconds = {}\n"
+        "for name in COMMANDS:\n"
+        "    started = time.perf_counter()\n"
+        "    try:\n"
+        "        main([name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    seconds[name] = time.perf_counter() - started\n"
+        "    assert 'torch' not in sys.modules, f'{name} --help imported torch'\n"
+        "print(json.dumps(seconds), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seconds = json.loads(done.stderr.strip().splitlines()[-1])
+    assert set(seconds) == set(COMMANDS)
+    slow = {name: round(s, 2) for name, s in seconds.items() if s > 2.0}  # each takes ~0.01 s once loaded
+    assert not slow, f"--help too slow: {slow}"
+
+
+def test_align_flags_show_the_study_defaults():
+    """`vitmech align` keeps its flags torch-free by restating AlignmentStudyConfig's defaults: they agree."""
+    from vitmech.studies import align
+    from vitmech.studies.alignment import SHIPPED_MODELS, STUDY_TIERS, AlignmentStudyConfig
+
+    defaults = AlignmentStudyConfig()
+    assert align.SHIPPED_MODELS == SHIPPED_MODELS and align.STUDY_TIERS == STUDY_TIERS
+    assert align.DEFAULTS == {name: getattr(defaults, name) for name in align.DEFAULTS}
+    assert defaults.models == SHIPPED_MODELS and defaults.tiers == STUDY_TIERS
+
+
 def test_python_dash_m_vitmech_and_subcommand_help_show_defaults():
     done = subprocess.run(
         [sys.executable, "-m", "vitmech", "compare", "--help"],

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -550,79 +549,8 @@ def write_alignment_report(
 
 # ----------------------------------------------------------------------------------------- command line
 
-QUICK = {"model_list": ["vitmech/mini-pretrained"], "n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 8}
-"""`--quick`: one model (unless --model names others), a tiny budget: a smoke run of every phase."""
-
-
-def add_arguments(parser: Any) -> None:
-    """Flags of `vitmech align` / experiments/11_attention_alignment.py."""
-    from vitmech.cli.args import add_models, add_run
-
-    defaults = AlignmentStudyConfig()
-    add_models(parser, list(SHIPPED_MODELS), "model to fine-tune and measure; repeat for several")
-    parser.add_argument("--tiers", nargs="+", default=list(STUDY_TIERS), choices=STUDY_TIERS)
-    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="training galaxies (seed 0 stream)")
-    parser.add_argument("--n-eval", type=int, default=defaults.n_eval, help="held-out galaxies (seed 12345 stream)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of every tier")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--head-lr", type=float, default=defaults.head_lr)
-    parser.add_argument("--backbone-lr", type=float, default=defaults.backbone_lr)
-    parser.add_argument("--weight", type=float, default=1.0, help="lambda of the attention-supervised loss")
-    parser.add_argument("--map-source", default="cls", choices=["cls", "rollout"], help="supervised map")
-    parser.add_argument("--layers", type=int, nargs="+", default=[-1], help="supervised layers (source cls)")
-    parser.add_argument("--heads", type=int, nargs="+", default=None, help="supervised heads (default: all)")
-    parser.add_argument("--q", type=float, default=None, help="IoU's top fraction (default: the region's area)")
-    parser.add_argument("--resamples", type=int, default=defaults.n_resamples, help="bootstrap resamples")
-    add_run(parser, resumable=True)
-
-
-def run(args: Any) -> int:
-    """Run the study from parsed flags and write the report folder; with --resume the finished fine-tuning
-    runs in <out>/runs are reused (--restart deletes them)."""
-    from vitmech.cli.args import models_from
-    from vitmech.studies._common import error, models, start
-
-    names = models_from(args)
-    if args.quick and args.model:  # --quick names one shipped model unless the user gave --model
-        names = list(args.model)
-    try:
-        supervision = AttentionSupervision(
-            weight=args.weight,
-            source=args.map_source,
-            layers=tuple(args.layers),
-            heads=tuple(args.heads) if args.heads else None,
-        )
-        config = AlignmentStudyConfig(
-            models=tuple(names),
-            tiers=tuple(args.tiers),
-            n_train=args.n_train,
-            n_eval=args.n_eval,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            head_lr=args.head_lr,
-            backbone_lr=args.backbone_lr,
-            supervision=supervision,
-            q=args.q,
-            n_resamples=args.resamples,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        return int(error(args, str(err)) or 2)
-    out = start(args, resumable_parts=("runs",))
-    loaded = models(args, names)
-    study = run_alignment_study(
-        config, out / "runs", models=[(m.name, m.model) for m in loaded], progress=not args.no_progress
-    )
-    path = write_alignment_report(
-        study,
-        out,
-        command=f"vitmech align {' '.join(sys.argv[1:])}".strip(),
-        random_models=[m.name for m in loaded if m.random],
-    )
-    print(f"report: {path}")
-    print(study.comparisons[["model", "tier", "map", "iou_before", "iou_after", "delta_iou", "p_holm"]].to_string())
-    return 0
-
+# `vitmech align` lives in vitmech.studies.align (its --help imports no torch); re-exported here.
+from vitmech.studies.align import QUICK, add_arguments, run  # noqa: E402
 
 __all__ = [
     "QUICK",
