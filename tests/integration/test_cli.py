@@ -91,7 +91,7 @@ def test_align_flags_show_the_study_defaults():
 
     defaults = AlignmentStudyConfig()
     assert align.SHIPPED_MODELS == SHIPPED_MODELS and align.STUDY_TIERS == STUDY_TIERS
-    assert align.DEFAULTS == {name: getattr(defaults, name) for name in align.DEFAULTS}
+    assert {name: getattr(defaults, name) for name in align.DEFAULTS} == align.DEFAULTS
     assert defaults.models == SHIPPED_MODELS and defaults.tiers == STUDY_TIERS
 
 
