@@ -146,15 +146,76 @@ def test_every_command_has_a_quick_test():
     assert set(QUICK_RUNS) == set(COMMANDS)
 
 
+NO_MODEL = {"data", "models", "pretrain"}  # commands that load no model (pretrain trains its own from scratch)
+
+
+@pytest.fixture
+def weights_unavailable(monkeypatch):
+    """Every model asked with --random-init is treated as if its pretrained weights were missing: loaded as
+    usual but flagged random, exactly what `load_model` returns for a random-init fallback. Records every
+    saved figure and whether it carried the RANDOM WEIGHTS stamp when saved."""
+    from matplotlib.figure import Figure
+
+    import vitmech.cli.models as cli_models
+    from vitmech.viz.stamp import is_stamped
+
+    real_load = cli_models.load_model
+
+    def load(name, random_init=False, device=None):
+        loaded = real_load(name, random_init, device)
+        if random_init:
+            loaded.random, loaded.note = True, f"{cli_models.RANDOM_WEIGHTS} (--random-init)"
+        return loaded
+
+    saved: list[bool] = []
+    real_savefig = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(is_stamped(self))
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(cli_models, "load_model", load)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
 @pytest.mark.parametrize("command", list(QUICK_RUNS))
-def test_quick_run(command, tiny, tmp_path):
+def test_quick_run(command, tiny, tmp_path, weights_unavailable):
+    """Every subcommand's --quick run, with --random-init and its models' weights 'unavailable': the report
+    and every figure it saves are stamped RANDOM WEIGHTS (the text on the figure and the PNG's metadata)."""
+    from vitmech.viz.stamp import read_png_stamp
+
     out = tmp_path / "out"
-    code = run_command(command, [*QUICK_RUNS[command](tiny), "--quick", "--no-progress", "--out", str(out)])
+    flags = [*QUICK_RUNS[command](tiny), "--quick", "--no-progress", "--random-init", "--out", str(out)]
+    code = run_command(command, flags)
     assert code == 0
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files, f"{command} wrote nothing under --out"
     if command not in ("data", "models", "attention-check"):
         assert (out / "report.md").exists()
+    if command in NO_MODEL:
+        return
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+    figures = sorted(out.rglob("*.png"))
+    if command != "attention-check":  # the only study that draws no figure
+        assert figures and weights_unavailable, f"{command} saved no figure"
+    assert all(weights_unavailable), f"{command} saved {weights_unavailable.count(False)} unstamped figure(s)"
+    unstamped = [p.name for p in figures if not read_png_stamp(p)]
+    assert not unstamped, f"{command}: figures without the RANDOM WEIGHTS stamp: {unstamped}"
+
+
+def test_trained_weights_are_not_stamped(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vitmech.report import Report
+    from vitmech.viz.stamp import is_stamped, read_png_stamp
+
+    report = Report(tmp_path, "t")
+    fig, _ = plt.subplots()
+    report.add_figure("f", fig)
+    report.write()
+    assert not is_stamped(fig) and read_png_stamp(tmp_path / "f.png") is None
+    assert "RANDOM WEIGHTS" not in (tmp_path / "report.md").read_text()
 
 
 def test_the_output_folder_is_never_overwritten_without_force(tiny, tmp_path, monkeypatch):
@@ -273,6 +334,7 @@ def test_random_weights_are_stamped_on_report_figures_and_json(tmp_path):
     import matplotlib.pyplot as plt
 
     from vitmech.cli.outputs import StudyReport
+    from vitmech.viz.stamp import read_png_stamp
 
     report = StudyReport(tmp_path, "t", random_weights=["vit_tiny_patch16_224"])
     fig, _ = plt.subplots()
@@ -281,5 +343,6 @@ def test_random_weights_are_stamped_on_report_figures_and_json(tmp_path):
     report.add_json("j", {"x": 1})
     report.write()
     assert any(t.get_text() == "RANDOM WEIGHTS" for t in stamped.texts)
+    assert read_png_stamp(tmp_path / "f.png") == "vit_tiny_patch16_224"
     assert "RANDOM WEIGHTS" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "j.json").read_text())["random_weights"] == ["vit_tiny_patch16_224"]

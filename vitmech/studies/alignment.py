@@ -476,12 +476,9 @@ def write_alignment_report(
     from vitmech.viz.alignment import plot_delta_iou, plot_head_delta_grid, plot_iou_by_layer, plot_region_overlays
 
     config = study.config
-    report = Report(out_dir, title="Does fine-tuning move attention onto the annotated features?")
-    if random_models:
-        report.add_text(
-            f"**RANDOM WEIGHTS: {', '.join(random_models)} had no pretrained weights here; their attention means "
-            "nothing.**"
-        )
+    report = Report(  # random weights: said first in report.md and stamped on every figure
+        out_dir, title="Does fine-tuning move attention onto the annotated features?", random_weights=random_models
+    )
     report.add_text(
         f"- models: {', '.join(f'`{m}`' for m in config.models)}\n"
         f"- tiers: {', '.join(config.tiers)}, each {config.steps} steps of batch {config.batch_size} on "

@@ -56,13 +56,10 @@ def run(args: argparse.Namespace) -> int:
         changes["eap_method"] = args.method
     config = PatchingStudyConfig.quick(**changes) if args.quick else PatchingStudyConfig(**changes)
     try:
-        summary = run_patching_study(config, out, model=loaded[0].model)
+        summary = run_patching_study(
+            config, out, model=loaded[0].model, random_weights=[m.name for m in loaded if m.random]
+        )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    if loaded[0].random:
-        text = (out / "report.md").read_text()
-        (out / "report.md").write_text(
-            "> **RANDOM WEIGHTS** (--random-init): nothing here describes a trained model.\n\n" + text
-        )
     print(f"{summary_line(summary)}; report: {out / 'report.md'}")
     return 0
