@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers.models import tiny_model
@@ -147,59 +149,86 @@ def test_every_command_has_a_quick_test():
 
 
 NO_MODEL = {"data", "models", "pretrain"}  # commands that load no model (pretrain trains its own from scratch)
+NO_FIGURES = {"attention-check", "finetune", "finetune-chirp"}  # reports of tables and text only
+NO_DEVICE = {"data", "models"}  # commands that run no model: no --device flag
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU machine checks real moves
+
+
+@dataclass
+class Spies:
+    saved: list[bool] = field(default_factory=list)  # per saved figure: stamped RANDOM WEIGHTS?
+    load_devices: list[object] = field(default_factory=list)  # the device each load_model call was given
+    forwards: list[tuple[str, str]] = field(default_factory=list)  # (input device, model device) per forward
 
 
 @pytest.fixture
-def weights_unavailable(monkeypatch):
+def spies(monkeypatch):
     """Every model asked with --random-init is treated as if its pretrained weights were missing: loaded as
     usual but flagged random, exactly what `load_model` returns for a random-init fallback. Records every
-    saved figure and whether it carried the RANDOM WEIGHTS stamp when saved."""
+    saved figure (stamped when saved?), the device every model load is given, and the device of every
+    forward pass's input against the model's own."""
     from matplotlib.figure import Figure
 
     import vitmech.cli.models as cli_models
+    from vitmech import HookedViT
     from vitmech.viz.stamp import is_stamped
 
-    real_load = cli_models.load_model
+    found = Spies()
+    real_load, real_savefig, real_forward = cli_models.load_model, Figure.savefig, HookedViT.forward
 
     def load(name, random_init=False, device=None):
+        found.load_devices.append(device)
         loaded = real_load(name, random_init, device)
         if random_init:
             loaded.random, loaded.note = True, f"{cli_models.RANDOM_WEIGHTS} (--random-init)"
         return loaded
 
-    saved: list[bool] = []
-    real_savefig = Figure.savefig
-
     def savefig(self, *args, **kwargs):
-        saved.append(is_stamped(self))
+        found.saved.append(is_stamped(self))
         return real_savefig(self, *args, **kwargs)
+
+    def forward(self, x, *args, **kwargs):
+        found.forwards.append((str(x.device), str(self.device)))
+        return real_forward(self, x, *args, **kwargs)
 
     monkeypatch.setattr(cli_models, "load_model", load)
     monkeypatch.setattr(Figure, "savefig", savefig)
-    return saved
+    monkeypatch.setattr(HookedViT, "forward", forward)
+    return found
 
 
 @pytest.mark.parametrize("command", list(QUICK_RUNS))
-def test_quick_run(command, tiny, tmp_path, weights_unavailable):
+def test_quick_run(command, tiny, tmp_path, spies):
     """Every subcommand's --quick run, with --random-init and its models' weights 'unavailable': the report
-    and every figure it saves are stamped RANDOM WEIGHTS (the text on the figure and the PNG's metadata)."""
+    and every figure it saves are stamped RANDOM WEIGHTS (the text on the figure and the PNG's metadata).
+    With --device, every model is loaded onto that device and every forward pass gets its input there
+    (on a CUDA machine DEVICE is "cuda", so inputs left on the CPU fail here)."""
     from vitmech.viz.stamp import read_png_stamp
 
     out = tmp_path / "out"
     flags = [*QUICK_RUNS[command](tiny), "--quick", "--no-progress", "--random-init", "--out", str(out)]
+    if command not in NO_DEVICE:
+        flags += ["--device", DEVICE]
     code = run_command(command, flags)
     assert code == 0
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files, f"{command} wrote nothing under --out"
     if command not in ("data", "models", "attention-check"):
         assert (out / "report.md").exists()
+    if command not in NO_DEVICE:
+        assert all(device == DEVICE for device in spies.load_devices), spies.load_devices
+        assert spies.forwards, f"{command} ran no model"
+        assert {model for _, model in spies.forwards} == {str(torch.device(DEVICE, 0) if DEVICE == "cuda" else DEVICE)}
+        misplaced = [f for f in spies.forwards if f[0] != f[1]]
+        assert not misplaced, f"{command}: inputs not on the model's device: {misplaced[:3]}"
     if command in NO_MODEL:
         return
+    assert spies.load_devices, f"{command} loaded no model through the shared loader"
     assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
     figures = sorted(out.rglob("*.png"))
-    if command != "attention-check":  # the only study that draws no figure
-        assert figures and weights_unavailable, f"{command} saved no figure"
-    assert all(weights_unavailable), f"{command} saved {weights_unavailable.count(False)} unstamped figure(s)"
+    if command not in NO_FIGURES:
+        assert figures and spies.saved, f"{command} saved no figure"
+    assert all(spies.saved), f"{command} saved {spies.saved.count(False)} unstamped figure(s)"
     unstamped = [p.name for p in figures if not read_png_stamp(p)]
     assert not unstamped, f"{command}: figures without the RANDOM WEIGHTS stamp: {unstamped}"
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=None, help="counterfactual pairs (16; 2 with --quick)")
     parser.add_argument("--method", choices=("eap", "eap-ig"), default=None, help="edge scores (eap-ig)")
     parser.add_argument("--faithfulness", type=float, default=0.8, help="target faithfulness of the circuit")
-    add_run(parser, device=False)
+    add_run(parser)
 
 
 def run(args: argparse.Namespace) -> int:
