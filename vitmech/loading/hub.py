@@ -46,9 +46,9 @@ def _hub_error(repo_id: str, err: Exception) -> HubError:
     return HubError(f"{where}: the hub is unreachable ({type(err).__name__}: {err}); check the network or HF_ENDPOINT")
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
+def _connection_errors() -> tuple[type[Exception], ...]:
     """Exception types meaning "no connection", for the HTTP client this huggingface_hub uses."""
-    kinds: list[type[BaseException]] = [OSError, TimeoutError]
+    kinds: list[type[Exception]] = [OSError, TimeoutError]
     try:
         import httpx
 
@@ -92,7 +92,12 @@ def push_to_hub(
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in TRUE_VALUES:
         raise _hub_error(repo_id, OfflineModeIsEnabled("HF_HUB_OFFLINE is set"))
     api = HfApi(token=token)
-    failures = (LocalTokenNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, *_connection_errors())
+    failures: tuple[type[Exception], ...] = (
+        LocalTokenNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        *_connection_errors(),
+    )
     with tempfile.TemporaryDirectory(prefix="vitmech-push-") as tmp:
         folder = Path(tmp) / "model"
         if format == "vitmech":
