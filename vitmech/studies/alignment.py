@@ -546,13 +546,9 @@ def write_alignment_report(
 
 # ----------------------------------------------------------------------------------------- command line
 
-# `vitmech align` lives in vitmech.studies.align (its --help imports no torch); re-exported here.
-from vitmech.studies.align import QUICK, add_arguments, run  # noqa: E402
+# `vitmech align` lives in vitmech.studies.align (its --help imports no torch).
 
 __all__ = [
-    "QUICK",
-    "add_arguments",
-    "run",
     "PRIMARY_MAPS",
     "SHIPPED_MODELS",
     "STUDY_TIERS",
