@@ -93,10 +93,11 @@ def test_every_subcommand_help_is_fast_and_does_not_import_torch():
 def test_align_flags_show_the_study_defaults():
     """`vitmech align` keeps its flags torch-free by restating AlignmentStudyConfig's defaults: they agree."""
     from vitmech.studies import align
-    from vitmech.studies.alignment import SHIPPED_MODELS, STUDY_TIERS, AlignmentStudyConfig
+    from vitmech.studies.alignment import SHIPPED_MODELS, STUDY_DATA, STUDY_TIERS, AlignmentStudyConfig
 
     defaults = AlignmentStudyConfig()
     assert align.SHIPPED_MODELS == SHIPPED_MODELS and align.STUDY_TIERS == STUDY_TIERS
+    assert align.STUDY_DATA == STUDY_DATA and defaults.data == "galaxies"
     assert {name: getattr(defaults, name) for name in align.DEFAULTS} == align.DEFAULTS
     assert defaults.models == SHIPPED_MODELS and defaults.tiers == STUDY_TIERS
 
@@ -145,6 +146,8 @@ QUICK_RUNS = {
     "data": lambda t: [],
     "models": lambda t: ["--pages"],
     "align": lambda t: ["--model", str(t / "before")],
+    "explain": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
+    "misclassified": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
 }
 
 

@@ -13,18 +13,19 @@ This module imports no torch, so `vitmech align --help` is fast; its defaults ar
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 SHIPPED_MODELS = ("vitmech/mini-pretrained", "vitmech/mini-galaxy", "vitmech/mini-chirp", "vitmech/mini-chirp-full")
 STUDY_TIERS = ("linear_probe", "lora", "full", "attention_supervised")
+STUDY_DATA = ("galaxies", "chirps")
 DEFAULTS: dict[str, Any] = dict(
     n_train=320, n_eval=64, steps=40, batch_size=16, head_lr=1e-3, backbone_lr=3e-4, n_resamples=10_000
 )
 """AlignmentStudyConfig's defaults, as the flags show them (tests/integration/test_cli.py checks they agree)."""
 
-QUICK = {"model_list": ["vitmech/mini-pretrained"], "n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 8}
-"""`--quick`: one model (unless --model names others), a tiny budget: a smoke run of every phase."""
+QUICK = {"n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 8}
+"""`--quick`: one model (QUICK_MODELS, unless --model names others), a tiny budget: a smoke run of every phase."""
+QUICK_MODELS: dict[str, str] = {"galaxies": "vitmech/mini-pretrained", "chirps": "vitmech/mini-chirp"}
 
 
 def add_arguments(parser: Any) -> None:
@@ -33,8 +34,15 @@ def add_arguments(parser: Any) -> None:
 
     add_models(parser, list(SHIPPED_MODELS), "model to fine-tune and measure; repeat for several")
     parser.add_argument("--tiers", nargs="+", default=list(STUDY_TIERS), choices=STUDY_TIERS)
-    parser.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], help="training galaxies (seed 0 stream)")
-    parser.add_argument("--n-eval", type=int, default=DEFAULTS["n_eval"], help="held-out galaxies (seed 12345 stream)")
+    parser.add_argument(
+        "--data",
+        default="galaxies",
+        choices=STUDY_DATA,
+        help="annotated images: synthetic galaxies (bar / arms / bulge masks; tested region: their union) or "
+        "chirp spectrogram figures (chirp / text / axis / colorbar boxes; tested region: the chirp track)",
+    )
+    parser.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], help="training images (seed 0 stream)")
+    parser.add_argument("--n-eval", type=int, default=DEFAULTS["n_eval"], help="held-out images (seed 12345 stream)")
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps of every tier")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--head-lr", type=float, default=DEFAULTS["head_lr"])
@@ -55,10 +63,11 @@ def run(args: Any) -> int:
     from vitmech.studies._common import error, models, start
     from vitmech.studies.alignment import AlignmentStudyConfig, run_alignment_study, write_alignment_report
     from vitmech.train.attention_supervision import AttentionSupervision
+    from vitmech.train.cards import command_line
 
     names = models_from(args)
-    if args.quick and args.model:  # --quick names one shipped model unless the user gave --model
-        names = list(args.model)
+    if args.quick and not (args.model or args.model_list):  # --quick: one shipped model unless --model is given
+        names = [QUICK_MODELS[args.data]]
     try:
         supervision = AttentionSupervision(
             weight=args.weight,
@@ -69,6 +78,7 @@ def run(args: Any) -> int:
         config = AlignmentStudyConfig(
             models=tuple(names),
             tiers=tuple(args.tiers),
+            data=args.data,
             n_train=args.n_train,
             n_eval=args.n_eval,
             steps=args.steps,
@@ -90,7 +100,7 @@ def run(args: Any) -> int:
     path = write_alignment_report(
         study,
         out,
-        command=f"vitmech align {' '.join(sys.argv[1:])}".strip(),
+        command=command_line(),
         random_models=[m.name for m in loaded if m.random],
     )
     print(f"report: {path}")
