@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = study_report(out, f"Misclassified images: {names[0]}", [m])
     report.add_text(f"{model_lines([m])}\n- images: {data.note}\n- methods: {', '.join(methods)}")
-    confusion = confusion_matrix(labels, logits.argmax(-1), n_classes)
+    confusion = confusion_matrix(torch.as_tensor(labels), logits.argmax(-1), n_classes)
     accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
     labels_text = [name_of(i) for i in range(n_classes)]
     report.add_table(
@@ -150,7 +150,6 @@ def run(args: argparse.Namespace) -> int:
             rgb,
             {"true class": by_class["true"], "predicted class": by_class["predicted"]},
             row_titles=titles,
-            stamp=False if report.random_weights else None,
         ),
         caption="The most confidently misclassified images (true -> predicted, confidence): each method's map "
         "for the true class and for the predicted class; one colour scale per column.",
