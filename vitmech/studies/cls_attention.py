@@ -33,36 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vitmech.analysis.attention import AttentionSettings
-    from vitmech.analysis.compare import ModelComparison, prepare_images, summarize_attention
-    from vitmech.cli.args import models_from
-    from vitmech.cli.inputs import load_images
+    from vitmech.analysis.compare import ModelComparison, prepare_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import model_lines, models, slug, start
+    from vitmech.studies._attention import attention_study_inputs, summarize_models
+    from vitmech.studies._common import model_lines, slug
     from vitmech.viz import attention as viz
 
-    out = start(args)
-    names = models_from(args)
-    loaded = models(args, names, comparable=True)
-    source = load_images(args)
+    out, loaded, source = attention_study_inputs(args)
+    names = [m.name for m in loaded]
     images = source.images
     if not 0 <= args.example_image < len(images):
         args.parser.error(f"--example-image must be in [0, {len(images)})")
     settings = AttentionSettings(renormalise=not args.raw_cls, k=args.top_k)
-    with torch.no_grad():
-        summaries = [
-            summarize_attention(
-                m.model,
-                images,
-                name=m.name,
-                settings=settings,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-            for m in loaded
-        ]
+    summaries = summarize_models(args, loaded, images, settings)
     report = study_report(out, "CLS attention by layer", loaded)
     report.add_text(f"{model_lines(loaded)}\n- images: {source.note}\n- settings: {settings.to_dict()}")
     k = settings.k
