@@ -48,7 +48,15 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis import compare as _compare
 from vitmech.analysis.ablation.estimates import HeadEstimates, estimate_head_effects
-from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
+from vitmech.analysis.ablation.heads import (
+    Cell,
+    HeadsLike,
+    all_heads,
+    head_label,
+    heads_per_layer,
+    make_cell,
+    make_cells,
+)
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
@@ -56,8 +64,7 @@ from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store
 from vitmech.analysis.ablation.sweep import (
     CellLike,
     Engine,
-    _as_cells,
-    _sweep_batch,
+    _CellSweep,
     _table,
     batch_bounds,
     plan_chunks,
@@ -65,7 +72,6 @@ from vitmech.analysis.ablation.sweep import (
 from vitmech.analysis.attention import AttentionSettings, attention_metrics, collect_patterns, resolve_layers
 from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
 from vitmech.analysis.rollout import RolloutSettings
-from vitmech.analysis.stats import holm, paired_comparison
 from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
@@ -548,30 +554,6 @@ class StreamedComparison(_compare.ModelComparison):
     before: StreamedSummary  # type: ignore[assignment]
     after: StreamedSummary  # type: ignore[assignment]
 
-    def locality_table(self) -> pd.DataFrame:
-        """Mean attention distance (px) by layer: before, after, change, paired t-test per layer (Holm)."""
-        import pandas as pd
-
-        before, after = self.before.layer_distance, self.after.layer_distance
-        tests = [paired_comparison(before[:, i], after[:, i]) for i in range(before.shape[1])]
-        adjusted = holm([t.p for t in tests])
-        return pd.DataFrame(
-            [
-                {
-                    "layer": layer,
-                    "distance_before_px": t.mean_before,
-                    "distance_after_px": t.mean_after,
-                    "change_px": t.mean_change,
-                    "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _compare._direction(t.mean_change, "more local", "more global", p),
-                    "p": t.p,
-                    "p_holm": p,
-                    "cohens_dz": t.cohens_dz,
-                }
-                for layer, t, p in zip(self.before.metrics.layers, tests, adjusted)
-            ]
-        )
-
 
 class _SummaryAccumulator:
     def __init__(self) -> None:
@@ -840,7 +822,7 @@ def stream_ablation_sweep(
     metric.check_model(model)
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    cells = _as_cells(model, cells)
+    cells = make_cells(model, cells)
     chunks = (
         plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
     )
@@ -859,9 +841,9 @@ def stream_ablation_sweep(
                 "must load the same weights and read the same images"
             )
         sink = ShardedStore(store, key, settings, ranks)
-    weight_cache: dict = {}
     n_batches = 0
     bar = tqdm(desc=f"{ablation.name} ablation, {metric.name}", unit="cell", disable=not progress or not ranks.is_main)
+    sweep = _CellSweep(model, cells, metric, ablation, engine, sink, bar)
     for batch in iter_batches(
         source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch
     ):
@@ -878,20 +860,7 @@ def stream_ablation_sweep(
                 f"{batch.index} has {pixels.shape[0]}"
             )
         with forward_precision(precision, model.device):
-            _sweep_batch(
-                model,
-                pixels,
-                batch.targets_on(model),
-                batch.index,
-                cells,
-                pending,
-                metric,
-                ablation,
-                engine,
-                sink,
-                bar,
-                weight_cache,
-            )
+            sweep.run_batch(pixels, batch.targets_on(model), batch.index, pending)
     bar.close()
     if n_batches == 0:
         raise BatchSourceError("the batch source yielded no images")
