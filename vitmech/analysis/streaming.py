@@ -48,27 +48,12 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis import compare as _compare
 from vitmech.analysis.ablation.estimates import HeadEstimates, estimate_head_effects
-from vitmech.analysis.ablation.heads import (
-    Cell,
-    HeadsLike,
-    all_heads,
-    head_label,
-    heads_per_layer,
-    make_cell,
-    make_cells,
-)
+from vitmech.analysis.ablation.heads import HeadsLike, heads_per_layer, make_cells, single_head_cells
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store_line, store_files
-from vitmech.analysis.ablation.sweep import (
-    CellLike,
-    Engine,
-    _CellSweep,
-    _table,
-    batch_bounds,
-    plan_chunks,
-)
+from vitmech.analysis.ablation.sweep import CellLike, Engine, _CellSweep, _table, batch_bounds, plan_chunks
 from vitmech.analysis.attention import AttentionSettings, attention_metrics, collect_patterns, resolve_layers
 from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
 from vitmech.analysis.rollout import RolloutSettings
@@ -893,10 +878,7 @@ def stream_head_sweep(
 ) -> HeadSweepResult:
     """Each head ablated on its own (all heads, the heads of `layers`, or `heads`), streamed as
     `stream_ablation_sweep` (same keyword options)."""
-    if heads is not None and layers is not None:
-        raise ValueError("give heads or layers, not both")
-    chosen = all_heads(model, layers) if heads is None else list(make_cell(model, heads).heads)
-    cells = [Cell(head_label(h), (h,)) for h in chosen]
+    cells = single_head_cells(model, heads, layers)
     table = stream_ablation_sweep(model, source, cells, metric, ablation, **kwargs)
     return HeadSweepResult(**vars(table), heads_per_layer=heads_per_layer(model))
 

@@ -29,15 +29,7 @@ from tqdm.auto import tqdm
 
 from vitmech.analysis.ablation._recompute import run_clean, run_variants
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError, MetricError
-from vitmech.analysis.ablation.heads import (
-    Cell,
-    HeadsLike,
-    all_heads,
-    head_label,
-    heads_per_layer,
-    make_cell,
-    make_cells,
-)
+from vitmech.analysis.ablation.heads import Cell, HeadsLike, heads_per_layer, make_cell, make_cells, single_head_cells
 from vitmech.analysis.ablation.interventions import (
     AblationLike,
     BoundAblation,
@@ -341,12 +333,7 @@ def head_sweep(
     Returns a HeadSweepResult: `to_frame()` has layer, head, clean, ablated, delta, pct_change,
     delta_se; `grid(value)` is the [n_layers, n_heads] array of the paper's heatmap.
     """
-    if heads is not None and layers is not None:
-        raise AblationError("give heads or layers, not both")
-    chosen = all_heads(model, layers) if heads is None else list(make_cell(model, heads).heads)
-    if not chosen:
-        raise AblationError("no heads to sweep")
-    cells = [Cell(head_label(h), (h,)) for h in chosen]
+    cells = single_head_cells(model, heads, layers)
     table = ablation_sweep(
         model,
         images,
