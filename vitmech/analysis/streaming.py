@@ -53,14 +53,22 @@ from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablati
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
 from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store_line, store_files
-from vitmech.analysis.ablation.sweep import CellLike, Engine, _CellSweep, _table, batch_bounds, plan_chunks
+from vitmech.analysis.ablation.sweep import (
+    CellLike,
+    Engine,
+    _CellSweep,
+    _table,
+    batch_bounds,
+    plan_chunks,
+    sweep_settings,
+)
 from vitmech.analysis.attention import AttentionSettings, attention_metrics, collect_patterns, resolve_layers
 from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
 from vitmech.analysis.rollout import RolloutSettings
 from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
-from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.fingerprint import settings_fingerprint, tensor_fingerprint
 from vitmech.tokens import TokenLayout, token_layout
 
 if TYPE_CHECKING:
@@ -759,20 +767,18 @@ def _sweep_settings(
             if first is None:
                 raise BatchSourceError("the batch source is empty")
             data_key = f"{tensor_fingerprint(first.pixels(model), first.targets)}:{count_images(source)}"
-    return {
-        "model": module_fingerprint(model),
-        "model_config": model.cfg.to_dict(),
-        "data": data_key,
-        "metric": metric.key(),
-        "output": metric.output,
-        "ablation": ablation.key(),
-        "cells": [c.to_dict() for c in cells],
-        "batch_size": batch_size,
-        "max_batch": max_batch,
-        "engine": engine,
-        "precision": precision,
-        "dtype": str(model.dtype),
-    }
+    return sweep_settings(
+        model,
+        data_key,
+        metric,
+        ablation,
+        cells,
+        batch_size,
+        max_batch,
+        engine,
+        precision=precision,
+        dtype=str(model.dtype),
+    )
 
 
 def stream_ablation_sweep(
@@ -932,18 +938,14 @@ def stream_head_estimates(
     n = sum(p["n"] for p in parts)
     if n == 0:
         raise BatchSourceError("the batch source yielded no images")
-    attribution = np.sum([np.asarray(p["attribution"], dtype=np.float64) for p in parts], axis=0) / n
-    michel = np.sum([np.asarray(p["michel"], dtype=np.float64) for p in parts], axis=0) / n
-    if normalize_michel:
-        michel = michel / np.clip(np.linalg.norm(michel, axis=1, keepdims=True), 1e-30, None)
-    return HeadEstimates(
-        attribution=attribution,
-        michel=michel,
-        clean=math.fsum(p["clean"] for p in parts) / n,
-        n_examples=n,
-        metric=metric.to_dict(),
-        ablation=ablation.to_dict(),
-        michel_normalized=normalize_michel,
+    return HeadEstimates.from_sums(
+        np.sum([np.asarray(p["attribution"], dtype=np.float64) for p in parts], axis=0),
+        np.sum([np.asarray(p["michel"], dtype=np.float64) for p in parts], axis=0),
+        math.fsum(p["clean"] for p in parts),
+        n,
+        metric,
+        ablation,
+        normalize_michel,
     )
 
 

@@ -163,6 +163,34 @@ def _table(
     )
 
 
+def sweep_settings(
+    model: HookedViT,
+    data_key: str,
+    metric: Metric,
+    ablation: HeadAblation,
+    cells: Sequence[Cell],
+    batch_size: int,
+    max_batch: int,
+    engine: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything that determines a sweep's results (the model's weights and config, the data's fingerprint
+    `data_key`, metric, ablation, cells, batching, engine, and `extra`), hashed into its store's key."""
+    return {
+        "model": module_fingerprint(model),
+        "model_config": model.cfg.to_dict(),
+        "data": data_key,
+        "metric": metric.key(),
+        "output": metric.output,
+        "ablation": ablation.key(),
+        "cells": [c.to_dict() for c in cells],
+        "batch_size": batch_size,
+        "max_batch": max_batch,
+        "engine": engine,
+        **extra,
+    }
+
+
 def _open_store(
     store,
     model,
@@ -184,20 +212,18 @@ def _open_store(
             "could be mixed up with another metric's: pass metric_from_function(fn, name='unique-name') "
             "or a Metric with a unique name"
         )
-    settings = {
-        "model": module_fingerprint(model),
-        "model_config": model.cfg.to_dict(),
-        "data": tensor_fingerprint(images, targets),
-        "n_images": images.shape[0],
-        "metric": metric.key(),
-        "output": metric.output,
-        "ablation": ablation.key(),
-        "cells": [c.to_dict() for c in cells],
-        "batch_size": batch_size,
-        "max_batch": max_batch,
-        "engine": engine,
-        "dtype": str(images.dtype),
-    }
+    settings = sweep_settings(
+        model,
+        tensor_fingerprint(images, targets),
+        metric,
+        ablation,
+        cells,
+        batch_size,
+        max_batch,
+        engine,
+        n_images=images.shape[0],
+        dtype=str(images.dtype),
+    )
     return JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
 
 
