@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 TIERS = ("linear_probe", "lora", "full")  # vitmech.train.TIERS, without importing torch for --help
 
@@ -76,7 +77,7 @@ def training_plan(
     args: argparse.Namespace,
     train: Any,
     *,
-    augment: str | None,
+    augment: Literal["hflip", "dihedral"] | None,
     lora_targets: tuple[str, ...] | None = None,
 ) -> tuple[int, Any, Any, Any, Any]:
     """(steps, tier, training config, probe config or None, probe training subset or None) from the flags
@@ -86,12 +87,9 @@ def training_plan(
     from vitmech.train import LoRAConfig, TierConfig, TrainConfig
 
     steps = args.steps or max(1, math.ceil(args.epochs * len(train) / args.batch_size))
-    lora = LoRAConfig(
-        rank=args.lora_rank,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
-        **({} if lora_targets is None else {"targets": lora_targets}),
-    )
+    lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+    if lora_targets is not None:
+        lora = replace(lora, targets=lora_targets)
     tier = TierConfig(
         args.tier, head_lr=args.head_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay, lora=lora
     )
@@ -120,7 +118,7 @@ def fine_tune_and_save(
     splits: tuple[Any, Any, Any],
     base_card: dict[str, Any],
     *,
-    augment: str | None,
+    augment: Literal["hflip", "dihedral"] | None,
     lora_targets: tuple[str, ...] | None = None,
     started: tuple[float, float],
     progress: bool,
