@@ -151,8 +151,11 @@ class Report:
         atomic_write_text(self._staging / "report.md", body)
         files = [*self._artifacts, "report.md"]
         index = self.directory / INDEX
+        previous = self._previous_files()
         index.unlink(missing_ok=True)  # the folder is in flux until the new index is written
         fsync_dir(self.directory)
+        for name in sorted(previous - set(files)):  # the previous run's files this run does not replace
+            (self.directory / name).unlink(missing_ok=True)
         for name in files:
             os.replace(self._staging / name, self.directory / name)
         fsync_dir(self.directory)
@@ -168,6 +171,17 @@ class Report:
         md = self.directory / "report.md"
         logger.info("report written to %s", md)
         return md
+
+    def _previous_files(self) -> set[str]:
+        """The files the folder's current index.json lists (none if it has no readable index)."""
+        try:
+            payload = json.loads((self.directory / INDEX).read_text())
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(payload, dict):
+            return set()
+        names = {*payload.get("files", []), *payload.get("manifest", {}), "report.md"}
+        return {n for n in names if isinstance(n, str) and n == Path(n).name and not n.startswith(".")}
 
 
 def verify_report(directory: str | Path) -> dict[str, Any]:
