@@ -456,7 +456,7 @@ def stream_attention_metrics(
         with torch.no_grad(), forward_precision(precision, model.device):
             patterns = collect_patterns(model, pixels, layers=layers, batch_size=pixels.shape[0], progress=False)
         metrics = attention_metrics(
-            _at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers, layout=token_layout(model)
+            _at_least_float32(patterns), model, settings, layers=layers, layout=token_layout(model)
         )
         del patterns
         for name, values in metrics.head_metrics().items():

@@ -22,6 +22,17 @@ def models(args: argparse.Namespace, names: list[str], comparable: bool = False)
     return load_models(names, random_init=args.random_init, device=getattr(args, "device", None), comparable=comparable)
 
 
+def device(args: argparse.Namespace) -> Any:
+    """The torch.device of --device (None: CUDA when present, else the CPU); one clear line when unusable."""
+    from vitmech.device import resolve_device
+    from vitmech.errors import RuntimeSettingError
+
+    try:
+        return resolve_device(getattr(args, "device", None))
+    except RuntimeSettingError as err:
+        raise SystemExit(f"error: --device: {err}") from None
+
+
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
