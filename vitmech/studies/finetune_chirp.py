@@ -22,6 +22,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from vitmech.cli.args import PRETRAINED, add_models, add_run  # noqa: E402
+from vitmech.studies._common import NOT_LAUNCHED  # noqa: E402
+
+LAUNCH = NOT_LAUNCHED
+LAUNCH_NOTE = "training in several processes, DistributedDataParallel, is not supported"
 
 QUICK = {"n_train": 8, "n_val": 2, "n_test": 4, "steps": 2, "batch_size": 4, "probe_steps": 2}
 TIERS = ("linear_probe", "lora", "full")
