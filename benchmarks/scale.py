@@ -14,8 +14,11 @@ Sections (the last line printed is one JSON object with every ratio):
    Ratio: time with 1 process / time with 2 (the speed-up), and whether the two results are identical.
 3. Precision: bf16 against float32 on the CPU for ViT-B/16 shapes (timm's initialisation, random weights:
    attention is nearly uniform, so this is a lower bound on what trained weights show).
-4. GPU (only when CUDA is present): ViT-B/16 on the GPU, against timm on the same GPU: HookedViT forward,
-   `run_with_cache`, the exact 144-head sweep per image, streamed attention metrics per image, fp32 and bf16.
+4. GPU (only when CUDA is present; skipped with a line saying so otherwise): ViT-B/16 on the GPU, against
+   timm on the same GPU (TF32 off, so fp32 is fp32 on both sides): HookedViT forward, `run_with_cache`, the
+   exact 144-head sweep per image, streamed attention metrics per image, fp32 and bf16; and peak GPU memory
+   (`torch.cuda.max_memory_allocated`) and time per image of the streamed attention metrics as the number
+   of images grows (`--gpu-sizes`, 224 px seeded images, batch 64). Ratio: peak at the largest size / at 256.
 """
 
 from __future__ import annotations
@@ -225,20 +228,33 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def gpu_section(batch: int = 64, sweep_images: int = 32, repeats: int = 5) -> dict:
+def gpu_section(
+    sizes: list[int],
+    batch: int = 64,
+    sweep_images: int = 32,
+    repeats: int = 5,
+    device: str = "cuda",
+    model_name: str = "vit_base_patch16_224",
+) -> dict:
     import timm
 
     from vitmech import HookedViT
     from vitmech.analysis.streaming import stream_attention_metrics, stream_head_sweep
     from vitmech.device import forward_precision
 
-    device = torch.device("cuda")
-    timm_model = timm.create_model("vit_base_patch16_224", pretrained=False).eval().to(device)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (cuDNN convolutions default to TF32)
+    torch.backends.cudnn.allow_tf32 = False
+    timm_model = timm.create_model(model_name, pretrained=False).eval().to(device)
     hooked = HookedViT.from_timm(timm_model).to(device).eval()
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    size = hooked.cfg.image_size
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     out: dict[str, float] = {"gpu": torch.cuda.get_device_name()}  # type: ignore[dict-item]
     with torch.no_grad():
-        assert (hooked(x) - timm_model(x)).abs().max() <= 1e-3, "HookedViT differs from timm on the GPU"
+        reference = timm_model(x)
+        error = float((hooked(x) - reference).abs().max())
+        assert error <= 1e-4 * max(1.0, float(reference.abs().max())), (
+            f"HookedViT differs from timm on the GPU: {error}"
+        )
         for precision in ("fp32", "bf16"):
             with forward_precision(precision, device):
                 t_timm = _time(lambda: timm_model(x), repeats)
@@ -280,7 +296,23 @@ def gpu_section(batch: int = 64, sweep_images: int = 32, repeats: int = 5) -> di
         )
         out[f"{precision}_sweep144_per_image_over_timm_forward"] = round(t_sweep / t_timm, 2)
         out[f"{precision}_metrics_per_image_over_timm_forward"] = round(t_metrics / t_timm, 2)
-    print("4. GPU, ViT-B/16: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    peaks, per_image = {}, {}
+    for n in sizes:  # streamed metrics over n images generated on the fly: GPU memory must stay flat
+        loader = DataLoader(SeededImages(n, hooked.cfg.image_size), batch_size=batch)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        metrics = stream_attention_metrics(hooked, loader, batch_size=batch, progress=False)
+        torch.cuda.synchronize()
+        per_image[n] = (time.perf_counter() - start) / n
+        peaks[n] = torch.cuda.max_memory_allocated() / 2**20
+        assert metrics.n_images == n
+    base, top = (256 if 256 in peaks else sizes[0]), sizes[-1]
+    out["gpu_sizes"] = sizes  # type: ignore[assignment]
+    out["gpu_metrics_peak_mib"] = [round(peaks[n], 1) for n in sizes]  # type: ignore[assignment]
+    out["gpu_metrics_ms_per_image"] = [round(1e3 * per_image[n], 3) for n in sizes]  # type: ignore[assignment]
+    out[f"gpu_metrics_peak_{top}_over_{base}"] = round(peaks[top] / peaks[base], 3)
+    print(f"4. GPU, {model_name}: " + ", ".join(f"{k} {v}" for k, v in out.items()))
     return out
 
 
@@ -290,6 +322,7 @@ def main() -> int:
     parser.add_argument("--dist-images", type=int, default=1024, help="images for section 2")
     parser.add_argument("--no-dist", action="store_true", help="skip section 2")
     parser.add_argument("--no-precision", action="store_true", help="skip section 3")
+    parser.add_argument("--gpu-sizes", default="256,1024,4096", help="numbers of images for section 4's memory")
     parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dist-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -309,7 +342,7 @@ def main() -> int:
     if not args.no_precision:
         result.update(precision_section())
     if torch.cuda.is_available():
-        result.update(gpu_section())
+        result.update(gpu_section([int(s) for s in args.gpu_sizes.split(",")]))
     else:
         print("4. GPU: skipped (no CUDA device)")
     result["load_average_1min_end"] = round(os.getloadavg()[0], 2)

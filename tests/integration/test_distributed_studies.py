@@ -28,7 +28,7 @@ from vitmech.cli import run_command
 ROOT = Path(__file__).resolve().parents[2]
 # fork: the ranks inherit the imported modules (a fresh interpreter spends seconds importing torch)
 START = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-TIMEOUT_S = 240
+TIMEOUT_S = 900  # a hang fails the test; the margin is for a machine shared with other jobs
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +125,16 @@ SHARDED = {
     "cls": lambda t: ["--model", str(t / "before"), "--model", str(t / "after"), "--images", str(t / "images")],
     "locality": lambda t: ["--model", str(t / "before"), "--model", str(t / "after"), "--images", str(t / "images")],
     "rollout": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
+    "circuits": lambda t: ["--before", str(t / "before"), "--after", str(t / "after"), "--images", str(t / "images")],
 }
 ON_MAIN = {
     "attention-check": lambda t: ["--model", str(t / "before")],
     "models": lambda t: ["--pages"],
+    "data": lambda t: [],
+}
+ON_MAIN_SLOW = {  # the same code path as above, with studies that take tens of seconds
+    "patch": lambda t: [],
+    "align": lambda t: ["--model", str(t / "before")],
 }
 
 
@@ -154,9 +160,9 @@ def test_sharded_study_on_two_ranks_writes_the_one_process_tables(command, tiny,
     assert_same_tables(tmp_path / "two", tmp_path / "one")
 
 
-@pytest.mark.parametrize("command", list(ON_MAIN))
+@pytest.mark.parametrize("command", [*ON_MAIN, *(pytest.param(c, marks=pytest.mark.slow) for c in ON_MAIN_SLOW)])
 def test_one_rank_study_under_a_launch_writes_the_one_process_report(command, tiny, tmp_path):
-    argv = [*ON_MAIN[command](tiny), "--quick", "--no-progress"]
+    argv = [*{**ON_MAIN, **ON_MAIN_SLOW}[command](tiny), "--quick", "--no-progress"]
     assert one(command, [*argv, "--out", str(tmp_path / "one")]) == 0
     assert launch(command, [*argv, "--out", str(tmp_path / "two")], tmp_path / "log") == [0, 0]
     assert files(tmp_path / "two") == files(tmp_path / "one")
@@ -211,3 +217,19 @@ def test_torchrun_runs_an_experiment_script_unchanged(tiny, tmp_path):
         == 0
     )
     assert_same_tables(out, tmp_path / "one")
+
+
+def test_every_command_says_how_it_runs_under_a_launch():
+    """Each command is tested above in the way its LAUNCH says (new commands: rank 0 alone by default)."""
+    import importlib
+
+    from vitmech.cli.commands import COMMANDS
+    from vitmech.studies._common import NOT_LAUNCHED, SHARDS
+    from vitmech.studies._common import ON_MAIN as ON_MAIN_MODE
+
+    tested = {SHARDS: set(SHARDED), ON_MAIN_MODE: set(ON_MAIN) | set(ON_MAIN_SLOW), NOT_LAUNCHED: set()}
+    for name, command in COMMANDS.items():
+        mode = getattr(importlib.import_module(command.module), "LAUNCH", ON_MAIN_MODE)
+        if mode == NOT_LAUNCHED:
+            continue  # the refusal is one code path, tested with finetune-chirp
+        assert name in tested[mode], f"{name} ({mode}) has no launch test"
