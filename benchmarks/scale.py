@@ -6,9 +6,10 @@ Sections (the last line printed is one JSON object with every ratio):
 1. Streaming, tiny model on the CPU (2 layers, 4 heads, d_model 32, 32 px images, patch 8): for each number of
    images, a fresh process streams a lazily generated dataset (a DataLoader of seeded images, batch 64) through
    `stream_attention_metrics` and `stream_head_sweep` (exact, every head, kl_to_clean) and reports its peak
-   resident memory (VmHWM), the resident memory before the analysis, wall and CPU time per image.
-   Ratios: peak memory at the largest size / at 256 images (goal <= 1.2), and the same for the memory the
-   analysis added above the process's start-up footprint.
+   resident memory (VmHWM), its peak anonymous resident memory (RssAnon, sampled every 2 ms: the heap and
+   tensors, without the shared-library pages a busy machine evicts and re-reads), the memory before the
+   analysis, wall and CPU time per image. Ratios: peak memory at the largest size / at 256 images (goal
+   <= 1.2), for both measures, and the memory the analysis added above the process's start-up footprint.
 2. Processes: the same sweep + metrics on `--dist-images` images under `torchrun --nproc_per_node=1` and `=2`
    (gloo, one thread per process), timed inside the workers from the first barrier to the merged result.
    Ratio: time with 1 process / time with 2 (the speed-up), and whether the two results are identical.
@@ -29,6 +30,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +63,29 @@ def _status_kib(field: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc: peak only (KiB on Linux)
 
 
+class AnonPeak:
+    """Peak RssAnon of this process, sampled every `every_s` seconds by a thread while in the block."""
+
+    def __init__(self, every_s: float = 0.002) -> None:
+        self.every_s, self.peak_kib, self._stop = every_s, 0, threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> AnonPeak:
+        self.peak_kib = _status_kib("RssAnon")
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+
+
 def tiny_model():
     from vitmech import HookedViT, ViTConfig
 
@@ -73,10 +98,11 @@ def memory_worker(n: int) -> None:
 
     model = tiny_model()
     loader = DataLoader(SeededImages(n), batch_size=64)
-    before = _status_kib("VmRSS")
+    before, anon_before = _status_kib("VmRSS"), _status_kib("RssAnon")
     wall, cpu = time.perf_counter(), time.process_time()
-    metrics = stream_attention_metrics(model, loader, batch_size=64, progress=False)
-    sweep = stream_head_sweep(model, loader, "kl_to_clean", batch_size=64, max_batch=512, progress=False)
+    with AnonPeak() as anon:
+        metrics = stream_attention_metrics(model, loader, batch_size=64, progress=False)
+        sweep = stream_head_sweep(model, loader, "kl_to_clean", batch_size=64, max_batch=512, progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert metrics.n_images == n and sweep.n_examples == n
     print(
@@ -85,6 +111,8 @@ def memory_worker(n: int) -> None:
                 "n": n,
                 "rss_before_mib": before / 1024,
                 "peak_mib": _status_kib("VmHWM") / 1024,
+                "anon_before_mib": anon_before / 1024,
+                "anon_peak_mib": anon.peak_kib / 1024,
                 "wall_s": wall,
                 "cpu_s": cpu,
             }
@@ -134,12 +162,16 @@ def _run(args: list[str], env: dict[str, str]) -> dict:
 def streaming_section(sizes: list[int], env: dict[str, str]) -> dict:
     rows = [_run([sys.executable, __file__, "--memory-worker", str(n)], env) for n in sizes]
     print("1. streaming, tiny model, CPU, 1 thread: attention metrics + exact all-head sweep")
-    print(f"   {'images':>7} {'peak MiB':>9} {'added MiB':>10} {'ms/image wall':>14} {'ms/image CPU':>13}")
+    print(
+        f"   {'images':>7} {'peak MiB':>9} {'added MiB':>10} {'anon peak MiB':>14} {'anon added MiB':>15} "
+        f"{'ms/image wall':>14} {'ms/image CPU':>13}"
+    )
     for r in rows:
         r["added_mib"] = r["peak_mib"] - r["rss_before_mib"]
+        r["anon_added_mib"] = r["anon_peak_mib"] - r["anon_before_mib"]
         print(
-            f"   {r['n']:>7} {r['peak_mib']:>9.1f} {r['added_mib']:>10.1f} {1e3 * r['wall_s'] / r['n']:>14.3f} "
-            f"{1e3 * r['cpu_s'] / r['n']:>13.3f}"
+            f"   {r['n']:>7} {r['peak_mib']:>9.1f} {r['added_mib']:>10.1f} {r['anon_peak_mib']:>14.1f} "
+            f"{r['anon_added_mib']:>15.1f} {1e3 * r['wall_s'] / r['n']:>14.3f} {1e3 * r['cpu_s'] / r['n']:>13.3f}"
         )
     base = next((r for r in rows if r["n"] == 256), rows[0])
     top = rows[-1]
@@ -147,9 +179,13 @@ def streaming_section(sizes: list[int], env: dict[str, str]) -> dict:
         "sizes": sizes,
         "peak_mib": [round(r["peak_mib"], 1) for r in rows],
         "added_mib": [round(r["added_mib"], 1) for r in rows],
+        "anon_peak_mib": [round(r["anon_peak_mib"], 1) for r in rows],
+        "anon_added_mib": [round(r["anon_added_mib"], 1) for r in rows],
         "cpu_ms_per_image": [round(1e3 * r["cpu_s"] / r["n"], 3) for r in rows],
         f"peak_{top['n']}_over_{base['n']}": round(top["peak_mib"] / base["peak_mib"], 3),
         f"added_{top['n']}_over_{base['n']}": round(top["added_mib"] / max(base["added_mib"], 1e-9), 3),
+        f"anon_peak_{top['n']}_over_{base['n']}": round(top["anon_peak_mib"] / base["anon_peak_mib"], 3),
+        f"anon_added_{top['n']}_over_{base['n']}": round(top["anon_added_mib"] / max(base["anon_added_mib"], 1e-9), 3),
         f"cpu_per_image_{top['n']}_over_{base['n']}": round((top["cpu_s"] / top["n"]) / (base["cpu_s"] / base["n"]), 3),
     }
 
