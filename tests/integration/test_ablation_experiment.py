@@ -109,6 +109,13 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     assert "generated chirp spectrograms" in text and "model card" in text
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["metric"]["metric"] == "mse" and sweep["ablation"]["ablation"] == "mean"
+    # the head taxonomy of the same chirps beside the heatmap, joined with each head's effect
+    assert (out / "taxonomy.png").exists() and "Head taxonomy" in text
+    taxonomy = json.loads((out / "taxonomy.json").read_text())
+    assert taxonomy["region_names"] == ["chirp", "colorbar", "text", "axis", "background"]
+    assert sum(taxonomy["counts"].values()) == len(sweep["rows"])
+    joined = (out / "taxonomy.csv").read_text().splitlines()
+    assert len(joined) == 1 + len(sweep["rows"]) and "label" in joined[0] and "delta" in joined[0]
 
 
 def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_path):

@@ -50,20 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="images per stacked forward of the exact sweep")
     parser.add_argument("--no-estimates", action="store_true", help="skip the gradient estimates")
     parser.add_argument("--prune", type=int, default=0, help="also prune the N least important heads and time it")
+    parser.add_argument(
+        "--no-taxonomy",
+        action="store_true",
+        help="skip the head taxonomy beside the heatmap (drawn for the generated chirps, whose regions are known)",
+    )
     add_run(parser, resumable=True)
 
 
-def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str]:
-    """Chirp spectrogram figures (vitmech.data.chirps) and their targets, z-scored as the model was trained.
+def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str, Any]:
+    """Chirp spectrogram figures (vitmech.data.chirps), their targets z-scored as the model was trained, a
+    note, and the figures' annotated regions (chirp, text, axis, colour bar, background; for the taxonomy).
 
     The z-scoring mean/std come from the model card (`card["targets"]`, written by the chirp fine-tune);
     without them they are fitted on these images, and the note says so.
     """
     import torch
 
+    from vitmech.analysis.alignment import RegionMasks
+    from vitmech.analysis.taxonomy import CHIRP_PRIORITY, exclusive_regions
     from vitmech.data.chirps import TARGETS, generate_chirps
 
     samples = generate_chirps(n, seed, start=CHIRP_STREAM_START, size=model.cfg.image_size)
+    regions = exclusive_regions(RegionMasks.from_chirps(samples), CHIRP_PRIORITY)
     images = model.preprocess([s.image for s in samples])
     raw = torch.tensor([s.targets for s in samples], dtype=torch.float64)
     card_targets = model.card.get("targets") if isinstance(model.card, dict) else None
@@ -78,7 +87,7 @@ def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str]:
         f"{n} generated chirp spectrograms (seed {seed}, stream indices from {CHIRP_STREAM_START}); "
         f"targets {', '.join(TARGETS)} {how}"
     )
-    return images, ((raw - mean) / std).float(), note
+    return images, ((raw - mean) / std).float(), note, regions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,8 +128,9 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
 
     loaded = models(args, names)
     model = loaded[0].model
+    regions = None
     if args.images == CHIRPS:
-        images, targets, data_note = load_chirps(model, args.n_images, args.seed)
+        images, targets, data_note, regions = load_chirps(model, args.n_images, args.seed)
     else:
         source = load_images(args)
         images = model.preprocess(source.images)
@@ -219,6 +229,9 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
         report.add_figure("estimates", plot_estimates_vs_exact(comparison), caption="Estimates vs exact effects")
         report.add_table("estimates", comparison.to_frame(), show=False)
 
+    if regions is not None and not args.no_taxonomy and model.cfg.class_token:
+        _add_taxonomy(report, model, images, regions, result, value, args)
+
     if args.prune > 0:
         order = np.argsort(np.abs(result.delta), kind="stable")[: args.prune]
         heads = [result.heads[i] for i in order]
@@ -235,3 +248,33 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
     print(f"report: {path}")
     print(summary.to_string(index=False))
     return 0
+
+
+def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: Any, value: str, args: Any) -> None:
+    """The head taxonomy of the same images (class-token attention against the figure's regions; rule and
+    thresholds in docs/taxonomy.md) beside the ablation heatmap, and the joined per-head table."""
+    from vitmech.analysis.alignment import cls_attention_grid
+    from vitmech.analysis.attention import collect_patterns
+    from vitmech.analysis.taxonomy import CHIRP_TASK_REGIONS, head_taxonomy
+    from vitmech.viz.taxonomy import plot_taxonomy
+
+    patterns = collect_patterns(model, images, batch_size=args.batch_size, rows="cls", progress=False)
+    maps = cls_attention_grid(model, patterns, rows="cls")
+    taxonomy = head_taxonomy(maps, regions, task_regions=CHIRP_TASK_REGIONS)
+    counts = ", ".join(f"{label}: {n}" for label, n in taxonomy.counts().items())
+    areas = ", ".join(f"{name} {a:.3f}" for name, a in zip(taxonomy.region_names, taxonomy.area.tolist()))
+    report.add_text(
+        "Head taxonomy (docs/taxonomy.md#definitions): each head's class-token attention mass on each region type "
+        f"relative to its area (mean area shares: {areas}), the entropy over region types, and the rule with "
+        f"thresholds {taxonomy.thresholds}. Heads per label: {counts}."
+    )
+    report.add_figure(
+        "taxonomy",
+        plot_taxonomy(taxonomy, result, value),
+        caption="Head taxonomy (left) beside the head-ablation heatmap (right), same layer x head grid",
+    )
+    joined = taxonomy.join_ablation(result.to_frame())
+    report.add_table("taxonomy", joined, caption="Per head: taxonomy and ablation effect", show=False)
+    by_label = joined.groupby("label")["delta"].agg(["count", "mean", "std"]).reset_index()
+    report.add_table("taxonomy_by_label", by_label, caption="Ablation effect (delta) by taxonomy label")
+    report.add_json("taxonomy", taxonomy.to_dict())
