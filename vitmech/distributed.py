@@ -145,28 +145,45 @@ def run_on_main(step: Callable[[], int], what: str) -> int:
     ranks = current()
     if not ranks.active:
         return int(step() or 0)
-    group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
-    status: list[Any] = [0]
-    failure: BaseException | None = None
-    if ranks.is_main:
+
+    def on_main() -> int:
+        if not ranks.is_main:
+            return 0
         logger.warning(
             "%s does not split across processes: rank 0 runs it alone, the other %d rank(s) wait and exit with "
             "its status",
             what,
             ranks.world_size - 1,
         )
-        try:
-            with alone():
-                status[0] = int(step() or 0)
-        except SystemExit as exit:
-            failure, status[0] = exit, exit_status(exit)
-        except BaseException as error:  # told to the others, then re-raised
-            failure, status[0] = error, 1
+        with alone():
+            return int(step() or 0)
+
+    return run_together(on_main)
+
+
+def run_together(step: Callable[[], int]) -> int:
+    """Run `step` (returning an exit status) on every rank, then end together: every rank waits for rank 0
+    to finish (on a gloo group with a `WAIT_TIMEOUT` time-out: rank 0 may write reports for a long time
+    after the shared work) and returns rank 0's status where its own is 0. An exception is re-raised on
+    its rank after the wait; rank 0's failure is told to the others (status 1, or its `SystemExit` status).
+    Outside a process group this is `step()`."""
+    if not current().active:
+        return int(step() or 0)
+    group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    status: list[Any] = [0]
+    failure: BaseException | None = None
+    try:
+        status[0] = int(step() or 0)
+    except SystemExit as exit:
+        failure, status[0] = exit, exit_status(exit)
+    except BaseException as error:  # told to the others, then re-raised
+        failure, status[0] = error, 1
+    own = status[0]
     dist.broadcast_object_list(status, src=0, group=group)
     dist.destroy_process_group(group)
     if failure is not None:
         raise failure
-    return int(status[0])
+    return own or int(status[0])
 
 
 def barrier() -> None:
@@ -200,4 +217,5 @@ __all__ = [
     "init_process_group",
     "launched",
     "run_on_main",
+    "run_together",
 ]

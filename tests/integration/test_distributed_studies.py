@@ -9,6 +9,7 @@ is marked slow.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -66,6 +67,7 @@ def _rank(rank: int, world: int, port: int, command: str, argv: list[str], log: 
     with open(f"{log}.rank{rank}", "w") as stream:
         sys.stdout = sys.stderr = stream
         logging.getLogger().addHandler(logging.StreamHandler(stream))  # pytest's handlers do not reach the file
+        faulthandler.dump_traceback_later(TIMEOUT_S - 30, file=stream)  # where a hung rank waits, in its log
         try:
             code = run_command(command, argv)
         except SystemExit as exit:

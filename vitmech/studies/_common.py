@@ -37,7 +37,7 @@ def launch(module: ModuleType, args: argparse.Namespace) -> int:
     A plain `python` / `vitmech` run calls `module.run(args)`. Under torchrun or accelerate (WORLD_SIZE > 1)
     the process joins the process group and the study runs as its `LAUNCH` mode says (module docstring).
     """
-    from vitmech.distributed import distributed_session, launched, run_on_main
+    from vitmech.distributed import distributed_session, launched, run_on_main, run_together
 
     mode = getattr(module, "LAUNCH", ON_MAIN)
     if mode not in LAUNCH_MODES:
@@ -57,8 +57,8 @@ def launch(module: ModuleType, args: argparse.Namespace) -> int:
     on_cpu = str(getattr(args, "device", None) or "").startswith("cpu")
     backend = "gloo" if mode == ON_MAIN or on_cpu else None  # None: nccl where there is a GPU
     with distributed_session(backend):
-        if mode == SHARDS:
-            return int(module.run(args) or 0)
+        if mode == SHARDS:  # every rank runs the study; all end when rank 0 has written
+            return run_together(lambda: int(module.run(args) or 0))
         return run_on_main(lambda: int(module.run(args) or 0), f"vitmech {args.command}")
 
 
