@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -169,7 +169,7 @@ def run_together(step: Callable[[], int]) -> int:
     Outside a process group this is `step()`."""
     if not current().active:
         return int(step() or 0)
-    group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    group = cast(dist.ProcessGroup, dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT))  # every rank is in it
     status: list[Any] = [0]
     failure: BaseException | None = None
     try:

@@ -166,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
         names["finetuned"] = args.after
     loaded = models(args, list(names.values()))
     source = load_images(args)
-    measured = [measure(entry, source.images, args) for entry in loaded]  # every rank: the images are dealt out
+    measurements = [measure(entry, source.images, args) for entry in loaded]  # every rank: images dealt out
     if not is_main():
         return 0
     report = study_report(out, "Circuits: positional QK, composition, direct logit attribution", loaded)
     results = {
         label: analyse(label, entry, values, source.note, args, report)
-        for label, entry, values in zip(names, loaded, measured)
+        for label, entry, values in zip(names, loaded, measurements)
     }
 
     report.add_text(

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         )
         with torch.no_grad():  # the example image's maps (one image, on rank 0)
             example = summarize_attention(model, images[index : index + 1], settings=settings, progress=False)
-        maps = example.metrics.cls_attention[0].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
+        example_metrics: Any = example.metrics  # cls_attention is kept by summarize_attention
+        maps = example_metrics.cls_attention[0].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
         report.add_figure(
             f"heads_{slug(s.name)}",
             viz.plot_head_grid(

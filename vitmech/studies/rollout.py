@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             example = summarize_attention(model, pixels, rollout_settings=variants["rollout (mean)"], progress=False)
             variant_maps = rollout_maps(model, pixels, variants, progress=False)
         shown[name] = viz.denormalize(pixels[0], model.preprocessing.mean, model.preprocessing.std)
-        last_maps[name] = example.metrics.cls_attention[0, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
+        example_metrics: Any = example.metrics  # cls_attention is kept by summarize_attention
+        last_maps[name] = example_metrics.cls_attention[0, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
         rollout_grids[name] = example.rollout.grid()[0]
         maps = {"last layer": last_maps[name], **{k: v.grid()[0] for k, v in variant_maps.items()}}
         maps.update(family_maps(model, images, index, args, report, name, progress))
