@@ -1,6 +1,6 @@
 """The exact ablation engine on every family: head_sweep equals the naive loop (one hooked forward per head)
 within 1e-4, for models with registers, a distillation head, LayerScale, SwiGLU, qk-norm, attention and
-average pooling, no class token, a projection, and rotary embeddings (EVA-02, DINOv3); models without a classifier are scored by a metric on
+average pooling, no class token, a projection, and rotary embeddings (EVA-02, DINOv3 from timm and HF); models without a classifier are scored by a metric on
 their features."""
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ MODELS = {
     "qk_norm": lambda: timm_port("vit_base_patch16_224", img_size=32, qk_norm=True, num_classes=5),
     "hf_dinov2_registers": lambda: hf_port(
         T.Dinov2WithRegistersConfig, T.Dinov2WithRegistersModel, image_size=28, patch_size=14, num_register_tokens=2
+    ),
+    "hf_dinov3_rotary": lambda: hf_port(
+        T.DINOv3ViTConfig, T.DINOv3ViTModel, image_size=32, patch_size=8, num_register_tokens=2, use_gated_mlp=True
     ),
     "hf_clip_projection": lambda: hf_port(
         T.CLIPVisionConfig, T.CLIPVisionModelWithProjection, image_size=28, patch_size=14, projection_dim=16

@@ -1,5 +1,6 @@
-"""HuggingFace families through `HookedViT.from_hf`: DINOv2 (+registers, SwiGLU, 518 / 224 px), DeiT with
-its teacher head, ViTMAE, CLIP (with and without projection) and SigLIP image towers. Models are built from
+"""HuggingFace families through `HookedViT.from_hf`: DINOv2 (+registers, SwiGLU, 518 / 224 px), DINOv3 (rotary
+embeddings, registers, LayerScale, SwiGLU, optional biases), DeiT with its teacher head, ViTMAE, CLIP (with and
+without projection) and SigLIP image towers. Models are built from
 tiny configs with seeded random weights (no hub)."""
 
 from __future__ import annotations
@@ -65,6 +66,28 @@ CASES = {
         {},
     ),
     "siglip": (lambda: build(T.SiglipVisionConfig, T.SiglipVisionModel), "pooler_output", "features", {}),
+    "dinov3_registers": (
+        lambda: build(T.DINOv3ViTConfig, T.DINOv3ViTModel, num_register_tokens=4, image_size=32, patch_size=8),
+        "pooler_output",
+        "features",
+        {},
+    ),
+    "dinov3_swiglu_biases": (  # no registers (an empty parameter), SwiGLU, a key bias, no output / MLP biases
+        lambda: build(
+            T.DINOv3ViTConfig,
+            T.DINOv3ViTModel,
+            image_size=32,
+            patch_size=8,
+            use_gated_mlp=True,
+            hidden_act="silu",
+            key_bias=True,
+            proj_bias=False,
+            mlp_bias=False,
+        ),
+        "last_hidden_state",
+        "tokens",
+        {"left_out": ("mask_token", "register_tokens")},
+    ),
 }
 
 
@@ -86,11 +109,15 @@ def test_hf_family_matches_source(case):
     hooked = HookedViT.from_hf(source)
     layers = layers_of(source, hooked.cfg.n_layers)
     check_port(source, hooked, layers, reference(source, field, options.get("noise", False)), return_type=return_type)
-    check_export_round_trip(source, hooked, "hf", left_out=("mask_token",))
+    check_export_round_trip(source, hooked, "hf", left_out=options.get("left_out", ("mask_token",)))
     if case == "dinov2_registers":
         assert hooked.cfg.n_register_tokens == 4 and hooked.cfg.n_pos_prefix == 1
     if case == "siglip":
         assert hooked.cfg.pool == "map" and not hooked.cfg.class_token
+    if case.startswith("dinov3"):
+        cfg = hooked.cfg
+        assert cfg.rope == "dinov3" and cfg.rope_half and cfg.rope_temperature == 100 and not cfg.pos_embed
+        assert cfg.layer_scale and cfg.n_register_tokens == (4 if case == "dinov3_registers" else 0)
 
 
 def test_hf_model_outputs_default_to_features_or_embeddings():
@@ -112,13 +139,48 @@ def test_dinov2_at_518_and_224_px_resamples_positions_as_hf():
     check_port(source, at_224, layers, reference(source, "pooler_output", False), image_size=224)
 
 
-def test_hf_dinov3_fails_at_load_naming_the_feature():
+def test_hf_dinov3_from_a_directory_at_another_image_size_rotates_as_hf(tmp_path):
+    """HF computes the rotary tables from the input's size; HookedViT from the size it is loaded at. Loaded
+    from a saved directory (the class read from its config)."""
+    source = build(T.DINOv3ViTConfig, T.DINOv3ViTModel, num_register_tokens=2, image_size=32, patch_size=8)
+    source.save_pretrained(tmp_path)
+    at_48 = HookedViT.from_hf(tmp_path, image_size=48)
+    assert at_48.cfg.grid_size == 6
+    check_port(source, at_48, layers_of(source, 2), reference(source, "pooler_output", False), image_size=48)
+
+
+def test_hf_and_timm_dinov3_are_one_model():
+    """HF weights exported through the timm Eva family's key map run in timm's `vit_*_dinov3` with the same
+    tokens: both sources' rotary embeddings, LayerScale and registers are the core's one definition. (The
+    pooled outputs differ by default: HF's `pooler_output` is the class token, timm pools the patch mean.)"""
+    import timm
+
+    from vitmech.loading import export_state_dict
+    from vitmech.loading.families import family_for
+
+    hf = build(T.DINOv3ViTConfig, T.DINOv3ViTModel, num_register_tokens=4, image_size=32, patch_size=16,
+               intermediate_size=128)  # fmt: skip
+    tm = timm.create_model(
+        "vit_small_patch16_dinov3_qkvb", pretrained=False, embed_dim=32, depth=2, num_heads=2, img_size=32,
+        num_classes=0,
+    ).eval()  # fmt: skip
+    hooked = HookedViT.from_hf(hf)
+    tm.load_state_dict(export_state_dict(hooked, family_for(tm, "timm"), list(tm.state_dict())), strict=True)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf_tokens, timm_tokens = hf(pixel_values=x).last_hidden_state, tm.forward_features(x)
+    assert hf_tokens.abs().max() > 0.1
+    assert (hf_tokens - timm_tokens).abs().max() <= 1e-4
+    assert HookedViT.from_timm(tm).cfg.replace(pool="cls") == hooked.cfg
+
+
+def test_unsupported_hf_models_fail_at_load_naming_the_feature():
     from vitmech import UnsupportedModelError
 
     config = T.DINOv3ViTConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32
     )
-    with pytest.raises(UnsupportedModelError, match="rotary position embeddings"):
-        HookedViT.from_hf(T.DINOv3ViTModel(config))
+    with pytest.raises(UnsupportedModelError, match="model class DINOv3ViTBackbone"):
+        HookedViT.from_hf(T.DINOv3ViTBackbone(config))
     with pytest.raises(UnsupportedModelError, match="class token and the mean of the patches"):
         HookedViT.from_hf(T.Dinov2ForImageClassification(T.Dinov2Config(**SMALL, num_labels=2)))

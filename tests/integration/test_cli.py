@@ -103,6 +103,8 @@ QUICK_RUNS = {
     "data": lambda t: [],
     "models": lambda t: ["--pages"],
     "align": lambda t: ["--model", str(t / "before")],
+    "explain": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
+    "misclassified": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
 }
 
 

@@ -29,7 +29,7 @@ from jaxtyping import Complex, Float
 from transformer_lens import FactoredMatrix
 
 from vitmech.analysis.attention import mean_attention_distance, patch_distances
-from vitmech.errors import IndexOutOfRangeError, InputError
+from vitmech.errors import IndexOutOfRangeError, InputError, UnsupportedModelError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
@@ -162,11 +162,14 @@ def qk_scores(
     """Attention scores of one layer from LN1-output vectors: (x W_Q + b_Q)(y W_K + b_K)^T [/ sqrt(d_head)].
 
     With `queries_from` = the cached `ln1.hook_normalized` times ln1.w plus ln1.b (the LayerNorm output; the hook
-    itself is taken before gain and bias) and scale=True this is `hook_attn_scores`.
+    itself is taken before gain and bias) and scale=True this is `hook_attn_scores`, qk-norm included; rotary
+    embeddings are left out (they depend on the tokens' grid positions, docs/circuits.md#qk-norm-and-rotary-embeddings).
     """
     keys_from = queries_from if keys_from is None else keys_from
     q = einsum(queries_from, attn.W_Q, "... p d, h d e -> ... h p e") + attn.b_Q[:, None, :]
     k = einsum(keys_from, attn.W_K, "... p d, h d e -> ... h p e") + attn.b_K[:, None, :]
+    if attn.q_norm is not None and attn.k_norm is not None:
+        q, k = _layer_norm(attn.q_norm, q), _layer_norm(attn.k_norm, k)
     scores = einsum(q, k, "... h q e, ... h k e -> ... h q k")
     return scores * attn.scale if scale else scores
 
@@ -361,6 +364,16 @@ def positional_qk(
     """
     if mode not in ("ln1", "raw"):
         raise InputError(f"mode must be 'ln1' or 'raw', got {mode!r}")
+    if model.cfg.rope != "none" or not model.cfg.pos_embed:
+        feature = (
+            f"rotary position embeddings (rope={model.cfg.rope!r})"
+            if model.cfg.rope != "none"
+            else "no learned positions"
+        )
+        raise UnsupportedModelError(
+            f"positional_qk reads learned absolute position embeddings through W_Q, W_K; this model has {feature}, "
+            "so its positional scores are not that bilinear form (docs/circuits.md#qk-norm-and-rotary-embeddings)"
+        )
     layer_ids = (
         list(range(model.cfg.n_layers)) if layers is None else [model.cfg.layer_index(layer) for layer in layers]
     )

@@ -17,9 +17,16 @@ from torch import nn
 from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
 from vitmech.loading._state import raise_on_mismatch
 from vitmech.loading.families import Converted, convert, family_for
-from vitmech.loading.families.hf_vit import HF_ACTS, LAYER_KEYS, LAYER_PREFIX, VITMECH_TO_HF_ACT, detect_layout
+from vitmech.loading.families.hf_vit import (
+    HF_ACTS,
+    LAYER_KEYS,
+    LAYER_PREFIX,
+    VITMECH_TO_HF_ACT,
+    detect_layout,
+    processor_defaults,
+)
 from vitmech.loading.peft import merged
-from vitmech.preprocessing import HALF, Preprocessing
+from vitmech.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ DEFAULT_CLASSES = {
     "clip_vision_model": "CLIPVisionModel",
     "siglip": "SiglipVisionModel",
     "siglip_vision_model": "SiglipVisionModel",
+    "dinov3_vit": "DINOv3ViTModel",
 }
 # classes a saved config may name whose image tower loads through another class
 TOWER_CLASSES = {"CLIPModel": "CLIPVisionModelWithProjection", "SiglipModel": "SiglipVisionModel"}
@@ -82,15 +90,7 @@ def preprocessing_from_hf_processor(processor: Any, image_size: int, source: str
 
 def default_hf_preprocessing(image_size: int) -> Preprocessing:
     """ViTImageProcessor defaults: squash to size, bilinear, mean = std = 0.5."""
-    return Preprocessing(
-        image_size=image_size,
-        mean=HALF,
-        std=HALF,
-        interpolation="bilinear",
-        resize_mode="squash",
-        crop_pct=1.0,
-        source="ViTImageProcessor defaults",
-    )
+    return processor_defaults("vit", image_size)
 
 
 def check_hf_loading_info(info: dict[str, Any], what: str) -> None:
@@ -118,8 +118,6 @@ def _hf_class(config: Any, id_or_path: str) -> Any:
 
     kind = getattr(config, "model_type", None)
     if kind not in DEFAULT_CLASSES:
-        if kind == "dinov3_vit":
-            kind = "dinov3_vit (rotary position embeddings)"
         raise UnsupportedModelError(
             f"{id_or_path!r} is a {kind!r} model; supported HuggingFace model types: {sorted(DEFAULT_CLASSES)}"
         )

@@ -9,15 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from vitmech.errors import UnsupportedModelError
-from vitmech.loading.families import hf_clip, hf_vit, open_clip_vit, timm_eva, timm_vit
+from vitmech.loading.families import hf_clip, hf_dinov3, hf_vit, open_clip_vit, timm_eva, timm_vit
 from vitmech.loading.families.base import Converted, Family, check_supported, convert, export
 
 # model classes of families not ported yet, with the feature that stops them
-KNOWN_UNSUPPORTED = {
-    "DINOv3ViTModel": "rotary position embeddings (DINOv3)",
-}
+KNOWN_UNSUPPORTED: dict[str, str] = {}
 
-FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY, timm_eva.FAMILY, hf_vit.FAMILY, hf_clip.FAMILY, open_clip_vit.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    timm_vit.FAMILY,
+    timm_eva.FAMILY,
+    hf_vit.FAMILY,
+    hf_clip.FAMILY,
+    hf_dinov3.FAMILY,
+    open_clip_vit.FAMILY,
+)
 
 
 def family_for(model: Any, source: str) -> Family:

@@ -35,12 +35,14 @@ def heads_out(src: str, dst: str, n_heads: int) -> KeyMap:
     return [rule(f"{src}.weight", f"{dst}.W_O", "m (h e) -> h e m", h=n_heads), rule(f"{src}.bias", f"{dst}.b_O")]
 
 
-def fused_heads(src: str, dst: str, names: str, cfg: ViTConfig, n_heads: int) -> KeyMap:
-    """A fused projection [(n H e), d] (timm qkv, torch MultiheadAttention in_proj) -> W_X per name; its bias
-    (zero-filled when the source has none)."""
+def fused_heads(
+    src: str, dst: str, names: str, cfg: ViTConfig, n_heads: int, weight: str = ".weight", bias: str = ".bias"
+) -> KeyMap:
+    """A fused projection [(n H e), d] (timm qkv; torch MultiheadAttention's in_proj with weight="_weight",
+    bias="_bias") -> W_X per name; its bias (zero-filled when the source has none)."""
     n = len(names)
-    w = rule(f"{src}.weight", [f"{dst}.W_{c}" for c in names], "(n h e) d -> n h d e", n=n, h=n_heads)
-    b = rule(f"{src}.bias", [f"{dst}.b_{c}" for c in names], "(n h e) -> n h e", n=n, h=n_heads)
+    w = rule(src + weight, [f"{dst}.W_{c}" for c in names], "(n h e) d -> n h d e", n=n, h=n_heads)
+    b = rule(src + bias, [f"{dst}.b_{c}" for c in names], "(n h e) -> n h e", n=n, h=n_heads)
     return [w, optional(b, (n, n_heads, cfg.d_head))]
 
 

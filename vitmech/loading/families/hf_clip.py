@@ -99,10 +99,8 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     rules += R.layer_norm("post_layernorm", "ln_final" if siglip else "fc_norm")
     if cfg.pool == "map":
         rules.append(R.vector("head.probe", "pool.probe"))
-        h, qkv = cfg.n_heads, ["pool.W_Q", "pool.W_K", "pool.W_V"]
-        rules.append(rule("head.attention.in_proj_weight", qkv, "(n h e) d -> n h d e", n=3, h=h))
-        rules.append(
-            rule("head.attention.in_proj_bias", [k.replace("W_", "b_") for k in qkv], "(n h e) -> n h e", n=3, h=h)
+        rules += R.fused_heads(
+            "head.attention.in_proj", "pool", "QKV", cfg, cfg.n_heads, weight="_weight", bias="_bias"
         )
         rules += R.heads_out("head.attention.out_proj", "pool", cfg.n_heads)
         rules += R.layer_norm("head.layernorm", "pool.ln")

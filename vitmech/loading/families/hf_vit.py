@@ -217,29 +217,35 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     return rules
 
 
+# model_type -> its image processor's defaults: mean, std, interpolation, resize mode, crop fraction
+PROCESSOR_DEFAULTS = {
+    "vit": (HALF, HALF, "bilinear", "squash", 1.0),
+    "vit_mae": (IMAGENET_MEAN, IMAGENET_STD, "bilinear", "squash", 1.0),
+    "deit": (IMAGENET_MEAN, IMAGENET_STD, "bicubic", "shortest_edge_crop", 0.875),
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD, "bicubic", "shortest_edge_crop", 0.875),
+    "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD, "bicubic", "shortest_edge_crop", 0.875),
+    "dinov3_vit": (IMAGENET_MEAN, IMAGENET_STD, "bilinear", "squash", 1.0),
+}
+
+
+def processor_defaults(kind: str, image_size: int, source: str = "ViTImageProcessor defaults") -> Preprocessing:
+    """The image processor defaults of a model type (`PROCESSOR_DEFAULTS`) at `image_size`."""
+    mean, std, interpolation, resize_mode, crop_pct = PROCESSOR_DEFAULTS[kind]
+    return Preprocessing(
+        image_size=image_size, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode,  # type: ignore[arg-type]
+        crop_pct=crop_pct, source=source,
+    )  # fmt: skip
+
+
 def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """The image processor defaults of the family (a hub id or directory reads its own processor instead)."""
     kind = model.config.model_type
-    if kind in ("dinov2", "dinov2_with_registers", "deit"):
-        return Preprocessing(
-            image_size=cfg.image_size,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            interpolation="bicubic",
-            resize_mode="shortest_edge_crop",
-            crop_pct=0.875,
-            source=f"{type(model).__name__} image processor defaults",
-        )
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if kind == "vit_mae" else (HALF, HALF)
-    return Preprocessing(
-        image_size=cfg.image_size,
-        mean=mean,
-        std=std,
-        interpolation="bilinear",
-        resize_mode="squash",
-        crop_pct=1.0,
-        source="ViTImageProcessor defaults",
+    source = (
+        "ViTImageProcessor defaults"
+        if kind in ("vit", "vit_mae")
+        else f"{type(model).__name__} image processor defaults"
     )
+    return processor_defaults(kind, cfg.image_size, source)
 
 
 def class_names(model: Any, cfg: ViTConfig) -> list[str] | None:

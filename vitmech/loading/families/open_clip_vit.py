@@ -13,28 +13,16 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
+from vitmech.loading.families._modules import act_name, is_layer_norm
 from vitmech.loading.families.base import Family
+from vitmech.loading.families.hf_clip import CLIP_MEAN, CLIP_STD
 from vitmech.loading.keymap import KeyMap, prefixed, rule
 from vitmech.preprocessing import Preprocessing
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _tower(model: Any) -> Any:
     """The image tower of an open_clip CLIP model, or the tower itself."""
     return getattr(model, "visual", model)
-
-
-def _is_layer_norm(module: Any) -> bool:
-    return isinstance(module, nn.LayerNorm) and module.elementwise_affine and module.bias is not None
-
-
-def _act_name(act: Any) -> str | None:
-    name = type(act).__name__
-    if isinstance(act, nn.GELU):
-        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
-    return {"QuickGELU": "quick_gelu", "ReLU": "relu", "SiLU": "silu"}.get(name)
 
 
 def matches(model: Any) -> bool:
@@ -54,7 +42,7 @@ def unsupported(model: Any) -> list[str]:
         found.append(f"pool_type={tower.pool_type!r}")
     if not isinstance(tower.positional_embedding, nn.Parameter):
         found.append("position embeddings that are not learned")
-    if not (_is_layer_norm(tower.ln_pre) or isinstance(tower.ln_pre, nn.Identity)) or not _is_layer_norm(tower.ln_post):
+    if not (is_layer_norm(tower.ln_pre) or isinstance(tower.ln_pre, nn.Identity)) or not is_layer_norm(tower.ln_post):
         found.append("norms other than LayerNorm with bias")
     if tower.conv1.bias is not None or tuple(tower.conv1.kernel_size) != tuple(tower.conv1.stride):
         found.append("overlapping patches or a patch bias")
@@ -68,7 +56,7 @@ def unsupported(model: Any) -> list[str]:
             found.append(f"{where}: extra norms (scale_fc / cross-attention)")
         if isinstance(block.ls_1, nn.Identity) != isinstance(block.ls_2, nn.Identity):
             found.append(f"{where}: LayerScale on one sublayer only")
-        if _act_name(block.mlp.gelu) is None:
+        if act_name(block.mlp.gelu) is None:
             found.append(f"{where}: activation {type(block.mlp.gelu).__name__}")
     return found
 
@@ -88,7 +76,7 @@ def config(model: Any) -> ViTConfig:
         n_channels=tower.conv1.in_channels,
         n_classes=0,
         ln_eps=block.ln_1.eps,
-        act_fn=_act_name(block.mlp.gelu),  # type: ignore[arg-type]
+        act_fn=act_name(block.mlp.gelu),  # type: ignore[arg-type]
         pre_norm=not isinstance(tower.ln_pre, nn.Identity),
         pos_resample="bicubic_antialias",
         layer_scale=not isinstance(block.ls_1, nn.Identity),
@@ -107,9 +95,7 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
         rules += R.layer_norm("ln_pre", "ln_pre")
     for layer in range(cfg.n_layers):
         s, t, h = f"transformer.resblocks.{layer}.", f"blocks.{layer}.", cfg.heads_in_layer(layer)
-        qkv = [f"{t}attn.W_Q", f"{t}attn.W_K", f"{t}attn.W_V"]
-        rules.append(rule(s + "attn.in_proj_weight", qkv, "(n h e) d -> n h d e", n=3, h=h))
-        rules.append(rule(s + "attn.in_proj_bias", [k.replace("W_", "b_") for k in qkv], "(n h e) -> n h e", n=3, h=h))
+        rules += R.fused_heads(s + "attn.in_proj", t + "attn", "QKV", cfg, h, weight="_weight", bias="_bias")
         rules += R.heads_out(s + "attn.out_proj", t + "attn", h)
         rules += R.layer_norm(s + "ln_1", t + "ln1") + R.layer_norm(s + "ln_2", t + "ln2")
         if cfg.layer_scale:
