@@ -221,17 +221,16 @@ def test_torchrun_runs_an_experiment_script_unchanged(tiny, tmp_path):
     assert_same_tables(out, tmp_path / "one")
 
 
-def test_every_command_says_how_it_runs_under_a_launch():
-    """Each command is tested above in the way its LAUNCH says (new commands: rank 0 alone by default)."""
+def test_every_sharded_command_is_tested_under_a_launch():
+    """A command that shards (LAUNCH = SHARDS) has its own code under a launch, so it must be in SHARDED;
+    the others (rank 0 alone, the default of every new command; or refused) share one tested code path."""
     import importlib
 
     from vitmech.cli.commands import COMMANDS
-    from vitmech.studies._common import NOT_LAUNCHED, SHARDS
+    from vitmech.studies._common import LAUNCH_MODES, SHARDS
     from vitmech.studies._common import ON_MAIN as ON_MAIN_MODE
 
-    tested = {SHARDS: set(SHARDED), ON_MAIN_MODE: set(ON_MAIN) | set(ON_MAIN_SLOW), NOT_LAUNCHED: set()}
-    for name, command in COMMANDS.items():
-        mode = getattr(importlib.import_module(command.module), "LAUNCH", ON_MAIN_MODE)
-        if mode == NOT_LAUNCHED:
-            continue  # the refusal is one code path, tested with finetune-chirp
-        assert name in tested[mode], f"{name} ({mode}) has no launch test"
+    modes = {name: getattr(importlib.import_module(c.module), "LAUNCH", ON_MAIN_MODE) for name, c in COMMANDS.items()}
+    assert set(modes.values()) <= set(LAUNCH_MODES)
+    assert {name for name, mode in modes.items() if mode == SHARDS} == set(SHARDED)
+    assert set(ON_MAIN) | set(ON_MAIN_SLOW) <= {name for name, mode in modes.items() if mode == ON_MAIN_MODE}
