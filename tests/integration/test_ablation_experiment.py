@@ -116,6 +116,7 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     assert sum(taxonomy["counts"].values()) == len(sweep["rows"])
     joined = (out / "taxonomy.csv").read_text().splitlines()
     assert len(joined) == 1 + len(sweep["rows"]) and "label" in joined[0] and "delta" in joined[0]
+    assert (out / "top_layers.png").exists() and (out / "layer_ranking.csv").exists()
 
 
 def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_path):
