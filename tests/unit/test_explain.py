@@ -310,3 +310,21 @@ def test_figure_has_one_column_per_method_and_stamps_random_weights() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_shipped_cnn_loads_and_classifies_held_out_galaxies() -> None:
+    from vitmech.data.galaxies import generate_galaxies
+    from vitmech.preprocessing import preprocess
+    from vitmech.train.cnn import load_cnn, zoo_cnns
+
+    if "vitmech/mini-cnn" not in zoo_cnns():
+        pytest.skip("shipped CNN not in this checkout")
+    model = load_cnn("vitmech/mini-cnn")
+    card = model.card
+    assert card["metrics"]["test"]["n"] == 568 and not card["random_init"]
+    batch = generate_galaxies(24, seed=12345, size=224)  # not the training stream (seed 0)
+    with torch.no_grad():
+        predicted = model(preprocess(list(batch.images), model.preprocessing)).argmax(-1)
+    assert (predicted.numpy() == np.asarray(batch.labels)).mean() >= 0.8
+    ex = explain(model, preprocess(list(batch.images[:2]), model.preprocessing), ["gradcam"])
+    assert ex.maps["gradcam"].shape == (2, 112, 112)

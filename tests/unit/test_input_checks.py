@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tests.helpers.models import seeded_images, tiny_model
+from vitmech.errors import InputError
 from vitmech.hook_names import HookNameError
 
 
@@ -112,11 +113,22 @@ def test_attention_metrics_read_the_geometry_from_the_model():
     model = tiny_model()  # patch 8 on a 4 x 4 grid
     patterns = collect_patterns(model, seeded_images(2, 32), progress=False)
     from_model = attention_metrics(patterns, model)
-    by_hand = attention_metrics(patterns, 8, layout=token_layout(model))
-    torch.testing.assert_close(from_model.mean_distance, by_hand.mean_distance)
+    # the distances are the formula's with the model's own 8 px and layout
+    by_hand = mean_attention_distance(patterns, 8, layout=token_layout(model))
+    torch.testing.assert_close(from_model.mean_distance, by_hand)
     torch.testing.assert_close(from_model.mean_distance, attention_metrics(patterns, model.cfg).mean_distance)
-    # the distances scale with the patch size: a contradicting number doubles them, the model cannot
-    assert torch.allclose(attention_metrics(patterns, 16).mean_distance, 2 * from_model.mean_distance)
-    torch.testing.assert_close(mean_attention_distance(patterns[:, 0], model), by_hand.mean_distance[:, 0])
-    with pytest.raises(ValueError, match="positive number of pixels or the model"):
-        attention_metrics(patterns, "16")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(seeded_images(2, 32))
+    torch.testing.assert_close(from_model.mean_distance, attention_metrics(patterns, cache).mean_distance)
+    # a wrong patch size can no longer silently double the distances: a bare number is refused, and one
+    # given beside the model must agree with it
+    for wrong in (16, 16.0, "16"):
+        with pytest.raises(InputError, match="reads the patch size and token layout from the model"):
+            attention_metrics(patterns, wrong)
+    with pytest.raises(InputError, match="reads the patch size and token layout from the model"):
+        attention_metrics(patterns, patch_size=16)
+    with pytest.raises(InputError, match="patch_size=16 contradicts the model's patch size of 8 px"):
+        attention_metrics(patterns, model, patch_size=16)
+    torch.testing.assert_close(attention_metrics(patterns, model, patch_size=8).mean_distance, by_hand)
+    with pytest.raises(InputError, match="contradicts the model's own token layout"):
+        attention_metrics(patterns, model, layout=token_layout(tiny_model(n_register_tokens=2)))

@@ -51,7 +51,7 @@ def assert_frames_close(a: pd.DataFrame, b: pd.DataFrame, tol: float = TOL) -> N
 
 
 def test_attention_metrics_stream_equals_one_batch(model, images, tmp_path):
-    whole = attention_metrics(collect_patterns(model, images, progress=False), model.cfg.patch_size)
+    whole = attention_metrics(collect_patterns(model, images, progress=False), model)
     rows = tmp_path / "rows.csv"
     streamed = streaming.stream_attention_metrics(model, images, batch_size=4, rows_path=rows, progress=False)
     assert streamed.n_images == N
@@ -76,7 +76,7 @@ def test_every_source_kind_gives_the_same_batches(model, images, labels, tmp_pat
     raw = (torch.rand(5, 40, 40, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8).numpy()
     for i, array in enumerate(raw):
         Image.fromarray(array).save(tmp_path / f"{i:02d}.png")
-    whole = attention_metrics(collect_patterns(model, model.preprocess(list(raw)), progress=False), 8)
+    whole = attention_metrics(collect_patterns(model, model.preprocess(list(raw)), progress=False), model)
     from_folder = streaming.stream_attention_metrics(model, tmp_path, batch_size=2, progress=False)
     assert_frames_close(whole.to_frame(), from_folder.to_frame())
     batches = list(streaming.iter_batches(hf, batch_size=4))

@@ -144,7 +144,7 @@ def _run_batch(
         layer = hook.layer()
         per_layer[layer] = attention_metrics(
             pattern[:, None],
-            model.cfg.patch_size,
+            model,
             settings,
             layers=[layer],
             keep_cls_attention=True,

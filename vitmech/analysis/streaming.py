@@ -52,7 +52,14 @@ from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_lab
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
-from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store_line, store_files
+from vitmech.analysis.ablation.store import (
+    JsonlStore,
+    MemoryStore,
+    encode_record,
+    read_store_file,
+    store_files,
+    store_header,
+)
 from vitmech.analysis.ablation.sweep import (
     CellLike,
     Engine,
@@ -70,6 +77,8 @@ from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
 from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.io.atomic import atomic_write_text
+from vitmech.io.lock import is_stale, read_holder
 from vitmech.tokens import TokenLayout, token_layout
 
 if TYPE_CHECKING:
@@ -448,7 +457,7 @@ def stream_attention_metrics(
         with torch.no_grad(), forward_precision(precision, model.device):
             patterns = collect_patterns(model, pixels, layers=layers, batch_size=pixels.shape[0], progress=False)
         metrics = attention_metrics(
-            _at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers, layout=token_layout(model)
+            _at_least_float32(patterns), model, settings, layers=layers, layout=token_layout(model)
         )
         del patterns
         for name, values in metrics.head_metrics().items():
@@ -807,38 +816,22 @@ class ShardedStore(MemoryStore):
             close()
 
     def merge(self) -> None:
-        """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards."""
-        header = {"type": "header", "key": self.key, "version": 1, "settings": self.settings}
-        records = [header, *(self.clean[b] for b in sorted(self.clean))]
+        """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards
+        (except those a live writer of another job still holds)."""
+        records = [store_header(self.key, self.settings), *(self.clean[b] for b in sorted(self.clean))]
         records += [self.cells[k] for k in sorted(self.cells)]
-        tmp = self.merged.with_name(self.merged.name + ".tmp")
-        with tmp.open("w") as f:
-            f.write("".join(_json_line(r) for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.merged)
+        atomic_write_text(self.merged, "".join(encode_record(r) for r in records))
         self._own.close()
         for shard in self.directory.glob(f"sweep-{self.key}.*.jsonl"):
+            lock = shard.with_name(f".{shard.name}.lock")
+            if lock.exists() and not is_stale(lock, read_holder(lock)):
+                continue  # another job is writing this shard now
             shard.unlink()
 
 
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, separators=(",", ":")) + "\n"
-
-
 def _read_records(path: Path, key: str) -> list[dict[str, Any]]:
-    from vitmech.analysis.ablation.errors import StoreMismatchError
-
-    raw = path.read_bytes()
-    lines = raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1]
-    if not lines:
-        return []
-    header = parse_store_line(lines[0], path, 1)  # garbled lines: StoreCorruptError naming file and line
-    if header.get("type") != "header" or header.get("key") != key:
-        raise StoreMismatchError(f"{path} was written for settings key {header.get('key')!r}, not {key!r}")
-    return [parse_store_line(line, path, number) for number, line in enumerate(lines[1:], start=2)]
+    """The finished records of one store file (half-written last line skipped; damage named by file and line)."""
+    return read_store_file(path, key)[1]
 
 
 def _sweep_settings(
@@ -922,36 +915,41 @@ def stream_ablation_sweep(
     weight_cache: dict = {}
     n_batches = 0
     bar = tqdm(desc=f"{ablation.name} ablation, {metric.name}", unit="cell", disable=not progress or not ranks.is_main)
-    for batch in iter_batches(
-        source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch
-    ):
-        n_batches = batch.index + 1
-        owned = [chunk for c, chunk in enumerate(chunks) if ranks.owns(batch.index * len(chunks) + c)]
-        pending = [chunk for chunk in owned if not all(sink.has_cell(batch.index, cells[i].name) for i in chunk)]
-        needs_clean = ranks.owns(batch.index) and not sink.has_clean(batch.index)
-        if not pending and not needs_clean:
-            continue
-        pixels = batch.pixels(model)
-        if pixels.shape[0] < ablation.min_batch:
-            raise BatchSourceError(
-                f"{ablation.name} ablation needs batches of at least {ablation.min_batch} images; batch "
-                f"{batch.index} has {pixels.shape[0]}"
-            )
-        with forward_precision(precision, model.device):
-            _sweep_batch(
-                model,
-                pixels,
-                batch.targets_on(model),
-                batch.index,
-                cells,
-                pending,
-                metric,
-                ablation,
-                engine,
-                sink,
-                bar,
-                weight_cache,
-            )
+    try:
+        for batch in iter_batches(
+            source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch
+        ):
+            n_batches = batch.index + 1
+            owned = [chunk for c, chunk in enumerate(chunks) if ranks.owns(batch.index * len(chunks) + c)]
+            pending = [chunk for chunk in owned if not all(sink.has_cell(batch.index, cells[i].name) for i in chunk)]
+            needs_clean = ranks.owns(batch.index) and not sink.has_clean(batch.index)
+            if not pending and not needs_clean:
+                continue
+            pixels = batch.pixels(model)
+            if pixels.shape[0] < ablation.min_batch:
+                raise BatchSourceError(
+                    f"{ablation.name} ablation needs batches of at least {ablation.min_batch} images; batch "
+                    f"{batch.index} has {pixels.shape[0]}"
+                )
+            with forward_precision(precision, model.device):
+                _sweep_batch(
+                    model,
+                    pixels,
+                    batch.targets_on(model),
+                    batch.index,
+                    cells,
+                    pending,
+                    metric,
+                    ablation,
+                    engine,
+                    sink,
+                    bar,
+                    weight_cache,
+                )
+    except BaseException:  # an interrupted sweep lets go of its shard (a rerun in this process resumes it)
+        bar.close()
+        sink.close()
+        raise
     bar.close()
     if n_batches == 0:
         raise BatchSourceError("the batch source yielded no images")

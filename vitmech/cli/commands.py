@@ -69,7 +69,7 @@ COMMANDS: dict[str, Command] = {
         "00_make_datasets.py",
     ),
     "align": Command(
-        "vitmech.studies.alignment",
+        "vitmech.studies.align",
         "does fine-tuning move attention onto annotated features? IoU before/after by tier (paired tests)",
         "11_attention_alignment.py",
     ),

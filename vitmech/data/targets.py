@@ -11,6 +11,7 @@ column), NaN or inf, and labels that are not whole numbers or lie outside the he
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,15 @@ class TargetsFileError(DataError, CorruptFileError):
 def _read_text(file: Path) -> np.ndarray:
     delimiter = "," if file.suffix == ".csv" else None
     rows: list[list[float]] = []
-    with file.open(newline="") as f:
+    try:
+        text = file.read_text()
+    except UnicodeDecodeError as exc:
+        raise TargetsFileError(
+            f"{file} is not a text file of numbers (byte {exc.start} is not UTF-8): a damaged file, or a "
+            "binary format with a text suffix",
+            path=file,
+        ) from None
+    with io.StringIO(text, newline="") as f:
         lines = csv.reader(f, delimiter=delimiter) if delimiter else (line.split() for line in f)
         for number, cells in enumerate(lines, start=1):
             if not cells or all(not c.strip() for c in cells):

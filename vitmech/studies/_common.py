@@ -105,6 +105,17 @@ def image_stream(images: list[Any], batch_size: int) -> list[dict[str, Any]]:
     return [{"image": images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
 
 
+def device(args: argparse.Namespace) -> Any:
+    """The torch.device of --device (None: CUDA when present, else the CPU); one clear line when unusable."""
+    from vitmech.device import resolve_device
+    from vitmech.errors import RuntimeSettingError
+
+    try:
+        return resolve_device(getattr(args, "device", None))
+    except RuntimeSettingError as err:
+        raise SystemExit(f"error: --device: {err}") from None
+
+
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = study_report(out, f"Misclassified images: {names[0]}", [m])
     report.add_text(f"{model_lines([m])}\n- images: {data.note}\n- methods: {', '.join(methods)}")
-    confusion = confusion_matrix(labels, logits.argmax(-1), n_classes)
+    confusion = confusion_matrix(torch.as_tensor(labels), logits.argmax(-1), n_classes)
     accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
     labels_text = [name_of(i) for i in range(n_classes)]
     report.add_table(

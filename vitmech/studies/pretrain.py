@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=None, help="override n_layers (smaller trials)")
     p.add_argument("--d-model", type=int, default=None, help="override d_model (d_head = d_model / 12)")
     p.add_argument("--save-model", metavar="DIR", help="where the model goes (default: OUT/model)")
-    add_run(p, resumable=True, device=False)
+    add_run(p, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vitmech.cli.outputs import study_report
     from vitmech.data.procedural import FILLS, PROCEDURAL_CLASSES, SHAPES
-    from vitmech.studies._common import start
+    from vitmech.studies._common import device, start
     from vitmech.train import TierConfig, TrainConfig, chance_baselines, evaluate, fit, prepare_tier, with_image_size
     from vitmech.train.cards import command_line, hardware_info, shipped_name
     from vitmech.train.datasets import procedural_dataset
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = mini_vit(
         len(PROCEDURAL_CLASSES), PROCEDURAL_CLASSES, image_size=args.stage1_size, seed=args.seed, **overrides
-    )
+    ).to(device(args))  # the training loop and evaluation move each batch to the model's device
     tier = TierConfig("full", head_lr=args.stage1_lr, backbone_lr=args.stage1_lr, weight_decay=0.05)
     t_start, c_start = time.perf_counter(), time.process_time()
 
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # stage 2: full resolution (position embeddings resampled to the 14 x 14 grid)
-    model = with_image_size(model, 224)
+    model = with_image_size(model, 224).to(device(args))
     train2 = procedural_dataset(args.stage2_images, args.seed + 1, 224, cache_dir=run / "data", progress=progress)
     cfg2 = TrainConfig(
         steps=args.stage2_steps,

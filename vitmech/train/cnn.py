@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,7 @@ def train_cnn(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vitmech.train.cards import command_line, hardware_info
+    from vitmech.train.cards import hardware_info
 
     parser = argparse.ArgumentParser(prog="python -m vitmech.train.cnn", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder the CNN is written to")
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         name="vitmech/mini-cnn" if Path(args.out).name == "mini-cnn" else None,
         compare={"vitmech/mini-galaxy test accuracy (same 568 test images)": vit},
         hardware=hardware_info(),
-        command=command_line(),
+        command=" ".join(["python -m vitmech.train.cnn", *(argv if argv is not None else sys.argv[1:])]),
     )
     save_cnn(model, args.out, card=card)
     logger.info(
