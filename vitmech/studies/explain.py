@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: no model takes the methods asked for")
     report.add_figure(
         "explanations",
-        plot_explanations(data.rgb, explanations, stamp=False if report.random_weights else None),
+        plot_explanations(data.rgb, explanations),
         caption="Each map over its image; one colour scale per column (its colour bar below it). Grad-CAM maps "
         "are min-max scaled per image by the grad-cam package; integrated gradients is signed.",
     )

@@ -150,7 +150,6 @@ def run(args: argparse.Namespace) -> int:
             rgb,
             {"true class": by_class["true"], "predicted class": by_class["predicted"]},
             row_titles=titles,
-            stamp=False if report.random_weights else None,
         ),
         caption="The most confidently misclassified images (true -> predicted, confidence): each method's map "
         "for the true class and for the predicted class; one colour scale per column.",

@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from vitmech.viz.attention import MAP_CMAP, _as_rgb, _figure
+from vitmech.viz.stamp import RANDOM_WEIGHTS, stamp_random
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from vitmech.analysis.explain import Explanation
-
-RANDOM_WEIGHTS = "RANDOM WEIGHTS"
 
 
 def _resized(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -114,7 +113,7 @@ def plot_explanations(
     random = any(ex.random_weights for ex in explanations.values()) if stamp is None else stamp
     if random:
         fig.suptitle(RANDOM_WEIGHTS, color="red", fontsize=12, weight="bold")
-        fig.text(0.5, 0.5, RANDOM_WEIGHTS, ha="center", va="center", rotation=25, fontsize=36, color="red", alpha=0.35)
+        stamp_random(fig, [name for name, ex in explanations.items() if ex.random_weights])
     return fig
 
 
