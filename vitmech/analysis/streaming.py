@@ -34,7 +34,7 @@ import inspect
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -588,6 +588,66 @@ class _SummaryAccumulator:
         return StreamedSummary(name, metrics, scalars, distance, rs)
 
 
+def stream_attention_summary(
+    model: HookedViT,
+    source: Any,
+    *,
+    name: str = "model",
+    settings: AttentionSettings | None = None,
+    rollout_settings: RolloutSettings | None = None,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    image_key: str | None = None,
+    progress: bool = True,
+) -> StreamedSummary:
+    """`summarize_attention` over every image of `source`, for one model: metric moments per (layer, head)
+    and per layer, the per-image scalars of the comparison table (last-layer CLS entropy and top-k, rollout
+    entropy and top-k) and each image's mean attention distance per layer. Two summaries of the same
+    images make a `StreamedComparison(before, after, weights=None, cka=None)`."""
+    check_precision(precision)
+    settings = settings or AttentionSettings()
+    rollout_settings = rollout_settings or RolloutSettings()
+    ranks = current()
+    accumulator = _SummaryAccumulator()
+    bar = _progress(source, progress, f"attention ({name})", ranks)
+    for batch in iter_batches(source, batch_size=batch_size, ranks=ranks, image_key=image_key):
+        with forward_precision(precision, model.device):
+            result = _compare._run_batch(model, batch.pixels(model), settings, rollout_settings, False)
+        accumulator.update(name, batch.start, result, rollout_settings, token_layout(model))
+        bar.update(batch.size)
+    bar.close()
+    if not any(gather_objects(bool(accumulator.images))):
+        raise BatchSourceError("the batch source yielded no images")
+    return accumulator.result(name, model, settings, rollout_settings)
+
+
+def stream_per_image(
+    model: HookedViT,
+    source: Any,
+    compute: Callable[[HookedViT, Tensor], Mapping[str, Tensor]],
+    *,
+    batch_size: int = 16,
+    image_key: str | None = None,
+    progress: bool = True,
+    desc: str = "per image",
+) -> dict[str, Tensor]:
+    """Per-image values of every image of `source`, in stream order, on every rank: `compute(model,
+    pixels)` returns {name: [batch, ...]} for one preprocessed batch (e.g. the predicted class); each rank
+    computes its own batches and one collective gathers them. Keep the values small (scalars per image)."""
+    ranks = current()
+    parts: list[tuple[int, dict[str, Tensor]]] = []
+    bar = _progress(source, progress, desc, ranks)
+    for batch in iter_batches(source, batch_size=batch_size, ranks=ranks, image_key=image_key):
+        values = compute(model, batch.pixels(model))
+        parts.append((batch.start, {name: value.detach().cpu() for name, value in values.items()}))
+        bar.update(batch.size)
+    bar.close()
+    gathered = _gather_images(parts)
+    if not gathered:
+        raise BatchSourceError("the batch source yielded no images")
+    return gathered
+
+
 def stream_compare_models(
     before: HookedViT,
     after: HookedViT,
@@ -1052,9 +1112,11 @@ __all__ = [
     "merge_cka",
     "stream_ablation_sweep",
     "stream_attention_metrics",
+    "stream_attention_summary",
     "stream_cka",
     "stream_compare_models",
     "stream_direct_logit_attribution",
     "stream_head_estimates",
     "stream_head_sweep",
+    "stream_per_image",
 ]

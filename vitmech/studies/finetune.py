@@ -23,7 +23,11 @@ import argparse  # noqa: E402
 from typing import Any  # noqa: E402
 
 from vitmech.cli.args import PRETRAINED, SYNTHETIC_GALAXIES, add_images, add_labels, add_models, add_run  # noqa: E402
+from vitmech.studies._common import NOT_LAUNCHED  # noqa: E402
 from vitmech.studies._finetuning import add_training_arguments  # noqa: E402
+
+LAUNCH = NOT_LAUNCHED
+LAUNCH_NOTE = "training in several processes, DistributedDataParallel, is not supported"
 
 GZ2 = "gz2"
 QUICK = {"n_train": 12, "n_val": 4, "n_test": 8, "steps": 2, "batch_size": 4, "probe_steps": 2, "n_images": 24}

@@ -19,7 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vitmech.studies.finet
 import argparse  # noqa: E402
 
 from vitmech.cli.args import PRETRAINED, add_models, add_run  # noqa: E402
+from vitmech.studies._common import NOT_LAUNCHED  # noqa: E402
 from vitmech.studies._finetuning import add_training_arguments  # noqa: E402
+
+LAUNCH = NOT_LAUNCHED
+LAUNCH_NOTE = "training in several processes, DistributedDataParallel, is not supported"
 
 QUICK = {"n_train": 8, "n_val": 2, "n_test": 4, "steps": 2, "batch_size": 4, "probe_steps": 2}
 

@@ -23,6 +23,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from vitmech.cli.args import add_run  # noqa: E402
+from vitmech.studies._common import NOT_LAUNCHED  # noqa: E402
+
+LAUNCH = NOT_LAUNCHED
+LAUNCH_NOTE = "training in several processes, DistributedDataParallel, is not supported"
 
 QUICK = {
     "layers": 2,
