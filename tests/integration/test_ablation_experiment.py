@@ -132,7 +132,7 @@ def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_p
                 str(tmp_path / "a"),
             ]
         )
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as usage_error:
         exp.main(
             [
                 "--model",
@@ -145,7 +145,7 @@ def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_p
                 str(tmp_path / "b"),
             ]
         )
-    assert "needs targets" in capsys.readouterr().err
+    assert usage_error.value.code == 2 and "needs targets" in capsys.readouterr().err
 
 
 def test_plots_draw_the_results():

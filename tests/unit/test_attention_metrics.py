@@ -214,8 +214,8 @@ def test_metrics_tables_and_concatenation():
 # ----------------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gets_clear_errors(unchecked_types):
-    model = tiny_model()
+def test_bad_input_gets_clear_errors(tiny_vit, unchecked_types):
+    model = tiny_vit
     good = torch.softmax(torch.randn(1, 1, 1, 17, 17), -1)
     with pytest.raises(ValueError, match="stack_patterns"):
         attention_metrics(good[0], model)  # one layer from a cache: [B, H, P, P]

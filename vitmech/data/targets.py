@@ -90,6 +90,18 @@ def read_value_rows(path: str | Path) -> np.ndarray:
     return values
 
 
+def require_one_row_per_image(values: np.ndarray, n_images: int, where: str | Path, order: str) -> None:
+    """Refuse a value file without exactly one row per image file (more rows as well as fewer); `order`
+    names the order the rows must follow, for the message."""
+    if values.shape[0] != n_images:
+        more = "more" if values.shape[0] > n_images else "fewer"
+        raise TargetsFileError(
+            f"{where} has {values.shape[0]} rows for {n_images} image files ({more} rows than images); it must "
+            f"hold exactly one row per image file, in {order}",
+            path=where,
+        )
+
+
 def read_targets(
     path: str | Path,
     n_images: int,
@@ -104,13 +116,7 @@ def read_targets(
     """
     file = Path(path).expanduser()
     values = read_value_rows(file)
-    if values.shape[0] != n_images:
-        more = "more" if values.shape[0] > n_images else "fewer"
-        raise TargetsFileError(
-            f"{file} has {values.shape[0]} rows for {n_images} image files ({more} rows than images); it must "
-            "hold exactly one row per image file, in sorted file order",
-            path=file,
-        )
+    require_one_row_per_image(values, n_images, file, "sorted file order")
     if rows is not None:
         values = values[np.asarray(list(rows), dtype=np.int64)]
     bad = ~np.isfinite(values.astype(np.float64))

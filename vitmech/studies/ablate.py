@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from vitmech.cli.args import add_images, add_labels, add_models, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS
 QUICK = {"n_images": 4, "batch_size": 4, "max_batch": 4, "no_estimates": True}
 CHIRPS = "chirps"
 CHIRP_STREAM_START = 1_000_000  # stream indices far beyond any training split (fine-tuning uses 0..n)
@@ -90,7 +92,7 @@ def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from vitmech.cli.args import models_from
-    from vitmech.distributed import distributed_session, gather_objects
+    from vitmech.distributed import current
     from vitmech.studies._common import start
 
     if args.n_images < 1:
@@ -98,16 +100,10 @@ def run(args: argparse.Namespace) -> int:
     names = models_from(args)
     if len(names) != 1:
         args.parser.error("ablate takes one --model")
-    # under torchrun / accelerate launch every rank runs this study: the sweep and the estimates are shared
-    # out (docs/cluster.md), rank 0 makes the output folder and writes the report
-    with distributed_session() as ranks:
-        out = start(args, resumable_parts=("store",)) if ranks.is_main else None
-        out = gather_objects(out)[0]
-        if not ranks.is_main:
-            import torch
-
-            torch.manual_seed(args.seed)  # what start() did on rank 0
-        return _run(args, names, out, ranks)
+    # under torchrun / accelerate launch (LAUNCH = SHARDS) every rank runs this study: the sweep and the
+    # estimates are shared out (docs/cluster.md), rank 0 makes the output folder and writes the report
+    out = start(args, resumable_parts=("store",))
+    return _run(args, names, out, current())
 
 
 def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> int:

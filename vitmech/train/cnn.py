@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch import nn
 
 from vitmech.errors import InputError
 from vitmech.preprocessing import Preprocessing
+from vitmech.train.mini import mini_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,7 @@ VIT_PREFIXES = ("vit_", "deit", "eva", "beit", "flexivit", "samvit", "vitamin")
 
 def cnn_preprocessing(image_size: int = MINI_CNN_IMAGE_SIZE) -> Preprocessing:
     """The mini models' normalisation (mean = std = 0.5, squash) at the CNN's input size."""
-    return Preprocessing(
-        image_size=image_size,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        interpolation="bilinear",
-        resize_mode="squash",
-        crop_pct=1.0,
-        source="vitmech mini CNN (mini-model normalisation)",
-    )
+    return replace(mini_preprocessing(image_size), source="vitmech mini CNN (mini-model normalisation)")
 
 
 def build_cnn(
