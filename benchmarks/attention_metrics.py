@@ -80,9 +80,9 @@ def rollout_family(patterns: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def metric_suite(patterns: torch.Tensor, patch_size: int) -> dict[str, Callable[[], Any]]:
+def metric_suite(patterns: torch.Tensor, cfg: ViTConfig) -> dict[str, Callable[[], Any]]:
     return {
-        "entropy_topk_distance": lambda: attention_metrics(patterns, patch_size, AttentionSettings(k=10)),
+        "entropy_topk_distance": lambda: attention_metrics(patterns, cfg, AttentionSettings(k=10)),
         "cls_maps": lambda: cls_attention_maps(patterns),
         "rollout_mean_max_min_discard": lambda: rollout_family(patterns),
     }
@@ -117,7 +117,7 @@ def main() -> int:
         patterns = None  # free the previous cache before refilling
         seconds, patterns = timed(lambda: collect_patterns(model, images, batch_size=args.batch, progress=False))
         record("forward_fill_cache", seconds)
-        for name, fn in metric_suite(patterns, cfg.patch_size).items():
+        for name, fn in metric_suite(patterns, cfg).items():
             record(name, timed(fn)[0])
         record("full_rollout_matrix", timed(partial(rollout, patterns, 0.5, "mean"))[0])
         with torch.no_grad():
@@ -128,7 +128,7 @@ def main() -> int:
         record("streamed_summary_b8", seconds)
 
     # the streamed summary equals the metrics of the stacked cache
-    stacked = attention_metrics(patterns, cfg.patch_size)
+    stacked = attention_metrics(patterns, cfg)
     torch.testing.assert_close(summary.metrics.cls_entropy, stacked.cls_entropy)
     torch.testing.assert_close(summary.metrics.mean_distance, stacked.mean_distance)
     torch.testing.assert_close(summary.rollout.rows[:, 0], rollout(patterns).rows[:, 0], atol=1e-5, rtol=1e-4)
@@ -154,7 +154,7 @@ def main() -> int:
 
     best = {name: min(values) for name, values in times.items()}
     forward = best["forward_fill_cache"]
-    parts = [*metric_suite(images, cfg.patch_size), "gradient_rollout", "gmar"]  # the metric names
+    parts = [*metric_suite(images, cfg), "gradient_rollout", "gmar"]  # the metric names
     metrics_total = sum(best[name] for name in parts)
     result = {
         "batch": args.batch,

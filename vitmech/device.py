@@ -13,6 +13,7 @@ The error it brings is measured in docs/performance.md#reduced-precision and bou
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal, overload
 
@@ -29,8 +30,14 @@ DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 
 def default_device() -> torch.device:
-    """CUDA when a GPU is visible, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when a GPU is visible, else the CPU. Under a launcher (torchrun sets LOCAL_RANK) each process
+    on a node takes its own GPU, `cuda:<LOCAL_RANK mod GPUs>`."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return torch.device("cuda")
+    return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

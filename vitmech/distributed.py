@@ -19,9 +19,9 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,10 @@ from vitmech.errors import RuntimeSettingError
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
+WAIT_TIMEOUT = datetime.timedelta(days=7)
+"""How long the other ranks wait for rank 0 doing a one-process step (fine-tuning can take hours)."""
+
+_alone: list[bool] = []  # non-empty inside `alone()`
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class Ranks:
 
 
 def current() -> Ranks:
-    """The ranks of the initialised default process group (one process when there is none)."""
-    if dist.is_available() and dist.is_initialized():
+    """The ranks of the initialised default process group (one process when there is none, or inside
+    `alone()`)."""
+    if not _alone and dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
 
@@ -111,6 +116,76 @@ def distributed_session(backend: str | None = None) -> Iterator[Ranks]:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this process acts as the only one: `current()` is one rank, so the streamed analyses read
+    every batch and use no collective (rank 0 doing a step the other ranks skip)."""
+    _alone.append(True)
+    try:
+        yield
+    finally:
+        _alone.pop()
+
+
+def exit_status(exit: SystemExit) -> int:
+    """The process exit status a `SystemExit` stands for (0 for None, 1 for a message)."""
+    if exit.code is None:
+        return 0
+    return exit.code if isinstance(exit.code, int) else 1
+
+
+def run_on_main(step: Callable[[], int], what: str) -> int:
+    """Run `step` (returning an exit status) on rank 0 alone while the other ranks wait for it.
+
+    Outside a process group this is `step()`. Inside one, rank 0 runs `step` within `alone()` and logs
+    that it did; the others wait (on a gloo group with a `WAIT_TIMEOUT` time-out, so long steps do not
+    trip the default 30-minute one) and return rank 0's exit status. An exception on rank 0 is re-raised
+    there after the others have been told (they return 1, or rank 0's `SystemExit` status).
+    """
+    ranks = current()
+    if not ranks.active:
+        return int(step() or 0)
+
+    def on_main() -> int:
+        if not ranks.is_main:
+            return 0
+        logger.warning(
+            "%s does not split across processes: rank 0 runs it alone, the other %d rank(s) wait and exit with "
+            "its status",
+            what,
+            ranks.world_size - 1,
+        )
+        with alone():
+            return int(step() or 0)
+
+    return run_together(on_main)
+
+
+def run_together(step: Callable[[], int]) -> int:
+    """Run `step` (returning an exit status) on every rank, then end together: every rank waits for rank 0
+    to finish (on a gloo group with a `WAIT_TIMEOUT` time-out: rank 0 may write reports for a long time
+    after the shared work) and returns rank 0's status where its own is 0. An exception is re-raised on
+    its rank after the wait; rank 0's failure is told to the others (status 1, or its `SystemExit` status).
+    Outside a process group this is `step()`."""
+    if not current().active:
+        return int(step() or 0)
+    group = cast(dist.ProcessGroup, dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT))  # every rank is in it
+    status: list[Any] = [0]
+    failure: BaseException | None = None
+    try:
+        status[0] = int(step() or 0)
+    except SystemExit as exit:
+        failure, status[0] = exit, exit_status(exit)
+    except BaseException as error:  # told to the others, then re-raised
+        failure, status[0] = error, 1
+    own = status[0]
+    dist.broadcast_object_list(status, src=0, group=group)
+    dist.destroy_process_group(group)
+    if failure is not None:
+        raise failure
+    return own or int(status[0])
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if current().active:
@@ -130,12 +205,17 @@ def gather_objects(obj: Any) -> list[Any]:
 
 __all__ = [
     "BACKENDS",
+    "WAIT_TIMEOUT",
     "Ranks",
+    "alone",
     "barrier",
     "current",
     "default_backend",
     "distributed_session",
+    "exit_status",
     "gather_objects",
     "init_process_group",
     "launched",
+    "run_on_main",
+    "run_together",
 ]

@@ -15,6 +15,7 @@ Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad inpu
         ├── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
         │   StoreMismatchError
         ├── RuntimeSettingError, BatchSourceError, PatchingError
+        ├── HubError (also OSError): the hub is offline, unreachable or refuses an upload (not logged in)
         └── vitmech.io.errors.StorageError: CorruptFileError, IncompleteWriteError, LockHeldError (and the data
             and ablation stores' kinds built on them)
 """
@@ -144,6 +145,11 @@ class PatchingError(InputError):
     """A patching, path-patching or circuit request that cannot run (bad sites, unpaired images, ...)."""
 
 
+class HubError(InputError, OSError):
+    """The model hub cannot take an upload: unreachable, offline (HF_HUB_OFFLINE), or not logged in / no
+    write access; the message says which and how to fix it."""
+
+
 __all__ = [
     "AblationError",
     "BatchSourceError",
@@ -154,6 +160,7 @@ __all__ = [
     "EmptySplitError",
     "HeadIndexError",
     "HeadMismatchError",
+    "HubError",
     "ImageInputError",
     "IndexOutOfRangeError",
     "InputError",

@@ -81,7 +81,10 @@ INDEX = "index.json"
 class Report:
     """A folder holding report.md, one CSV per table, JSON files and PNG figures (see the module docstring)."""
 
-    def __init__(self, directory: str | Path, title: str) -> None:
+    def __init__(self, directory: str | Path, title: str, random_weights: Sequence[str] | None = None) -> None:
+        """random_weights: names of randomly initialised models the report is computed from; when any,
+        report.md opens with a warning, every figure is stamped (`vitmech.viz.stamp`) and JSON carries them."""
+        self.random_weights = list(random_weights or [])
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.directory / REPORT_LOCK, what=f"report folder {self.directory}").acquire()
@@ -91,6 +94,15 @@ class Report:
         self.title = title
         self._sections: list[str] = []
         self._artifacts: list[str] = []
+        if self.random_weights:
+            from vitmech.viz.stamp import RANDOM_WEIGHTS
+
+            self.title = f"{title} ({RANDOM_WEIGHTS})"
+            self.add_text(
+                f"> **{RANDOM_WEIGHTS}**: {', '.join(f'`{n}`' for n in self.random_weights)} "
+                "had no pretrained weights available and were built with random weights (--random-init). "
+                "Nothing here describes a trained model."
+            )
 
     def path(self, name: str) -> Path:
         """Where to write an extra artifact `name` before `write()` (the staging folder)."""
@@ -131,16 +143,27 @@ class Report:
         return path
 
     def add_json(self, name: str, data: Any) -> Path:
+        if self.random_weights and isinstance(data, Mapping):
+            data = {"random_weights": self.random_weights, **data}
         path = self._record(f"{name}.json")
         atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
         return path
 
     def add_figure(self, name: str, figure: Any, caption: str = "", dpi: int = 110) -> Path:
-        """Save a matplotlib figure as `name.png` (and close it) and show it in report.md."""
+        """Save a matplotlib figure as `name.png` (and close it) and show it in report.md; stamped RANDOM
+        WEIGHTS (on the figure, its caption and its PNG metadata) when the report has random weights."""
         import matplotlib.pyplot as plt
 
+        from vitmech.viz.stamp import RANDOM_WEIGHTS, png_metadata, stamp_random
+
+        if self.random_weights:
+            stamp_random(figure, self.random_weights)
+            caption = f"{RANDOM_WEIGHTS}. {caption}" if caption else RANDOM_WEIGHTS
+        metadata = png_metadata(figure)
         path = self._record(f"{name}.png")
-        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+        atomic_write(
+            path, lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata=metadata)
+        )
         plt.close(figure)
         self._sections.append(f"![{caption or name}]({name}.png)" + (f"\n\n_{caption}_" if caption else ""))
         return path
@@ -151,8 +174,11 @@ class Report:
         atomic_write_text(self._staging / "report.md", body)
         files = [*self._artifacts, "report.md"]
         index = self.directory / INDEX
+        previous = self._previous_files()
         index.unlink(missing_ok=True)  # the folder is in flux until the new index is written
         fsync_dir(self.directory)
+        for name in sorted(previous - set(files)):  # the previous run's files this run does not replace
+            (self.directory / name).unlink(missing_ok=True)
         for name in files:
             os.replace(self._staging / name, self.directory / name)
         fsync_dir(self.directory)
@@ -168,6 +194,17 @@ class Report:
         md = self.directory / "report.md"
         logger.info("report written to %s", md)
         return md
+
+    def _previous_files(self) -> set[str]:
+        """The files the folder's current index.json lists (none if it has no readable index)."""
+        try:
+            payload = json.loads((self.directory / INDEX).read_text())
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(payload, dict):
+            return set()
+        names = {*payload.get("files", []), *payload.get("manifest", {}), "report.md"}
+        return {n for n in names if isinstance(n, str) and n == Path(n).name and not n.startswith(".")}
 
 
 def verify_report(directory: str | Path) -> dict[str, Any]:

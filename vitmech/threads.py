@@ -5,7 +5,7 @@ on a given number of threads (for example one thread per process on a shared CPU
 rank under `torchrun`), it asks explicitly:
 
     with torch_threads(1):
-        metrics = attention_metrics(patterns, patch_size=16)
+        metrics = attention_metrics(patterns, model)
 
 `torch_threads(None)` (the neutral default of every `num_threads=` option) leaves the setting alone.
 See docs/performance.md#scale for measured effects of the thread count.

@@ -83,6 +83,17 @@ def _record(model: HookedViT, step: str, **options: Any) -> None:
     model.card.setdefault("weight_processing", []).append({"step": step, **options})
 
 
+def _fold_into_reader(ln: LayerNorm, weight: torch.Tensor, bias: torch.Tensor, center: bool) -> None:
+    """Fold LayerNorm `ln`'s gain and bias into the matrix that reads its output, weight [d_model, n], and
+    that matrix's bias [n]; `center`: subtract each column's mean over d_model (the normalised input has
+    zero mean, so the output is unchanged). `ln` is then reset to gain 1, bias 0."""
+    bias.add_(ln.b @ weight)
+    weight.mul_(ln.w[:, None])
+    if center:
+        weight.sub_(weight.mean(0, keepdim=True))
+    _reset(ln)
+
+
 def _reset(ln: LayerNorm) -> None:
     ln.w.fill_(1.0)
     ln.b.zero_()
@@ -104,19 +115,9 @@ def fold_layer_norm(model: HookedViT, center_reading_weights: bool = True, inpla
             if center_reading_weights:
                 W.sub_(W.mean(-2, keepdim=True))
         _reset(block.ln1)
-        mlp, w, b = block.mlp, block.ln2.w, block.ln2.b
-        mlp.b_in.add_(b @ mlp.W_in)
-        mlp.W_in.mul_(w[:, None])
-        if center_reading_weights:
-            mlp.W_in.sub_(mlp.W_in.mean(0, keepdim=True))
-        _reset(block.ln2)
+        _fold_into_reader(block.ln2, block.mlp.W_in, block.mlp.b_in, center_reading_weights)
     if model.cfg.has_classifier:
-        head, w, b = model.head, model.ln_final.w, model.ln_final.b
-        head.b_H.add_(b @ head.W_H)
-        head.W_H.mul_(w[:, None])
-        if center_reading_weights:
-            head.W_H.sub_(head.W_H.mean(0, keepdim=True))
-        _reset(model.ln_final)
+        _fold_into_reader(model.ln_final, model.head.W_H, model.head.b_H, center_reading_weights)
     else:
         logger.info("no classifier head: ln_final is left as it is (its output is the model's features)")
     if not model.cfg.qkv_bias:

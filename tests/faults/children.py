@@ -6,6 +6,7 @@ until done (or until the parent SIGKILLs it at a seeded random moment).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,30 +88,118 @@ def task_train(directory: str, out: str) -> None:
     Path(out).write_text(json.dumps({"weights": module_fingerprint(m), "history": result.history}))
 
 
+TIMING_CARD_KEYS = ("train_seconds", "train_cpu_seconds")  # wall and CPU time: the only card entries a kill may change
+
+
+def task_finetune(directory: str, out: str) -> None:
+    """A tiny checkpointed `fine_tune`; writes the merged model's fingerprint, its card (timings left out)
+    and the history to `out`."""
+    from vitmech.fingerprint import module_fingerprint
+    from vitmech.train import TierConfig, fine_tune
+
+    m, _, data, config = train_setup()
+    ready()
+    result = fine_tune(
+        m,
+        data,
+        TierConfig("full", head_lr=1e-2, backbone_lr=3e-3),
+        config,
+        new_head=False,
+        checkpoint_dir=directory,
+        progress=False,
+    )
+    card = {k: v for k, v in result.card().items() if k not in TIMING_CARD_KEYS}
+    record = {"weights": module_fingerprint(result.model), "card": card, "history": result.train_result.history}
+    Path(out).write_text(json.dumps(record))
+
+
 def sweep_setup():
     from tests.helpers.models import seeded_images
 
     return model(4), seeded_images(12, 32, seed=6)
 
 
-def task_sweep(store: str, out: str) -> None:
+def throttle_store_writes(seconds: float) -> None:
+    """Sleep after each store write (so a kill lands at a chosen record count, not after the sweep ended)."""
+    import time
+
+    from vitmech.analysis.ablation.store import JsonlStore
+
+    real = JsonlStore.write
+
+    def slow(self, records):
+        real(self, records)
+        time.sleep(seconds)
+
+    JsonlStore.write = slow
+
+
+def sweep_table(result) -> dict:
+    """The sweep's table as JSON-able lists (float repr round-trips exactly)."""
+    return json.loads(json.dumps(result.to_frame().to_dict(orient="split")))
+
+
+def task_sweep(store: str, out: str, throttle: str = "0") -> None:
+    """The 8-head, 4-batch sweep of `sweep_setup`, stored in `store`; its exact table is written to `out`."""
     from vitmech.analysis.ablation import head_sweep
 
     m, images = sweep_setup()
+    if float(throttle) > 0:
+        throttle_store_writes(float(throttle))
     ready()
     result = head_sweep(m, images, "kl_to_clean", batch_size=3, max_batch=3, store=store or None, progress=False)
-    result.to_frame().to_json(out, orient="split", double_precision=15)
+    Path(out).write_text(json.dumps(sweep_table(result)))
+
+
+def task_stream_rank(store: str, rank: str, world: str, throttle: str = "0") -> None:
+    """The streamed sweep of `sweep_setup` as rank `rank` of `world` (collectives answered locally)."""
+    from vitmech.analysis import streaming
+    from vitmech.distributed import Ranks
+
+    streaming.current = lambda: Ranks(int(rank), int(world))
+    streaming.gather_objects = lambda obj: [obj] * int(world)
+    streaming.barrier = lambda: None
+    m, images = sweep_setup()
+    if float(throttle) > 0:
+        throttle_store_writes(float(throttle))
+    ready()
+    with contextlib.suppress(KeyError):  # this rank alone cannot build the table (the others' cells are missing)
+        streaming.stream_head_sweep(m, images, "kl_to_clean", store=store, batch_size=3, max_batch=3, progress=False)
+
+
+DATASET_SUMMARIES = ["smooth_round", "spiral", "edge_on_disk", "barred_spiral"] * 10  # 40 train rows, 12 test
+
+
+def write_child_dataset(directory: str | Path) -> Path:
+    """The dataset the `dataset` child writes: 10 train shards and 3 test shards of 4 rows."""
+    from vitmech.data import make_gz2_fixture
+
+    return make_gz2_fixture(
+        directory,
+        train_summaries=DATASET_SUMMARIES,
+        test_summaries=DATASET_SUMMARIES[:12],
+        image_size=16,
+        shard_size=4,
+    )
 
 
 def task_dataset(directory: str) -> None:
-    from vitmech.data import make_gz2_fixture
-
     ready()
-    summaries = ["smooth_round", "spiral", "edge_on_disk", "barred_spiral"] * 10
-    make_gz2_fixture(directory, train_summaries=summaries, test_summaries=summaries[:12], image_size=16, shard_size=4)
+    write_child_dataset(directory)
 
 
-def task_report(directory: str, tag: str, n: str) -> None:
+def pause_point(sync: str, tag: str) -> None:
+    """Tell the parent this writer is mid-write (`<sync>/paused-<tag>`), then wait for `<sync>/go`."""
+    import time
+
+    Path(sync, f"paused-{tag}").touch()
+    deadline = time.monotonic() + 300
+    while not Path(sync, "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def task_report(directory: str, tag: str, n: str, sync: str = "") -> None:
+    """A report of n tables and figures; with `sync`, pause mid-write after the first table (pause_point)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,6 +211,8 @@ def task_report(directory: str, tag: str, n: str) -> None:
     report = Report(directory, title=f"run {tag}")
     for i in range(int(n)):
         report.add_table(f"t{i}", [{"run": tag, "i": i, "x": j} for j in range(50)])
+        if sync and i == 0:
+            pause_point(sync, tag)
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot(range(10), [int(tag) * j for j in range(10)])
         report.add_figure(f"f{i}", fig)

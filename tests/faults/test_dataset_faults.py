@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.faults.children import write_child_dataset
 from tests.faults.killing import kill_at
 from vitmech.data import DataError, load_gz2, make_gz2_fixture, open_gz2
 from vitmech.data._errors import CorruptDatasetError, IncompleteDatasetError
@@ -79,22 +80,42 @@ def test_a_writer_killed_after_some_shards_is_refused(tmp_path, cache_dir):
     path = tmp_path / "d"
     killed = kill_at(0.0, "dataset", str(path), when=lambda: len(list((path / "data").glob("*.parquet"))) >= 3)
     assert killed
-    with pytest.raises(IncompleteDatasetError, match="died before finishing"):
+    with pytest.raises(IncompleteDatasetError, match="died before finishing") as info:
         open_gz2(path, cache_dir=cache_dir)
+    assert "missing: [" in str(info.value) and DATASET_INFO in str(info.value)  # what is missing is named
+
+
+def shard_digests(path):
+    """Size and SHA-256 of every file of a finished dataset (what its completion file lists)."""
+    return json.loads((path / DATASET_INFO).read_text())["files"]
 
 
 @pytest.mark.slow
-def test_dataset_writes_killed_at_random_moments_load_whole_or_are_refused(tmp_path, cache_dir):
+def test_dataset_writes_killed_at_random_moments_are_refused_or_rerun_to_identical_files(tmp_path, cache_dir):
+    reference = write_child_dataset(tmp_path / "reference")
+    reference_rows = open_gz2(reference, cache_dir=cache_dir)["train"].to_pandas()
     rng = np.random.default_rng(99)
     path = tmp_path / "d"
-    for _ in range(6):
-        kill_at(float(rng.uniform(0.0, 1.5)), "dataset", str(path))
+    refused = 0
+    for _ in range(6):  # each kill: a seeded number of shards written, then a seeded delay
+        k = int(rng.integers(1, 13))
+        kill_at(
+            float(rng.uniform(0.0, 0.3)),
+            "dataset",
+            str(path),
+            when=lambda k=k: len(list((path / "data").glob("*.parquet"))) >= k,
+        )
         try:
-            n = train_rows(path, cache_dir)
-        except StorageError as err:
+            rows = open_gz2(path, cache_dir=cache_dir)["train"].to_pandas()
+        except StorageError as err:  # refused, naming the folder and what is missing
             assert str(path) in str(err)
-        else:
-            assert n == 30
+            refused += 1
+        else:  # the write finished before the kill: the complete dataset
+            assert rows.equals(reference_rows)
+    assert refused >= 3
+    write_child_dataset(path)  # a rerun completes it: byte-identical shards
+    assert shard_digests(path) == shard_digests(reference)
+    assert open_gz2(path, cache_dir=cache_dir)["train"].to_pandas().equals(reference_rows)
 
 
 @pytest.mark.parametrize("damage", ["cut", "flipped", "empty"])

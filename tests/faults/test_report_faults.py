@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import matplotlib
 
@@ -15,7 +13,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.faults.killing import ROOT, child_env, kill_at, run_child  # noqa: E402
+from tests.faults.killing import kill_at, run_child, start_child, wait_for  # noqa: E402
 from vitmech.io import CorruptFileError, IncompleteWriteError, LockHeldError, StorageError  # noqa: E402
 from vitmech.report import Report, verify_report  # noqa: E402
 
@@ -51,25 +49,37 @@ def test_a_lock_held_by_another_process_names_it(tmp_path):
 
 
 def test_two_runs_at_once_never_mix_their_files(tmp_path):
+    """Run 1 pauses mid-write (one of its three tables written); run 2 runs start to end on the same folder;
+    then run 1 finishes. Run 2 is refused naming the lock, and the folder holds run 1's files only."""
+    folder, sync = tmp_path / "r", tmp_path / "sync"
+    sync.mkdir()
+    first = start_child("report", str(folder), "1", "3", str(sync))
+    wait_for(lambda: (sync / "paused-1").exists(), first)
+    second = run_child("report", str(folder), "2", "2")  # while run 1 is mid-write
+    (sync / "go").touch()
+    assert first.wait(300) == 0, first.stderr.read()[-2000:]
+    assert second.returncode != 0, "the second writer was let in while the first was writing"
+    assert "LockHeldError" in second.stderr and str(folder / ".report.lock") in second.stderr, second.stderr[-2000:]
+    assert runs_in(folder) == {"1"}
+    assert json.loads((folder / "index.json").read_text())["title"] == "run 1"
+    verify_report(folder)
+
+
+def test_a_run_with_fewer_files_leaves_none_of_the_previous_runs_files(tmp_path):
     folder = tmp_path / "r"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.children", "report", str(folder), tag, "3"],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for tag in ("1", "2")
+    for tag, n in (("1", 3), ("2", 1)):
+        report = Report(folder, f"run {tag}")
+        for i in range(n):
+            report.add_table(f"t{i}", [{"run": tag, "i": i}])
+        report.add_text(f"written by run {tag}")
+        report.write()
+    assert runs_in(folder) == {"2"}
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "index.json",
+        "report.md",
+        "t0.csv",
     ]
-    outcomes = [(p.wait(300), p.stderr.read()) for p in procs]
-    finished = [rc == 0 for rc, _ in outcomes]
-    assert any(finished)
-    for rc, err in outcomes:
-        assert rc == 0 or "LockHeldError" in err, err[-2000:]
-    index = verify_report(folder)
-    assert len(runs_in(folder)) == 1 and index["title"] == f"run {runs_in(folder).pop()}"
+    verify_report(folder)
 
 
 @pytest.mark.slow

@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.faults.children import train_setup
+from tests.faults.children import TIMING_CARD_KEYS, train_setup
 from tests.faults.killing import kill_at, run_child
 from vitmech.errors import NonFiniteWeightsError
 from vitmech.fingerprint import module_fingerprint
 from vitmech.io import LockHeldError
 from vitmech.io.manifest import write_manifest
-from vitmech.train import fit
+from vitmech.train import TierConfig, fine_tune, fit
 from vitmech.train.checkpoint import (
     FILES,
     DamagedCheckpointError,
@@ -185,21 +185,38 @@ def test_a_fine_tune_killed_after_its_first_checkpoint_resumes_to_identical_weig
     assert result["weights"] == weights and result["history"] == json.loads(json.dumps(history))
 
 
+@pytest.fixture(scope="module")
+def straight_fine_tune():
+    """An uninterrupted `fine_tune` of the child's recipe: fingerprint, card (timings left out), history."""
+    m, _, data, config = train_setup()
+    result = fine_tune(
+        m, data, TierConfig("full", head_lr=1e-2, backbone_lr=3e-3), config, new_head=False, progress=False
+    )
+    card = {k: v for k, v in result.card().items() if k not in TIMING_CARD_KEYS}
+    record = {"weights": module_fingerprint(result.model), "card": card, "history": result.train_result.history}
+    return json.loads(json.dumps(record))
+
+
 @pytest.mark.slow
-def test_fine_tunes_killed_at_random_moments_resume_to_identical_weights(tmp_path, straight):
-    weights, history = straight
-    out = tmp_path / "out.json"
+def test_fine_tunes_killed_at_random_moments_resume_to_identical_weights_card_and_history(tmp_path, straight_fine_tune):
+    out, run_dir = tmp_path / "out.json", tmp_path / "run"
     rng = np.random.default_rng(2024)
+    kills = 0
     for _ in range(6):  # each kill comes a seeded random time after the child's first new checkpoint
-        before = {p.name for p in checkpoint_dirs(tmp_path / "run")}
-        kill_at(
+        before = {p.name for p in checkpoint_dirs(run_dir)}
+        kills += kill_at(
             float(rng.uniform(0.0, 0.5)),
-            "train",
-            str(tmp_path / "run"),
+            "finetune",
+            str(run_dir),
             str(out),
-            when=lambda before=before: {p.name for p in checkpoint_dirs(tmp_path / "run")} != before,
+            when=lambda before=before: {p.name for p in checkpoint_dirs(run_dir)} != before,
         )
-    done = run_child("train", str(tmp_path / "run"), str(out))
+        if out.exists():
+            break
+    assert kills >= 3  # most rounds died mid-run
+    done = run_child("finetune", str(run_dir), str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["weights"] == weights and result["history"] == json.loads(json.dumps(history))
+    assert result["weights"] == straight_fine_tune["weights"]
+    assert result["history"] == straight_fine_tune["history"]
+    assert result["card"] == straight_fine_tune["card"]  # final_train_loss included

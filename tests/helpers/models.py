@@ -14,6 +14,12 @@ def tiny_config(**overrides) -> ViTConfig:
     return ViTConfig(**base)
 
 
+def geometry_config(grid: int, patch_size: int, **overrides) -> ViTConfig:
+    """A config whose only role is its geometry (a grid x grid patch grid of patch_size px, its prefix
+    tokens): what analyses of hand-made attention patterns read from "the model"."""
+    return tiny_config(image_size=grid * patch_size, patch_size=patch_size, **overrides)
+
+
 def _normal(shape: torch.Size, std: float, g: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=g) * std
 

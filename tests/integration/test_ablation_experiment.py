@@ -116,6 +116,7 @@ def test_experiment_on_generated_chirps_uses_the_card_scaling(tmp_path):
     assert sum(taxonomy["counts"].values()) == len(sweep["rows"])
     joined = (out / "taxonomy.csv").read_text().splitlines()
     assert len(joined) == 1 + len(sweep["rows"]) and "label" in joined[0] and "delta" in joined[0]
+    assert (out / "top_layers.png").exists() and (out / "layer_ranking.csv").exists()
 
 
 def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_path):
@@ -131,7 +132,7 @@ def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_p
                 str(tmp_path / "a"),
             ]
         )
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as usage_error:
         exp.main(
             [
                 "--model",
@@ -144,7 +145,7 @@ def test_experiment_fails_clearly_without_its_model_or_data(saved, capsys, tmp_p
                 str(tmp_path / "b"),
             ]
         )
-    assert "needs targets" in capsys.readouterr().err
+    assert usage_error.value.code == 2 and "needs targets" in capsys.readouterr().err
 
 
 def test_plots_draw_the_results():

@@ -17,6 +17,7 @@ from tests.helpers.scripts import load_experiment
 from vitmech import HookedViT
 from vitmech.analysis.attention import AttentionSettings
 from vitmech.analysis.compare import compare_models
+from vitmech.loading import registry
 from vitmech.loading.registry import zoo_models
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -118,10 +119,12 @@ def test_03_04_05_write_their_reports(setup):
     assert float(family[-1]["seconds_per_image"]) > 0
 
 
-def test_bad_arguments_exit_with_a_clear_message(setup):
+def test_bad_arguments_exit_with_a_clear_message(setup, monkeypatch, capsys, tmp_path):
     s06 = script("06_before_after_comparison")
-    if "vitmech/mini-galaxy" not in zoo_models():
-        with pytest.raises(SystemExit, match="not in this checkout"):
+    with monkeypatch.context() as without_zoo:  # an installation without the shipped models
+        without_zoo.setattr(registry, "ZOO_DIR", tmp_path / "no_zoo")
+        assert zoo_models() == {}
+        with pytest.raises(SystemExit, match="'vitmech/mini-pretrained' is not in this installation"):
             s06.main(["--images", str(setup / "images"), "--out", str(setup / "bad")])
     with pytest.raises(SystemExit, match="n_layers: 3 vs 2"):
         s06.main(
@@ -149,7 +152,8 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
                 str(setup / "bad"),
             ]
         )
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage_error:
         script("05_attention_rollout").main(
             [
                 "--models",
@@ -162,6 +166,7 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
                 str(setup / "bad"),
             ]
         )
+    assert usage_error.value.code == 2 and "discard_ratio must be in [0, 1), got 1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="at least 2"):
         s06.main(
             [
@@ -175,7 +180,7 @@ def test_bad_arguments_exit_with_a_clear_message(setup):
                 str(setup / "bad"),
             ]
         )
-    with pytest.raises(SystemExit):  # one image from a folder: a clear usage error, not a traceback
+    with pytest.raises(SystemExit, match="--n-images must be at least 2"):  # one image from a folder
         s06.main(
             [
                 "--pretrained",

@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers.models import tiny_model
@@ -59,6 +61,47 @@ def test_help_is_fast_and_does_not_import_torch():
     assert seconds < 5.0, f"vitmech --help took {seconds:.2f} s (interpreter start included)"
 
 
+def test_every_subcommand_help_is_fast_and_does_not_import_torch():
+    """Each `vitmech COMMAND --help` in one fresh interpreter: builds the parser without torch, quickly."""
+    script = (
+        "import sys, time, json\n"
+        "started = time.process_time()\n"
+        "from vitmech.cli import main\n"
+        "from vitmech.cli.commands import COMMANDS\n"
+        "main(['--help'])\n"
+        "seconds = {'vitmech --help (import + help, CPU s)': time.process_time() - started}\n"
+        "for name in COMMANDS:\n"
+        "    started = time.perf_counter()\n"
+        "    try:\n"
+        "        main([name, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    seconds[name] = time.perf_counter() - started\n"
+        "    assert 'torch' not in sys.modules, f'{name} --help imported torch'\n"
+        "print(json.dumps(seconds), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seconds = json.loads(done.stderr.strip().splitlines()[-1])
+    top = seconds.pop("vitmech --help (import + help, CPU s)")
+    assert top < 1.0, f"vitmech --help took {top:.2f} s of CPU (import included)"  # ~0.1 s measured
+    assert set(seconds) == set(COMMANDS)
+    slow = {name: round(s, 2) for name, s in seconds.items() if s > 2.0}  # each takes ~0.01 s once loaded
+    assert not slow, f"--help too slow: {slow}"
+
+
+def test_align_flags_show_the_study_defaults():
+    """`vitmech align` keeps its flags torch-free by restating AlignmentStudyConfig's defaults: they agree."""
+    from vitmech.studies import align
+    from vitmech.studies.alignment import SHIPPED_MODELS, STUDY_DATA, STUDY_TIERS, AlignmentStudyConfig
+
+    defaults = AlignmentStudyConfig()
+    assert align.SHIPPED_MODELS == SHIPPED_MODELS and align.STUDY_TIERS == STUDY_TIERS
+    assert align.STUDY_DATA == STUDY_DATA and defaults.data == "galaxies"
+    assert {name: getattr(defaults, name) for name in align.DEFAULTS} == align.DEFAULTS
+    assert defaults.models == SHIPPED_MODELS and defaults.tiers == STUDY_TIERS
+
+
 def test_python_dash_m_vitmech_and_subcommand_help_show_defaults():
     done = subprocess.run(
         [sys.executable, "-m", "vitmech", "compare", "--help"],
@@ -103,6 +146,8 @@ QUICK_RUNS = {
     "data": lambda t: [],
     "models": lambda t: ["--pages"],
     "align": lambda t: ["--model", str(t / "before")],
+    "explain": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
+    "misclassified": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
 }
 
 
@@ -110,15 +155,103 @@ def test_every_command_has_a_quick_test():
     assert set(QUICK_RUNS) == set(COMMANDS)
 
 
+NO_MODEL = {"data", "models", "pretrain"}  # commands that load no model (pretrain trains its own from scratch)
+NO_FIGURES = {"attention-check", "finetune", "finetune-chirp"}  # reports of tables and text only
+NO_DEVICE = {"data", "models"}  # commands that run no model: no --device flag
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU machine checks real moves
+
+
+@dataclass
+class Spies:
+    saved: list[bool] = field(default_factory=list)  # per saved figure: stamped RANDOM WEIGHTS?
+    load_devices: list[object] = field(default_factory=list)  # the device each load_model call was given
+    forwards: list[tuple[str, str]] = field(default_factory=list)  # (input device, model device) per forward
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Every model asked with --random-init is treated as if its pretrained weights were missing: loaded as
+    usual but flagged random, exactly what `load_model` returns for a random-init fallback. Records every
+    saved figure (stamped when saved?), the device every model load is given, and the device of every
+    forward pass's input against the model's own."""
+    from matplotlib.figure import Figure
+
+    import vitmech.cli.models as cli_models
+    from vitmech import HookedViT
+    from vitmech.viz.stamp import is_stamped
+
+    found = Spies()
+    real_load, real_savefig, real_forward = cli_models.load_model, Figure.savefig, HookedViT.forward
+
+    def load(name, random_init=False, device=None):
+        found.load_devices.append(device)
+        loaded = real_load(name, random_init, device)
+        if random_init:
+            loaded.random, loaded.note = True, f"{cli_models.RANDOM_WEIGHTS} (--random-init)"
+        return loaded
+
+    def savefig(self, *args, **kwargs):
+        found.saved.append(is_stamped(self))
+        return real_savefig(self, *args, **kwargs)
+
+    def forward(self, x, *args, **kwargs):
+        found.forwards.append((str(x.device), str(self.device)))
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(cli_models, "load_model", load)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    monkeypatch.setattr(HookedViT, "forward", forward)
+    return found
+
+
 @pytest.mark.parametrize("command", list(QUICK_RUNS))
-def test_quick_run(command, tiny, tmp_path):
+def test_quick_run(command, tiny, tmp_path, spies):
+    """Every subcommand's --quick run, with --random-init and its models' weights 'unavailable': the report
+    and every figure it saves are stamped RANDOM WEIGHTS (the text on the figure and the PNG's metadata).
+    With --device, every model is loaded onto that device and every forward pass gets its input there
+    (on a CUDA machine DEVICE is "cuda", so inputs left on the CPU fail here)."""
+    from vitmech.viz.stamp import read_png_stamp
+
     out = tmp_path / "out"
-    code = run_command(command, [*QUICK_RUNS[command](tiny), "--quick", "--no-progress", "--out", str(out)])
+    flags = [*QUICK_RUNS[command](tiny), "--quick", "--no-progress", "--random-init", "--out", str(out)]
+    if command not in NO_DEVICE:
+        flags += ["--device", DEVICE]
+    code = run_command(command, flags)
     assert code == 0
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files, f"{command} wrote nothing under --out"
     if command not in ("data", "models", "attention-check"):
         assert (out / "report.md").exists()
+    if command not in NO_DEVICE:
+        assert all(device == DEVICE for device in spies.load_devices), spies.load_devices
+        assert spies.forwards, f"{command} ran no model"
+        assert {model for _, model in spies.forwards} == {str(torch.device(DEVICE, 0) if DEVICE == "cuda" else DEVICE)}
+        misplaced = [f for f in spies.forwards if f[0] != f[1]]
+        assert not misplaced, f"{command}: inputs not on the model's device: {misplaced[:3]}"
+    if command in NO_MODEL:
+        return
+    assert spies.load_devices, f"{command} loaded no model through the shared loader"
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+    figures = sorted(out.rglob("*.png"))
+    if command not in NO_FIGURES:
+        assert figures and spies.saved, f"{command} saved no figure"
+    assert all(spies.saved), f"{command} saved {spies.saved.count(False)} unstamped figure(s)"
+    unstamped = [p.name for p in figures if not read_png_stamp(p)]
+    assert not unstamped, f"{command}: figures without the RANDOM WEIGHTS stamp: {unstamped}"
+
+
+def test_trained_weights_are_not_stamped(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vitmech.report import Report
+    from vitmech.viz.stamp import is_stamped, read_png_stamp
+
+    report = Report(tmp_path, "t")
+    fig, _ = plt.subplots()
+    report.add_figure("f", fig)
+    report.write()
+    assert not is_stamped(fig) and read_png_stamp(tmp_path / "f.png") is None
+    assert "RANDOM WEIGHTS" not in (tmp_path / "report.md").read_text()
 
 
 def test_the_output_folder_is_never_overwritten_without_force(tiny, tmp_path, monkeypatch):
@@ -237,6 +370,7 @@ def test_random_weights_are_stamped_on_report_figures_and_json(tmp_path):
     import matplotlib.pyplot as plt
 
     from vitmech.cli.outputs import StudyReport
+    from vitmech.viz.stamp import read_png_stamp
 
     report = StudyReport(tmp_path, "t", random_weights=["vit_tiny_patch16_224"])
     fig, _ = plt.subplots()
@@ -245,5 +379,6 @@ def test_random_weights_are_stamped_on_report_figures_and_json(tmp_path):
     report.add_json("j", {"x": 1})
     report.write()
     assert any(t.get_text() == "RANDOM WEIGHTS" for t in stamped.texts)
+    assert read_png_stamp(tmp_path / "f.png") == "vit_tiny_patch16_224"
     assert "RANDOM WEIGHTS" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "j.json").read_text())["random_weights"] == ["vit_tiny_patch16_224"]

@@ -36,6 +36,6 @@ def test_a_saved_model_by_path_and_a_bad_layer(tmp_path, capsys):
     script = load_script()
     assert script.main(["--model", str(tmp_path / "m"), "--layer", "0", "--out", str(tmp_path / "r")]) == 0
     assert "shipped/local weights" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as usage_error:
         script.main(["--model", str(tmp_path / "m"), "--layer", "3", "--out", str(tmp_path / "r2")])
-    assert "--layer must be in [0, 3)" in capsys.readouterr().err
+    assert usage_error.value.code == 2 and "--layer must be in [0, 3)" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.models import geometry_config
 from vitmech.analysis.attention import (
     AttentionSettings,
     attention_entropy,
@@ -113,7 +114,8 @@ def test_entropy_and_top_k_are_invariant_to_permuting_patches(patterns, seed, re
 @SETTINGS
 @given(row_stochastic(grids=(2, 3)))
 def test_entropy_of_head_mean_is_at_least_mean_of_head_entropies(patterns):
-    metrics = attention_metrics(patterns, patch_size=4, settings=AttentionSettings(k=1))
+    grid = math.isqrt(patterns.shape[-1] - 1)
+    metrics = attention_metrics(patterns, geometry_config(grid, 4), settings=AttentionSettings(k=1))
     assert (metrics.cls_entropy_head_mean >= metrics.cls_entropy.mean(-1) - 1e-9).all()
     assert (metrics.cls_entropy <= math.log(patterns.shape[-1] - 1) + 1e-9).all()
     assert (metrics.cls_entropy >= -1e-12).all()

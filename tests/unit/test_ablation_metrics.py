@@ -97,8 +97,8 @@ def test_missing_or_misshaped_targets():
         logit_diff(1)
 
 
-def test_sweeps_validate_the_metric_before_computing():
-    model = tiny_model(seed=0)
+def test_sweeps_validate_the_metric_before_computing(tiny_vit):
+    model = tiny_vit
     images = seeded_images(2, 32)
     with pytest.raises(MetricError, match="average"):
         head_sweep(model, images, lambda out: out.sum(), progress=False)

@@ -53,7 +53,7 @@ def test_streamed_summary_equals_metrics_of_collected_patterns(pair):
         progress=False,
     )
     patterns = collect_patterns(model, images, progress=False)
-    stacked = attention_metrics(patterns, model.cfg.patch_size, settings, keep_cls_attention=True)
+    stacked = attention_metrics(patterns, model, settings, keep_cls_attention=True)
     for name in (
         "cls_entropy",
         "cls_entropy_head_mean",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from einops import einsum
 
-from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.models import geometry_config, seeded_images, tiny_model
 from vitmech.analysis.attention import (
     AttentionMetrics,
     AttentionSettings,
@@ -55,7 +55,7 @@ def shifted(grid: int, dy: int, dx: int) -> torch.Tensor:
 @pytest.mark.parametrize(("grid", "patch", "expected"), [(14, 16, 116.49), (7, 32, 115.50)])
 def test_uniform_attention_gives_ln_n_top10_and_the_reference_distance(grid, patch, expected):
     n = grid * grid
-    m = attention_metrics(uniform(grid), patch, AttentionSettings(k=10))
+    m = attention_metrics(uniform(grid), geometry_config(grid, patch), AttentionSettings(k=10))
     assert torch.allclose(m.cls_entropy, torch.tensor(math.log(n), dtype=torch.float64))
     assert torch.allclose(m.cls_entropy_head_mean, torch.tensor(math.log(n), dtype=torch.float64))
     assert torch.allclose(m.cls_top_k, torch.tensor(10 / n, dtype=torch.float64))
@@ -102,7 +102,7 @@ def test_patch_distances_closed_form():
 def test_metrics_equal_naive_loops_over_heads_and_queries():
     gen = torch.Generator().manual_seed(0)
     a = torch.softmax(torch.randn(2, 2, 3, 10, 10, generator=gen, dtype=torch.float64) * 2, -1)
-    m = attention_metrics(a, patch_size=5, settings=AttentionSettings(k=3))
+    m = attention_metrics(a, geometry_config(3, 5), settings=AttentionSettings(k=3))
     coords = [(i // 3, i % 3) for i in range(9)]
     for b in range(2):
         for layer in range(2):
@@ -157,7 +157,7 @@ def test_entropy_from_hook_pattern_equals_entropy_of_attention_recomputed_by_han
             images, names_filter=lambda n: n.endswith(("ln1.hook_normalized", "hook_pattern"))
         )
     patterns = collect_patterns(model, images, batch_size=2, progress=False)
-    metrics = attention_metrics(patterns, model.cfg.patch_size)
+    metrics = attention_metrics(patterns, model)
     for layer in range(model.cfg.n_layers):
         attn = model.blocks[layer].attn
         ln1 = model.blocks[layer].ln1
@@ -185,7 +185,8 @@ def test_collect_patterns_equals_the_cache_in_any_batching():
 
 def test_metrics_tables_and_concatenation():
     a = torch.softmax(torch.randn(4, 2, 3, 10, 10, generator=torch.Generator().manual_seed(5)), -1)
-    m = attention_metrics(a, 4, AttentionSettings(k=2), layers=[3, 7], keep_cls_attention=True)
+    cfg = geometry_config(3, 4)
+    m = attention_metrics(a, cfg, AttentionSettings(k=2), layers=[3, 7], keep_cls_attention=True)
     frame = m.to_frame()
     assert list(frame["layer"]) == [3, 3, 3, 7, 7, 7] and list(frame["head"]) == [0, 1, 2] * 2
     assert frame["cls_entropy_mean"].iloc[4] == pytest.approx(float(m.cls_entropy[:, 1, 1].mean()))
@@ -195,8 +196,8 @@ def test_metrics_tables_and_concatenation():
     assert len(m.image_frame()) == 4 * 2 * 3
     joined = AttentionMetrics.concat(
         [
-            attention_metrics(a[:1], 4, AttentionSettings(k=2), [3, 7], True),
-            attention_metrics(a[1:], 4, AttentionSettings(k=2), [3, 7], True),
+            attention_metrics(a[:1], cfg, AttentionSettings(k=2), [3, 7], True),
+            attention_metrics(a[1:], cfg, AttentionSettings(k=2), [3, 7], True),
         ]
     )
     torch.testing.assert_close(joined.cls_entropy, m.cls_entropy)
@@ -213,19 +214,21 @@ def test_metrics_tables_and_concatenation():
 # ----------------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gets_clear_errors(unchecked_types):
-    model = tiny_model()
+def test_bad_input_gets_clear_errors(tiny_vit, unchecked_types):
+    model = tiny_vit
     good = torch.softmax(torch.randn(1, 1, 1, 17, 17), -1)
     with pytest.raises(ValueError, match="stack_patterns"):
-        attention_metrics(good[0], 8)  # one layer from a cache: [B, H, P, P]
+        attention_metrics(good[0], model)  # one layer from a cache: [B, H, P, P]
+    with pytest.raises(ValueError, match="patterns has 16 tokens, but the layout has 17"):
+        attention_metrics(torch.rand(1, 1, 1, 16, 16), model)  # not this model's patterns
     with pytest.raises(ValueError, match="square grid"):
-        attention_metrics(torch.rand(1, 1, 1, 16, 16), 8)
+        mean_attention_distance(torch.rand(1, 1, 1, 16, 16), 8)  # no model: the formula assumes a square grid
     with pytest.raises(ValueError, match="square"):
         cls_attention(torch.rand(2, 17, 16))
     with pytest.raises(TypeError, match="float tensor"):
         cls_attention(torch.ones(17, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="exceeds"):
-        attention_metrics(good, 8, AttentionSettings(k=17))
+        attention_metrics(good, model, AttentionSettings(k=17))
     with pytest.raises(ValueError, match="k must be"):
         AttentionSettings(k=0)
     with pytest.raises(ValueError, match=r"k must be in \[1, 16\]"):

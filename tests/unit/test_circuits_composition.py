@@ -84,8 +84,8 @@ def test_random_baseline_is_about_one_over_sqrt_d_and_seeded():
         random_composition_baseline(64, 4, "Q", n_samples=0)
 
 
-def test_baseline_subtraction_and_tables():
-    model = tiny_model()
+def test_baseline_subtraction_and_tables(tiny_vit):
+    model = tiny_vit
     comp = composition_scores(model, subtract_baseline=True, n_baseline_samples=32)
     assert set(comp.baselines) == {"Q", "K", "V"}
     for mode, base in comp.baselines.items():

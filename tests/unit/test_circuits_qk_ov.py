@@ -23,8 +23,8 @@ from vitmech.analysis.circuits import (
 )
 
 
-def test_singular_directions_match_the_explicit_svd_and_reconstruct_the_circuit():
-    model = tiny_model()
+def test_singular_directions_match_the_explicit_svd_and_reconstruct_the_circuit(tiny_vit):
+    model = tiny_vit
     ov = ov_circuits(model)
     k = model.cfg.d_head
     sd = top_singular_directions(ov, k=k, name="OV")
@@ -41,16 +41,16 @@ def test_singular_directions_match_the_explicit_svd_and_reconstruct_the_circuit(
     )
 
 
-def test_top_singular_directions_rejects_a_k_above_the_rank():
-    qk = qk_circuits(tiny_model())
+def test_top_singular_directions_rejects_a_k_above_the_rank(tiny_vit):
+    qk = qk_circuits(tiny_vit)
     with pytest.raises(ValueError, match="rank is at most d_head"):
         top_singular_directions(qk, k=qk.mdim + 1)
     with pytest.raises(ValueError, match="per-head FactoredMatrix"):
         top_singular_directions(qk[0, 0], k=1)
 
 
-def test_copying_score_is_one_for_a_copying_head_and_minus_one_for_a_negating_head():
-    model = tiny_model()
+def test_copying_score_is_one_for_a_copying_head_and_minus_one_for_a_negating_head(tiny_vit):
+    model = tiny_vit
     with torch.no_grad():
         attn = model.blocks[1].attn
         attn.W_O.copy_(attn.W_V.transpose(-2, -1))  # OV = W_V W_V^T: positive semi-definite
@@ -82,8 +82,8 @@ def test_raw_positional_qk_equals_a_loop_over_position_pairs():
     torch.testing.assert_close(scaled.scores, pqk.scores / math.sqrt(model.cfg.d_head))
 
 
-def test_query_grid_is_the_query_row_reshaped_row_major():
-    model = tiny_model()
+def test_query_grid_is_the_query_row_reshaped_row_major(tiny_vit):
+    model = tiny_vit
     pqk = positional_qk(model)
     g = model.cfg.grid_size
     row, col = 1, 2
@@ -105,14 +105,14 @@ def test_query_grid_is_the_query_row_reshaped_row_major():
 @pytest.mark.parametrize(
     "query, error", [((9, 0), IndexError), (16, IndexError), (-1, IndexError), ("middle", TypeError), (True, TypeError)]
 )
-def test_bad_queries_are_rejected(query, error):
-    pqk = positional_qk(tiny_model())
+def test_bad_queries_are_rejected(tiny_vit, query, error):
+    pqk = positional_qk(tiny_vit)
     with pytest.raises(error):
         pqk.query_grid(0, 0, query=query)
 
 
-def test_positional_qk_rejects_an_unknown_mode_and_layer():
-    model = tiny_model()
+def test_positional_qk_rejects_an_unknown_mode_and_layer(tiny_vit):
+    model = tiny_vit
     with runtime_checks_off(), pytest.raises(ValueError, match="'ln1' or 'raw'"):
         positional_qk(model, mode="ln2")
     with pytest.raises(IndexError):

@@ -99,8 +99,8 @@ def test_headless_models_keep_ln_final_and_their_features(images):
         center_classifier(model)
 
 
-def test_inplace_edits_the_model_and_bad_input_is_rejected():
-    model = tiny_model()
+def test_inplace_edits_the_model_and_bad_input_is_rejected(tiny_vit):
+    model = tiny_vit
     assert fold_value_biases(model, inplace=True) is model and torch.equal(model.b_V, torch.zeros_like(model.b_V))
     with pytest.raises(TypeError, match="HookedViT"):
         process_weights(torch.nn.Linear(2, 2))

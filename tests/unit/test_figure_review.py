@@ -111,8 +111,8 @@ def test_direction_words_only_for_holm_significant_changes(change, p_holm, word)
     assert _direction(change, "more focused", "more spread", p_holm) == word
 
 
-def test_identical_models_read_no_significant_change():
-    model = tiny_model(seed=0)
+def test_identical_models_read_no_significant_change(tiny_vit):
+    model = tiny_vit
     images = seeded_images(4, 32, seed=2)
     table = compare_models(model, model, images, progress=False).summary_table()
     assert set(table["direction"]) == {"no significant change"}

@@ -75,8 +75,8 @@ def test_every_hook_name_and_shape_is_pinned(pre_norm):
     assert {k: tuple(v.shape) for k, v in cache.items()} == expected
 
 
-def test_default_cache_leaves_out_per_head_results_unless_asked():
-    model = tiny_model()
+def test_default_cache_leaves_out_per_head_results_unless_asked(tiny_vit):
+    model = tiny_vit
     x = seeded_images(B, 32)
     with torch.no_grad():
         _, cache = model.run_with_cache(x)
@@ -85,8 +85,8 @@ def test_default_cache_leaves_out_per_head_results_unless_asked():
         assert list(by_name.keys()) == ["blocks.1.attn.hook_result"]
 
 
-def test_head_results_sum_to_attention_output():
-    model = tiny_model()
+def test_head_results_sum_to_attention_output(tiny_vit):
+    model = tiny_vit
     model.set_use_attn_result(True)
     with torch.no_grad():
         _, cache = model.run_with_cache(seeded_images(B, 32))
@@ -133,8 +133,8 @@ def test_an_in_place_hook_edit_changes_this_run_only(name, batch):
         assert torch.equal(value, before[key]), f"an in-place edit of {name} changed the weight {key}"
 
 
-def test_fused_and_explicit_attention_agree():
-    model = tiny_model()
+def test_fused_and_explicit_attention_agree(tiny_vit):
+    model = tiny_vit
     x = seeded_images(4, 32)
     with torch.no_grad():
         fused = model(x)
@@ -144,8 +144,8 @@ def test_fused_and_explicit_attention_agree():
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
 
 
-def test_pattern_is_row_stochastic_and_not_uniform():
-    model = tiny_model()
+def test_pattern_is_row_stochastic_and_not_uniform(tiny_vit):
+    model = tiny_vit
     with torch.no_grad():
         _, cache = model.run_with_cache(seeded_images(B, 32), names_filter=lambda n: n.endswith("hook_pattern"))
     for layer in range(model.cfg.n_layers):
@@ -154,8 +154,8 @@ def test_pattern_is_row_stochastic_and_not_uniform():
         assert pattern.max() > 3.0 / model.cfg.n_tokens  # test weights must make attention peaked
 
 
-def test_stacked_weights_and_factored_circuits():
-    model = tiny_model()
+def test_stacked_weights_and_factored_circuits(tiny_vit):
+    model = tiny_vit
     cfg = model.cfg
     L, H, d, e = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
     assert model.W_Q.shape == model.W_K.shape == model.W_V.shape == (L, H, d, e)
@@ -169,8 +169,8 @@ def test_stacked_weights_and_factored_circuits():
     torch.testing.assert_close(model.W_Q[1], model.blocks[1].attn.W_Q)
 
 
-def test_start_and_stop_at_layer_compose_to_the_full_forward():
-    model = tiny_model()
+def test_start_and_stop_at_layer_compose_to_the_full_forward(tiny_vit):
+    model = tiny_vit
     x = seeded_images(B, 32)
     with torch.no_grad():
         full = model(x)
@@ -181,8 +181,8 @@ def test_start_and_stop_at_layer_compose_to_the_full_forward():
     torch.testing.assert_close(rest, full)
 
 
-def test_return_types():
-    model = tiny_model()
+def test_return_types(tiny_vit):
+    model = tiny_vit
     x = seeded_images(B, 32)
     with torch.no_grad():
         tokens = model(x, return_type="tokens")
@@ -216,21 +216,21 @@ def test_headless_model_returns_features_and_refuses_logits():
         ([[0.0]], "takes a float tensor"),
     ],
 )
-def test_bad_images_get_a_clear_error(bad, message):
+def test_bad_images_get_a_clear_error(tiny_vit, bad, message):
     with runtime_checks_off(), pytest.raises(ImageInputError, match=message):
-        tiny_model()(bad)
+        tiny_vit(bad)
 
 
-def test_nan_and_inf_inputs_are_refused_with_counts():
+def test_nan_and_inf_inputs_are_refused_with_counts(tiny_vit):
     x = seeded_images(B, 32)
     x[0, 0, 0, 0] = float("nan")
     x[1, 2, 3, 4] = float("inf")
     with pytest.raises(ImageInputError, match="1 NaN and 1 infinite"):
-        tiny_model()(x)
+        tiny_vit(x)
 
 
-def test_layer_indices_out_of_range():
-    model = tiny_model()
+def test_layer_indices_out_of_range(tiny_vit):
+    model = tiny_vit
     with pytest.raises(IndexError, match="stop_at_layer 7 is out of range"):
         model(seeded_images(B, 32), stop_at_layer=7)
     with pytest.raises(ImageInputError, match="residual stream"):

@@ -52,8 +52,8 @@ def test_switch_leaves_outputs_unchanged_and_fires_its_hooks(weights, switch):
     assert not any(getattr(model.cfg, f"use_{n}") for n in ("split_qkv_input", "attn_in", "hook_mlp_in"))
 
 
-def test_split_switches_are_mutually_exclusive_and_mirrored_in_cfg():
-    model = tiny_model()
+def test_split_switches_are_mutually_exclusive_and_mirrored_in_cfg(tiny_vit):
+    model = tiny_vit
     model.set_use_split_qkv_input(True)
     assert model.cfg.use_split_qkv_input and model.blocks[0].use_split_qkv_input
     with pytest.raises(ValueError, match="mutually exclusive"):
@@ -67,8 +67,8 @@ def test_split_switches_are_mutually_exclusive_and_mirrored_in_cfg():
     assert model.cfg.n_ctx == model.cfg.n_tokens and model.cfg.n_key_value_heads is None
 
 
-def test_cfg_device_follows_the_model():
-    model = tiny_model()
+def test_cfg_device_follows_the_model(tiny_vit):
+    model = tiny_vit
     assert model.cfg.device == model.device
     model.set_use_hook_mlp_in(True)
     model.to(torch.float64)

@@ -122,8 +122,8 @@ def test_positions_follow_the_token_layout():
         resolve_positions(tiny_model(class_token=False), "cls")
 
 
-def test_bad_input_is_refused():
-    model = tiny_model()
+def test_bad_input_is_refused(tiny_vit):
+    model = tiny_vit
     images = seeded_images(2, 32)
     with pytest.raises(PatchingError, match="no sites"):
         patched_outputs(model, images, images, [])

@@ -49,8 +49,8 @@ def test_bf16_error_stays_within_the_documented_bounds(seed):
     assert relative <= BOUNDS["logits_relative"]
 
 
-def test_fp32_is_the_default_and_changes_nothing():
-    model, images = tiny_model(0), seeded_images(4, 32)
+def test_fp32_is_the_default_and_changes_nothing(tiny_vit):
+    model, images = tiny_vit, seeded_images(4, 32)
     with torch.no_grad(), forward_precision("fp32", "cpu"):
         assert torch.equal(model(images), model(images))
     with pytest.raises(RuntimeSettingError, match="precision must be one of"):

@@ -10,7 +10,6 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from transformers import ViTImageProcessor
 
-from tests.helpers.models import tiny_model
 from tests.helpers.typecheck import runtime_checks_off
 from vitmech.preprocessing import HALF, Preprocessing, preprocess
 
@@ -43,8 +42,8 @@ def test_matches_hf_image_processor():
     assert (got - expected).abs().max() < 0.05
 
 
-def test_accepts_pil_lists_uint8_arrays_and_tensors_alike():
-    model = tiny_model()
+def test_accepts_pil_lists_uint8_arrays_and_tensors_alike(tiny_vit):
+    model = tiny_vit
     images = [photo(seed=s) for s in range(3)]
     arrays = np.stack([np.asarray(im.resize((64, 64))) for im in images])
     from_pil = model.preprocess([im.resize((64, 64)) for im in images])
@@ -68,9 +67,9 @@ def test_accepts_pil_lists_uint8_arrays_and_tensors_alike():
         (b"image bytes", TypeError, "cannot preprocess"),
     ],
 )
-def test_bad_images_are_refused(bad, error, message):
+def test_bad_images_are_refused(tiny_vit, bad, error, message):
     with runtime_checks_off(), pytest.raises(error, match=message):
-        tiny_model().preprocess(bad)
+        tiny_vit.preprocess(bad)
 
 
 def test_preprocessing_spec_validation():

@@ -51,7 +51,7 @@ def assert_frames_close(a: pd.DataFrame, b: pd.DataFrame, tol: float = TOL) -> N
 
 
 def test_attention_metrics_stream_equals_one_batch(model, images, tmp_path):
-    whole = attention_metrics(collect_patterns(model, images, progress=False), model.cfg.patch_size)
+    whole = attention_metrics(collect_patterns(model, images, progress=False), model)
     rows = tmp_path / "rows.csv"
     streamed = streaming.stream_attention_metrics(model, images, batch_size=4, rows_path=rows, progress=False)
     assert streamed.n_images == N
@@ -76,7 +76,7 @@ def test_every_source_kind_gives_the_same_batches(model, images, labels, tmp_pat
     raw = (torch.rand(5, 40, 40, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8).numpy()
     for i, array in enumerate(raw):
         Image.fromarray(array).save(tmp_path / f"{i:02d}.png")
-    whole = attention_metrics(collect_patterns(model, model.preprocess(list(raw)), progress=False), 8)
+    whole = attention_metrics(collect_patterns(model, model.preprocess(list(raw)), progress=False), model)
     from_folder = streaming.stream_attention_metrics(model, tmp_path, batch_size=2, progress=False)
     assert_frames_close(whole.to_frame(), from_folder.to_frame())
     batches = list(streaming.iter_batches(hf, batch_size=4))
@@ -106,6 +106,35 @@ def test_comparison_stream_equals_one_batch(model, other, images):
     torch.testing.assert_close(
         cka.cka, reference.cka, rtol=0, atol=TOL, equal_nan=True
     )  # CLS rows of the embedding: constant
+
+
+def test_one_model_summary_stream_equals_one_batch(model, other, images):
+    whole = compare_models(model, other, images, batch_size=N, cka_tokens=None, progress=False)
+    summaries = [
+        streaming.stream_attention_summary(m, images, name=name, batch_size=4, progress=False)
+        for m, name in ((model, "before"), (other, "after"))
+    ]
+    for got, want in zip(summaries, (whole.before, whole.after)):
+        assert_frames_close(want.metrics.to_frame(), got.metrics.to_frame())
+        assert_frames_close(want.metrics.layer_frame(), got.metrics.layer_frame())
+        for key, values in want.image_scalars().items():
+            torch.testing.assert_close(got.scalars[key], values, rtol=0, atol=TOL)
+        torch.testing.assert_close(got.layer_distance, want.metrics.mean_distance.mean(-1), rtol=0, atol=TOL)
+    pair = streaming.StreamedComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
+    for table in ("summary_table", "locality_table", "layer_table"):
+        assert_frames_close(getattr(whole, table)(), getattr(pair, table)())
+
+
+def test_per_image_values_come_back_in_stream_order(model, images):
+    batches = [images[i : i + 3] for i in range(0, N, 3)]  # a generic iterable of batches
+    got = streaming.stream_per_image(
+        model, batches, lambda m, x: {"logits": m(x), "first": x[:, 0, 0, 0]}, progress=False
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(got["logits"], model(images), rtol=0, atol=TOL)
+    torch.testing.assert_close(got["first"], images[:, 0, 0, 0], rtol=0, atol=0)
+    with pytest.raises(BatchSourceError, match="no images"):
+        streaming.stream_per_image(model, [], lambda m, x: {"x": x}, progress=False)
 
 
 def test_cka_accumulators_merge_like_one():

@@ -68,13 +68,14 @@ def test_each_label_is_reached_by_a_map_placed_on_known_regions():
         _cell_map({(1, 1): 0.5, (0, 0): 0.5}),  # chirp and text
         uniform,  # every region in proportion to its area
         _cell_map({(1, 3): 1.0}),  # the colour bar
+        _cell_map({(1, 1): 0.8, (2, 1): 0.1, (3, 1): 0.1}),  # the chirp, and some of the axes around it
     ]
     maps = torch.stack(heads)[None, None].expand(2, 1, -1, -1, -1)  # [B=2, L=1, H=5, g, g]
     taxonomy = head_taxonomy(maps, regions, task_regions=("chirp",))
-    assert taxonomy.labels[0].tolist() == [TASK, OFF_TASK, POLYSEMANTIC, DIFFUSE, OFF_TASK]
+    assert taxonomy.labels[0].tolist() == [TASK, OFF_TASK, POLYSEMANTIC, DIFFUSE, OFF_TASK, TASK]
     assert taxonomy.dominant[0, 0] == "chirp" and taxonomy.dominant[0, 1] == "text"
     assert taxonomy.dominant[0, 4] == "colorbar"
-    assert set(taxonomy.counts()) == set(LABELS) and sum(taxonomy.counts().values()) == 5
+    assert set(taxonomy.counts()) == set(LABELS) and sum(taxonomy.counts().values()) == 6
     # closed forms: the chirp cell is 1/16 of the image, so all mass there is enrichment 16
     assert taxonomy.enrichment[0, 0, 0].item() == pytest.approx(16.0)
     assert taxonomy.entropy[0, 0].item() == pytest.approx(0.0, abs=1e-6)
@@ -90,9 +91,16 @@ def test_weak_preference_is_diffuse_and_thresholds_are_named():
     taxonomy = head_taxonomy(weak[None, None, None], regions, task_regions=("chirp",))
     assert taxonomy.labels[0, 0] == DIFFUSE
     assert taxonomy.enrichment[0, 0].max().item() < MIN_ENRICHMENT
-    assert set(taxonomy.thresholds) == {"monosemantic_max_entropy", "min_enrichment", "polysemantic_min_regions"}
+    assert set(taxonomy.thresholds) == {
+        "monosemantic_max_entropy",
+        "monosemantic_min_share",
+        "min_enrichment",
+        "polysemantic_min_regions",
+    }
     # the same map is task-relevant under a lower enrichment threshold (the threshold is what decides)
-    loose = head_taxonomy(weak[None, None, None], regions, task_regions=("chirp",), min_enrichment=1.1, max_entropy=1)
+    loose = head_taxonomy(
+        weak[None, None, None], regions, task_regions=("chirp",), min_enrichment=1.1, max_entropy=1, min_share=0
+    )
     assert loose.labels[0, 0] == TASK
 
 

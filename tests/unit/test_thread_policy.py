@@ -49,7 +49,7 @@ def _analysis_calls():
     gradients = rollout.attention_gradients(model, images, progress=False)
     return {
         "collect_patterns": lambda: attention.collect_patterns(model, images, progress=False),
-        "attention_metrics": lambda: attention.attention_metrics(patterns, patch_size=8),
+        "attention_metrics": lambda: attention.attention_metrics(patterns, model),
         "mean_attention_distance": lambda: attention.mean_attention_distance(patterns, 8),
         "rollout": lambda: rollout.rollout(patterns),
         "rollout_maps": lambda: rollout.rollout_maps(

@@ -139,7 +139,13 @@ def test_cls_attention_and_distance_against_loops(layout):
         weights = patterns[..., n0 + i, n0:]
         expected += (weights * dist[i]).sum(-1) / weights.sum(-1) / n
     torch.testing.assert_close(mean_attention_distance(patterns, 8.0, layout=layout), expected)
-    metrics = attention_metrics(patterns, 8.0, AttentionSettings(k=3), layout=layout)
+    own = {  # the config with this layout: the metrics read patch size and layout from it
+        REGISTERS: config(image_size=24, n_register_tokens=4),
+        DISTILLED: config(image_size=24, distill_token=True),
+        POOLED: config(image_size=24, class_token=False, pool="map"),
+    }[layout]
+    metrics = attention_metrics(patterns, own, AttentionSettings(k=3), layout=layout)
+    torch.testing.assert_close(metrics.mean_distance, expected)
     assert metrics.query == layout.readout_name
     assert metrics.cls_entropy.shape == (2, 3, 2)
 

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import pearsonr
 
-from tests.helpers.models import tiny_model
 from vitmech.train import (
     ArrayDataset,
     chance_baselines,
@@ -60,11 +59,11 @@ def test_baselines():
 
 
 @pytest.mark.parametrize("squash", [True, False])
-def test_evaluate_agrees_with_a_per_image_loop(squash):
+def test_evaluate_agrees_with_a_per_image_loop(tiny_vit, squash):
     """Batched uint8 input equals model.preprocess image by image, with or without a centre crop."""
     from vitmech import Preprocessing
 
-    model = tiny_model(0)
+    model = tiny_vit
     if squash:
         model.preprocessing = Preprocessing(
             image_size=32, resize_mode="squash", crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3

@@ -11,8 +11,8 @@ from vitmech.loading import to_timm
 from vitmech.train import HeadMismatchError, check_head, interpolate_positions, with_image_size, with_new_head
 
 
-def test_new_head_copies_the_backbone_and_has_the_new_size(tmp_path):
-    model = tiny_model(0)
+def test_new_head_copies_the_backbone_and_has_the_new_size(tiny_vit, tmp_path):
+    model = tiny_vit
     new = with_new_head(model, 3, ["a", "b", "c"], task="regression")
     assert new.cfg.n_classes == 3 and new.class_names == ["a", "b", "c"] and new.card["task"] == "regression"
     x = seeded_images(2, 32)

@@ -186,8 +186,8 @@ def test_batches_cover_each_epoch_exactly_once():
     assert torch.equal(batch_indices(n, batch, 2, seed=3), batch_indices(n, batch, 2, seed=3))
 
 
-def test_head_that_does_not_match_the_labels_is_refused(data):
-    model = tiny_model(0)  # 5 classes; data has 4
+def test_head_that_does_not_match_the_labels_is_refused(tiny_vit, data):
+    model = tiny_vit  # 5 classes; data has 4
     with pytest.raises(HeadMismatchError, match="5 outputs but .* need 4"):
         fit(model, prepare_tier(model, TierConfig("full")), data, TrainConfig(steps=1), progress=False)
     with pytest.raises(HeadMismatchError, match="with_new_head"):
@@ -229,7 +229,7 @@ def test_bad_train_configs_are_refused():
             TrainConfig(**kwargs)
 
 
-def test_regression_training_lowers_the_mse():
+def test_regression_training_lowers_the_mse(tiny_vit):
     """A regression head on a tiny model learns a target that is a function of the image (mean brightness)."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (48, 32, 32, 3), generator=g, dtype=torch.uint8)
@@ -239,7 +239,7 @@ def test_regression_training_lowers_the_mse():
     target = ((target - target.mean()) / target.std())[:, None]
     data = ArrayDataset(images, target, ["brightness"], "regression")
     result = fine_tune(
-        tiny_model(0),
+        tiny_vit,
         data,
         TierConfig("full", head_lr=1e-2, backbone_lr=1e-3),
         TrainConfig(steps=30, batch_size=16),

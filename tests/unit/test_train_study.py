@@ -17,10 +17,10 @@ def splits():
     return data.split([40, 20], seed=0)
 
 
-def test_study_reports_tier_probe_and_chance(splits):
+def test_study_reports_tier_probe_and_chance(tiny_vit, splits):
     train, test = splits
     study = run_study(
-        tiny_model(0),
+        tiny_vit,
         train,
         None,
         test,

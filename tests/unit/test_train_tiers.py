@@ -46,8 +46,8 @@ def data() -> ArrayDataset:
 
 
 @pytest.mark.parametrize("tier", ["linear_probe", "lora", "full"])
-def test_each_tier_lowers_the_loss(tier, data):
-    base = with_new_head(tiny_model(0), data.n_outputs, data.names)
+def test_each_tier_lowers_the_loss(tiny_vit, tier, data):
+    base = with_new_head(tiny_vit, data.n_outputs, data.names)
     before = full_loss(base, data)
     result = fine_tune(
         base,

@@ -260,15 +260,15 @@ class RegionMasks:
 
 def cls_attention_grid(
     model_or_cfg: Any,
-    patterns: Float[Tensor, "*batch query key"] | Float[Tensor, "*batch key"],
+    patterns: Float[Tensor, "*lead key"],
     rows: Literal["all", "cls"] = "all",
     renormalise: bool = True,
-) -> Float[Tensor, "*batch gh gw"]:
+) -> Float[Tensor, "*maps gh gw"]:
     """Class-token attention over the patches on the patch grid.
 
-    `patterns`: full patterns [..., query, key] (rows="all": the class token's row is taken) or class-token
-    rows [..., key] (rows="cls", as `collect_patterns(..., rows="cls")` keeps them). Renormalised over the
-    patches by default."""
+    `patterns`: full patterns [..., query, key] (rows="all": the class token's row is taken; maps [...]) or
+    class-token rows [..., key] (rows="cls", as `collect_patterns(..., rows="cls")` keeps them). Renormalised
+    over the patches by default."""
     layout = token_layout(model_or_cfg)
     cls_index = layout.require_class_token("class-token attention maps")
     if rows not in ("all", "cls"):

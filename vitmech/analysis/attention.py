@@ -206,19 +206,42 @@ def patch_distances(
     return (torch.cdist(centres, centres) * patch_size).to(dtype)
 
 
-def geometry(patch_size: Any, layout: TokenLayout | None = None) -> tuple[float, TokenLayout | None]:
-    """Patch size in pixels and token layout: read from a model (HookedViT) or its ViTConfig when one is
-    given (the safe way: the numbers cannot contradict the model), else the number as given."""
-    cfg = getattr(patch_size, "cfg", patch_size)
-    if hasattr(cfg, "patch_size") and hasattr(cfg, "n_layers"):
-        from vitmech.tokens import token_layout
+def _config_of(model: Any) -> Any:
+    """The ViTConfig of a HookedViT, of an ActivationCache of one (its `.model`), or the config itself; else None."""
+    for candidate in (model, getattr(model, "model", None)):
+        cfg = getattr(candidate, "cfg", candidate)
+        if hasattr(cfg, "patch_size") and hasattr(cfg, "n_layers"):
+            return cfg
+    return None
 
-        own = token_layout(cfg)
-        if layout is not None and layout != own:
-            raise ValueError(f"layout {layout} contradicts the model's own token layout {own}")
-        return float(cfg.patch_size), own
+
+def model_geometry(
+    model: Any, layout: TokenLayout | None = None, patch_size: float | None = None
+) -> tuple[float, TokenLayout]:
+    """Patch size in pixels and token layout read from `model`: a HookedViT, its ViTConfig, or an
+    ActivationCache of it. A `layout` or `patch_size` also given must agree with the model's (InputError
+    otherwise), so a wrong number can never silently rescale distances."""
+    cfg = _config_of(model)
+    if cfg is None:
+        raise InputError(
+            f"the geometry comes from the model: pass the HookedViT, its cfg or its ActivationCache, not {model!r} "
+            "(a bare patch size cannot be checked against the model that made the patterns)"
+        )
+    own = token_layout(cfg)
+    if layout is not None and layout != own:
+        raise InputError(f"layout {layout} contradicts the model's own token layout {own}")
+    if patch_size is not None and float(patch_size) != float(cfg.patch_size):
+        raise InputError(f"patch_size={patch_size} contradicts the model's patch size of {cfg.patch_size} px")
+    return float(cfg.patch_size), own
+
+
+def geometry(patch_size: Any, layout: TokenLayout | None = None) -> tuple[float, TokenLayout | None]:
+    """Patch size in pixels and token layout for the distance formula: read from a model, its ViTConfig or
+    its ActivationCache when one is given (`model_geometry`), else the positive number of pixels as given."""
+    if _config_of(patch_size) is not None:
+        return model_geometry(patch_size, layout)
     if isinstance(patch_size, bool) or not isinstance(patch_size, (int, float)) or patch_size <= 0:
-        raise ValueError(f"patch_size must be a positive number of pixels or the model, got {patch_size!r}")
+        raise InputError(f"patch_size must be a positive number of pixels or the model, got {patch_size!r}")
     return float(patch_size), layout
 
 
@@ -233,7 +256,8 @@ def mean_attention_distance(
 
     renormalise=True divides each query's patch-key weights by their sum (drops the prefix keys);
     False uses the raw weights (prefix keys then add distance 0). A query with no patch mass counts 0.
-    patch_size: pixels, or the model (or its config) to read the patch size and token layout from.
+    patch_size: the model (or its config or cache) to read the patch size and token layout from, or pixels
+    (this formula alone; `attention_metrics`, the analysis, takes only the model).
     """
     patch_size, layout = geometry(patch_size, layout)
     layout = pattern_layout(patterns, layout=layout)
@@ -416,20 +440,29 @@ def _std(values: Tensor) -> Tensor:
 
 def attention_metrics(
     patterns: PatternStack,
-    patch_size: Any,
+    model: Any = None,
     settings: AttentionSettings | None = None,
     layers: Sequence[int] | None = None,
     keep_cls_attention: bool = False,
     layout: TokenLayout | None = None,
+    *,
+    patch_size: float | None = None,
 ) -> AttentionMetrics:
     """Every attention metric for every image, layer and head of a pattern stack [B, L, H, P, P].
 
-    patch_size: the model itself (preferred: its patch size and token layout are read from it, so they
-    cannot contradict it), its ViTConfig, or pixels (model.cfg.patch_size); `layers` names the model layer
-    of each stacked layer (default 0..L-1); `layout` is the model's token layout (`token_layout(model)`;
-    default one class token + a square grid).
+    model: the HookedViT that made the patterns (or its ViTConfig, or its ActivationCache): the patch size
+    (pixels) and token layout are read from it, never given apart. A `layout` or `patch_size` also passed
+    must agree with the model's (InputError otherwise). `layers` names the model layer of each stacked
+    layer (default 0..L-1).
     """
-    patch_size, layout = geometry(patch_size, layout)
+    if model is None or _config_of(model) is None:
+        got = f"patch_size={patch_size}" if model is None else repr(model)
+        raise InputError(
+            f"attention_metrics reads the patch size and token layout from the model: pass the HookedViT (or "
+            f"model.cfg, or its ActivationCache) as its second argument, not {got}; a separate patch size "
+            "cannot be checked against the model, and a wrong one silently rescales every distance"
+        )
+    patch_size, layout = model_geometry(model, layout, patch_size)
     settings = settings or AttentionSettings()
     layout = pattern_layout(patterns, ndim=5, layout=layout)
     n_layers = patterns.shape[1]

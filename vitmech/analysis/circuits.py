@@ -187,7 +187,7 @@ class PositionalLocality:
     Attributes:
         mean_distance_px: [n_layers, n_heads], the mean attention distance of softmax(positional scores)
             over patch keys, per query patch, averaged over query patches (pixels).
-        uniform_distance_px: the same for uniform attention over the patches (REFERENCE: 116.49 px for 14x14
+        uniform_distance_px: the same for uniform attention over the patches (116.49 px for 14x14
             patches of 16 px); a head at this value has no positional preference.
         locality: 1 - mean_distance / uniform_distance: 1 = attends to its own patch, 0 = no preference,
             < 0 = prefers distant patches.

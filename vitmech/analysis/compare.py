@@ -98,6 +98,11 @@ class AttentionSummary:
     def last_layer(self) -> int:
         return self.metrics.layers[-1]
 
+    @property
+    def layer_distance(self) -> Float[Tensor, "batch layer"]:
+        """Mean attention distance (pixels) per image and layer, averaged over heads."""
+        return self.metrics.mean_distance.mean(-1)
+
     def image_scalars(self) -> dict[str, Float[Tensor, " batch"]]:
         """The Galaxy Zoo table's per-image quantities: last-layer CLS entropy and top-k (both head variants), rollout entropy."""
         m, k = self.metrics, self.metrics.settings.k
@@ -144,7 +149,7 @@ def _run_batch(
         layer = hook.layer()
         per_layer[layer] = attention_metrics(
             pattern[:, None],
-            model.cfg.patch_size,
+            model,
             settings,
             layers=[layer],
             keep_cls_attention=True,
@@ -442,7 +447,7 @@ class ModelComparison:
         with a paired t-test per layer (Holm over layers)."""
         import pandas as pd
 
-        before, after = self.before.metrics.mean_distance.mean(-1), self.after.metrics.mean_distance.mean(-1)
+        before, after = self.before.layer_distance, self.after.layer_distance
         tests = [paired_comparison(before[:, i], after[:, i]) for i in range(before.shape[1])]
         adjusted = holm([t.p for t in tests])
         return pd.DataFrame(

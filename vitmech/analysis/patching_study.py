@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,9 +97,13 @@ def _pairs(model: HookedViT, config: PatchingStudyConfig) -> tuple[torch.Tensor,
 
 
 def run_patching_study(
-    config: PatchingStudyConfig, out_dir: str | Path, model: HookedViT | None = None
+    config: PatchingStudyConfig,
+    out_dir: str | Path,
+    model: HookedViT | None = None,
+    random_weights: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run the study and write `out_dir/report.md` with its tables and figures; returns the summary numbers."""
+    """Run the study and write `out_dir/report.md` with its tables and figures; returns the summary numbers.
+    random_weights: names of randomly initialised models (stamped on the report and every figure)."""
     from vitmech.viz.patching import (
         plot_circuit,
         plot_faithfulness_curve,
@@ -117,7 +122,9 @@ def run_patching_study(
     metric = logit_diff(pos, neg)
     clean, corrupted = _pairs(model, config)
     n_layers = model.cfg.n_layers
-    report = Report(out_dir, f"Activation patching and circuits: the galaxy {config.feature}")
+    report = Report(
+        out_dir, f"Activation patching and circuits: the galaxy {config.feature}", random_weights=random_weights
+    )
     note = f"{config.model}, {config.n_pairs} pairs; metric logit[{config.positive_class}] - logit[{config.negative_class}]"
     summary: dict[str, Any] = {"config": asdict(config)}
 

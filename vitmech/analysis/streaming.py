@@ -34,7 +34,7 @@ import inspect
 import math
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,28 +48,36 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis import compare as _compare
 from vitmech.analysis.ablation.estimates import HeadEstimates, estimate_head_effects
-from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
+from vitmech.analysis.ablation.heads import HeadsLike, heads_per_layer, make_cells, single_head_cells
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
-from vitmech.analysis.ablation.store import JsonlStore, MemoryStore, parse_store_line, store_files
+from vitmech.analysis.ablation.store import (
+    JsonlStore,
+    MemoryStore,
+    encode_record,
+    read_store_file,
+    store_files,
+    store_header,
+)
 from vitmech.analysis.ablation.sweep import (
     CellLike,
     Engine,
-    _as_cells,
-    _sweep_batch,
+    _CellSweep,
     _table,
     batch_bounds,
     plan_chunks,
+    sweep_settings,
 )
 from vitmech.analysis.attention import AttentionSettings, attention_metrics, collect_patterns, resolve_layers
 from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
 from vitmech.analysis.rollout import RolloutSettings
-from vitmech.analysis.stats import holm, paired_comparison
 from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
 from vitmech.errors import BatchSourceError, ModelMismatchError
-from vitmech.fingerprint import module_fingerprint, settings_fingerprint, tensor_fingerprint
+from vitmech.fingerprint import settings_fingerprint, tensor_fingerprint
+from vitmech.io.atomic import atomic_write_text
+from vitmech.io.lock import is_stale, read_holder
 from vitmech.tokens import TokenLayout, token_layout
 
 if TYPE_CHECKING:
@@ -448,7 +456,7 @@ def stream_attention_metrics(
         with torch.no_grad(), forward_precision(precision, model.device):
             patterns = collect_patterns(model, pixels, layers=layers, batch_size=pixels.shape[0], progress=False)
         metrics = attention_metrics(
-            _at_least_float32(patterns), model.cfg.patch_size, settings, layers=layers, layout=token_layout(model)
+            _at_least_float32(patterns), model, settings, layers=layers, layout=token_layout(model)
         )
         del patterns
         for name, values in metrics.head_metrics().items():
@@ -548,30 +556,6 @@ class StreamedComparison(_compare.ModelComparison):
     before: StreamedSummary  # type: ignore[assignment]
     after: StreamedSummary  # type: ignore[assignment]
 
-    def locality_table(self) -> pd.DataFrame:
-        """Mean attention distance (px) by layer: before, after, change, paired t-test per layer (Holm)."""
-        import pandas as pd
-
-        before, after = self.before.layer_distance, self.after.layer_distance
-        tests = [paired_comparison(before[:, i], after[:, i]) for i in range(before.shape[1])]
-        adjusted = holm([t.p for t in tests])
-        return pd.DataFrame(
-            [
-                {
-                    "layer": layer,
-                    "distance_before_px": t.mean_before,
-                    "distance_after_px": t.mean_after,
-                    "change_px": t.mean_change,
-                    "change_pct": 100 * t.mean_change / t.mean_before if t.mean_before else float("nan"),
-                    "direction": _compare._direction(t.mean_change, "more local", "more global", p),
-                    "p": t.p,
-                    "p_holm": p,
-                    "cohens_dz": t.cohens_dz,
-                }
-                for layer, t, p in zip(self.before.metrics.layers, tests, adjusted)
-            ]
-        )
-
 
 class _SummaryAccumulator:
     def __init__(self) -> None:
@@ -602,6 +586,66 @@ class _SummaryAccumulator:
             query=token_layout(model).readout_name,
         )
         return StreamedSummary(name, metrics, scalars, distance, rs)
+
+
+def stream_attention_summary(
+    model: HookedViT,
+    source: Any,
+    *,
+    name: str = "model",
+    settings: AttentionSettings | None = None,
+    rollout_settings: RolloutSettings | None = None,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    image_key: str | None = None,
+    progress: bool = True,
+) -> StreamedSummary:
+    """`summarize_attention` over every image of `source`, for one model: metric moments per (layer, head)
+    and per layer, the per-image scalars of the comparison table (last-layer CLS entropy and top-k, rollout
+    entropy and top-k) and each image's mean attention distance per layer. Two summaries of the same
+    images make a `StreamedComparison(before, after, weights=None, cka=None)`."""
+    check_precision(precision)
+    settings = settings or AttentionSettings()
+    rollout_settings = rollout_settings or RolloutSettings()
+    ranks = current()
+    accumulator = _SummaryAccumulator()
+    bar = _progress(source, progress, f"attention ({name})", ranks)
+    for batch in iter_batches(source, batch_size=batch_size, ranks=ranks, image_key=image_key):
+        with forward_precision(precision, model.device):
+            result = _compare._run_batch(model, batch.pixels(model), settings, rollout_settings, False)
+        accumulator.update(name, batch.start, result, rollout_settings, token_layout(model))
+        bar.update(batch.size)
+    bar.close()
+    if not any(gather_objects(bool(accumulator.images))):
+        raise BatchSourceError("the batch source yielded no images")
+    return accumulator.result(name, model, settings, rollout_settings)
+
+
+def stream_per_image(
+    model: HookedViT,
+    source: Any,
+    compute: Callable[[HookedViT, Tensor], Mapping[str, Tensor]],
+    *,
+    batch_size: int = 16,
+    image_key: str | None = None,
+    progress: bool = True,
+    desc: str = "per image",
+) -> dict[str, Tensor]:
+    """Per-image values of every image of `source`, in stream order, on every rank: `compute(model,
+    pixels)` returns {name: [batch, ...]} for one preprocessed batch (e.g. the predicted class); each rank
+    computes its own batches and one collective gathers them. Keep the values small (scalars per image)."""
+    ranks = current()
+    parts: list[tuple[int, dict[str, Tensor]]] = []
+    bar = _progress(source, progress, desc, ranks)
+    for batch in iter_batches(source, batch_size=batch_size, ranks=ranks, image_key=image_key):
+        values = compute(model, batch.pixels(model))
+        parts.append((batch.start, {name: value.detach().cpu() for name, value in values.items()}))
+        bar.update(batch.size)
+    bar.close()
+    gathered = _gather_images(parts)
+    if not gathered:
+        raise BatchSourceError("the batch source yielded no images")
+    return gathered
 
 
 def stream_compare_models(
@@ -747,38 +791,22 @@ class ShardedStore(MemoryStore):
             close()
 
     def merge(self) -> None:
-        """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards."""
-        header = {"type": "header", "key": self.key, "version": 1, "settings": self.settings}
-        records = [header, *(self.clean[b] for b in sorted(self.clean))]
+        """Rank 0: write every record into `sweep-<key>.jsonl` (atomically replaced) and delete the shards
+        (except those a live writer of another job still holds)."""
+        records = [store_header(self.key, self.settings), *(self.clean[b] for b in sorted(self.clean))]
         records += [self.cells[k] for k in sorted(self.cells)]
-        tmp = self.merged.with_name(self.merged.name + ".tmp")
-        with tmp.open("w") as f:
-            f.write("".join(_json_line(r) for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.merged)
+        atomic_write_text(self.merged, "".join(encode_record(r) for r in records))
         self._own.close()
         for shard in self.directory.glob(f"sweep-{self.key}.*.jsonl"):
+            lock = shard.with_name(f".{shard.name}.lock")
+            if lock.exists() and not is_stale(lock, read_holder(lock)):
+                continue  # another job is writing this shard now
             shard.unlink()
 
 
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, separators=(",", ":")) + "\n"
-
-
 def _read_records(path: Path, key: str) -> list[dict[str, Any]]:
-    from vitmech.analysis.ablation.errors import StoreMismatchError
-
-    raw = path.read_bytes()
-    lines = raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1]
-    if not lines:
-        return []
-    header = parse_store_line(lines[0], path, 1)  # garbled lines: StoreCorruptError naming file and line
-    if header.get("type") != "header" or header.get("key") != key:
-        raise StoreMismatchError(f"{path} was written for settings key {header.get('key')!r}, not {key!r}")
-    return [parse_store_line(line, path, number) for number, line in enumerate(lines[1:], start=2)]
+    """The finished records of one store file (half-written last line skipped; damage named by file and line)."""
+    return read_store_file(path, key)[1]
 
 
 def _sweep_settings(
@@ -792,20 +820,18 @@ def _sweep_settings(
             if first is None:
                 raise BatchSourceError("the batch source is empty")
             data_key = f"{tensor_fingerprint(first.pixels(model), first.targets)}:{count_images(source)}"
-    return {
-        "model": module_fingerprint(model),
-        "model_config": model.cfg.to_dict(),
-        "data": data_key,
-        "metric": metric.key(),
-        "output": metric.output,
-        "ablation": ablation.key(),
-        "cells": [c.to_dict() for c in cells],
-        "batch_size": batch_size,
-        "max_batch": max_batch,
-        "engine": engine,
-        "precision": precision,
-        "dtype": str(model.dtype),
-    }
+    return sweep_settings(
+        model,
+        data_key,
+        metric,
+        ablation,
+        cells,
+        batch_size,
+        max_batch,
+        engine,
+        precision=precision,
+        dtype=str(model.dtype),
+    )
 
 
 def stream_ablation_sweep(
@@ -840,7 +866,7 @@ def stream_ablation_sweep(
     metric.check_model(model)
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    cells = _as_cells(model, cells)
+    cells = make_cells(model, cells)
     chunks = (
         plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
     )
@@ -859,39 +885,31 @@ def stream_ablation_sweep(
                 "must load the same weights and read the same images"
             )
         sink = ShardedStore(store, key, settings, ranks)
-    weight_cache: dict = {}
     n_batches = 0
     bar = tqdm(desc=f"{ablation.name} ablation, {metric.name}", unit="cell", disable=not progress or not ranks.is_main)
-    for batch in iter_batches(
-        source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch
-    ):
-        n_batches = batch.index + 1
-        owned = [chunk for c, chunk in enumerate(chunks) if ranks.owns(batch.index * len(chunks) + c)]
-        pending = [chunk for chunk in owned if not all(sink.has_cell(batch.index, cells[i].name) for i in chunk)]
-        needs_clean = ranks.owns(batch.index) and not sink.has_clean(batch.index)
-        if not pending and not needs_clean:
-            continue
-        pixels = batch.pixels(model)
-        if pixels.shape[0] < ablation.min_batch:
-            raise BatchSourceError(
-                f"{ablation.name} ablation needs batches of at least {ablation.min_batch} images; batch "
-                f"{batch.index} has {pixels.shape[0]}"
-            )
-        with forward_precision(precision, model.device):
-            _sweep_batch(
-                model,
-                pixels,
-                batch.targets_on(model),
-                batch.index,
-                cells,
-                pending,
-                metric,
-                ablation,
-                engine,
-                sink,
-                bar,
-                weight_cache,
-            )
+    sweep = _CellSweep(model, cells, metric, ablation, engine, sink, bar)
+    try:
+        for batch in iter_batches(
+            source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch
+        ):
+            n_batches = batch.index + 1
+            owned = [chunk for c, chunk in enumerate(chunks) if ranks.owns(batch.index * len(chunks) + c)]
+            pending = [chunk for chunk in owned if not all(sink.has_cell(batch.index, cells[i].name) for i in chunk)]
+            needs_clean = ranks.owns(batch.index) and not sink.has_clean(batch.index)
+            if not pending and not needs_clean:
+                continue
+            pixels = batch.pixels(model)
+            if pixels.shape[0] < ablation.min_batch:
+                raise BatchSourceError(
+                    f"{ablation.name} ablation needs batches of at least {ablation.min_batch} images; batch "
+                    f"{batch.index} has {pixels.shape[0]}"
+                )
+            with forward_precision(precision, model.device):
+                sweep.run_batch(pixels, batch.targets_on(model), batch.index, pending)
+    except BaseException:  # an interrupted sweep lets go of its shard (a rerun in this process resumes it)
+        bar.close()
+        sink.close()
+        raise
     bar.close()
     if n_batches == 0:
         raise BatchSourceError("the batch source yielded no images")
@@ -924,10 +942,7 @@ def stream_head_sweep(
 ) -> HeadSweepResult:
     """Each head ablated on its own (all heads, the heads of `layers`, or `heads`), streamed as
     `stream_ablation_sweep` (same keyword options)."""
-    if heads is not None and layers is not None:
-        raise ValueError("give heads or layers, not both")
-    chosen = all_heads(model, layers) if heads is None else list(make_cell(model, heads).heads)
-    cells = [Cell(head_label(h), (h,)) for h in chosen]
+    cells = single_head_cells(model, heads, layers)
     table = stream_ablation_sweep(model, source, cells, metric, ablation, **kwargs)
     return HeadSweepResult(**vars(table), heads_per_layer=heads_per_layer(model))
 
@@ -981,18 +996,14 @@ def stream_head_estimates(
     n = sum(p["n"] for p in parts)
     if n == 0:
         raise BatchSourceError("the batch source yielded no images")
-    attribution = np.sum([np.asarray(p["attribution"], dtype=np.float64) for p in parts], axis=0) / n
-    michel = np.sum([np.asarray(p["michel"], dtype=np.float64) for p in parts], axis=0) / n
-    if normalize_michel:
-        michel = michel / np.clip(np.linalg.norm(michel, axis=1, keepdims=True), 1e-30, None)
-    return HeadEstimates(
-        attribution=attribution,
-        michel=michel,
-        clean=math.fsum(p["clean"] for p in parts) / n,
-        n_examples=n,
-        metric=metric.to_dict(),
-        ablation=ablation.to_dict(),
-        michel_normalized=normalize_michel,
+    return HeadEstimates.from_sums(
+        np.sum([np.asarray(p["attribution"], dtype=np.float64) for p in parts], axis=0),
+        np.sum([np.asarray(p["michel"], dtype=np.float64) for p in parts], axis=0),
+        math.fsum(p["clean"] for p in parts),
+        n,
+        metric,
+        ablation,
+        normalize_michel,
     )
 
 
@@ -1101,9 +1112,11 @@ __all__ = [
     "merge_cka",
     "stream_ablation_sweep",
     "stream_attention_metrics",
+    "stream_attention_summary",
     "stream_cka",
     "stream_compare_models",
     "stream_direct_logit_attribution",
     "stream_head_estimates",
     "stream_head_sweep",
+    "stream_per_image",
 ]

@@ -23,10 +23,11 @@ The rule (thresholds are the module constants below):
 
 A region type is *attended* when e_r >= `MIN_ENRICHMENT`.
 
-1. "polysemantic" when at least `POLYSEMANTIC_MIN_REGIONS` region types are attended;
-2. else monosemantic when exactly one region type is attended and H <= `MONOSEMANTIC_MAX_ENTROPY`:
+1. monosemantic when the dominant region type (largest e_r) is attended, holds p_r >=
+   `MONOSEMANTIC_MIN_SHARE` of the area-normalised distribution, and H <= `MONOSEMANTIC_MAX_ENTROPY`:
    "task-relevant monosemantic" when that region is a task region (the chirp; the galaxy's bar, arms or
    bulge), else "off-task monosemantic" (the region is named in `dominant`);
+2. otherwise "polysemantic" when at least `POLYSEMANTIC_MIN_REGIONS` region types are attended;
 3. otherwise "diffuse" (no region type attended, or one only weakly above the rest).
 
 A region covering a share a of the image can reach at most e = 1 / a, so a region over 1 / MIN_ENRICHMENT
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 
 MONOSEMANTIC_MAX_ENTROPY = 0.5
 """Highest normalised entropy (0..1) of the area-normalised region distribution for a monosemantic head."""
+MONOSEMANTIC_MIN_SHARE = 0.6
+"""Smallest share p of the dominant region in the area-normalised distribution for a monosemantic head (two
+equally attended regions have 0.5 each: polysemantic)."""
 MIN_ENRICHMENT = 1.5
 """A head attends a region when its mass there is at least this many times the region's area share."""
 POLYSEMANTIC_MIN_REGIONS = 2
@@ -133,6 +137,7 @@ def classify(
     task_regions: Sequence[str],
     *,
     max_entropy: float = MONOSEMANTIC_MAX_ENTROPY,
+    min_share: float = MONOSEMANTIC_MIN_SHARE,
     min_enrichment: float = MIN_ENRICHMENT,
     min_regions: int = POLYSEMANTIC_MIN_REGIONS,
 ) -> tuple[np.ndarray, np.ndarray, Float[Tensor, " *units"]]:
@@ -147,9 +152,10 @@ def classify(
     names = np.asarray(region_names, dtype=object)
     dominant = names[top.cpu().numpy()]
     is_task = np.isin(dominant, np.asarray(task_regions, dtype=object))
+    top_share = top_value / enrichment.sum(-1).clamp_min(torch.finfo(enrichment.dtype).tiny)
+    mono = ((top_value >= min_enrichment) & (top_share >= min_share) & (entropy <= max_entropy)).cpu().numpy()
     poly = (attended >= min_regions).cpu().numpy()
-    mono = ((attended == 1) & (top_value >= min_enrichment) & (entropy <= max_entropy)).cpu().numpy() & ~poly
-    labels = np.where(poly, POLYSEMANTIC, np.where(mono, np.where(is_task, TASK, OFF_TASK), DIFFUSE)).astype(object)
+    labels = np.where(mono, np.where(is_task, TASK, OFF_TASK), np.where(poly, POLYSEMANTIC, DIFFUSE)).astype(object)
     return labels, dominant, entropy
 
 
@@ -243,6 +249,7 @@ def head_taxonomy(
     task_regions: Sequence[str],
     *,
     max_entropy: float = MONOSEMANTIC_MAX_ENTROPY,
+    min_share: float = MONOSEMANTIC_MIN_SHARE,
     min_enrichment: float = MIN_ENRICHMENT,
     min_regions: int = POLYSEMANTIC_MIN_REGIONS,
 ) -> HeadTaxonomy:
@@ -267,11 +274,13 @@ def head_taxonomy(
         regions.names,
         task_regions,
         max_entropy=max_entropy,
+        min_share=min_share,
         min_enrichment=min_enrichment,
         min_regions=min_regions,
     )
     thresholds = {
         "monosemantic_max_entropy": max_entropy,
+        "monosemantic_min_share": min_share,
         "min_enrichment": min_enrichment,
         "polysemantic_min_regions": min_regions,
     }
@@ -290,6 +299,7 @@ __all__ = [
     "LABELS",
     "MIN_ENRICHMENT",
     "MONOSEMANTIC_MAX_ENTROPY",
+    "MONOSEMANTIC_MIN_SHARE",
     "OFF_TASK",
     "POLYSEMANTIC",
     "POLYSEMANTIC_MIN_REGIONS",

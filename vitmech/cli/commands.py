@@ -69,9 +69,19 @@ COMMANDS: dict[str, Command] = {
         "00_make_datasets.py",
     ),
     "align": Command(
-        "vitmech.studies.alignment",
+        "vitmech.studies.align",
         "does fine-tuning move attention onto annotated features? IoU before/after by tier (paired tests)",
         "11_attention_alignment.py",
+    ),
+    "explain": Command(
+        "vitmech.studies.explain",
+        "explanation maps side by side: attention, rollout, Grad-CAM, LRP (Chefer et al. 2021), IG, saliency; ViTs and CNNs",
+        "12_explanations.py",
+    ),
+    "misclassified": Command(
+        "vitmech.studies.misclassified",
+        "confusion matrix, misclassified images by confidence, maps for the true and predicted class",
+        "13_misclassified.py",
     ),
     "models": Command(
         "vitmech.studies.models", "list the shipped models; write their card pages", "10_model_card_pages.py"

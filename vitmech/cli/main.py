@@ -79,13 +79,15 @@ def run_command(name: str, argv: list[str] | None = None) -> int:
     args.parser = parser
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vitmech.studies._common import launch  # one process, or every rank of torchrun / accelerate launch
+
     threads = getattr(args, "threads", None)
     if threads:  # only when asked: the library never changes torch's thread count itself
         from vitmech.threads import torch_threads
 
         with torch_threads(threads):
-            return int(module.run(args) or 0)
-    return int(module.run(args) or 0)
+            return launch(module, args)
+    return launch(module, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from vitmech.errors import CheckpointMismatchError, ModelMismatchError, UnknownModelError
+from vitmech.viz.stamp import RANDOM_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS = "RANDOM WEIGHTS"
 TRUE_VALUES = ("1", "true", "yes", "on")
 
 

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitmech.cli.models import RANDOM_WEIGHTS
 from vitmech.report import Report
+from vitmech.viz.stamp import RANDOM_WEIGHTS, stamp_random
+
+__all__ = ["RANDOM_WEIGHTS", "StudyReport", "output_dir", "stamp_random", "study_report"]
 
 
 def output_dir(args: argparse.Namespace, resumable_parts: tuple[str, ...] = ()) -> Path:
@@ -42,47 +44,12 @@ def output_dir(args: argparse.Namespace, resumable_parts: tuple[str, ...] = ()) 
     return out
 
 
-def stamp_random(figure: Any) -> None:
-    """Write RANDOM WEIGHTS across a matplotlib figure."""
-    figure.text(
-        0.5,
-        0.5,
-        RANDOM_WEIGHTS,
-        ha="center",
-        va="center",
-        rotation=25,
-        fontsize=36,
-        color="red",
-        alpha=0.35,
-        weight="bold",
-        zorder=1000,
-    )
-
-
 class StudyReport(Report):
-    """A Report that, for random weights, says so first in report.md and across every figure."""
+    """A Report of a study: for random weights it says so first in report.md and across every figure
+    (`Report(random_weights=...)`, `vitmech.viz.stamp`)."""
 
     def __init__(self, directory: str | Path, title: str, random_weights: list[str] | None = None) -> None:
-        super().__init__(directory, title)
-        self.random_weights = list(random_weights or [])
-        if self.random_weights:
-            self.title = f"{title} ({RANDOM_WEIGHTS})"
-            self.add_text(
-                f"> **{RANDOM_WEIGHTS}**: {', '.join(f'`{n}`' for n in self.random_weights)} "
-                "had no pretrained weights available and were built with random weights (--random-init). "
-                "Nothing here describes a trained model."
-            )
-
-    def add_figure(self, name: str, figure: Any, caption: str = "", dpi: int = 110) -> Path:
-        if self.random_weights:
-            stamp_random(figure)
-            caption = f"{RANDOM_WEIGHTS}. {caption}" if caption else RANDOM_WEIGHTS
-        return super().add_figure(name, figure, caption, dpi)
-
-    def add_json(self, name: str, data: Any) -> Path:
-        if self.random_weights and isinstance(data, dict):
-            data = {"random_weights": self.random_weights, **data}
-        return super().add_json(name, data)
+        super().__init__(directory, title, random_weights=random_weights)
 
 
 def study_report(out: Path, title: str, loaded: list[Any]) -> StudyReport:

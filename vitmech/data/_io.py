@@ -258,6 +258,19 @@ def missing_shards(root: Path) -> list[str]:
     return missing
 
 
+def _what_is_missing(root: Path) -> str:
+    """'; missing: ...' listing the absent shards and completion file of an unfinished folder ('' if none)."""
+    try:
+        missing = missing_shards(root)
+    except IncompleteDatasetError as exc:
+        return f"; {exc}"
+    if not (root / DATASET_INFO).is_file():
+        missing.append(DATASET_INFO)
+    if not missing:
+        return ""
+    return f"; missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+
+
 def check_dataset_folder(root: Path) -> None:
     """Refuse a local dataset folder that is partial or damaged, naming what is missing or broken.
 
@@ -271,7 +284,7 @@ def check_dataset_folder(root: Path) -> None:
         if isinstance(info, dict) and "files" in info:  # written by finish_dataset (older folders have none)
             verify_manifest(root, what=f"dataset {root}", name=DATASET_INFO)
     except IncompleteWriteError as exc:
-        raise IncompleteDatasetError(str(exc), path=exc.path) from exc
+        raise IncompleteDatasetError(f"{exc}{_what_is_missing(root)}", path=exc.path) from exc
     except CorruptFileError as exc:
         raise CorruptDatasetError(str(exc), path=exc.path, line=exc.line) from exc
     missing = missing_shards(root)

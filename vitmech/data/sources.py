@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from vitmech.data._errors import DataError, UnreadableImageError
-from vitmech.data.targets import TargetsFileError, read_value_rows
+from vitmech.data.targets import read_value_rows, require_one_row_per_image
 
 logger = logging.getLogger(__name__)
 
@@ -223,14 +223,7 @@ def load_image_source(
 def _aligned(values: np.ndarray, files: Sequence[Path], where: str, n_listed: int | None = None) -> np.ndarray:
     """The rows of `files` (the first `len(files)` of the source's `n_listed` images) from a value file that
     must hold exactly one row per image of the source: more rows are refused as well as fewer."""
-    expected = n_listed if n_listed is not None else len(files)
-    if values.shape[0] != expected:
-        more = "more" if values.shape[0] > expected else "fewer"
-        raise TargetsFileError(
-            f"{where} has {values.shape[0]} rows for {expected} image files ({more} rows than images); it must "
-            "hold exactly one row per image file, in the source's order",
-            path=where,
-        )
+    require_one_row_per_image(values, n_listed if n_listed is not None else len(files), where, "the source's order")
     return values[: len(files)]
 
 

@@ -11,6 +11,7 @@ column), NaN or inf, and labels that are not whole numbers or lie outside the he
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,15 @@ class TargetsFileError(DataError, CorruptFileError):
 def _read_text(file: Path) -> np.ndarray:
     delimiter = "," if file.suffix == ".csv" else None
     rows: list[list[float]] = []
-    with file.open(newline="") as f:
+    try:
+        text = file.read_text()
+    except UnicodeDecodeError as exc:
+        raise TargetsFileError(
+            f"{file} is not a text file of numbers (byte {exc.start} is not UTF-8): a damaged file, or a "
+            "binary format with a text suffix",
+            path=file,
+        ) from None
+    with io.StringIO(text, newline="") as f:
         lines = csv.reader(f, delimiter=delimiter) if delimiter else (line.split() for line in f)
         for number, cells in enumerate(lines, start=1):
             if not cells or all(not c.strip() for c in cells):
@@ -81,6 +90,18 @@ def read_value_rows(path: str | Path) -> np.ndarray:
     return values
 
 
+def require_one_row_per_image(values: np.ndarray, n_images: int, where: str | Path, order: str) -> None:
+    """Refuse a value file without exactly one row per image file (more rows as well as fewer); `order`
+    names the order the rows must follow, for the message."""
+    if values.shape[0] != n_images:
+        more = "more" if values.shape[0] > n_images else "fewer"
+        raise TargetsFileError(
+            f"{where} has {values.shape[0]} rows for {n_images} image files ({more} rows than images); it must "
+            f"hold exactly one row per image file, in {order}",
+            path=where,
+        )
+
+
 def read_targets(
     path: str | Path,
     n_images: int,
@@ -95,13 +116,7 @@ def read_targets(
     """
     file = Path(path).expanduser()
     values = read_value_rows(file)
-    if values.shape[0] != n_images:
-        more = "more" if values.shape[0] > n_images else "fewer"
-        raise TargetsFileError(
-            f"{file} has {values.shape[0]} rows for {n_images} image files ({more} rows than images); it must "
-            "hold exactly one row per image file, in sorted file order",
-            path=file,
-        )
+    require_one_row_per_image(values, n_images, file, "sorted file order")
     if rows is not None:
         values = values[np.asarray(list(rows), dtype=np.int64)]
     bad = ~np.isfinite(values.astype(np.float64))

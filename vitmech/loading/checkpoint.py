@@ -9,6 +9,7 @@ file's width, depth and patch size is assumed (and logged).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -157,6 +158,16 @@ def _hf_from_state(path: Path, state: dict[str, torch.Tensor], hf_config: Any) -
         return convert_hf(tmp)
 
 
+def is_timm_dir(path: Path) -> bool:
+    """Whether `path` is a folder in timm's hub layout: config.json naming an architecture and its
+    pretrained_cfg (transformers' config.json has neither)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architecture" in config and "pretrained_cfg" in config
+
+
 def convert_checkpoint(
     path: str | Path,
     *,
@@ -185,6 +196,12 @@ def convert_checkpoint(
         if is_native_dir(path):
             return load_native(path, allow_nonfinite=allow_nonfinite)
         if (path / "config.json").is_file():
+            if is_timm_dir(path):  # timm's hub layout (save_pretrained(format="timm"), timm.models.save_for_hf)
+                import timm
+
+                from vitmech.loading.timm import convert_timm
+
+                return convert_timm(timm.create_model(f"local-dir:{path}", pretrained=True).eval())
             return convert_hf(path)
         raise FileNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
     if path.suffix == ".safetensors" and read_native_metadata(path) is not None:

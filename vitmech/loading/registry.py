@@ -23,22 +23,6 @@ KNOWN_HF_IDS = (
 )
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co resolves and accepts a connection (False when HF_HUB_OFFLINE is set).
-
-    Lets scripts fall back quickly instead of waiting through the hub clients' retries (~1 min)."""
-    import os
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def zoo_models() -> dict[str, Path]:
     """Shipped models: 'vitmech/<dir>' -> directory holding model.safetensors + config.json."""
     from vitmech.loading.native import is_native_dir

@@ -37,7 +37,33 @@ from vitmech.model.rotary import Rotary
 Heads = Float[torch.Tensor, "batch pos head d_head"]
 
 
-class Attention(nn.Module):
+class AttentionWeights(nn.Module):
+    """Multi-head attention weights in TransformerLens' layout: W_Q, W_K, W_V [n_heads, d_model, d_head] and
+    W_O [n_heads, d_head, d_model] (uninitialised), biases b_Q, b_K, b_V [n_heads, d_head] and b_O [d_model]
+    (zeros). The base of the block's `Attention` and the MAP head's `AttentionPool`."""
+
+    W_Q: nn.Parameter
+    W_K: nn.Parameter
+    W_V: nn.Parameter
+    W_O: nn.Parameter
+    b_Q: nn.Parameter
+    b_K: nn.Parameter
+    b_V: nn.Parameter
+    b_O: nn.Parameter
+
+    def __init__(self, n_heads: int, d_model: int, d_head: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_head = d_head
+        for name in ("W_Q", "W_K", "W_V"):
+            self.register_parameter(name, nn.Parameter(torch.empty(n_heads, d_model, d_head)))
+        self.register_parameter("W_O", nn.Parameter(torch.empty(n_heads, d_head, d_model)))
+        for name in ("b_Q", "b_K", "b_V"):
+            self.register_parameter(name, nn.Parameter(torch.zeros(n_heads, d_head)))
+        self.register_parameter("b_O", nn.Parameter(torch.zeros(d_model)))
+
+
+class Attention(AttentionWeights):
     def __init__(
         self,
         n_heads: int,
@@ -49,17 +75,7 @@ class Attention(nn.Module):
         ln_eps: float = 1e-6,
         rotary: Rotary | None = None,
     ) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.d_head = d_head
-        self.W_Q = nn.Parameter(torch.empty(n_heads, d_model, d_head))
-        self.W_K = nn.Parameter(torch.empty(n_heads, d_model, d_head))
-        self.W_V = nn.Parameter(torch.empty(n_heads, d_model, d_head))
-        self.W_O = nn.Parameter(torch.empty(n_heads, d_head, d_model))
-        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head))
-        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head))
-        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head))
-        self.b_O = nn.Parameter(torch.zeros(d_model))
+        super().__init__(n_heads, d_model, d_head)
         self.q_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
         self.k_norm = LayerNorm(d_head, ln_eps) if qk_norm else None
         self.ls = LayerScale(d_model) if layer_scale else None

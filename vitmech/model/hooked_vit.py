@@ -256,6 +256,14 @@ class HookedViT(HookedRootModule):
             return save_timm(self, directory)
         raise ValueError(f"format must be 'vitmech', 'hf' or 'timm', got {format!r}")
 
+    def push_to_hub(self, repo_id: str, *, format: str = "hf", **kwargs: Any) -> Any:
+        """Upload to the HuggingFace hub repo `repo_id` in `save_pretrained`'s `format` (HF by default, so
+        `transformers.AutoModel...` loads it); kwargs: private, token, commit_message, revision, create_pr.
+        Raises HubError when offline, unreachable or not logged in (`vitmech.loading.hub.push_to_hub`)."""
+        from vitmech.loading.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, format=format, **kwargs)
+
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:

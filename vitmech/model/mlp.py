@@ -1,4 +1,5 @@
-"""The MLP sublayer, plain or gated, with hook_pre and hook_post [B, P, d_mlp].
+"""The MLP sublayer, plain or gated, with hook_pre and hook_post [..., d_mlp] (blocks: [B, P, d_mlp]; attention
+pooling: [B, d_mlp]).
 
 Plain: x @ W_in + b_in -> act -> @ W_out + b_out. Gated (SwiGLU, Shazeer 2020, arXiv:2002.05202):
 act(x @ W_gate + b_gate) * (x @ W_in + b_in) -> @ W_out + b_out, with hook_pre on the gate's
@@ -75,18 +76,18 @@ class MLP(nn.Module):
             return self.W_in, self.b_in
         return torch.cat([self.W_gate, self.W_in], dim=1), torch.cat([self.b_gate, self.b_in])
 
-    def pre_activations(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos m"]:
+    def pre_activations(self, x: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch m"]:
         """x through `input_weights()` (gated: gate and linear branch concatenated on the last axis)."""
         w, b = self.input_weights()
         return F.linear(x, w.T, b)
 
-    def activate(self, pre: Float[torch.Tensor, "batch pos m"]) -> Float[torch.Tensor, "batch pos d_mlp"]:
+    def activate(self, pre: Float[torch.Tensor, "*batch m"]) -> Float[torch.Tensor, "*batch d_mlp"]:
         if not self.gated:
             return self._act(pre)
         gate, linear = pre.split(self.d_mlp, dim=-1)
         return self._act(gate) * linear
 
-    def write(self, post: Float[torch.Tensor, "batch pos d_mlp"]) -> Float[torch.Tensor, "batch pos d_model"]:
+    def write(self, post: Float[torch.Tensor, "*batch d_mlp"]) -> Float[torch.Tensor, "*batch d_model"]:
         """(hidden_norm(post)) @ W_out + b_out (times the LayerScale gain)."""
         if self.hidden_norm is not None:
             post = self.hidden_norm(post)
@@ -97,11 +98,11 @@ class MLP(nn.Module):
         """b_out as written to the residual stream (times the LayerScale gain)."""
         return self.b_out if self.ls is None else self.ls(self.b_out)
 
-    def pure(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+    def pure(self, x: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch d_model"]:
         return self.write(self.activate(self.pre_activations(x)))
 
     # ------------------------------------------------------------------ hooked forward
-    def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch d_model"]:
         if not self.gated:
             # F.linear on the transposed views runs x @ W + b as one fused addmm.
             pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))

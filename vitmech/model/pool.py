@@ -17,6 +17,7 @@ from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import ViTConfig
 from vitmech.model._hooks import is_hooked
+from vitmech.model.attention import AttentionWeights
 from vitmech.model.layer_norm import LayerNorm
 from vitmech.model.mlp import MLP
 from vitmech.tokens import TokenLayout
@@ -36,7 +37,7 @@ class TokenPool(nn.Module):
         return self.layout.patches(tokens, dim=1).mean(dim=1)
 
 
-class AttentionPool(nn.Module):
+class AttentionPool(AttentionWeights):
     """MAP head: one learned query attends over the patch tokens, then x + MLP(LN(x)).
 
     probe [d]; W_Q, W_K, W_V [H, d, d_head]; b_Q, b_K, b_V [H, d_head]; W_O [H, d_head, d]; b_O [d];
@@ -45,19 +46,10 @@ class AttentionPool(nn.Module):
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
         h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
-        self.n_heads, self.d_head = h, e
+        super().__init__(h, d, e)
         self.layout = TokenLayout.from_config(cfg)
         self.probe = nn.Parameter(torch.zeros(d))
-        self.W_Q = nn.Parameter(torch.empty(h, d, e))
-        self.W_K = nn.Parameter(torch.empty(h, d, e))
-        self.W_V = nn.Parameter(torch.empty(h, d, e))
-        self.W_O = nn.Parameter(torch.empty(h, e, d))
-        self.b_Q = nn.Parameter(torch.zeros(h, e))
-        self.b_K = nn.Parameter(torch.zeros(h, e))
-        self.b_V = nn.Parameter(torch.zeros(h, e))
-        self.b_O = nn.Parameter(torch.zeros(d))
         self.ln = LayerNorm(d, cfg.ln_eps)
         self.mlp = MLP(d, cfg.d_mlp, cfg.act_fn)
         self.hook_pattern = HookPoint()

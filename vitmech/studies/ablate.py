@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from vitmech.cli.args import add_images, add_labels, add_models, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS
 QUICK = {"n_images": 4, "batch_size": 4, "max_batch": 4, "no_estimates": True}
 CHIRPS = "chirps"
 CHIRP_STREAM_START = 1_000_000  # stream indices far beyond any training split (fine-tuning uses 0..n)
@@ -90,7 +92,7 @@ def load_chirps(model: Any, n: int, seed: int) -> tuple[Any, Any, str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from vitmech.cli.args import models_from
-    from vitmech.distributed import distributed_session, gather_objects
+    from vitmech.distributed import current
     from vitmech.studies._common import start
 
     if args.n_images < 1:
@@ -98,16 +100,10 @@ def run(args: argparse.Namespace) -> int:
     names = models_from(args)
     if len(names) != 1:
         args.parser.error("ablate takes one --model")
-    # under torchrun / accelerate launch every rank runs this study: the sweep and the estimates are shared
-    # out (docs/cluster.md), rank 0 makes the output folder and writes the report
-    with distributed_session() as ranks:
-        out = start(args, resumable_parts=("store",)) if ranks.is_main else None
-        out = gather_objects(out)[0]
-        if not ranks.is_main:
-            import torch
-
-            torch.manual_seed(args.seed)  # what start() did on rank 0
-        return _run(args, names, out, ranks)
+    # under torchrun / accelerate launch (LAUNCH = SHARDS) every rank runs this study: the sweep and the
+    # estimates are shared out (docs/cluster.md), rank 0 makes the output folder and writes the report
+    out = start(args, resumable_parts=("store",))
+    return _run(args, names, out, current())
 
 
 def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> int:
@@ -256,11 +252,14 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
 
 def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: Any, value: str, args: Any) -> None:
     """The head taxonomy of the same images (class-token attention against the figure's regions; rule and
-    thresholds in docs/taxonomy.md) beside the ablation heatmap, and the joined per-head table."""
-    from vitmech.analysis.alignment import cls_attention_grid
+    thresholds in docs/taxonomy.md) beside the ablation heatmap, the joined per-head table, and the layers
+    ranked per image by their attention on the chirp."""
+    from vitmech.analysis.alignment import cls_attention_grid, head_mean_grid
     from vitmech.analysis.attention import collect_patterns
+    from vitmech.analysis.layer_ranking import rank_layers
     from vitmech.analysis.taxonomy import CHIRP_TASK_REGIONS, head_taxonomy
-    from vitmech.viz.taxonomy import plot_taxonomy
+    from vitmech.viz.attention import denormalize
+    from vitmech.viz.taxonomy import plot_taxonomy, plot_top_layers
 
     patterns = collect_patterns(model, images, batch_size=args.batch_size, rows="cls", progress=False)
     maps = cls_attention_grid(model, patterns, rows="cls")
@@ -282,3 +281,19 @@ def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: An
     by_label = joined.groupby("label")["delta"].agg(["count", "mean", "std"]).reset_index()
     report.add_table("taxonomy_by_label", by_label, caption="Ablation effect (delta) by taxonomy label")
     report.add_json("taxonomy", taxonomy.to_dict())
+
+    layer_maps = head_mean_grid(maps)  # [B, L, g, g]
+    ranking = rank_layers(layer_maps, regions, CHIRP_TASK_REGIONS[0])
+    report.add_text(
+        "Most-focused layers (docs/taxonomy.md#layer-ranking): per image, the layers ranked by the share of their "
+        "head-mean class-token attention on the chirp (chance: the chirp's area share, "
+        f"{float(ranking.area_share.mean()):.3f} on average)."
+    )
+    report.add_table("layer_ranking", ranking.summary(), caption="Per layer: mean focus on the chirp and rank")
+    report.add_table("layer_ranking_per_image", ranking.to_frame(), show=False)
+    shown = [denormalize(image, model.preprocessing.mean, model.preprocessing.std) for image in images[:4]]
+    report.add_figure(
+        "top_layers",
+        plot_top_layers(shown, layer_maps, ranking),
+        caption="The three most-focused layers of the first images (head-mean class-token attention)",
+    )

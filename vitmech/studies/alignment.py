@@ -5,7 +5,8 @@
     study.comparisons        # one row per model x tier x map: IoU before/after, t, p, d_z, CI, Holm p
 
 Phases (docs/alignment.md#the-study): (1) IoU of every model's attention with the annotated regions of
-held-out images; (2) fine-tune each model by every tier (linear probe, LoRA, full, attention-supervised)
+held-out images (synthetic galaxies with bar / arms / bulge masks, or chirp spectrogram figures with chirp /
+text / axis / colour-bar boxes: `data="chirps"`); (2) fine-tune each model by every tier (linear probe, LoRA, full, attention-supervised)
 on a separate training stream; a finished run is saved and reused, an interrupted one resumes from its
 checkpoint; (3) IoU after, and each fine-tuned model's held-out accuracy; (4) change in IoU per image with
 a paired t-test, Cohen's d_z, a bootstrap CI, and Holm's correction over every model x tier x map
@@ -14,11 +15,11 @@ comparison; (5) breakdowns by feature, layer and head (descriptive).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitmech.analysis.alignment import (
+    CHIRP_REGIONS,
     GALAXY_REGIONS,
     UNION,
     AlignmentResult,
@@ -67,8 +69,18 @@ SHIPPED_MODELS: tuple[str, ...] = (
 STUDY_TIERS: tuple[str, ...] = ("linear_probe", "lora", "full", SUPERVISED_TIER)
 PRIMARY_MAPS: tuple[str, ...] = ("last_layer_mean", "rollout")
 """The maps whose change is tested: the last layer's head-mean class-token map, and attention rollout."""
+STUDY_DATA: tuple[str, ...] = ("galaxies", "chirps")
+"""Annotated data the study generates: synthetic galaxies (6-class morphology; feature masks) or chirp
+spectrogram figures (regression of start time, start and end frequency; boxes of the chirp track and of the
+figure's text, axes and colour bar)."""
+DEFAULT_REGIONS: dict[str, tuple[str, ...]] = {"galaxies": GALAXY_REGIONS, "chirps": tuple(CHIRP_REGIONS)}
+DEFAULT_TARGET: dict[str, str] = {"galaxies": UNION, "chirps": "chirp"}
+"""The region whose IoU change is tested: the union of the galaxy features; the chirp track (the figure's
+text, axes and colour bar are distractors, reported per region)."""
 TRAIN_GALAXY_SEED = 0
 EVAL_GALAXY_SEED = 12345
+TRAIN_SEED = TRAIN_GALAXY_SEED
+EVAL_SEED = EVAL_GALAXY_SEED
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,12 @@ class AlignmentStudyConfig:
     Attributes:
         models: shipped names or saved-model folders.
         tiers: any of STUDY_TIERS.
-        n_train / n_eval: synthetic galaxies for fine-tuning (seed 0 stream) and for measuring (seed 12345).
+        data: "galaxies" or "chirps" (STUDY_DATA).
+        regions: annotated regions scored (default: bar, arms, bulge for galaxies; chirp, text, axis,
+            colorbar for chirps).
+        target: the region whose IoU change is tested and supervised (default: "union" of the galaxy
+            features; "chirp" for chirps).
+        n_train / n_eval: generated images for fine-tuning (seed 0 stream) and for measuring (seed 12345).
         steps, batch_size: every tier's training budget (the same for all).
         head_lr, backbone_lr: learning rates (LoRA adapters use backbone_lr too).
         supervision: the attention-supervised tier's loss (lambda, map source, layers, heads).
@@ -88,7 +105,9 @@ class AlignmentStudyConfig:
 
     models: tuple[str, ...] = SHIPPED_MODELS
     tiers: tuple[str, ...] = STUDY_TIERS
-    regions: tuple[str, ...] = GALAXY_REGIONS
+    data: str = "galaxies"
+    regions: tuple[str, ...] = ()
+    target: str = ""
     n_train: int = 320
     n_eval: int = 64
     steps: int = 40
@@ -103,6 +122,25 @@ class AlignmentStudyConfig:
     batch_size_eval: int = 16
 
     def __post_init__(self) -> None:
+        if self.data not in STUDY_DATA:
+            raise ValueError(f"unknown data {self.data!r}; choose from {list(STUDY_DATA)}")
+        if not self.regions:
+            object.__setattr__(self, "regions", DEFAULT_REGIONS[self.data])
+        if not self.target:
+            object.__setattr__(self, "target", DEFAULT_TARGET[self.data])
+        known = set(GALAXY_REGIONS if self.data == "galaxies" else CHIRP_REGIONS)
+        if self.data == "galaxies":
+            known |= {"disk", "ring", "clumps", "dust_lane"}
+        bad = [r for r in self.regions if r not in known]
+        if bad:
+            raise ValueError(f"unknown {self.data} regions {bad}; choose from {sorted(known)}")
+        scored = (*self.regions, UNION) if self.data == "galaxies" else self.regions  # chirps: no union
+        if self.target not in scored:
+            raise ValueError(f"target {self.target!r} must be one of the regions {list(scored)}")
+        if self.supervision.region == UNION and UNION not in scored:  # the default follows the target
+            object.__setattr__(self, "supervision", dataclasses.replace(self.supervision, region=self.target))
+        if self.supervision.region not in scored:
+            raise ValueError(f"the supervised region {self.supervision.region!r} must be one of {list(scored)}")
         unknown = [t for t in self.tiers if t not in STUDY_TIERS]
         if unknown:
             raise ValueError(f"unknown tiers {unknown}; choose from {list(STUDY_TIERS)}")
@@ -119,7 +157,10 @@ class AlignmentStudyConfig:
     def run_key(self) -> dict[str, Any]:
         """What a cached fine-tuning run must match to be reused."""
         keys = ("n_train", "steps", "batch_size", "head_lr", "backbone_lr", "lora_rank", "seed")
-        return {**{k: getattr(self, k) for k in keys}, "supervision": self.supervision.to_dict()}
+        key = {**{k: getattr(self, k) for k in keys}, "supervision": self.supervision.to_dict()}
+        if self.data != "galaxies":  # galaxy runs keep the key they had before the data became a choice
+            key["data"] = self.data
+        return key
 
 
 @dataclass
@@ -161,6 +202,40 @@ class AlignmentStudy:
 # ----------------------------------------------------------------------------------------- data
 
 
+def chirp_data(
+    n: int, seed: int, regions: Sequence[str], size: int, scaler: Any = None
+) -> tuple[ArrayDataset, RegionMasks, Any]:
+    """`n` chirp spectrogram figures of stream `seed` (every figure element drawn) as a regression set with
+    z-scored targets (start time, start and end frequency; `scaler` a `vitmech.data.TargetScaler`, fitted on
+    these when None), their region masks (no union: the track and the distractors are scored apart), and
+    the scaler."""
+    from vitmech.data.chirps import TARGETS, TargetScaler, generate_chirps
+
+    samples = generate_chirps(n, seed, size=size)
+    raw = np.asarray([s.targets for s in samples], dtype=np.float64)
+    scaler = scaler or TargetScaler.fit(raw)
+    data = ArrayDataset(
+        torch.from_numpy(np.stack([s.image for s in samples])),
+        torch.from_numpy(scaler.transform(raw).astype(np.float32)),
+        list(TARGETS),
+        "regression",
+    )
+    masks = RegionMasks.from_chirps(samples, {name: CHIRP_REGIONS[name] for name in regions})
+    return data, masks, scaler
+
+
+def study_data(config: AlignmentStudyConfig, size: int) -> tuple[ArrayDataset, RegionMasks, ArrayDataset, RegionMasks]:
+    """Training set and held-out set with their masks for `config.data` (galaxies: + union); chirp targets are z-scored
+    with the training set's mean and standard deviation."""
+    if config.data == "chirps":
+        train, train_regions, scaler = chirp_data(config.n_train, TRAIN_SEED, config.regions, size)
+        held_out, held_out_regions, _ = chirp_data(config.n_eval, EVAL_SEED, config.regions, size, scaler)
+        return train, train_regions, held_out, held_out_regions
+    train, train_regions = galaxy_data(config.n_train, TRAIN_SEED, config.regions, size)
+    held_out, held_out_regions = galaxy_data(config.n_eval, EVAL_SEED, config.regions, size)
+    return train, train_regions, held_out, held_out_regions
+
+
 def galaxy_data(n: int, seed: int, regions: Sequence[str], size: int) -> tuple[ArrayDataset, RegionMasks]:
     """`n` synthetic galaxies of stream `seed` as a classification set, with their feature masks (+ union)."""
     from vitmech.data import generate_galaxies
@@ -197,8 +272,8 @@ def measure(
     return ModelState(name, tier, scores, maps=keep)
 
 
-def centre_prior_iou(model: HookedViT, regions: RegionMasks, q: float | None) -> float:
-    """Mean IoU with the union of a fixed isotropic Gaussian map centred on the patch grid (sigma = g / 4):
+def centre_prior_iou(model: HookedViT, regions: RegionMasks, q: float | None, target: str = UNION) -> float:
+    """Mean IoU with the `target` region of a fixed isotropic Gaussian map centred on the patch grid (sigma = g / 4):
     what "looking at the middle" scores, a stronger reference than random ranking for centred objects."""
     from vitmech.tokens import token_layout
 
@@ -207,7 +282,7 @@ def centre_prior_iou(model: HookedViT, regions: RegionMasks, q: float | None) ->
     x = torch.arange(gw, dtype=torch.float64) + 0.5 - gw / 2
     gauss = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * (max(gh, gw) / 4) ** 2))
     maps = gauss.expand(len(regions), gh, gw).contiguous()
-    return float(np.nanmean(alignment_scores(maps, regions, q=q).per_image("iou", UNION).numpy()))
+    return float(np.nanmean(alignment_scores(maps, regions, q=q).per_image("iou", target).numpy()))
 
 
 # ----------------------------------------------------------------------------------------- fine-tuning
@@ -283,16 +358,18 @@ def fine_tuned_model(
 def _primary_rows(before: ModelState, after: ModelState, config: AlignmentStudyConfig) -> list[dict[str, Any]]:
     rows = []
     for source in PRIMARY_MAPS:
-        x = before.scores[source].per_image("iou", UNION).numpy()
-        y = after.scores[source].per_image("iou", UNION).numpy()
+        x = before.scores[source].per_image("iou", config.target).numpy()
+        y = after.scores[source].per_image("iou", config.target).numpy()
         keep = ~np.isnan(x) & ~np.isnan(y)
         test = paired_comparison(x[keep], y[keep], n_resamples=config.n_resamples, seed=config.seed)
-        chance = float(np.nanmean(before.scores[source].iou_chance[:, -1].numpy()))
+        target = before.scores[source].region(config.target)
+        chance = float(np.nanmean(before.scores[source].iou_chance[:, target].numpy()))
         rows.append(
             {
                 "model": before.model,
                 "tier": after.tier,
                 "map": source,
+                "region": config.target,
                 "n_images": test.n,
                 "iou_before": test.mean_before,
                 "iou_after": test.mean_after,
@@ -336,17 +413,19 @@ def _region_rows(before: ModelState, after: ModelState) -> list[dict[str, Any]]:
     return rows
 
 
-def _layer_rows(state: ModelState) -> list[dict[str, Any]]:
-    iou = state.scores["layers"].iou[..., -1].numpy()  # [B, L] union
+def _layer_rows(state: ModelState, target: str) -> list[dict[str, Any]]:
+    scores = state.scores["layers"]
+    iou = scores.iou[..., scores.region(target)].numpy()  # [B, L]
     return [
         {"model": state.model, "tier": state.tier, "layer": layer, "iou": float(np.nanmean(iou[:, layer]))}
         for layer in range(iou.shape[1])
     ]
 
 
-def _head_rows(before: ModelState, after: ModelState) -> list[dict[str, Any]]:
-    x = before.scores["heads"].iou[..., -1].numpy()  # [B, L, H]
-    y = after.scores["heads"].iou[..., -1].numpy()
+def _head_rows(before: ModelState, after: ModelState, target: str) -> list[dict[str, Any]]:
+    r = before.scores["heads"].region(target)
+    x = before.scores["heads"].iou[..., r].numpy()  # [B, L, H]
+    y = after.scores["heads"].iou[..., r].numpy()
     change = np.nanmean(y - x, axis=0)
     return [
         {
@@ -387,8 +466,7 @@ def run_alignment_study(
     for name, model in loaded:
         if model.cfg.image_size != size:
             raise ValueError(f"{name} takes {model.cfg.image_size} px images, {config.models[0]} {size} px")
-    train, train_regions = galaxy_data(config.n_train, TRAIN_GALAXY_SEED, config.regions, size)
-    eval_data, eval_regions = galaxy_data(config.n_eval, EVAL_GALAXY_SEED, config.regions, size)
+    train, train_regions, eval_data, eval_regions = study_data(config, size)
 
     steps = len(loaded) * (1 + len(config.tiers))
     bar = tqdm(total=steps, desc="alignment study", unit="model", disable=not progress)
@@ -400,7 +478,7 @@ def run_alignment_study(
         bar.set_postfix_str(f"{name} baseline")
         before = measure(model, name, "before", images, eval_regions, config.q, config.batch_size_eval)
         states.append(before)
-        layer_rows += _layer_rows(before)
+        layer_rows += _layer_rows(before, config.target)
         bar.update(1)
         for tier in config.tiers:
             bar.set_postfix_str(f"{name} {tier}")
@@ -409,16 +487,20 @@ def run_alignment_study(
                 notes.append(f"{name} / {tier}: reused the finished run in {runs}")
             after = measure(tuned, name, tier, images, eval_regions, config.q, config.batch_size_eval)
             evaluation = evaluate(tuned, eval_data)
-            after.accuracy = evaluation.accuracy if isinstance(evaluation, ClassificationEval) else None
+            if isinstance(evaluation, ClassificationEval):
+                after.accuracy = evaluation.accuracy
+            else:  # regression: the mean over targets of Pearson's r
+                after.accuracy = float(np.nanmean(evaluation.pearson_r))
             states.append(after)
             comparisons += _primary_rows(before, after, config)
             regions_rows += _region_rows(before, after)
-            layer_rows += _layer_rows(after)
-            head_rows += _head_rows(before, after)
+            layer_rows += _layer_rows(after, config.target)
+            head_rows += _head_rows(before, after, config.target)
             accuracy_rows.append(
                 {
                     "model": name,
                     "tier": tier,
+                    "score": "accuracy" if eval_data.task == "classification" else "mean Pearson r",
                     "accuracy": after.accuracy,
                     "n_images": len(eval_data),
                     "reused_run": reused,
@@ -429,13 +511,19 @@ def run_alignment_study(
     table = pd.DataFrame(comparisons)
     table["p_holm"] = holm(table["p"].tolist())
     table["holm_significant"] = table["p_holm"] < 0.05
-    centre = centre_prior_iou(loaded[0][1], eval_regions, config.q)
+    centre = centre_prior_iou(loaded[0][1], eval_regions, config.q, config.target)
     notes.append(
         f"reference: a fixed centred Gaussian map (sigma a quarter of the grid, no model) has IoU {centre:.3f} with "
-        "the union on these images; random ranking (chance) is in the tables"
+        f"the {config.target} region on these images; random ranking (chance) is in the tables"
     )
-    counts = np.bincount(eval_data.targets.numpy(), minlength=len(eval_data.names))
-    notes.append(f"held-out accuracy of always guessing the commonest class: {counts.max() / counts.sum():.3f}")
+    if eval_data.task == "classification":
+        counts = np.bincount(eval_data.targets.numpy(), minlength=len(eval_data.names))
+        notes.append(f"held-out accuracy of always guessing the commonest class: {counts.max() / counts.sum():.3f}")
+    else:
+        notes.append(
+            "score of the chirp models: Pearson r between predicted and true targets, averaged over start time, "
+            "start frequency and end frequency (a constant prediction has none: r is undefined, read it as 0)"
+        )
     return AlignmentStudy(
         config=config,
         comparisons=table,
@@ -477,20 +565,20 @@ def write_alignment_report(
     from vitmech.viz.alignment import plot_delta_iou, plot_head_delta_grid, plot_iou_by_layer, plot_region_overlays
 
     config = study.config
-    report = Report(out_dir, title="Does fine-tuning move attention onto the annotated features?")
-    if random_models:
-        report.add_text(
-            f"**RANDOM WEIGHTS: {', '.join(random_models)} had no pretrained weights here; their attention means "
-            "nothing.**"
-        )
+    what = "synthetic galaxies" if config.data == "galaxies" else "chirp spectrogram figures"
+    task = "a new 6-class morphology head" if config.data == "galaxies" else "a new 3-target regression head"
+    regions = ", ".join(config.regions) + (" and their union" if config.data == "galaxies" else "")
+    report = Report(  # random weights: said first in report.md and stamped on every figure
+        out_dir, title="Does fine-tuning move attention onto the annotated features?", random_weights=random_models
+    )
     report.add_text(
         f"- models: {', '.join(f'`{m}`' for m in config.models)}\n"
         f"- tiers: {', '.join(config.tiers)}, each {config.steps} steps of batch {config.batch_size} on "
-        f"{config.n_train} synthetic galaxies (stream seed {TRAIN_GALAXY_SEED}); head lr {config.head_lr}, "
+        f"{config.n_train} {what} (stream seed {TRAIN_SEED}) with {task}; head lr {config.head_lr}, "
         f"backbone/adapter lr {config.backbone_lr}, LoRA rank {config.lora_rank}\n"
         f"- attention supervision: {config.supervision.to_dict()}\n"
-        f"- measured on {config.n_eval} held-out galaxies (stream seed {EVAL_GALAXY_SEED}); regions "
-        f"{', '.join(config.regions)} and their union; IoU of the top-q pixels (q = "
+        f"- measured on {config.n_eval} held-out {what} (stream seed {EVAL_SEED}); regions {regions}; tested "
+        f"region: {config.target}; IoU of the top-q pixels (q = "
         f"{config.q if config.q is not None else 'the region area'}), nearest upsampling, ties shared evenly "
         "(docs/alignment.md#definitions)\n"
         "- change = after - before per image; paired t-test, Cohen's d_z, 95% percentile bootstrap CI "
@@ -502,13 +590,17 @@ def write_alignment_report(
     primary = study.comparisons
     plain = primary[~primary["trained_on_the_measure"]]
     supervised = primary[primary["trained_on_the_measure"]]
-    report.add_table("comparisons", plain, caption="Change in IoU with the union of regions (ordinary tiers)")
+    report.add_table("comparisons", plain, caption=f"Change in IoU with the {config.target} region (ordinary tiers)")
     if len(supervised):
         report.add_table(
             "comparisons_supervised", supervised, caption="Attention-supervised tier (trained on the measure; apart)"
         )
     report.add_text("\n".join(describe(row) for _, row in primary.iterrows()))
-    report.add_table("accuracy", study.accuracy, caption="Held-out accuracy of each fine-tuned model")
+    report.add_table(
+        "accuracy",
+        study.accuracy,
+        caption="Held-out score of each fine-tuned model (accuracy; chirps: mean Pearson r over the targets)",
+    )
     report.add_text("\n".join(f"- {note}" for note in study.notes))
     report.add_table(
         "by_region",
@@ -516,25 +608,30 @@ def write_alignment_report(
         caption="Per feature: IoU / energy / pointing of the last layer's head-mean map (descriptive, not tested)",
         show=False,
     )
-    report.add_table("by_layer", study.by_layer, caption="IoU by layer (head-mean maps, union)", show=False)
-    report.add_table("by_head", study.by_head, caption="IoU change per head (union; descriptive)", show=False)
+    report.add_table("by_layer", study.by_layer, caption=f"IoU by layer (head-mean maps, {config.target})", show=False)
+    report.add_table(
+        "by_head", study.by_head, caption=f"IoU change per head ({config.target}; descriptive)", show=False
+    )
     report.add_json("settings", config.to_dict())
     report.add_json("comparisons", primary.to_dict(orient="records"))
     for source in PRIMARY_MAPS:
         report.add_figure(f"delta_iou_{source}", plot_delta_iou(primary, source), caption=f"Change in IoU ({source})")
-    chance = float(np.nanmean(study.states[0].scores["layers"].iou_chance[:, -1].numpy()))
+    layers = study.states[0].scores["layers"]
+    chance = float(np.nanmean(layers.iou_chance[:, layers.region(config.target)].numpy()))
     report.add_figure(
-        "iou_by_layer", plot_iou_by_layer(study.by_layer, chance), caption="IoU by layer, before and after"
+        "iou_by_layer",
+        plot_iou_by_layer(study.by_layer, chance, region=config.target),
+        caption="IoU by layer, before and after",
     )
     for model in config.models:
         if len(study.by_head):
             report.add_figure(
                 f"head_delta_{_slug(model)}",
-                plot_head_delta_grid(study.by_head, model),
+                plot_head_delta_grid(study.by_head, model, region=config.target),
                 caption=f"Per-head change: {model}",
             )
     example = int(np.argmax(study.eval_regions.masks[:, : len(config.regions)].flatten(2).any(-1).sum(-1).numpy()))
-    masks = {name: study.eval_regions.masks[example, i].numpy() for i, name in enumerate(study.eval_regions.names[:-1])}
+    masks = {name: study.eval_regions.select([name]).masks[example, 0].numpy() for name in config.regions}
     for model in config.models:
         maps = {
             f"{state.tier}": state.maps["last_layer_mean"][example] for state in study.states if state.model == model
@@ -550,84 +647,14 @@ def write_alignment_report(
 
 # ----------------------------------------------------------------------------------------- command line
 
-QUICK = {"model_list": ["vitmech/mini-pretrained"], "n_train": 16, "n_eval": 8, "steps": 2, "batch_size": 8}
-"""`--quick`: one model (unless --model names others), a tiny budget: a smoke run of every phase."""
-
-
-def add_arguments(parser: Any) -> None:
-    """Flags of `vitmech align` / experiments/11_attention_alignment.py."""
-    from vitmech.cli.args import add_models, add_run
-
-    defaults = AlignmentStudyConfig()
-    add_models(parser, list(SHIPPED_MODELS), "model to fine-tune and measure; repeat for several")
-    parser.add_argument("--tiers", nargs="+", default=list(STUDY_TIERS), choices=STUDY_TIERS)
-    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="training galaxies (seed 0 stream)")
-    parser.add_argument("--n-eval", type=int, default=defaults.n_eval, help="held-out galaxies (seed 12345 stream)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of every tier")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--head-lr", type=float, default=defaults.head_lr)
-    parser.add_argument("--backbone-lr", type=float, default=defaults.backbone_lr)
-    parser.add_argument("--weight", type=float, default=1.0, help="lambda of the attention-supervised loss")
-    parser.add_argument("--map-source", default="cls", choices=["cls", "rollout"], help="supervised map")
-    parser.add_argument("--layers", type=int, nargs="+", default=[-1], help="supervised layers (source cls)")
-    parser.add_argument("--heads", type=int, nargs="+", default=None, help="supervised heads (default: all)")
-    parser.add_argument("--q", type=float, default=None, help="IoU's top fraction (default: the region's area)")
-    parser.add_argument("--resamples", type=int, default=defaults.n_resamples, help="bootstrap resamples")
-    add_run(parser, resumable=True)
-
-
-def run(args: Any) -> int:
-    """Run the study from parsed flags and write the report folder; with --resume the finished fine-tuning
-    runs in <out>/runs are reused (--restart deletes them)."""
-    from vitmech.cli.args import models_from
-    from vitmech.studies._common import error, models, start
-
-    names = models_from(args)
-    if args.quick and args.model:  # --quick names one shipped model unless the user gave --model
-        names = list(args.model)
-    try:
-        supervision = AttentionSupervision(
-            weight=args.weight,
-            source=args.map_source,
-            layers=tuple(args.layers),
-            heads=tuple(args.heads) if args.heads else None,
-        )
-        config = AlignmentStudyConfig(
-            models=tuple(names),
-            tiers=tuple(args.tiers),
-            n_train=args.n_train,
-            n_eval=args.n_eval,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            head_lr=args.head_lr,
-            backbone_lr=args.backbone_lr,
-            supervision=supervision,
-            q=args.q,
-            n_resamples=args.resamples,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        return int(error(args, str(err)) or 2)
-    out = start(args, resumable_parts=("runs",))
-    loaded = models(args, names)
-    study = run_alignment_study(
-        config, out / "runs", models=[(m.name, m.model) for m in loaded], progress=not args.no_progress
-    )
-    path = write_alignment_report(
-        study,
-        out,
-        command=f"vitmech align {' '.join(sys.argv[1:])}".strip(),
-        random_models=[m.name for m in loaded if m.random],
-    )
-    print(f"report: {path}")
-    print(study.comparisons[["model", "tier", "map", "iou_before", "iou_after", "delta_iou", "p_holm"]].to_string())
-    return 0
-
+# `vitmech align` lives in vitmech.studies.align (its --help imports no torch).
 
 __all__ = [
-    "QUICK",
-    "add_arguments",
-    "run",
+    "DEFAULT_REGIONS",
+    "DEFAULT_TARGET",
+    "STUDY_DATA",
+    "chirp_data",
+    "study_data",
     "PRIMARY_MAPS",
     "SHIPPED_MODELS",
     "STUDY_TIERS",

@@ -18,7 +18,9 @@ import argparse
 from typing import Any
 
 from vitmech.cli.args import add_images, add_pair, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 2, "top_pairs": 3}
 
 
@@ -38,42 +40,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run(parser)
 
 
-def measured_distance(model: Any, images: Any) -> Any:
-    """Mean attention distance (px) per head on the images, [L, H], averaged over images."""
+IMAGE_BATCH = 16  # images per forward pass of the per-image measurements
+
+
+def image_values(raw: Any, model: Any, pixels: Any) -> dict[str, Any]:
+    """Per-image measurements of one batch: the mean attention distance per head ([b, L, H], px) and, for
+    classifiers, the logit drift of weight processing, the DLA to the predicted class and the logit lens."""
     import torch
 
     from vitmech.analysis.attention import mean_attention_distance
+    from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
     from vitmech.tokens import token_layout
 
-    layout = token_layout(model)
-
+    layout, cfg = token_layout(model), model.cfg
     with torch.no_grad():
-        _, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
-    cfg = model.cfg
-    return torch.stack(
-        [
-            mean_attention_distance(cache["pattern", layer], cfg.patch_size, layout=layout).mean(0)
-            for layer in range(cfg.n_layers)
-        ]
-    )
+        _, cache = model.run_with_cache(pixels, names_filter=lambda n: n.endswith("hook_pattern"), return_type=None)
+        values = {
+            "distance": torch.stack(
+                [
+                    mean_attention_distance(cache["pattern", layer], cfg.patch_size, layout=layout)
+                    for layer in range(cfg.n_layers)
+                ],
+                1,
+            )
+        }
+        del cache
+        if cfg.has_classifier:
+            raw_logits = raw(pixels)
+            values["drift"] = (model(pixels) - raw_logits).abs().amax(-1)
+            values["logit_scale"] = raw_logits.abs().amax(-1)
+            dla = direct_logit_attribution(model, pixels, batch_size=None)
+            values.update(dla_attributions=dla.attributions, dla_classes=dla.classes, dla_logits=dla.logits)
+            lens = logit_lens(model, pixels, batch_size=None)
+            values.update(lens_logits=lens.logits, lens_classes=lens.final_classes)
+    return values
 
 
-def analyse(label: str, entry: Any, images: list, image_note: str, args: argparse.Namespace, report: Any) -> dict:
-    import torch
+def measure(entry: Any, images: list, args: argparse.Namespace) -> dict:
+    """The image-dependent part of `analyse`, on every rank under a launch (the images are dealt out):
+    the processed model, measured distances [L, H], logit drift, DLA and logit lens over all images."""
+    import dataclasses
 
     from vitmech.analysis.attribution import direct_logit_attribution, logit_lens
-    from vitmech.analysis.circuits import composition_scores, ov_copying_scores, positional_qk
+    from vitmech.analysis.streaming import stream_per_image
+    from vitmech.studies._common import image_stream
     from vitmech.weight_processing import process_weights
 
-    name, raw, weights = entry.name, entry.model, entry.note
+    raw = entry.model
     model = raw if args.raw_weights else process_weights(raw)
-    pixels = model.preprocess(images)
-    drift, scale = 0.0, 1.0
+    values = stream_per_image(
+        model,
+        image_stream(images, IMAGE_BATCH),
+        lambda m, pixels: image_values(raw, m, pixels),
+        progress=not args.no_progress,
+        desc=f"measurements ({entry.name})",
+    )
+    out = {"model": model, "measured": values["distance"].mean(0), "drift": 0.0, "scale": 1.0}
     if model.cfg.has_classifier:
-        with torch.no_grad():
-            raw_logits = raw(pixels)
-            drift = float((model(pixels) - raw_logits).abs().max())
-        scale = max(1.0, float(raw_logits.abs().max()))
+        out["drift"] = float(values["drift"].max())
+        out["scale"] = max(1.0, float(values["logit_scale"].max()))
+        first = model.preprocess(images[:1])  # the component names and class names (one image)
+        out["dla"] = dataclasses.replace(
+            direct_logit_attribution(model, first),
+            attributions=values["dla_attributions"],
+            classes=values["dla_classes"],
+            logits=values["dla_logits"],
+        )
+        out["lens"] = dataclasses.replace(
+            logit_lens(model, first), logits=values["lens_logits"], final_classes=values["lens_classes"]
+        )
+    return out
+
+
+def analyse(label: str, entry: Any, measured: dict, image_note: str, args: argparse.Namespace, report: Any) -> dict:
+    """Rank 0's part: refuse a changed model, then the weight-based analyses; with `measured` (`measure`)."""
+    from vitmech.analysis.circuits import composition_scores, ov_copying_scores, positional_qk
+
+    name, weights, model = entry.name, entry.note, measured["model"]
+    drift, scale = measured["drift"], measured["scale"]
     if drift > 1e-4 * scale:  # processing must not change the model: refuse to report circuits of another one
         raise SystemExit(
             f"error: weight processing changed {label}'s logits by {drift:.2e} (> 1e-4 x {scale:.3g}); "
@@ -87,16 +131,12 @@ def analyse(label: str, entry: Any, images: list, image_note: str, args: argpars
     )
     pqk = positional_qk(model, mode=args.positional_mode)
     out = {
-        "model": model,
+        **measured,
         "pqk": pqk,
         "locality": pqk.locality(),
-        "measured": measured_distance(model, pixels),
         "composition": composition_scores(model, subtract_baseline=not args.no_baseline, seed=args.seed),
         "copying": ov_copying_scores(model),
     }
-    if model.cfg.has_classifier:
-        out["dla"] = direct_logit_attribution(model, pixels)
-        out["lens"] = logit_lens(model, pixels)
     return out
 
 
@@ -106,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from vitmech.analysis.circuits import composition_changes
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import models, start
+    from vitmech.studies._common import is_main, models, start
     from vitmech.viz.circuits import (
         plot_composition,
         plot_head_change,
@@ -126,9 +166,13 @@ def run(args: argparse.Namespace) -> int:
         names["finetuned"] = args.after
     loaded = models(args, list(names.values()))
     source = load_images(args)
+    measurements = [measure(entry, source.images, args) for entry in loaded]  # every rank: images dealt out
+    if not is_main():
+        return 0
     report = study_report(out, "Circuits: positional QK, composition, direct logit attribution", loaded)
     results = {
-        label: analyse(label, entry, source.images, source.note, args, report) for label, entry in zip(names, loaded)
+        label: analyse(label, entry, values, source.note, args, report)
+        for label, entry, values in zip(names, loaded, measurements)
     }
 
     report.add_text(

@@ -15,7 +15,9 @@ import math
 from typing import Any
 
 from vitmech.cli.args import FINETUNED, PRETRAINED, add_images, add_models, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 4, "batch_size": 4, "top_k": 3}
 
 
@@ -36,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitmech.analysis.attention import AttentionSettings
-    from vitmech.analysis.compare import ModelComparison, prepare_images, summarize_attention
+    from vitmech.analysis.compare import prepare_images, summarize_attention
+    from vitmech.analysis.streaming import StreamedComparison, stream_attention_summary
     from vitmech.cli.args import models_from
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import model_lines, models, slug, start
+    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
     from vitmech.viz import attention as viz
 
     out = start(args)
@@ -53,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     settings = AttentionSettings(renormalise=not args.raw_cls, k=args.top_k)
     with torch.no_grad():
         summaries = [
-            summarize_attention(
+            stream_attention_summary(
                 m.model,
-                images,
+                image_stream(images, args.batch_size),
                 name=m.name,
                 settings=settings,
                 batch_size=args.batch_size,
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             )
             for m in loaded
         ]
+    if not is_main():
+        return 0
     report = study_report(out, "CLS attention by layer", loaded)
     report.add_text(f"{model_lines(loaded)}\n- images: {source.note}\n- settings: {settings.to_dict()}")
     k = settings.k
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report.add_table("heads", head_rows(summaries), caption="Per layer x head", show=False)
     if len(summaries) == 2:
-        comparison = ModelComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
+        comparison = StreamedComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
         report.add_table(
             "layer_change", comparison.layer_table(), caption=f"Change by layer ({names[1]} - {names[0]})", show=False
         )
@@ -108,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
         shown[s.name] = viz.denormalize(
             prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean, model.preprocessing.std
         )
-        metrics: Any = s.metrics  # cls_attention is kept by summarize_attention
-        maps = metrics.cls_attention[index].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
+        with torch.no_grad():  # the example image's maps (one image, on rank 0)
+            example = summarize_attention(model, images[index : index + 1], settings=settings, progress=False)
+        example_metrics: Any = example.metrics  # cls_attention is kept by summarize_attention
+        maps = example_metrics.cls_attention[0].reshape(cfg.n_layers, cfg.n_heads, cfg.grid_size, cfg.grid_size)
         report.add_figure(
             f"heads_{slug(s.name)}",
             viz.plot_head_grid(
@@ -121,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         )
         report.add_figure(
             f"entropy_heads_{slug(s.name)}",
-            viz.plot_head_heatmap(s.metrics.cls_entropy.mean(0), f"{s.name}: CLS entropy per head (nats)", "nats"),
+            viz.plot_head_heatmap(
+                s.metrics.heads["cls_entropy"].mean, f"{s.name}: CLS entropy per head (nats)", "nats"
+            ),
         )
         layers = sorted({0, (cfg.n_layers - 1) // 2, cfg.n_layers - 1})
         progression[s.name] = {layer: maps[layer].mean(0) for layer in layers}

@@ -17,7 +17,9 @@ import time
 from typing import Any
 
 from vitmech.cli.args import add_images, add_labels, add_pair, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 4, "batch_size": 4, "top_k": 3}
 
 
@@ -40,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitmech.analysis.attention import AttentionSettings
-    from vitmech.analysis.compare import compare_models
+    from vitmech.analysis.compare import summarize_attention
     from vitmech.analysis.rollout import RolloutSettings
+    from vitmech.analysis.streaming import stream_compare_models
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.errors import ModelMismatchError
-    from vitmech.studies._common import model_lines, models, start
+    from vitmech.errors import BatchSourceError, ModelMismatchError
+    from vitmech.studies._common import image_stream, is_main, model_lines, models, start
 
     out = start(args)
     started = time.perf_counter()
@@ -59,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
         settings = AttentionSettings(renormalise=not args.raw_cls, k=args.top_k)
         rollout_settings = RolloutSettings(args.alpha, args.head_fusion, args.discard_ratio)
         with torch.no_grad():
-            comparison = compare_models(
+            comparison = stream_compare_models(
                 before,
                 after,
-                images,
+                image_stream(images, args.batch_size),
                 names=("before", "after"),
                 settings=settings,
                 rollout_settings=rollout_settings,
@@ -70,8 +73,23 @@ def run(args: argparse.Namespace) -> int:
                 cka_tokens=None if args.cka_tokens == "none" else args.cka_tokens,
                 progress=not args.no_progress,
             )
-    except (ModelMismatchError, ValueError) as error:
+    except (ModelMismatchError, ValueError, BatchSourceError) as error:
         raise SystemExit(f"error: {error}") from None
+    accuracy = accuracy_rows(loaded, source, args.batch_size)  # sharded too: every rank takes part
+    if not is_main():
+        return 0
+    with torch.no_grad():  # the example image's maps for the figures (one image, on rank 0)
+        examples = [
+            summarize_attention(
+                m.model,
+                images[args.example_image : args.example_image + 1],
+                name=name,
+                settings=settings,
+                rollout_settings=rollout_settings,
+                progress=False,
+            )
+            for m, name in zip(loaded, ("before", "after"))
+        ]
 
     report = study_report(out, "Attention before vs after fine-tuning", loaded)
     report.add_text(
@@ -112,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
             ],
             caption="Relative Frobenius change of W_QK and W_OV (over heads)",
         )
-    accuracy = accuracy_rows(loaded, source)
     if accuracy:
         report.add_table(
             "accuracy", accuracy, caption="Accuracy on these images (models whose classes match the labels)"
@@ -122,7 +139,15 @@ def run(args: argparse.Namespace) -> int:
         "per_image",
         {s.name: {k: v.tolist() for k, v in s.image_scalars().items()} for s in (comparison.before, comparison.after)},
     )
-    add_figures(report, comparison, before, after, images, args.example_image)
+    add_figures(
+        report,
+        comparison,
+        before,
+        after,
+        images[args.example_image : args.example_image + 1],
+        examples,
+        args.example_image,
+    )
     elapsed = time.perf_counter() - started
     report.add_text(f"Run time: {elapsed:.1f} s.")
     path = report.write()
@@ -131,11 +156,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def accuracy_rows(loaded: list[Any], source: Any) -> list[dict[str, Any]]:
+def accuracy_rows(loaded: list[Any], source: Any, batch_size: int) -> list[dict[str, Any]]:
     """Top-1 accuracy of each classifier whose class count matches the labels' classes (chance alongside)."""
     import torch
 
-    from vitmech.analysis.compare import prepare_images
+    from vitmech.analysis.streaming import stream_per_image
+    from vitmech.studies._common import image_stream
 
     if source.labels is None:
         return []
@@ -146,7 +172,12 @@ def accuracy_rows(loaded: list[Any], source: Any) -> list[dict[str, Any]]:
         if not model.cfg.has_classifier or model.cfg.n_classes != n_classes:
             continue
         with torch.no_grad():
-            predicted = model(prepare_images(model, source.images)).argmax(-1).cpu()
+            predicted = stream_per_image(
+                model,
+                image_stream(source.images, batch_size),
+                lambda m, pixels: {"class": m(pixels).argmax(-1)},
+                progress=False,
+            )["class"]
         correct = (predicted == torch.as_tensor(source.labels)).float()
         rows.append(
             {"model": entry.name, "accuracy": float(correct.mean()), "chance": 1 / n_classes, "n_images": len(correct)}
@@ -154,7 +185,11 @@ def accuracy_rows(loaded: list[Any], source: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def add_figures(report: Any, comparison: Any, before: Any, after: Any, images: list[Any], index: int) -> None:
+def add_figures(
+    report: Any, comparison: Any, before: Any, after: Any, example: list[Any], summaries: list[Any], number: int
+) -> None:
+    """The study's figures: metrics by layer and head from the (streamed) comparison, and the maps of the
+    example image (`example`: that one image; `summaries`: each model's `summarize_attention` of it)."""
     import torch
 
     from vitmech.analysis.compare import prepare_images
@@ -162,7 +197,7 @@ def add_figures(report: Any, comparison: Any, before: Any, after: Any, images: l
 
     b, a = comparison.before, comparison.after
     frames = {"before": b.metrics.layer_frame(), "after": a.metrics.layer_frame()}
-    n_patches = b.metrics.cls_attention.shape[-1]
+    n_patches = summaries[0].metrics.cls_attention.shape[-1]
     for metric, label, ref in [
         ("cls_entropy", "CLS entropy, mean of per-head (nats)", math.log(n_patches)),
         ("cls_entropy_head_mean_map", "CLS entropy of the head-mean map (nats)", math.log(n_patches)),
@@ -182,7 +217,7 @@ def add_figures(report: Any, comparison: Any, before: Any, after: Any, images: l
     report.add_figure(
         "distance_by_head",
         viz.plot_distance_by_head(
-            {"before": b.metrics.mean_distance.mean(0), "after": a.metrics.mean_distance.mean(0)},
+            {"before": b.metrics.heads["mean_distance"].mean, "after": a.metrics.heads["mean_distance"].mean},
             image_size=before.cfg.image_size,
         ),
     )
@@ -221,23 +256,22 @@ def add_figures(report: Any, comparison: Any, before: Any, after: Any, images: l
                 title="Residual-stream CKA (layer -1: embeddings)",
             ),
         )
+    index = 0  # the example image: the only one of `example` and `summaries`
     shown = {
-        name: viz.denormalize(
-            prepare_images(model, images[index : index + 1])[0], model.preprocessing.mean, model.preprocessing.std
-        )
+        name: viz.denormalize(prepare_images(model, example)[0], model.preprocessing.mean, model.preprocessing.std)
         for name, model in (("before", before), ("after", after))
     }
     grid = before.cfg.grid_size
-    for name, summary in (("before", b), ("after", a)):
+    for name, summary in zip(("before", "after"), summaries):
         maps = summary.metrics.cls_attention[index].reshape(n_layers, n_heads, grid, grid)
         report.add_figure(
             f"heads_{name}",
-            viz.plot_head_grid(maps, image=shown[name], title=f"{name}: CLS attention per head, image {index}"),
+            viz.plot_head_grid(maps, image=shown[name], title=f"{name}: CLS attention per head, image {number}"),
         )
     progression = sorted({0, (n_layers - 1) // 2, n_layers - 1})
     head_mean = {
         name: s.metrics.cls_attention[index].mean(1).reshape(n_layers, grid, grid)
-        for name, s in (("before", b), ("after", a))
+        for name, s in zip(("before", "after"), summaries)
     }
     report.add_figure(
         "layer_progression",
@@ -249,7 +283,7 @@ def add_figures(report: Any, comparison: Any, before: Any, after: Any, images: l
         "rollout_vs_last_layer",
         viz.plot_rollout_vs_last_layer(
             shown,
-            {name: s.rollout.grid()[index] for name, s in (("before", b), ("after", a))},
+            {name: s.rollout.grid()[index] for name, s in zip(("before", "after"), summaries)},
             {name: maps[-1] for name, maps in head_mean.items()},
         ),
     )

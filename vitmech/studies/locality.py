@@ -14,7 +14,9 @@ import argparse
 from typing import Any
 
 from vitmech.cli.args import FINETUNED, PRETRAINED, add_images, add_models, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 4, "batch_size": 4}
 
 
@@ -36,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitmech.analysis.attention import AttentionSettings
-    from vitmech.analysis.compare import ModelComparison, summarize_attention
+    from vitmech.analysis.streaming import StreamedComparison, stream_attention_summary
     from vitmech.cli.args import models_from
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import model_lines, models, slug, start
+    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
     from vitmech.viz import attention as viz
 
     out = start(args)
@@ -50,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     settings = AttentionSettings(distance_renormalise=not args.raw_distance)
     with torch.no_grad():
         summaries = [
-            summarize_attention(
+            stream_attention_summary(
                 m.model,
-                source.images,
+                image_stream(source.images, args.batch_size),
                 name=m.name,
                 settings=settings,
                 batch_size=args.batch_size,
@@ -60,11 +62,13 @@ def run(args: argparse.Namespace) -> int:
             )
             for m in loaded
         ]
+    if not is_main():
+        return 0
     report = study_report(out, "Locality: mean attention distance", loaded)
     report.add_text(f"{model_lines(loaded)}\n- images: {source.note}\n- settings: {settings.to_dict()}")
     for summary in summaries:
         frame = summary.metrics.layer_frame()[["layer", "mean_distance_mean", "mean_distance_std"]]
-        per_head = summary.metrics.mean_distance.mean(0)
+        per_head = summary.metrics.heads["mean_distance"].mean
         frame = frame.assign(min_head_px=per_head.amin(1).tolist(), max_head_px=per_head.amax(1).tolist())
         report.add_table(
             f"distance_{slug(summary.name)}", frame, caption=f"{summary.name}: mean attention distance by layer (px)"
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     report.add_figure(
         "distance_by_head",
         viz.plot_distance_by_head(
-            {s.name: s.metrics.mean_distance.mean(0) for s in summaries}, image_size=loaded[0].model.cfg.image_size
+            {s.name: s.metrics.heads["mean_distance"].mean for s in summaries},
+            image_size=loaded[0].model.cfg.image_size,
         ),
         caption="Each head's mean attention distance against its layer (Dosovitskiy et al. 2020, Fig. 7)",
     )
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     if len(loaded) == 2:
-        comparison = ModelComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
+        comparison = StreamedComparison(before=summaries[0], after=summaries[1], weights=None, cka=None)
         report.add_table(
             "locality_change",
             comparison.locality_table(),

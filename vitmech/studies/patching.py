@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=None, help="counterfactual pairs (16; 2 with --quick)")
     parser.add_argument("--method", choices=("eap", "eap-ig"), default=None, help="edge scores (eap-ig)")
     parser.add_argument("--faithfulness", type=float, default=0.8, help="target faithfulness of the circuit")
-    add_run(parser, device=False)
+    add_run(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,13 +56,10 @@ def run(args: argparse.Namespace) -> int:
         changes["eap_method"] = args.method
     config = PatchingStudyConfig.quick(**changes) if args.quick else PatchingStudyConfig(**changes)
     try:
-        summary = run_patching_study(config, out, model=loaded[0].model)
+        summary = run_patching_study(
+            config, out, model=loaded[0].model, random_weights=[m.name for m in loaded if m.random]
+        )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    if loaded[0].random:
-        text = (out / "report.md").read_text()
-        (out / "report.md").write_text(
-            "> **RANDOM WEIGHTS** (--random-init): nothing here describes a trained model.\n\n" + text
-        )
     print(f"{summary_line(summary)}; report: {out / 'report.md'}")
     return 0

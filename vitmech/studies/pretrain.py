@@ -23,6 +23,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from vitmech.cli.args import add_run  # noqa: E402
+from vitmech.studies._common import NOT_LAUNCHED  # noqa: E402
+
+LAUNCH = NOT_LAUNCHED
+LAUNCH_NOTE = "training in several processes, DistributedDataParallel, is not supported"
 
 QUICK = {
     "layers": 2,
@@ -51,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=None, help="override n_layers (smaller trials)")
     p.add_argument("--d-model", type=int, default=None, help="override d_model (d_head = d_model / 12)")
     p.add_argument("--save-model", metavar="DIR", help="where the model goes (default: OUT/model)")
-    add_run(p, resumable=True, device=False)
+    add_run(p, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     from vitmech.cli.outputs import study_report
     from vitmech.data.procedural import FILLS, PROCEDURAL_CLASSES, SHAPES
-    from vitmech.studies._common import start
-    from vitmech.train import TierConfig, TrainConfig, chance_baselines, evaluate, fit, prepare_tier, with_image_size
+    from vitmech.studies._common import device, start
+    from vitmech.train import chance_baselines, with_image_size
     from vitmech.train.cards import command_line, hardware_info, shipped_name
-    from vitmech.train.datasets import procedural_dataset
     from vitmech.train.mini import mini_vit
 
     for name in (
@@ -89,80 +92,48 @@ def run(args: argparse.Namespace) -> int:
 
     model = mini_vit(
         len(PROCEDURAL_CLASSES), PROCEDURAL_CLASSES, image_size=args.stage1_size, seed=args.seed, **overrides
-    )
-    tier = TierConfig("full", head_lr=args.stage1_lr, backbone_lr=args.stage1_lr, weight_decay=0.05)
+    ).to(device(args))  # the training loop and evaluation move each batch to the model's device
     t_start, c_start = time.perf_counter(), time.process_time()
 
     # stage 1: low resolution
-    train1 = procedural_dataset(
-        args.stage1_images, args.seed, args.stage1_size, cache_dir=run / "data", progress=progress
-    )
-    cfg1 = TrainConfig(
-        steps=args.stage1_steps,
-        batch_size=args.stage1_batch,
+    cfg1 = _stage_config(
+        args.stage1_steps,
+        args.stage1_batch,
         warmup_steps=max(1, args.stage1_steps // 12),
         min_lr_ratio=0.05,
-        clip_norm=1.0,
         seed=args.seed,
-        augment="dihedral",
-        label_smoothing=0.1,
         checkpoint_every=50,
         log_every=10,
     )
-    groups = prepare_tier(model, tier)
-    res1 = fit(
+    res1, ev1, _ = _train_stage(
         model,
-        groups,
-        train1,
-        cfg1,
-        checkpoint_dir=run / "stage1",
+        1,
+        args,
+        images=args.stage1_images,
+        size=args.stage1_size,
+        lr=args.stage1_lr,
+        config=cfg1,
+        run=run,
         progress=progress,
-        card={"stage": 1},
-        fingerprint_extra={"stage": 1},
     )
-    del train1
-    test1 = procedural_dataset(
-        args.test_images, args.seed + 1000, args.stage1_size, cache_dir=run / "data", progress=progress
-    )
-    acc1 = evaluate(model, test1).accuracy  # type: ignore[union-attr]  # classification data
-    logging.info(
-        "stage 1: %d steps, %.0f s, test accuracy %.3f at %d px", res1.steps_done, res1.seconds, acc1, args.stage1_size
-    )
+    acc1 = ev1.accuracy
 
     # stage 2: full resolution (position embeddings resampled to the 14 x 14 grid)
-    model = with_image_size(model, 224)
-    train2 = procedural_dataset(args.stage2_images, args.seed + 1, 224, cache_dir=run / "data", progress=progress)
-    cfg2 = TrainConfig(
-        steps=args.stage2_steps,
-        batch_size=args.stage2_batch,
+    model = with_image_size(model, 224).to(device(args))
+    cfg2 = _stage_config(
+        args.stage2_steps,
+        args.stage2_batch,
         warmup_steps=max(1, args.stage2_steps // 10),
         min_lr_ratio=0.0,
-        clip_norm=1.0,
         seed=args.seed + 1,
-        augment="dihedral",
-        label_smoothing=0.1,
         checkpoint_every=25,
         log_every=5,
     )
-    groups = prepare_tier(
-        model, TierConfig("full", head_lr=args.stage2_lr, backbone_lr=args.stage2_lr, weight_decay=0.05)
+    res2, ev, test2 = _train_stage(
+        model, 2, args, images=args.stage2_images, size=224, lr=args.stage2_lr, config=cfg2, run=run, progress=progress
     )
-    res2 = fit(
-        model,
-        groups,
-        train2,
-        cfg2,
-        checkpoint_dir=run / "stage2",
-        progress=progress,
-        card={"stage": 2},
-        fingerprint_extra={"stage": 2},
-    )
-    del train2
-    test2 = procedural_dataset(args.test_images, args.seed + 1000, 224, cache_dir=run / "data", progress=progress)
-    ev: Any = evaluate(model, test2)  # classification data: a ClassificationEval
     chance = chance_baselines(torch.arange(len(PROCEDURAL_CLASSES)), test2.targets, len(PROCEDURAL_CLASSES))
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
-    logging.info("stage 2: %d steps, %.0f s, test accuracy %.3f at 224 px", res2.steps_done, res2.seconds, ev.accuracy)
 
     card = {
         **({"name": card_name} if (card_name := shipped_name(str(args.save_model or ""))) else {}),
@@ -221,3 +192,75 @@ def run(args: argparse.Namespace) -> int:
     report.write()
     print(f"saved {model_dir}: procedural test accuracy {ev.accuracy:.3f} (chance {chance['uniform']:.3f})")
     return 0
+
+
+def _stage_config(
+    steps: int,
+    batch_size: int,
+    *,
+    warmup_steps: int,
+    min_lr_ratio: float,
+    seed: int,
+    checkpoint_every: int,
+    log_every: int,
+) -> Any:
+    """A pretraining stage's schedule: AdamW with warm-up then cosine to `min_lr_ratio`, grad-norm clip 1.0,
+    dihedral flips and rotations, label smoothing 0.1."""
+    from vitmech.train import TrainConfig
+
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        min_lr_ratio=min_lr_ratio,
+        clip_norm=1.0,
+        seed=seed,
+        augment="dihedral",
+        label_smoothing=0.1,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    )
+
+
+def _train_stage(
+    model: Any,
+    stage: int,
+    args: argparse.Namespace,
+    *,
+    images: int,
+    size: int,
+    lr: float,
+    config: Any,
+    run: Path,
+    progress: bool,
+) -> tuple[Any, Any, Any]:
+    """Train all of `model`'s weights (learning rate `lr`, weight decay 0.05) on `images` procedural scenes
+    of `size` px (data seed: --seed + stage - 1; checkpoints in run/stage<N>), then evaluate it on --test-images
+    held-out scenes (seed --seed + 1000). Returns (training result, test evaluation, test set)."""
+    from vitmech.train import TierConfig, evaluate, fit, prepare_tier
+    from vitmech.train.datasets import procedural_dataset
+
+    train = procedural_dataset(images, args.seed + stage - 1, size, cache_dir=run / "data", progress=progress)
+    groups = prepare_tier(model, TierConfig("full", head_lr=lr, backbone_lr=lr, weight_decay=0.05))
+    result = fit(
+        model,
+        groups,
+        train,
+        config,
+        checkpoint_dir=run / f"stage{stage}",
+        progress=progress,
+        card={"stage": stage},
+        fingerprint_extra={"stage": stage},
+    )
+    del train
+    test = procedural_dataset(args.test_images, args.seed + 1000, size, cache_dir=run / "data", progress=progress)
+    evaluation: Any = evaluate(model, test)  # classification data: a ClassificationEval
+    logging.info(
+        "stage %d: %d steps, %.0f s, test accuracy %.3f at %d px",
+        stage,
+        result.steps_done,
+        result.seconds,
+        evaluation.accuracy,
+        size,
+    )
+    return result, evaluation, test

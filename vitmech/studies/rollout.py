@@ -16,7 +16,9 @@ import time
 from typing import Any
 
 from vitmech.cli.args import FINETUNED, PRETRAINED, add_images, add_models, add_run
+from vitmech.studies._common import SHARDS
 
+LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 4, "batch_size": 4, "gradient_images": 2, "flow_images": 1}
 
 
@@ -39,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from vitmech.analysis.compare import prepare_images, summarize_attention
     from vitmech.analysis.rollout import RolloutSettings, rollout_maps
     from vitmech.analysis.stats import paired_comparison
+    from vitmech.analysis.streaming import stream_attention_summary, stream_per_image
     from vitmech.cli.args import models_from
     from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import model_lines, models, slug, start
+    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
     from vitmech.viz import attention as viz
 
     try:
@@ -64,27 +67,41 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--example-image must be in [0, {len(images)})")
     progress = not args.no_progress
 
+    stream = image_stream(images, args.batch_size)
+    measured = []  # per model: the streamed summary and the per-image entropy of each rollout variant
+    for m in loaded:
+        with torch.no_grad():
+            summary = stream_attention_summary(
+                m.model,
+                stream,
+                name=m.name,
+                rollout_settings=variants["rollout (mean)"],
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+            entropies = stream_per_image(
+                m.model,
+                stream,
+                lambda model, pixels: {
+                    k: v.entropy() for k, v in rollout_maps(model, pixels, variants, progress=False).items()
+                },
+                progress=progress,
+                desc=f"rollout variants ({m.name})",
+            )
+        measured.append((summary, entropies))
+    if not is_main():
+        return 0
+
     report = study_report(out, "Attention rollout vs last layer", loaded)
     report.add_text(
         f"{model_lines(loaded)}\n- images: {source.note}\n- rollout variants: "
         + "; ".join(f"{k}: {v.to_dict()}" for k, v in variants.items())
     )
     rows, shown, last_maps, rollout_grids = [], {}, {}, {}
-    for m in loaded:
+    for m, (summary, entropies) in zip(loaded, measured):
         name, model = m.name, m.model
-        with torch.no_grad():
-            summary = summarize_attention(
-                model,
-                images,
-                name=name,
-                rollout_settings=variants["rollout (mean)"],
-                batch_size=args.batch_size,
-                progress=progress,
-            )
-            pixels = prepare_images(model, images)
-            variant_maps = rollout_maps(model, pixels, variants, batch_size=args.batch_size, progress=progress)
-        last = summary.metrics.cls_entropy_head_mean[:, -1]
-        test = paired_comparison(last, summary.rollout.entropy())
+        scalars = summary.image_scalars()
+        test = paired_comparison(scalars["cls_entropy_last_head_mean_map"], scalars["rollout_entropy"])
         rows.append(
             {
                 "model": name,
@@ -93,16 +110,20 @@ def run(args: argparse.Namespace) -> int:
                 "rollout_minus_last": test.mean_change,
                 "p": test.p,
                 "n_images": test.n,
-                **{f"{k} entropy": float(v.entropy().mean()) for k, v in variant_maps.items()},
+                **{f"{k} entropy": float(v.mean()) for k, v in entropies.items()},
             }
         )
         cfg = model.cfg
-        shown[name] = viz.denormalize(pixels[index], model.preprocessing.mean, model.preprocessing.std)
-        metrics: Any = summary.metrics  # cls_attention is kept by summarize_attention
-        last_maps[name] = metrics.cls_attention[index, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
-        rollout_grids[name] = summary.rollout.grid()[index]
-        maps = {"last layer": last_maps[name], **{k: v.grid()[index] for k, v in variant_maps.items()}}
-        maps.update(family_maps(model, pixels, index, args, report, name, progress))
+        with torch.no_grad():  # the example image's maps (one image, on rank 0)
+            pixels = prepare_images(model, images[index : index + 1])
+            example = summarize_attention(model, pixels, rollout_settings=variants["rollout (mean)"], progress=False)
+            variant_maps = rollout_maps(model, pixels, variants, progress=False)
+        shown[name] = viz.denormalize(pixels[0], model.preprocessing.mean, model.preprocessing.std)
+        example_metrics: Any = example.metrics  # cls_attention is kept by summarize_attention
+        last_maps[name] = example_metrics.cls_attention[0, -1].mean(0).reshape(cfg.grid_size, cfg.grid_size)
+        rollout_grids[name] = example.rollout.grid()[0]
+        maps = {"last layer": last_maps[name], **{k: v.grid()[0] for k, v in variant_maps.items()}}
+        maps.update(family_maps(model, images, index, args, report, name, progress))
         report.add_figure(
             f"maps_{slug(name)}",
             viz.plot_overlays(shown[name], maps, ncols=4, title=name),
@@ -123,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def family_maps(
-    model: Any, pixels: Any, index: int, args: argparse.Namespace, report: Any, name: str, progress: bool
+    model: Any, images: list[Any], index: int, args: argparse.Namespace, report: Any, name: str, progress: bool
 ) -> dict[str, Any]:
-    """Gradient rollout, GMAR and flow maps of the example image; their entropies as a table."""
+    """Gradient rollout, GMAR and flow maps of the example image `index`; their entropies (over the first
+    --gradient-images / --flow-images images) as a table."""
+    from vitmech.analysis.compare import prepare_images
     from vitmech.analysis.rollout import attention_flow, attention_gradients, gmar, gradient_rollout
     from vitmech.studies._common import slug
     from vitmech.tokens import READOUT, token_layout
@@ -133,11 +156,12 @@ def family_maps(
     maps: dict[str, Any] = {}
     layout = token_layout(model)
     rows: list[dict[str, Any]] = []
-    n_grad = min(args.gradient_images, pixels.shape[0])
+    n_grad = min(args.gradient_images, len(images))
     chosen = sorted({index, *range(n_grad)}) if n_grad else []
     if chosen and model.cfg.has_classifier:
         started = time.perf_counter()
-        grads = attention_gradients(model, pixels[chosen], batch_size=args.batch_size, progress=progress)
+        pixels = prepare_images(model, [images[i] for i in chosen])
+        grads = attention_gradients(model, pixels, batch_size=args.batch_size, progress=progress)
         seconds = (time.perf_counter() - started) / len(chosen)
         position = chosen.index(index)
         for label, result in (
@@ -153,12 +177,12 @@ def family_maps(
                     "seconds_per_image": seconds,
                 }
             )
-    n_flow = min(args.flow_images, pixels.shape[0])
+    n_flow = min(args.flow_images, len(images))
     if n_flow:
         from vitmech.analysis.attention import collect_patterns
 
         flow_images = sorted({index, *range(n_flow)})[:n_flow] if index < n_flow else [index]
-        patterns = collect_patterns(model, pixels[flow_images], progress=False)
+        patterns = collect_patterns(model, prepare_images(model, [images[i] for i in flow_images]), progress=False)
         started = time.perf_counter()
         flow = attention_flow(patterns, alpha=args.alpha, progress=progress, layout=layout)
         seconds = (time.perf_counter() - started) / len(flow_images)

@@ -62,8 +62,8 @@ def plot_delta_iou(comparisons: pd.DataFrame, map_name: str, stamp: str | None =
     return fig
 
 
-def plot_iou_by_layer(by_layer: pd.DataFrame, chance: float | None = None) -> Figure:
-    """IoU of each layer's head-mean map with the union of regions, before and after each tier, one panel per model."""
+def plot_iou_by_layer(by_layer: pd.DataFrame, chance: float | None = None, region: str = "union") -> Figure:
+    """IoU of each layer's head-mean map with `region`, before and after each tier, one panel per model."""
     models = list(dict.fromkeys(by_layer["model"]))
     fig, axes = _figure(1, len(models), figsize=(3.4 * len(models), 3.2), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models):
@@ -76,14 +76,14 @@ def plot_iou_by_layer(by_layer: pd.DataFrame, chance: float | None = None) -> Fi
             ax.axhline(chance, color="grey", linestyle=":", label="chance (random ranking)")
         ax.set_title(model.replace("vitmech/", ""), fontsize=9)
         ax.set_xlabel("layer")
-    axes[0, 0].set_ylabel("IoU, head-mean map vs union (mean over images)")
+    axes[0, 0].set_ylabel(f"IoU, head-mean map vs {region} (mean over images)")
     axes[0, -1].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def plot_head_delta_grid(by_head: pd.DataFrame, model: str) -> Figure:
-    """Layer x head grid of the mean change in IoU (union of regions) for one model, one panel per tier;
+def plot_head_delta_grid(by_head: pd.DataFrame, model: str, region: str = "union") -> Figure:
+    """Layer x head grid of the mean change in IoU (with `region`) for one model, one panel per tier;
     one symmetric colour scale across the panels."""
     part = by_head[by_head["model"] == model]
     tiers = list(dict.fromkeys(part["tier"]))
@@ -101,7 +101,7 @@ def plot_head_delta_grid(by_head: pd.DataFrame, model: str) -> Figure:
         ax.set_ylabel("layer", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="change in IoU (descriptive)")
-    fig.suptitle(f"{model}: change in IoU per head (mean over images)", fontsize=9)
+    fig.suptitle(f"{model}: change in IoU with {region} per head (mean over images)", fontsize=9)
     return fig
 
 

@@ -71,7 +71,8 @@ def plot_taxonomy(
     ax.set_title(
         f"Head taxonomy over {taxonomy.n_images} images\n"
         f"tag: dominant region ({', '.join(f'{v}={k}' for k, v in tags.items())}); "
-        f"H <= {thresholds.get('monosemantic_max_entropy')}, mass/area >= {thresholds.get('min_enrichment')}",
+        f"attended: mass/area >= {thresholds.get('min_enrichment')}; monosemantic: H <= "
+        f"{thresholds.get('monosemantic_max_entropy')}, share >= {thresholds.get('monosemantic_min_share')}",
         fontsize=8,
     )
     if ablation is not None:

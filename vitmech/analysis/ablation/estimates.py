@@ -48,6 +48,33 @@ class HeadEstimates:
     ablation: dict[str, Any]
     michel_normalized: bool
 
+    @classmethod
+    def from_sums(
+        cls,
+        attribution_sum: np.ndarray,
+        michel_sum: np.ndarray,
+        clean_sum: float,
+        n: int,
+        metric: Any,
+        ablation: Any,
+        normalize_michel: bool,
+    ) -> HeadEstimates:
+        """The estimates from their sums over `n` examples ([n_layers, n_heads] each; clean: the metric's
+        sum), Michel's scores L2-normalised per layer when asked."""
+        attribution = np.asarray(attribution_sum, dtype=np.float64) / n
+        michel = np.asarray(michel_sum, dtype=np.float64) / n
+        if normalize_michel:
+            michel = michel / np.clip(np.linalg.norm(michel, axis=1, keepdims=True), 1e-30, None)
+        return cls(
+            attribution=attribution,
+            michel=michel,
+            clean=clean_sum / n,
+            n_examples=n,
+            metric=metric.to_dict(),
+            ablation=ablation.to_dict(),
+            michel_normalized=normalize_michel,
+        )
+
     def to_frame(self) -> pd.DataFrame:
         n_layers, n_heads = self.attribution.shape
         return pd.DataFrame(
@@ -121,18 +148,8 @@ def estimate_head_effects(
                 attribution[layer] += einsum((replacement - z) * grad, "b p h e -> h").double()
                 michel[layer] += einsum(z * grad, "b p h e -> b h").abs().sum(0).double()
 
-    n = images.shape[0]
-    attribution, michel = attribution / n, michel / n
-    if normalize_michel:
-        michel = michel / michel.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    return HeadEstimates(
-        attribution=attribution.numpy(),
-        michel=michel.numpy(),
-        clean=clean_sum / n,
-        n_examples=n,
-        metric=metric.to_dict(),
-        ablation=ablation.to_dict(),
-        michel_normalized=normalize_michel,
+    return HeadEstimates.from_sums(
+        attribution.numpy(), michel.numpy(), clean_sum, images.shape[0], metric, ablation, normalize_michel
     )
 
 

@@ -119,12 +119,22 @@ def make_cell(model: HookedViT, heads: HeadsLike, name: str | None = None) -> Ce
     return Cell(name=name, heads=parsed)
 
 
-def make_cells(model: HookedViT, sets: Mapping[str, HeadsLike] | Sequence[HeadsLike]) -> list[Cell]:
-    """Cells from named sets {name: heads} or a sequence of head sets; names must be unique."""
+def single_head_cells(model: HookedViT, heads: HeadsLike = None, layers: Sequence[int] | None = None) -> list[Cell]:
+    """One cell per head, named by it ('L3H5'): all heads, the heads of `layers`, or the given `heads`."""
+    if heads is not None and layers is not None:
+        raise AblationError("give heads or layers, not both")
+    chosen = all_heads(model, layers) if heads is None else list(make_cell(model, heads).heads)
+    if not chosen:
+        raise AblationError("no heads to sweep")
+    return [Cell(head_label(h), (h,)) for h in chosen]
+
+
+def make_cells(model: HookedViT, sets: Mapping[str, HeadsLike] | Sequence[Cell | HeadsLike]) -> list[Cell]:
+    """Validated cells from named sets {name: heads} or a sequence of cells or head sets; names must be unique."""
     if isinstance(sets, Mapping):
         cells = [make_cell(model, heads, str(name)) for name, heads in sets.items()]
     else:
-        cells = [make_cell(model, heads) for heads in sets]
+        cells = [make_cell(model, s.heads, s.name) if isinstance(s, Cell) else make_cell(model, s) for s in sets]
     if not cells:
         raise AblationError("no cells to evaluate: give at least one head set")
     names = [c.name for c in cells]

@@ -2,9 +2,9 @@
 
     sweep-<key>.jsonl                 the first writer's file
     sweep-<key>.<shard>.jsonl         further writers (a second process, or one per rank: shard="rank3")
-      {"type": "header", "key": ..., "settings": {...}, "version": 1, "created_by": {...}}
-      {"type": "clean", "batch": 0, "n": 32, "sum": ...}
-      {"type": "cell", "batch": 0, "cell": "L3H5", "n": 32, "sum": ..., "sum_delta_sq": ...}
+      {"type": "header", "key": ..., "settings": {...}, "version": 2, "created_by": {...}, "crc": ...}
+      {"type": "clean", "batch": 0, "n": 32, "sum": ..., "crc": "1c291ca3"}
+      {"type": "cell", "batch": 0, "cell": "L3H5", "n": 32, "sum": ..., "sum_delta_sq": ..., "crc": ...}
 
 Each record is written (flushed and fsynced) as soon as its cells are computed, so an interrupted
 sweep loses nothing already finished; rerunning with the same settings reads every file of the key
@@ -12,8 +12,10 @@ and computes only what is missing. Each file has one writer at a time (a lock fi
 `.sweep-<key>.jsonl.lock` naming pid and host): a second process writing the same sweep gets its own
 shard file instead of interleaving lines, and readers merge all shards (identical settings give
 identical records, so merging is order-free). A half-written last line (a kill mid-write) is dropped;
-a garbled line elsewhere raises `StoreCorruptError` naming the file and line. Sums are float64 and
-JSON keeps them exactly, so a resumed table equals an uninterrupted one.
+a garbled line elsewhere raises `StoreCorruptError` naming the file and line. Every line carries the
+CRC-32 of its content (`crc`), so a line changed after it was written (a flipped bit that still parses as
+JSON, an edit) is refused the same way instead of changing the table. Sums are float64 and JSON keeps
+them exactly, so a resumed table equals an uninterrupted one. Files of version 1 (no `crc`) still read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,12 @@ from vitmech.io.readers import parse_json_line
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: every line carries "crc"; 1: no checksums (still read)
+READABLE_VERSIONS = (1, 2)
+RECORD_FIELDS = {
+    "clean": ("batch", "n", "sum"),
+    "cell": ("batch", "cell", "n", "sum", "sum_delta_sq"),
+}
 
 
 class MemoryStore:
@@ -98,6 +106,84 @@ def parse_store_line(line: bytes, file: Path, number: int, what: str = "store re
         ) from exc
 
 
+def _crc(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "crc"}
+    return f"{zlib.crc32(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()):08x}"
+
+
+def encode_record(record: dict[str, Any]) -> str:
+    """One store line: the record with its checksum `crc` (CRC-32 of the canonical JSON), newline-terminated."""
+    body = {k: v for k, v in record.items() if k != "crc"}
+    return json.dumps({**body, "crc": _crc(body)}, separators=(",", ":")) + "\n"
+
+
+def _checked(record: Any, file: Path, number: int, required: bool) -> dict[str, Any]:
+    """The record without its checksum, after checking it (and, for data lines, its fields)."""
+    if not isinstance(record, dict):
+        raise StoreCorruptError(
+            f"{file} line {number}: not a store record ({str(record)[:60]!r})", path=file, line=number
+        )
+    if "crc" in record:
+        if record["crc"] != _crc(record):
+            raise StoreCorruptError(
+                f"{file} line {number}: checksum mismatch: the line was changed after it was written (a flipped "
+                f"bit or an edit). Delete the file to recompute everything, or cut it before line {number} to "
+                "keep the lines before it",
+                path=file,
+                line=number,
+            )
+        record = {k: v for k, v in record.items() if k != "crc"}
+    elif required:
+        raise StoreCorruptError(f"{file} line {number}: the record has no checksum (crc)", path=file, line=number)
+    kind = record.get("type")
+    if kind != "header":
+        fields = RECORD_FIELDS.get(kind) if isinstance(kind, str) else None
+        if fields is None or any(f not in record for f in fields):
+            raise StoreCorruptError(
+                f"{file} line {number}: not a store record ({str(record)[:60]!r})", path=file, line=number
+            )
+    return record
+
+
+def read_store_file(file: str | Path, key: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int, int]:
+    """Header, finished records, the byte length of the finished lines, and the file's size as read.
+
+    A half-written last line (a kill mid-write) is left out; a file cut inside its header has no header
+    (None) and no records. Raises StoreCorruptError naming the file and line for a garbled line, a changed
+    line (checksum) or a line that is not a record; StoreMismatchError for another sweep's file.
+    """
+    file = Path(file)
+    raw = file.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    lines = complete.split(b"\n")[:-1]
+    if not lines:
+        return None, [], len(complete), len(raw)
+    header = parse_store_line(lines[0], file, 1, "store header")
+    if not isinstance(header, dict) or header.get("type") != "header":
+        raise StoreCorruptError(
+            f"{file} line 1 is not a store header; delete the file to start this sweep over", path=file, line=1
+        )
+    header = _checked(header, file, 1, required=False)
+    if header.get("key") != key:
+        raise StoreMismatchError(
+            f"{file} was written for settings key {header.get('key')!r}, not {key!r}; "
+            "delete it or choose another store folder"
+        )
+    version = header.get("version")
+    if version not in READABLE_VERSIONS:
+        raise StoreMismatchError(f"{file} has store version {version}, expected one of {READABLE_VERSIONS}")
+    records = [
+        _checked(parse_store_line(line, file, number), file, number, required=version >= 2)
+        for number, line in enumerate(lines[1:], start=2)
+    ]
+    return header, records, len(complete), len(raw)
+
+
+def store_header(key: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The first record of a store file: key, version, settings and who made it."""
+    return {"type": "header", "key": key, "version": STORE_VERSION, "settings": settings, "created_by": created_by()}
+
+
 class JsonlStore(MemoryStore):
     """A MemoryStore mirrored to append-only JSONL files (this writer's own file + read-only shards of others).
 
@@ -158,54 +244,26 @@ class JsonlStore(MemoryStore):
 
     def _create(self) -> None:
         """Write the header line atomically (a kill leaves no file or a complete header)."""
-        header = {
-            "type": "header",
-            "key": self.key,
-            "version": STORE_VERSION,
-            "settings": self.settings,
-            "created_by": created_by(),
-        }
         tmp = temporary_name(self.path)
-        tmp.write_text(json.dumps(header, separators=(",", ":")) + "\n")
+        tmp.write_text(encode_record(store_header(self.key, self.settings)))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
 
     def _load(self, file: Path, own: bool) -> None:
-        raw = file.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) < len(raw):
-            logger.warning("dropping a half-written last record of %s (%d bytes)", file, len(raw) - len(complete))
+        _, records, complete, size = read_store_file(file, self.key)
+        if complete < size:
+            logger.warning("dropping a half-written last record of %s (%d bytes)", file, size - complete)
             if own:
                 with file.open("r+b") as f:
-                    f.truncate(len(complete))
+                    f.truncate(complete)
                     os.fsync(f.fileno())
-        lines = complete.split(b"\n")[:-1]
-        if not lines:
-            return  # cut before its header was complete: nothing finished was in it (own file: rewritten)
-        header = parse_store_line(lines[0], file, 1, "store header")
-        if not isinstance(header, dict) or header.get("type") != "header":
-            raise StoreCorruptError(
-                f"{file} line 1 is not a store header; delete the file to start this sweep over", path=file, line=1
-            )
-        if header.get("key") != self.key:
-            raise StoreMismatchError(
-                f"{file} was written for settings key {header.get('key')!r}, not {self.key!r}; "
-                "delete it or choose another store folder"
-            )
-        if header.get("version") != STORE_VERSION:
-            raise StoreMismatchError(f"{file} has store version {header.get('version')}, expected {STORE_VERSION}")
-        for number, line in enumerate(lines[1:], start=2):
-            record = parse_store_line(line, file, number)
-            if not isinstance(record, dict) or record.get("type") not in ("clean", "cell"):
-                raise StoreCorruptError(
-                    f"{file} line {number}: not a store record ({str(record)[:60]!r})", path=file, line=number
-                )
+        for record in records:
             self._remember(record)
 
     def _append(self, records: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        text = "".join(encode_record(r) for r in records)
         with self.path.open("a") as f:
             f.write(text)
             f.flush()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from vitmech.analysis.ablation._recompute import run_clean, run_variants
 from vitmech.analysis.ablation.errors import AblationError, EmptyReferenceError, MetricError
-from vitmech.analysis.ablation.heads import Cell, HeadsLike, all_heads, head_label, heads_per_layer, make_cell
+from vitmech.analysis.ablation.heads import Cell, HeadsLike, heads_per_layer, make_cell, make_cells, single_head_cells
 from vitmech.analysis.ablation.interventions import (
     AblationLike,
     BoundAblation,
@@ -162,15 +163,32 @@ def _table(
     )
 
 
-def _as_cells(model: HookedViT, cells: Sequence[CellLike]) -> list[Cell]:
-    out = [make_cell(model, c.heads, c.name) if isinstance(c, Cell) else make_cell(model, c) for c in cells]
-    if not out:
-        raise AblationError("no cells to evaluate: give at least one head set")
-    names = [c.name for c in out]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise AblationError(f"cell names must be unique; repeated: {repeated}")
-    return out
+def sweep_settings(
+    model: HookedViT,
+    data_key: str,
+    metric: Metric,
+    ablation: HeadAblation,
+    cells: Sequence[Cell],
+    batch_size: int,
+    max_batch: int,
+    engine: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything that determines a sweep's results (the model's weights and config, the data's fingerprint
+    `data_key`, metric, ablation, cells, batching, engine, and `extra`), hashed into its store's key."""
+    return {
+        "model": module_fingerprint(model),
+        "model_config": model.cfg.to_dict(),
+        "data": data_key,
+        "metric": metric.key(),
+        "output": metric.output,
+        "ablation": ablation.key(),
+        "cells": [c.to_dict() for c in cells],
+        "batch_size": batch_size,
+        "max_batch": max_batch,
+        "engine": engine,
+        **extra,
+    }
 
 
 def _open_store(
@@ -194,65 +212,71 @@ def _open_store(
             "could be mixed up with another metric's: pass metric_from_function(fn, name='unique-name') "
             "or a Metric with a unique name"
         )
-    settings = {
-        "model": module_fingerprint(model),
-        "model_config": model.cfg.to_dict(),
-        "data": tensor_fingerprint(images, targets),
-        "n_images": images.shape[0],
-        "metric": metric.key(),
-        "output": metric.output,
-        "ablation": ablation.key(),
-        "cells": [c.to_dict() for c in cells],
-        "batch_size": batch_size,
-        "max_batch": max_batch,
-        "engine": engine,
-        "dtype": str(images.dtype),
-    }
+    settings = sweep_settings(
+        model,
+        tensor_fingerprint(images, targets),
+        metric,
+        ablation,
+        cells,
+        batch_size,
+        max_batch,
+        engine,
+        n_images=images.shape[0],
+        dtype=str(images.dtype),
+    )
     return JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
 
 
-def _sweep_batch(
-    model,
-    batch,
-    batch_targets,
-    b: int,
-    cells: Sequence[Cell],
-    pending: list[list[int]],
-    metric: Metric,
-    ablation: HeadAblation,
-    engine: str,
-    sink: MemoryStore,
-    bar: Any,
-    weight_cache: dict,
-) -> None:
-    """Evaluate the pending chunks of cells on batch number b, writing each chunk's records as it finishes."""
-    bound = ablation.bind(model, batch, b)
-    if engine == "exact":
-        state = run_clean(
-            model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values
-        )
-        clean_output = state.output
-    else:
-        with torch.no_grad():
-            clean_output = model(batch, return_type=metric.output)
-    clean_values = metric(clean_output, clean=clean_output, targets=batch_targets)
-    if not sink.has_clean(b):
-        sink.write([{"type": "clean", "batch": b, "n": int(batch.shape[0]), "sum": float(clean_values.double().sum())}])
-    for position, chunk in enumerate(pending):
-        chunk_cells = [cells[i] for i in chunk]
+@dataclass
+class _CellSweep:
+    """One sweep's fixed parts (model, cells, metric, ablation, engine, record sink, progress bar and the exact
+    engine's per-head weight cache), run batch by batch (`ablation_sweep`, and streamed by
+    `vitmech.analysis.streaming.stream_ablation_sweep`)."""
+
+    model: HookedViT
+    cells: Sequence[Cell]
+    metric: Metric
+    ablation: HeadAblation
+    engine: str
+    sink: MemoryStore
+    bar: Any
+    weight_cache: dict = field(default_factory=dict)
+
+    def run_batch(self, batch: torch.Tensor, batch_targets: Any, b: int, pending: list[list[int]]) -> None:
+        """Evaluate the pending chunks of cells on batch number b, writing each chunk's records as it finishes."""
+        model, cells, metric, ablation, engine = self.model, self.cells, self.metric, self.ablation, self.engine
+        sink, bar, weight_cache = self.sink, self.bar, self.weight_cache
+        bound = ablation.bind(model, batch, b)
         if engine == "exact":
-            outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
+            state = run_clean(
+                model, batch, {cells[c[0]].start_layer for c in pending}, metric.output, ablation.needs_values
+            )
+            clean_output = state.output
         else:
-            outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
-        records = [
-            _cell_record(b, cell, metric(output, clean=clean_output, targets=batch_targets), clean_values)
-            for cell, output in zip(chunk_cells, outputs)
-        ]
-        sink.write(records)
-        bar.update(len(chunk))
-        layer = chunk_cells[0].start_layer
-        if engine == "exact" and (position + 1 == len(pending) or cells[pending[position + 1][0]].start_layer != layer):
-            state.release(layer)  # chunks come in start-layer order: this layer's clean activations are done
+            with torch.no_grad():
+                clean_output = model(batch, return_type=metric.output)
+        clean_values = metric(clean_output, clean=clean_output, targets=batch_targets)
+        if not sink.has_clean(b):
+            sink.write(
+                [{"type": "clean", "batch": b, "n": int(batch.shape[0]), "sum": float(clean_values.double().sum())}]
+            )
+        for position, chunk in enumerate(pending):
+            chunk_cells = [cells[i] for i in chunk]
+            if engine == "exact":
+                outputs = _exact_outputs(model, state, bound, chunk_cells, metric.output, weight_cache)
+            else:
+                outputs = _naive_outputs(model, batch, ablation, bound, chunk_cells, metric.output)
+            records = [
+                _cell_record(b, cell, metric(output, clean=clean_output, targets=batch_targets), clean_values)
+                for cell, output in zip(chunk_cells, outputs)
+            ]
+            sink.write(records)
+            bar.update(len(chunk))
+            layer = chunk_cells[0].start_layer
+            if engine == "exact" and (
+                position + 1 == len(pending) or cells[pending[position + 1][0]].start_layer != layer
+            ):
+                state.release(layer)  # chunks come in start-layer order: this layer's clean activations are done
 
 
 def ablation_sweep(
@@ -288,14 +312,13 @@ def ablation_sweep(
         raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
     if not isinstance(max_batch, int) or max_batch < 1:
         raise AblationError(f"max_batch must be a positive int, got {max_batch!r}")
-    cells = _as_cells(model, cells)
+    cells = make_cells(model, cells)
     chunks = (
         plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
     )
     bounds = batch_bounds(images.shape[0], batch_size, ablation.min_batch)
 
     sink = _open_store(store, model, images, targets, metric, ablation, cells, batch_size, max_batch, engine)
-    weight_cache: dict = {}
     bar = tqdm(
         total=len(bounds) * len(cells),
         initial=sink.n_cells_done,
@@ -303,25 +326,13 @@ def ablation_sweep(
         desc=f"{ablation.name} ablation, {metric.name}",
         unit="cell",
     )
+    sweep = _CellSweep(model, cells, metric, ablation, engine, sink, bar)
     try:
         for b, (start, stop) in enumerate(bounds):
             pending = [chunk for chunk in chunks if not all(sink.has_cell(b, cells[i].name) for i in chunk)]
             if pending or not sink.has_clean(b):
                 batch_targets = None if targets is None else targets[start:stop]
-                _sweep_batch(
-                    model,
-                    images[start:stop],
-                    batch_targets,
-                    b,
-                    cells,
-                    pending,
-                    metric,
-                    ablation,
-                    engine,
-                    sink,
-                    bar,
-                    weight_cache,
-                )
+                sweep.run_batch(images[start:stop], batch_targets, b, pending)
     finally:
         bar.close()
         sink.close()
@@ -348,12 +359,7 @@ def head_sweep(
     Returns a HeadSweepResult: `to_frame()` has layer, head, clean, ablated, delta, pct_change,
     delta_se; `grid(value)` is the [n_layers, n_heads] array of the paper's heatmap.
     """
-    if heads is not None and layers is not None:
-        raise AblationError("give heads or layers, not both")
-    chosen = all_heads(model, layers) if heads is None else list(make_cell(model, heads).heads)
-    if not chosen:
-        raise AblationError("no heads to sweep")
-    cells = [Cell(head_label(h), (h,)) for h in chosen]
+    cells = single_head_cells(model, heads, layers)
     table = ablation_sweep(
         model,
         images,

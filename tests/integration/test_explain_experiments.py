@@ -1,0 +1,57 @@
+"""Experiments 12 and 13 (`vitmech explain`, `vitmech misclassified`) run offline in their quick mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.scripts import load_experiment
+from vitmech.loading.registry import zoo_models
+from vitmech.train.cnn import zoo_cnns
+
+pytestmark = pytest.mark.skipif("vitmech/mini-galaxy" not in zoo_models(), reason="shipped model not in this checkout")
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_12_explanations_quick_writes_figure_and_alignment(tmp_path) -> None:
+    models = ["--model", "vitmech/mini-galaxy"]
+    if "vitmech/mini-cnn" in zoo_cnns():
+        models += ["--model", "vitmech/mini-cnn"]
+    out = tmp_path / "r12"
+    code = load_experiment("12_explanations").main(["--quick", "--no-progress", *models, "--out", str(out)])
+    assert code == 0
+    assert (out / "explanations.png").stat().st_size > 10_000
+    summary = rows(out / "alignment_summary.csv")
+    vit_methods = {r["method"] for r in summary if r["model"] == "vitmech/mini-galaxy"}
+    assert {"rollout", "gradcam", "transformer_attribution", "integrated_gradients", "saliency"} <= vit_methods
+    if "vitmech/mini-cnn" in zoo_cnns():
+        assert {r["method"] for r in summary if r["model"] == "vitmech/mini-cnn"} >= {"gradcam", "saliency"}
+    assert "RANDOM WEIGHTS" not in (out / "report.md").read_text()
+
+
+def test_13_misclassified_quick_on_random_cnn_weights(tmp_path) -> None:
+    """A random timm CNN gets nearly every galaxy wrong: the maps path runs, and the report is stamped."""
+    out = tmp_path / "r13"
+    argv = ["--quick", "--no-progress", "--model", "resnet10t", "--random-init", "--methods", "gradcam,saliency"]
+    code = load_experiment("13_misclassified").main([*argv, "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    confusion = rows(out / "confusion.csv")
+    assert sum(int(v) for r in confusion for k, v in r.items() if k != "true") == summary["n_images"] == 12
+    ranked = rows(out / "misclassified.csv")
+    assert len(ranked) == summary["n_misclassified"] > 0
+    confidences = [float(r["confidence"]) for r in ranked]
+    assert confidences == sorted(confidences, reverse=True)
+    table = rows(out / "alignment_summary.csv")
+    assert {(r["method"], r["explained_class"]) for r in table} == {
+        (m, c) for m in ("gradcam", "saliency") for c in ("true", "predicted")
+    }
+    assert (out / "misclassified_maps.png").is_file()
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
