@@ -231,8 +231,11 @@ def attention_gradcam(
     layout = token_layout(model)
     last = model.cfg.n_layers - 1
     grads = attention_gradients(model, images, target, layers=[last], progress=False)
-    pattern = layout.patches(layout.readout(grads.patterns[:, 0], dim=-2), -1)  # [B, H, N]
-    gradient = layout.patches(layout.readout(grads.gradients[:, 0], dim=-2), -1)
+    # one stacked layer (the last block): drop the layer axis
+    last_pattern = rearrange(grads.patterns, "b 1 h q k -> b h q k")
+    last_gradient = rearrange(grads.gradients, "b 1 h q k -> b h q k")
+    pattern = layout.patches(layout.readout(last_pattern, dim=-2), -1)  # [B, H, N]
+    gradient = layout.patches(layout.readout(last_gradient, dim=-2), -1)
     cam = (pattern * gradient.mean(-1, keepdim=True)).mean(1).clamp(min=0)
     gh, gw = layout.grid
     return rearrange(cam, "b (gh gw) -> b gh gw", gh=gh, gw=gw)
