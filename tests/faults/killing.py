@@ -32,7 +32,7 @@ def run_child(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     )
 
 
-def start_child(*args: str) -> subprocess.Popen:
+def start_child(*args: str, timeout: float = 300) -> subprocess.Popen:
     """Start `python -m tests.faults.children <args>` and wait until it reports "ready"."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.faults.children", *args],
@@ -44,7 +44,7 @@ def start_child(*args: str) -> subprocess.Popen:
     )
     line = proc.stdout.readline()
     if line.strip() != "ready":
-        proc.wait(300)
+        proc.wait(timeout)
         raise RuntimeError(f"child {args} did not start: {line}{proc.stderr.read()}")
     return proc
 
@@ -66,18 +66,7 @@ def kill_at(delay: float, *args: str, when: Callable[[], bool] | None = None, ti
     """Start the child, wait for "ready" (and for `when()` to hold, if given: progress, not wall time, on a
     loaded machine), sleep `delay` seconds, SIGKILL it. True if it was killed before it finished (False: it
     completed first; a child that fails on its own raises)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.children", *args],
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.wait(timeout)
-        raise RuntimeError(f"child {args} did not start: {line}{proc.stderr.read()}")
+    proc = start_child(*args, timeout=timeout)
     deadline = time.monotonic() + timeout
     while when is not None and not when() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

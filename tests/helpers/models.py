@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from vitmech import HookedViT, ViTConfig
@@ -79,3 +83,18 @@ def tiny_model(seed: int = 0, **overrides) -> HookedViT:
 
 def seeded_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def write_study_inputs(root: Path) -> Path:
+    """Three saved tiny models (`before`, `after`, a 2-class `binary`) and an `images/` folder of two class
+    sub-folders with three random 40 x 40 PNGs each, under `root` (returned)."""
+    tiny_model(seed=0).save_pretrained(root / "before")
+    tiny_model(seed=1).save_pretrained(root / "after")
+    tiny_model(seed=2, n_classes=2).save_pretrained(root / "binary")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / cls / f"{i}.png")
+    return root

@@ -11,12 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tests.helpers.models import tiny_model
+from tests.helpers.models import write_study_inputs
 from vitmech.cli import main, run_command
 from vitmech.cli.commands import COMMANDS
 
@@ -30,15 +28,7 @@ def env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    tiny_model(seed=0).save_pretrained(root / "before")
-    tiny_model(seed=1).save_pretrained(root / "after")
-    tiny_model(seed=2, n_classes=2).save_pretrained(root / "binary")
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (root / "images" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "images" / cls / f"{i}.png")
-    return root
+    return write_study_inputs(root)
 
 
 def test_help_is_fast_and_does_not_import_torch():

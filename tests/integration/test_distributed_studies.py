@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from tests.helpers.models import tiny_model
+from tests.helpers.models import write_study_inputs
 from vitmech.cli import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +34,7 @@ TIMEOUT_S = 900  # a hang fails the test; the margin is for a machine shared wit
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
-    tiny_model(seed=0).save_pretrained(root / "before")
-    tiny_model(seed=1).save_pretrained(root / "after")
-    tiny_model(seed=2, n_classes=2).save_pretrained(root / "binary")
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (root / "images" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "images" / cls / f"{i}.png")
-    return root
+    return write_study_inputs(root)
 
 
 def _free_port() -> int:
