@@ -15,10 +15,12 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
 from vitmech.loading.families.hf_vit import HF_ACTS
 from vitmech.loading.keymap import KeyMap, prefixed, rule
 from vitmech.preprocessing import HALF, Preprocessing
+
+NAME = "HuggingFace CLIP / SigLIP vision"
+SOURCE = "hf"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -122,14 +124,3 @@ def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
         image_size=cfg.image_size, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic",
         resize_mode="shortest_edge_crop", crop_pct=1.0, source="CLIPImageProcessor defaults",
     )  # fmt: skip
-
-
-FAMILY = Family(
-    name="HuggingFace CLIP / SigLIP vision",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-)

@@ -16,10 +16,12 @@ from typing import Any
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
 from vitmech.loading.families.hf_vit import HF_ACTS, processor_defaults
 from vitmech.loading.keymap import KeyMap, Rule, optional, rule
 from vitmech.preprocessing import Preprocessing
+
+NAME = "HuggingFace DINOv3"
+SOURCE = "hf"
 
 CLASS = "DINOv3ViTModel"
 
@@ -115,14 +117,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
 def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """DINOv3ViTImageProcessor defaults (a hub id or directory reads its own processor instead)."""
     return processor_defaults("dinov3_vit", cfg.image_size, "DINOv3ViTImageProcessor defaults")
-
-
-FAMILY = Family(
-    name="HuggingFace DINOv3",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-)

@@ -16,9 +16,11 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
 from vitmech.loading.keymap import KeyMap, Rule, prefixed, rule
 from vitmech.preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+NAME = "HuggingFace ViT / DeiT / ViTMAE / DINOv2"
+SOURCE = "hf"
 
 HF_ACTS = {
     "gelu": "gelu",
@@ -253,15 +255,3 @@ def class_names(model: Any, cfg: ViTConfig) -> list[str] | None:
     if not cfg.has_classifier or not id2label:
         return None
     return [id2label.get(i, id2label.get(str(i), str(i))) for i in range(cfg.n_classes)]
-
-
-FAMILY = Family(
-    name="HuggingFace ViT / DeiT / ViTMAE / DINOv2",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-    class_names=class_names,
-)

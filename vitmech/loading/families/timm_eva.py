@@ -18,8 +18,12 @@ from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families import _timm
 from vitmech.loading.families._modules import is_identity
-from vitmech.loading.families.base import Family
 from vitmech.loading.keymap import KeyMap, optional, rule
+
+NAME = "timm Eva (EVA-02, DINOv3)"
+SOURCE = "timm"
+preprocessing = _timm.preprocessing  # from pretrained_cfg, as for every timm family
+class_names = _timm.class_names
 
 
 def matches(model: Any) -> bool:
@@ -153,15 +157,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     for layer in range(cfg.n_layers):
         rules += _block_rules(cfg, layer, keys)
     return rules + _timm.output_rules(cfg)
-
-
-FAMILY = Family(
-    name="timm Eva (EVA-02, DINOv3)",
-    source="timm",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=_timm.preprocessing,
-    class_names=_timm.class_names,
-)

@@ -17,8 +17,12 @@ from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families import _timm
 from vitmech.loading.families._modules import is_identity, is_layer_norm
-from vitmech.loading.families.base import Family
 from vitmech.loading.keymap import KeyMap, rule
+
+NAME = "timm VisionTransformer"
+SOURCE = "timm"
+preprocessing = _timm.preprocessing  # from pretrained_cfg, as for every timm family
+class_names = _timm.class_names
 
 
 def matches(model: Any) -> bool:
@@ -146,15 +150,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
         rules += R.linear("attn_pool.mlp.fc1", "pool.mlp.W_in", "pool.mlp.b_in")
         rules += R.linear("attn_pool.mlp.fc2", "pool.mlp.W_out", "pool.mlp.b_out")
     return rules + _timm.output_rules(cfg)
-
-
-FAMILY = Family(
-    name="timm VisionTransformer",
-    source="timm",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=_timm.preprocessing,
-    class_names=_timm.class_names,
-)
