@@ -230,6 +230,22 @@ PROCESSOR_DEFAULTS = {
 }
 
 
+def encoder_fields(cfg: Any) -> dict[str, Any]:
+    """The ViTConfig fields that a HF vision encoder config (CLIP, SigLIP, DINOv3) names the same way: depth,
+    widths, channels, LayerNorm eps and activation; no classifier (n_classes 0)."""
+    return dict(
+        n_layers=cfg.num_hidden_layers,
+        n_heads=cfg.num_attention_heads,
+        d_model=cfg.hidden_size,
+        d_head=cfg.hidden_size // cfg.num_attention_heads,
+        d_mlp=cfg.intermediate_size,
+        n_channels=cfg.num_channels,
+        n_classes=0,
+        ln_eps=cfg.layer_norm_eps,
+        act_fn=HF_ACTS[cfg.hidden_act],
+    )
+
+
 def processor_defaults(kind: str, image_size: int, source: str = "ViTImageProcessor defaults") -> Preprocessing:
     """The image processor defaults of a model type (`PROCESSOR_DEFAULTS`) at `image_size`."""
     mean, std, interpolation, resize_mode, crop_pct = PROCESSOR_DEFAULTS[kind]
