@@ -348,7 +348,7 @@ def write_chirp_dataset(
     train_targets = []
     started = time.perf_counter()
     for index in tqdm(range(n), desc="writing chirps", unit="img", disable=not progress):
-        sample = generate_chirp(index, seed, size=size, **flags)
+        sample = generate_chirp(index, seed, size=size, noise=True, **flags)
         p = sample.params
         row: dict[str, Any] = {
             "image": {"bytes": encode_png(sample.image), "path": None},
