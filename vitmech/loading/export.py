@@ -62,7 +62,7 @@ def export_state_dict(
 def timm_state_dict(model: ViTModelLike) -> dict[str, torch.Tensor]:
     """State dict of the equivalent timm VisionTransformer (loads strictly into `to_timm`'s model)."""
     _check_standard_widths(model.cfg, "timm")
-    return export_state_dict(model, timm_vit.FAMILY)
+    return export_state_dict(model, by_name(timm_vit.NAME))
 
 
 def _timm_act_layer(act_fn: str) -> Any:
@@ -196,7 +196,7 @@ def hf_state_dict(model: ViTModelLike, layout: str | None = None) -> dict[str, t
     cfg = model.cfg
     _check_plain_vit(cfg)
     keys = _layout_keys(layout or _installed_layout(), cfg.has_classifier)
-    return export_state_dict(model, hf_vit.FAMILY, keys, complete=False)
+    return export_state_dict(model, by_name(hf_vit.NAME), keys, complete=False)
 
 
 def _installed_layout() -> str:
@@ -221,7 +221,7 @@ def to_hf(model: ViTModelLike) -> nn.Module:
     hf_model = (
         ViTForImageClassification(config) if model.cfg.has_classifier else ViTModel(config, add_pooling_layer=False)
     )
-    state = export_state_dict(model, hf_vit.FAMILY, list(hf_model.state_dict()))
+    state = export_state_dict(model, by_name(hf_vit.NAME), list(hf_model.state_dict()))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
     # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the bound self
     return hf_model.to(device=model.device, dtype=model.dtype).eval()  # type: ignore[call-arg]
