@@ -197,6 +197,8 @@ def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
     card = model.card
     assert model.cfg.n_classes == 3 and model.class_names == ["start_time", "start_freq", "end_freq"]
     assert card["task"] == "regression" and card["tier"] == "lora" and card["lora"]["config"]["targets"] == ["q", "v"]
+    assert model.cfg.pool == "flatten" and card["readout"] == "flatten"  # the position-keeping head (default)
+    assert card["metrics"]["linear_probe_fit"] == {"ridge_alpha": 30.0}  # the closed-form probe (LP-FT's start)
     assert set(card["metrics"]["test"]["pearson_r"]) == {"start_time", "start_freq", "end_freq"}
     assert len(card["targets"]["mean"]) == 3 and card["targets"]["units"] == ["s", "Hz", "Hz"]
 

@@ -23,6 +23,10 @@ from vitmech.loading.families.hf_vit import LAYER_PREFIX, VITMECH_TO_HF_ACT, det
 
 
 def _check_standard_widths(cfg: ViTConfig, target: str) -> None:
+    if cfg.pool == "flatten":
+        raise UnsupportedModelError(
+            f"{target} has no flattened-patch readout (pool='flatten'); save this model with format='vitmech'"
+        )
     if not cfg.uniform_heads:
         raise UnsupportedModelError(
             f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer or [])}"

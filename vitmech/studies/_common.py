@@ -212,6 +212,7 @@ def run_tier_study(
             probe_lr=args.probe_lr,
             probe_train=probe_train,
             head_from_probe=args.lp_ft and bool(args.probe_steps),
+            probe_ridge=getattr(args, "probe_ridge", None),
             checkpoint_dir=out / "checkpoints" / args.tier,
             card=card,
             progress=progress,

@@ -41,7 +41,7 @@ heatmap experiment runs on it offline.
 0.32 and 0.48), and it has not learned the start time (r about 0). The backbone's patch tokens do encode
 where the chirp is (a ridge fit on them reaches r about 0.72 for each target), but its class token pools over the
 whole figure and carries no position, so the head gets no start-time signal to start from
-(docs/training.md#why-the-chirp-regressors-do-not-learn-the-start-time). Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
+(docs/training.md#why-the-start-time-needs-a-position-keeping-readout). Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
 q, k, v at rank 16 (lr 1e-2). Both ended at test MSE 0.97-0.98. The heatmap experiment therefore shows the
 pipeline on a trained model, not the paper's findings. An 8-epoch full fine-tune does better on the
 frequencies (`vitmech/mini-chirp-full`: MSE 0.76, r 0.54 / 0.62), but it has not learned the start time either.
