@@ -63,7 +63,10 @@ procedural scenes, seeds, steps, batch sizes and learning rates), then fully fin
 with mini-galaxy's recipe (LP-FT, the same galaxies, split, steps and seeds), so its held-out accuracy
 compares with mini-galaxy's on the same 568 test images. One difference is forced by the patch size: stage 1
 of the pretraining runs at 128 px (a 4 x 4 grid), since 112 px is not a multiple of 32; the card's
-`pretraining` entry holds that stage's card.
+`pretraining` entry holds the pretraining's own card (recipe, procedural test accuracy, times). The weights are
+stored in float16 and load as float32: the 4x larger patch embedding makes 1.64 M parameters (6.6 MB in
+float32); the card's test accuracy is that of the stored weights (unchanged by the rounding, whose accuracy
+before it is under `metrics.test_float32_before_rounding`).
 """,
     "vitmech/mini-cnn": """
 The default CNN of the explanation study (docs/explanations.md#cnn): a timm `resnet10t` narrowed to stage
