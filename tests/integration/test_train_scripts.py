@@ -267,7 +267,10 @@ def test_shipped_patch32_twin_differs_from_mini_galaxy_only_in_patch_size():
     if "vitmech/mini-galaxy-p32" not in zoo:
         pytest.skip("shipped patch-32 model not in this checkout")
     assert (zoo["vitmech/mini-galaxy-p32"] / "model.safetensors").stat().st_size <= 6 * 2**20
-    twin, reference = HookedViT.from_pretrained("vitmech/mini-galaxy-p32"), HookedViT.from_pretrained("vitmech/mini-galaxy")
+    twin, reference = (
+        HookedViT.from_pretrained("vitmech/mini-galaxy-p32"),
+        HookedViT.from_pretrained("vitmech/mini-galaxy"),
+    )
     assert (twin.cfg.patch_size, twin.cfg.grid_size) == (32, 7)
     assert twin.cfg.replace(patch_size=16) == reference.cfg
     assert twin.class_names == reference.class_names
