@@ -256,6 +256,32 @@ def test_shipped_model_loads_by_name_and_path_with_its_card(name):
     assert {"source_model", "data", "tier", "metrics", "hardware"} <= set(card)
 
 
+def test_shipped_patch32_twin_differs_from_mini_galaxy_only_in_patch_size():
+    """vitmech/mini-galaxy-p32: mini-galaxy's architecture with 32 px patches (7 x 7 grid), under 6 MB, its
+    card's held-out accuracy on the same test split as mini-galaxy's, and above chance on fresh galaxies."""
+    from vitmech.loading.registry import zoo_models
+    from vitmech.train import evaluate
+    from vitmech.train.datasets import galaxy_dataset
+
+    zoo = zoo_models()
+    if "vitmech/mini-galaxy-p32" not in zoo:
+        pytest.skip("shipped patch-32 model not in this checkout")
+    assert (zoo["vitmech/mini-galaxy-p32"] / "model.safetensors").stat().st_size <= 6 * 2**20
+    twin, reference = (
+        HookedViT.from_pretrained("vitmech/mini-galaxy-p32"),
+        HookedViT.from_pretrained("vitmech/mini-galaxy"),
+    )
+    assert (twin.cfg.patch_size, twin.cfg.grid_size) == (32, 7)
+    assert twin.cfg.replace(patch_size=16) == reference.cfg
+    assert twin.class_names == reference.class_names
+    metrics, same = twin.card["metrics"], reference.card["metrics"]
+    assert metrics["split_sizes"] == same["split_sizes"] and metrics["test"]["n"] == same["test"]["n"]
+    assert twin.card["data"] == reference.card["data"]
+    assert metrics["test"]["accuracy"] > metrics["baselines"]["uniform"]
+    fresh = galaxy_dataset(36, seed=777, progress=False)
+    assert evaluate(twin, fresh).accuracy > 1 / 6 + 0.15
+
+
 def test_shipped_galaxy_model_beats_its_probe_and_chance_on_fresh_galaxies():
     """Independent check of the card's claim on galaxies it never saw (another stream seed)."""
     from vitmech.loading.registry import zoo_models

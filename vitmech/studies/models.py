@@ -57,6 +57,19 @@ not at all (r about 0), because its class-token readout has lost where the chirp
 (docs/training.md#why-the-start-time-needs-a-position-keeping-readout). It is kept as the class-token
 comparison (the alignment study uses it); `vitmech/mini-chirp` is the regressor that learns all three targets.
 """,
+    "vitmech/mini-galaxy-p32": """
+The patch-32 twin of `vitmech/mini-galaxy` for the patch-size comparison (docs/explanations.md#patch-size):
+the same 12-layer, 12-head, 96-wide ViT with 32 px patches (a 7 x 7 grid at 224 px, 49 patches instead of
+196). Made the same way: pretrained from scratch by `vitmech pretrain` with mini-pretrained's recipe (the same
+procedural scenes, seeds, steps, batch sizes and learning rates), then fully fine-tuned by `vitmech finetune`
+with mini-galaxy's recipe (LP-FT, the same galaxies, split, steps and seeds), so its held-out accuracy
+compares with mini-galaxy's on the same 568 test images. One difference is forced by the patch size: stage 1
+of the pretraining runs at 128 px (a 4 x 4 grid), since 112 px is not a multiple of 32; the card's
+`pretraining` entry holds the pretraining's own card (recipe, procedural test accuracy, times). The weights are
+stored in float16 and load as float32: the 4x larger patch embedding makes 1.64 M parameters (6.6 MB in
+float32); the card's test accuracy is that of the stored weights (unchanged by the rounding, whose accuracy
+before it is under `metrics.test_float32_before_rounding`).
+""",
     "vitmech/mini-cnn": """
 The default CNN of the explanation study (docs/explanations.md#cnn): a timm `resnet10t` narrowed to stage
 widths (16, 32, 64, 128) with a 16-wide stem, trained from scratch on the same synthetic galaxies, split and
@@ -99,6 +112,15 @@ vitmech finetune-chirp --model vitmech/mini-pretrained --tier full --epochs 8 --
 ```
 The shipped copy was trained into `runs/chirp_full/model`, then saved into `vitmech/zoo/mini-chirp-full/` by
 `save_pretrained` with its card's `name` set to match.
+""",
+    "vitmech/mini-galaxy-p32": """
+```bash
+vitmech pretrain --patch-size 32 --stage1-size 128 --out runs/pretrain-p32 --save-model runs/pretrain-p32/model
+vitmech finetune --model runs/pretrain-p32/model --tier full --out runs/galaxy-p32 \\
+    --save-model vitmech/zoo/mini-galaxy-p32
+vitmech models --pages --out docs/models --force                               # this page
+```
+Both commands resume after an interruption (`--resume`).
 """,
     "vitmech/mini-cnn": """
 ```bash
