@@ -136,7 +136,7 @@ def test_bad_input_is_refused(tiny_vit):
         resolve_positions(model, [99])
     with runtime_checks_off(), pytest.raises(PatchingError, match="pair up"):  # the shapes disagree on purpose
         patched_outputs(model, images, seeded_images(3, 32), [Site("mlp_out", 0)])
-    with pytest.raises(PatchingError, match="engine"):
+    with runtime_checks_off(), pytest.raises(PatchingError, match="engine"):
         activation_patching(model, images, images, logit_diff(0, 1), [Site("mlp_out", 0)], engine="fast")
 
 
