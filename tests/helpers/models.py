@@ -86,9 +86,11 @@ def seeded_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> to
 
 
 def write_study_inputs(root: Path) -> Path:
-    """Three saved tiny models (`before`, `after`, a 2-class `binary`) and an `images/` folder of two class
-    sub-folders with three random 40 x 40 PNGs each, under `root` (returned)."""
+    """Four saved tiny models (`before`, `after`, a 2-class `binary`, a patch-16 `coarse` twin of `before`'s
+    architecture) and an `images/` folder of two class sub-folders with three random 40 x 40 PNGs each,
+    under `root` (returned)."""
     tiny_model(seed=0).save_pretrained(root / "before")
+    tiny_model(seed=3, patch_size=16).save_pretrained(root / "coarse")
     tiny_model(seed=1).save_pretrained(root / "after")
     tiny_model(seed=2, n_classes=2).save_pretrained(root / "binary")
     rng = np.random.default_rng(0)

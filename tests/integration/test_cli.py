@@ -138,6 +138,7 @@ QUICK_RUNS = {
     "align": lambda t: ["--model", str(t / "before")],
     "explain": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
     "misclassified": lambda t: ["--model", str(t / "before"), "--images", str(t / "images")],
+    "patch-size": lambda t: ["--model", str(t / "before"), "--model", str(t / "coarse"), "--images", str(t / "images")],
 }
 
 
@@ -290,6 +291,24 @@ def test_labels_are_checked_against_the_head(tiny, tmp_path):
 def test_shipped_models_are_listed(capsys):
     assert run_command("models", []) == 0
     assert "vitmech/mini-galaxy" in capsys.readouterr().out
+
+
+def test_the_shipped_cnn_is_listed_with_its_card_page(capsys, tmp_path):
+    """`vitmech models` lists the shipped CNN next to the ViTs (read from its own config.json), and --pages
+    writes its card page with the architecture and held-out accuracy of that card."""
+    from vitmech.train.cnn import zoo_cnns
+
+    if "vitmech/mini-cnn" not in zoo_cnns():
+        pytest.skip("shipped CNN not in this checkout")
+    card = json.loads((zoo_cnns()["vitmech/mini-cnn"] / "config.json").read_text())
+    assert run_command("models", ["--pages", "--out", str(tmp_path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("vitmech/mini-cnn "))
+    accuracy = card["card"]["metrics"]["test"]["accuracy"]
+    assert f"timm {card['base']}" in line and f"held-out accuracy {accuracy:.3f}" in line
+    page = (tmp_path / "mini-cnn.md").read_text()
+    assert page.startswith("# vitmech/mini-cnn") and f"timm `{card['base']}`" in page
+    assert f"| this model | {accuracy:.4g} |" in page
+    assert "python -m vitmech.train.cnn --out vitmech/zoo/mini-cnn" in page
 
 
 # ------------------------------------------------------------------------------------------- weights

@@ -197,8 +197,28 @@ def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
     card = model.card
     assert model.cfg.n_classes == 3 and model.class_names == ["start_time", "start_freq", "end_freq"]
     assert card["task"] == "regression" and card["tier"] == "lora" and card["lora"]["config"]["targets"] == ["q", "v"]
+    assert model.cfg.pool == "flatten" and card["readout"] == "flatten"  # the position-keeping head (default)
+    assert card["metrics"]["linear_probe_fit"] == {"ridge_alpha": 30.0}  # the closed-form probe (LP-FT's start)
     assert set(card["metrics"]["test"]["pearson_r"]) == {"start_time", "start_freq", "end_freq"}
     assert len(card["targets"]["mean"]) == 3 and card["targets"]["units"] == ["s", "Hz", "Hz"]
+
+
+def test_pretrain_takes_a_patch_size(tmp_path, capsys):
+    """--patch-size 32 (how vitmech/mini-galaxy-p32's backbone was made): stage 1 on a 4 x 4 grid of 128 px
+    images, position embeddings resampled to the 7 x 7 grid of 224 px; a stage-1 size the patch does not
+    divide is refused naming both."""
+    from vitmech.cli import run_command
+
+    out = tmp_path / "run"
+    args = ["--quick", "--no-progress", "--patch-size", "32", "--stage1-size", "128", "--out", str(out)]
+    assert run_command("pretrain", args) == 0
+    model = HookedViT.from_pretrained(str(out / "model"))
+    assert (model.cfg.patch_size, model.cfg.grid_size, model.cfg.image_size) == (32, 7, 224)
+    assert model.card["recipe"]["stage2"]["position_embeddings"] == "bicubic resample 4x4 -> 7x7"
+    assert model.card["data"]["stage1"]["size"] == 128
+    with pytest.raises(SystemExit) as exc:
+        run_command("pretrain", ["--patch-size", "32", "--stage1-size", "112", "--out", str(tmp_path / "no")])
+    assert exc.value.code == 2 and "multiple of the patch size 32" in capsys.readouterr().err
 
 
 def test_scripts_refuse_bad_arguments(capsys):

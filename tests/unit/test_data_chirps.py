@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from vitmech.data import DataError, SchemaError, default_preprocess
 from vitmech.data._figure import FigureStyle, viridis_lut
+from vitmech.data._io import DATASET_INFO
 from vitmech.data.chirps import (
     BOXES,
     TARGETS,
@@ -302,7 +304,12 @@ def test_written_dataset_loads_as_torch_splits(tmp_path):
 def test_dataset_errors(tmp_path):
     with pytest.raises(DataError, match="training rows"):
         write_chirp_dataset(tmp_path / "x", 4, val_fraction=0.4, test_fraction=0.4, progress=False)
-    root = write_chirp_dataset(tmp_path / "ok", 6, val_fraction=0.0, test_fraction=0.0, progress=False)
+    with pytest.raises(DataError, match=r"unknown style flags \['titel'\]"):
+        write_chirp_dataset(tmp_path / "typo", 6, titel=False, progress=False)
+    assert not (tmp_path / "typo").exists()  # refused before the folder is made
+    root = write_chirp_dataset(tmp_path / "ok", 6, val_fraction=0.0, test_fraction=0.0, progress=False, ticks=0.5)
+    info = json.loads((root / DATASET_INFO).read_text())
+    assert info["style"] == {"title": True, "xlabel": True, "ylabel": True, "colorbar": True, "ticks": 0.5}
     with pytest.raises(DataError, match="not empty"):
         write_chirp_dataset(root, 6, progress=False)
     from datasets import Dataset

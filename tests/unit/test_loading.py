@@ -201,3 +201,19 @@ def test_export_refuses_what_the_target_cannot_hold():
         to_hf(tiny_model(pre_norm=True))
     with pytest.raises(UnsupportedModelError, match="n_heads \\* d_head == d_model"):
         to_timm(tiny_model(d_head=4))
+
+
+def test_family_of_reads_a_converter_module_and_names_what_it_lacks():
+    import types
+
+    from vitmech.loading.families import FAMILIES, FAMILY_MODULES, _timm, family_of, hf_clip, timm_vit
+
+    assert [f.name for f in FAMILIES] == [m.NAME for m in FAMILY_MODULES]
+    timm = family_of(timm_vit)
+    assert (timm.source, timm.key_map, timm.preprocessing) == ("timm", timm_vit.key_map, _timm.preprocessing)
+    assert timm.class_names is _timm.class_names
+    assert family_of(hf_clip).class_names(None, None) is None  # no class_names: the Family default
+    partial = types.ModuleType("half_family")
+    partial.NAME, partial.SOURCE, partial.matches = "half", "timm", timm_vit.matches
+    with pytest.raises(TypeError, match="half_family does not define unsupported, config, key_map, preprocessing"):
+        family_of(partial)

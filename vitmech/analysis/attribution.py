@@ -47,7 +47,7 @@ def _class_readout(model: HookedViT, what: str) -> TokenLayout:
     layout.require_class_token(what)
     if layout.readout_index is None:
         raise ValueError(
-            f"{what} reads the class token, and this model's output reads the {layout.readout_name} (pool='avg')"
+            f"{what} reads the class token, and this model's output reads the patch tokens (pool={model.cfg.pool!r})"
         )
     return layout
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.rollout import Target, attention_gradients
 from vitmech.errors import InputError
@@ -104,6 +105,7 @@ def check_supported(model: HookedViT) -> None:
             ("qk-norm", cfg.qk_norm),
             ("rotary position embeddings", cfg.rope != "none"),
             ("attention pooling", cfg.pool == "map"),
+            ("flattened-patch pooling", cfg.pool == "flatten"),
             ("a distillation head", cfg.has_distill_head),
             ("pruned heads", cfg.n_heads_per_layer is not None),
         )
@@ -145,7 +147,7 @@ def attention_relevance(
             pooled = F.layer_norm(pooled, (model.cfg.d_model,), model.fc_norm.w, model.fc_norm.b, model.fc_norm.eps)
         relevance = linear_relevance(pooled, model.head.W_H, relevance)  # [B, d]
         last = model.cfg.n_layers - 1
-        tokens = cache[f"blocks.{last}.hook_resid_post"]
+        tokens = cache[get_act_name("resid_post", last)]
         if model.cfg.final_norm == "tokens":
             tokens = F.layer_norm(tokens, (model.cfg.d_model,), model.ln_final.w, model.ln_final.b, model.ln_final.eps)
         if model.cfg.pool == "cls":  # pooled = tokens[:, class]; relevance x * R / x at the class token
@@ -160,26 +162,25 @@ def attention_relevance(
         relevance = r_tokens
         for layer in range(last, -1, -1):
             block = model.blocks[layer]
-            c = f"blocks.{layer}."
-            resid_pre, resid_mid = cache[c + "hook_resid_pre"], cache[c + "hook_resid_mid"]
+            resid_pre, resid_mid = cache[get_act_name("resid_pre", layer)], cache[get_act_name("resid_mid", layer)]
             # resid_post = resid_mid + mlp(ln2(resid_mid))
-            r_skip, r_mlp = residual_relevance(resid_mid, cache[c + "hook_mlp_out"], relevance)
-            post = cache[c + "mlp.hook_post"]
+            r_skip, r_mlp = residual_relevance(resid_mid, cache[get_act_name("mlp_out", layer)], relevance)
+            post = cache[get_act_name("post", layer)]
             r_post = linear_relevance(post, block.mlp.W_out, r_mlp)
             ln2 = F.layer_norm(resid_mid, (resid_mid.shape[-1],), block.ln2.w, block.ln2.b, block.ln2.eps)
             r_ln2 = linear_relevance(ln2, block.mlp.W_in, r_post)  # GELU: relevance passes unchanged
             relevance = clone_relevance(resid_mid, r_skip, r_ln2)  # ln2: unchanged
             # resid_mid = resid_pre + attn(ln1(resid_pre))
-            r_skip, r_attn = residual_relevance(resid_pre, cache[c + "hook_attn_out"], relevance)
-            z = rearrange(cache[c + "attn.hook_z"], "b p h e -> b p (h e)")
+            r_skip, r_attn = residual_relevance(resid_pre, cache[get_act_name("attn_out", layer)], relevance)
+            z = rearrange(cache[get_act_name("z", layer)], "b p h e -> b p (h e)")
             r_z = linear_relevance(z, rearrange(block.attn.W_O, "h e d -> (h e) d"), r_attn)
             r_z = rearrange(r_z, "b p (h e) -> b h p e", h=block.attn.n_heads)
-            pattern = cache[c + "attn.hook_pattern"]  # [B, H, P, P]
-            v = rearrange(cache[c + "attn.hook_v"], "b p h e -> b h p e")
+            pattern = cache[get_act_name("pattern", layer)]  # [B, H, P, P]
+            v = rearrange(cache[get_act_name("v", layer)], "b p h e -> b h p e")
             r_pattern, r_v = matmul_relevance(pattern, v, r_z)
             per_layer[layer] = r_pattern
-            q = rearrange(cache[c + "attn.hook_q"], "b p h e -> b h p e")
-            k = rearrange(cache[c + "attn.hook_k"], "b p h e -> b h p e")
+            q = rearrange(cache[get_act_name("q", layer)], "b p h e -> b h p e")
+            k = rearrange(cache[get_act_name("k", layer)], "b p h e -> b h p e")
             r_q, r_kt = matmul_relevance(q, k.transpose(-1, -2), r_pattern)  # softmax: unchanged
             ln1 = F.layer_norm(resid_pre, (resid_pre.shape[-1],), block.ln1.w, block.ln1.b, block.ln1.eps)
             r_ln1 = torch.zeros_like(ln1)  # q, k and v are one linear map (qkv) whose outputs split the relevance

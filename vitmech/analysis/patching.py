@@ -48,15 +48,16 @@ Engine = Literal["exact", "naive"]
 PositionsLike = Literal["all", "cls", "patches"] | int | Sequence[int] | None
 Hooks = list[tuple[str | Callable[..., Any], Callable[..., Any]]]
 
-_HOOKS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "head": "blocks.{layer}.attn.hook_z",
-    "q": "blocks.{layer}.attn.hook_q",
-    "k": "blocks.{layer}.attn.hook_k",
-    "v": "blocks.{layer}.attn.hook_v",
+_ACT_NAMES = {
+    "resid_pre": "resid_pre",
+    "attn_out": "attn_out",
+    "mlp_out": "mlp_out",
+    "head": "z",
+    "q": "q",
+    "k": "k",
+    "v": "v",
 }
+"""Site kind -> transformer_lens activation name; `get_act_name(name, layer)` spells the hook."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Site:
 
     @property
     def hook_name(self) -> str:
-        return _HOOKS[self.kind].format(layer=self.layer)
+        return get_act_name(_ACT_NAMES[self.kind], self.layer)
 
     def describe(self) -> str:
         if self.label:

@@ -48,7 +48,7 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis import compare as _compare
 from vitmech.analysis.ablation.estimates import HeadEstimates, estimate_head_effects
-from vitmech.analysis.ablation.heads import HeadsLike, heads_per_layer, make_cells, single_head_cells
+from vitmech.analysis.ablation.heads import HeadsLike, heads_per_layer, single_head_cells
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
 from vitmech.analysis.ablation.results import AblationTable, HeadSweepResult
@@ -63,11 +63,10 @@ from vitmech.analysis.ablation.store import (
 from vitmech.analysis.ablation.sweep import (
     CellLike,
     Engine,
+    SweepPlan,
     _CellSweep,
     _table,
     batch_bounds,
-    plan_chunks,
-    sweep_settings,
 )
 from vitmech.analysis.attention import AttentionSettings, attention_metrics, collect_patterns, resolve_layers
 from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
@@ -809,29 +808,14 @@ def _read_records(path: Path, key: str) -> list[dict[str, Any]]:
     return read_store_file(path, key)[1]
 
 
-def _sweep_settings(
-    model, source, targets, metric, ablation, cells, batch_size, max_batch, engine, precision, data_key
-):
-    if data_key is None:
-        if isinstance(source, Tensor):
-            data_key = tensor_fingerprint(source, targets)
-        else:
-            first = next(iter_batches(source, batch_size=batch_size, targets=targets), None)
-            if first is None:
-                raise BatchSourceError("the batch source is empty")
-            data_key = f"{tensor_fingerprint(first.pixels(model), first.targets)}:{count_images(source)}"
-    return sweep_settings(
-        model,
-        data_key,
-        metric,
-        ablation,
-        cells,
-        batch_size,
-        max_batch,
-        engine,
-        precision=precision,
-        dtype=str(model.dtype),
-    )
+def _data_key(model: HookedViT, source: Any, targets: Tensor | None, batch_size: int) -> str:
+    """The fingerprint of a sweep's data: of the tensor, or of a non-tensor source's first batch and its length."""
+    if isinstance(source, Tensor):
+        return tensor_fingerprint(source, targets)
+    first = next(iter_batches(source, batch_size=batch_size, targets=targets), None)
+    if first is None:
+        raise BatchSourceError("the batch source is empty")
+    return f"{tensor_fingerprint(first.pixels(model), first.targets)}:{count_images(source)}"
 
 
 def stream_ablation_sweep(
@@ -860,24 +844,17 @@ def stream_ablation_sweep(
     store's settings (default: a fingerprint of the tensor, or of a non-tensor source's first batch and
     its length).
     """
-    metric = resolve_metric(metric)
-    ablation = resolve_ablation(ablation)
+    plan = SweepPlan.resolve(model, cells, metric, ablation, batch_size, max_batch, engine)
     check_precision(precision)
+    cells, chunks, metric, ablation = plan.cells, plan.chunks(), plan.metric, plan.ablation
     metric.check_model(model)
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    cells = make_cells(model, cells)
-    chunks = (
-        plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
-    )
     ranks = current()
     sink: MemoryStore
     if store is None:
         sink = MemoryStore()
     else:
-        settings = _sweep_settings(
-            model, source, targets, metric, ablation, cells, batch_size, max_batch, engine, precision, data_key
-        )
+        data_key = data_key if data_key is not None else _data_key(model, source, targets, batch_size)
+        settings = plan.settings(model, data_key, precision=precision, dtype=str(model.dtype))
         key = settings_fingerprint(settings)
         if len(set(gather_objects(key))) > 1:
             raise BatchSourceError(
@@ -887,7 +864,7 @@ def stream_ablation_sweep(
         sink = ShardedStore(store, key, settings, ranks)
     n_batches = 0
     bar = tqdm(desc=f"{ablation.name} ablation, {metric.name}", unit="cell", disable=not progress or not ranks.is_main)
-    sweep = _CellSweep(model, cells, metric, ablation, engine, sink, bar)
+    sweep = _CellSweep(model, plan, sink, bar)
     try:
         for batch in iter_batches(
             source, batch_size=batch_size, targets=targets, image_key=image_key, min_batch=ablation.min_batch

@@ -83,6 +83,11 @@ COMMANDS: dict[str, Command] = {
         "confusion matrix, misclassified images by confidence, maps for the true and predicted class",
         "13_misclassified.py",
     ),
+    "patch-size": Command(
+        "vitmech.studies.patch_size",
+        "patch 16 vs patch 32: explanation maps on one grid, alignment and attention metrics side by side",
+        "14_patch_size.py",
+    ),
     "models": Command(
         "vitmech.studies.models", "list the shipped models; write their card pages", "10_model_card_pages.py"
     ),

@@ -63,6 +63,8 @@ TARGETS: tuple[str, ...] = ("start_time", "start_freq", "end_freq")
 """Regression targets, in order: start time (s), start frequency (Hz), end frequency (Hz)."""
 BOXES: tuple[str, ...] = ELEMENTS + ("chirp",)
 """Boxes of every rendered sample: the figure elements plus the chirp track's region."""
+STYLE_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FigureStyle))
+"""The figure elements a chirp may leave out (`generate_chirp`'s flags)."""
 
 
 @dataclass(frozen=True)
@@ -176,41 +178,36 @@ def _pick(flag: bool | float, rng: np.random.Generator) -> bool:
     return bool(rng.uniform() < float(flag))
 
 
+def style_flags(style: dict[str, bool | float]) -> dict[str, bool | float]:
+    """Every one of the `STYLE_FLAGS`, as given in `style` or True (shown); an unknown name is an error."""
+    unknown = sorted(set(style) - set(STYLE_FLAGS))
+    if unknown:
+        raise DataError(f"unknown style flags {unknown}; the flags are {list(STYLE_FLAGS)}")
+    return {name: style.get(name, True) for name in STYLE_FLAGS}
+
+
 def generate_chirp(
-    index: int,
-    seed: int = 0,
-    *,
-    title: bool | float = True,
-    xlabel: bool | float = True,
-    ylabel: bool | float = True,
-    colorbar: bool | float = True,
-    ticks: bool | float = True,
-    size: int = 224,
-    noise: bool = True,
+    index: int, seed: int = 0, *, size: int = 224, noise: bool = True, **style: bool | float
 ) -> ChirpSample:
-    """Chirp ``index`` of the stream ``seed``: parameters, raw array, figure and boxes. Each element
-    flag is a bool, or a probability of showing it (drawn per image, after the chirp's own draws)."""
+    """Chirp ``index`` of the stream ``seed``: parameters, raw array, figure and boxes. ``style``: the
+    figure elements' flags (`STYLE_FLAGS`: title, xlabel, ylabel, colorbar, ticks; default all shown),
+    each a bool, or a probability of showing it (drawn per image, after the chirp's own draws)."""
+    flags = style_flags(style)
     rng = chirp_rng(seed, index)
     params = sample_chirp_params(rng)
     spec = chirp_spectrogram(params, rng, noise=noise)
-    style = FigureStyle(
-        title=_pick(title, rng),
-        xlabel=_pick(xlabel, rng),
-        ylabel=_pick(ylabel, rng),
-        colorbar=_pick(colorbar, rng),
-        ticks=_pick(ticks, rng),
-    )
+    shown = FigureStyle(**{name: _pick(flag, rng) for name, flag in flags.items()})  # drawn in STYLE_FLAGS order
     figure = figure_renderer(size)
-    image, boxes = figure.render(spec, default_title(index, params), style)
+    image, boxes = figure.render(spec, default_title(index, params), shown)
     columns, bins = chirp_track(params)
     if len(columns):
         low, high = max(0.0, float(np.floor(bins.min())) - 2), min(float(N_FREQ), float(np.floor(bins.max())) + 3)
         boxes["chirp"] = figure.grid_box(
-            float(columns[0]), float(columns[-1] + 1), low, high, N_TIME, N_FREQ, style.colorbar
+            float(columns[0]), float(columns[-1] + 1), low, high, N_TIME, N_FREQ, shown.colorbar
         )
     else:
         boxes["chirp"] = None
-    return ChirpSample(index, params, spec, image, boxes, style)
+    return ChirpSample(index, params, spec, image, boxes, shown)
 
 
 def generate_chirps(
@@ -321,21 +318,20 @@ def write_chirp_dataset(
     *,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    title: bool | float = True,
-    xlabel: bool | float = True,
-    ylabel: bool | float = True,
-    colorbar: bool | float = True,
-    ticks: bool | float = True,
     size: int = 224,
     store_spectrogram: bool = True,
     shard_size: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
+    **style: bool | float,
 ) -> Path:
     """Write ``n`` chirps as hub-style parquet shards ``data/{train,validation,test}-*.parquet``: PNG
     figure, raw targets and chirp type, style flags, boxes, and (``store_spectrogram``) the raw array as
     float16. Rows 0 .. n_test - 1 of the seeded stream are ``test``, the next n_val ``validation``, the
-    rest ``train``. ``target_scaler.json`` holds the training split's target mean/std."""
+    rest ``train``. ``target_scaler.json`` holds the training split's target mean/std. ``style``: the
+    `STYLE_FLAGS` of `generate_chirp` (title, xlabel, ylabel, colorbar, ticks), each a bool or the
+    probability of showing that element."""
+    flags = style_flags(style)  # checked before the folder is made
     root = Path(path)
     lock = begin_dataset(root, overwrite)  # one writer; a kill from here on leaves a folder loaders refuse
     if n <= 0:
@@ -352,9 +348,7 @@ def write_chirp_dataset(
     train_targets = []
     started = time.perf_counter()
     for index in tqdm(range(n), desc="writing chirps", unit="img", disable=not progress):
-        sample = generate_chirp(
-            index, seed, title=title, xlabel=xlabel, ylabel=ylabel, colorbar=colorbar, ticks=ticks, size=size
-        )
+        sample = generate_chirp(index, seed, size=size, noise=True, **flags)
         p = sample.params
         row: dict[str, Any] = {
             "image": {"bytes": encode_png(sample.image), "path": None},
@@ -391,7 +385,7 @@ def write_chirp_dataset(
             "splits": counts,
             "seed": seed,
             "size": size,
-            "style": {"title": title, "xlabel": xlabel, "ylabel": ylabel, "colorbar": colorbar, "ticks": ticks},
+            "style": flags,
             "targets": list(TARGETS),
             "target_scaler": scaler.to_dict(),
             "store_spectrogram": store_spectrogram,
@@ -519,7 +513,7 @@ def chirp_counterfactual_pairs(
         raise DataError(f"element must be one of {sorted(COUNTERFACTUAL_ELEMENTS)}, got {element!r}")
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
-    flags = {"title": True, "xlabel": True, "ylabel": True, "colorbar": True, "ticks": True}
+    flags = dict.fromkeys(STYLE_FLAGS, True)
     off = {**flags, **dict.fromkeys(COUNTERFACTUAL_ELEMENTS[element], False)}
     indices = range(start, start + n)
     return (

@@ -23,6 +23,10 @@ from vitmech.loading.families.hf_vit import LAYER_PREFIX, VITMECH_TO_HF_ACT, det
 
 
 def _check_standard_widths(cfg: ViTConfig, target: str) -> None:
+    if cfg.pool == "flatten":
+        raise UnsupportedModelError(
+            f"{target} has no flattened-patch readout (pool='flatten'); save this model with format='vitmech'"
+        )
     if not cfg.uniform_heads:
         raise UnsupportedModelError(
             f"{target} needs the same number of heads in every layer; this model has {list(cfg.n_heads_per_layer or [])}"
@@ -62,7 +66,7 @@ def export_state_dict(
 def timm_state_dict(model: ViTModelLike) -> dict[str, torch.Tensor]:
     """State dict of the equivalent timm VisionTransformer (loads strictly into `to_timm`'s model)."""
     _check_standard_widths(model.cfg, "timm")
-    return export_state_dict(model, timm_vit.FAMILY)
+    return export_state_dict(model, by_name(timm_vit.NAME))
 
 
 def _timm_act_layer(act_fn: str) -> Any:
@@ -196,7 +200,7 @@ def hf_state_dict(model: ViTModelLike, layout: str | None = None) -> dict[str, t
     cfg = model.cfg
     _check_plain_vit(cfg)
     keys = _layout_keys(layout or _installed_layout(), cfg.has_classifier)
-    return export_state_dict(model, hf_vit.FAMILY, keys, complete=False)
+    return export_state_dict(model, by_name(hf_vit.NAME), keys, complete=False)
 
 
 def _installed_layout() -> str:
@@ -221,7 +225,7 @@ def to_hf(model: ViTModelLike) -> nn.Module:
     hf_model = (
         ViTForImageClassification(config) if model.cfg.has_classifier else ViTModel(config, add_pooling_layer=False)
     )
-    state = export_state_dict(model, hf_vit.FAMILY, list(hf_model.state_dict()))
+    state = export_state_dict(model, by_name(hf_vit.NAME), list(hf_model.state_dict()))
     load_strict(hf_model, _fit_to_target(state, hf_model, "the HF model"), "exported HF weights")
     # transformers wraps PreTrainedModel.to in a decorator whose annotation drops the bound self
     return hf_model.to(device=model.device, dtype=model.dtype).eval()  # type: ignore[call-arg]

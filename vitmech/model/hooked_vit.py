@@ -11,6 +11,7 @@ Flow of one forward pass (hook names in brackets; P = n_prefix + N tokens, `vitm
       -> blocks.0 ... blocks.{L-1}                          [blocks.l.*]
       -> ln_final on every token (final_norm="tokens")      [ln_final.*]
       -> pool: class token / mean of patches / attention pool   [hook_pooled] [B, d]
+         (or the patch tokens flattened, pool="flatten")          [hook_pooled] [B, N * d]
       -> fc_norm (final_norm="pooled")                      [fc_norm.*]
       -> head (and head_dist, averaged, for DeiT)           [head.hook_logits] [B, n_classes]
          or projection                                      [proj.hook_embeddings] [B, d_proj]
@@ -39,7 +40,7 @@ from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
 from vitmech.model.head import ClassifierHead, Projection
 from vitmech.model.layer_norm import LayerNorm
-from vitmech.model.pool import AttentionPool, TokenPool
+from vitmech.model.pool import AttentionPool, FlattenPool, TokenPool
 from vitmech.preprocessing import ImageLike, Preprocessing, preprocess
 from vitmech.tokens import token_layout
 
@@ -105,16 +106,18 @@ class HookedViT(HookedRootModule):
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm == "tokens":
             self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
-        self.pool: AttentionPool | TokenPool
+        self.pool: AttentionPool | FlattenPool | TokenPool
         if cfg.pool == "map":
             self.pool = AttentionPool(cfg)
+        elif cfg.pool == "flatten":
+            self.pool = FlattenPool(cfg)
         elif cfg.pool != "none":
             self.pool = TokenPool(cfg)
         self.hook_pooled = HookPoint()
         if cfg.final_norm == "pooled":
             self.fc_norm = LayerNorm(cfg.d_model, cfg.ln_eps)
         if cfg.has_classifier:
-            self.head = ClassifierHead(cfg.d_model, cfg.n_classes)
+            self.head = ClassifierHead(cfg.pooled_dim, cfg.n_classes)
         if cfg.has_distill_head:
             self.head_dist = ClassifierHead(cfg.d_model, cfg.n_classes)
         if cfg.projection_dim:
@@ -353,7 +356,8 @@ class HookedViT(HookedRootModule):
         return self.cls_token.W_cls
 
     @property
-    def W_H(self) -> Float[torch.Tensor, "d_model n_classes"]:
+    def W_H(self) -> Float[torch.Tensor, "pooled n_classes"]:
+        """The classifier [pooled_dim, n_classes]: [d_model, K], or [N * d_model, K] for pool="flatten"."""
         return self._require_head().W_H
 
     @property
@@ -411,6 +415,11 @@ class HookedViT(HookedRootModule):
         logit attribution exactly (the final LN's centring and cached scale applied by transformer_lens,
         its gain here); the constant ln_final.b @ W_H[:, c] + b_H[c] is not attributed.
         """
+        if self.cfg.pool == "flatten":
+            raise ValueError(
+                "pool='flatten' reads each patch with its own weights (W_H [N * d_model, n_classes]), so a class "
+                "has no single residual direction; attribute with the per-patch blocks of W_H instead"
+            )
         if isinstance(classes, str):
             classes = self.to_single_token(classes)
         idx = torch.as_tensor(classes, device=self.device, dtype=torch.long)
@@ -562,8 +571,9 @@ class HookedViT(HookedRootModule):
             resid = self.hook_ln_pre(self.ln_pre(resid))
         return resid
 
-    def pooled(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch d_model"]:
-        """Final norm and pooling: the vector the head reads [B, d] (fires hook_pooled and the norm hooks)."""
+    def pooled(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pooled"]:
+        """Final norm and pooling: the vector the head reads [B, d] ([B, N * d] for pool="flatten"; fires
+        hook_pooled and the norm hooks)."""
         if self.cfg.final_norm == "tokens":
             resid = self.ln_final(resid)
         pooled = self.hook_pooled(self.pool(resid))
@@ -639,7 +649,7 @@ class HookedViT(HookedRootModule):
             x: images [B, C, S, S] (normalised float), or, with start_at_layer, the residual
                 stream [B, P, d_model] entering that block.
             return_type: "logits" [B, n_classes]; "features" = the pooled vector after the final norm
-                [B, d_model] (the class token for class-token models); "embeddings" = its projection
+                [B, d_model] (the class token for class-token models; [B, N * d_model] for pool="flatten"); "embeddings" = its projection
                 [B, d_proj] (CLIP); "tokens" = all tokens after the final token norm [B, P, d_model];
                 "auto" = logits if the model has a head, else embeddings if it has a projection, else
                 features, else tokens; None = nothing (hooks only).

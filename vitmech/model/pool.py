@@ -3,7 +3,9 @@
 "cls": the class token; "avg": the mean over patch tokens (prefix tokens left out, as timm's
 `global_pool="avg"`); "map": multi-head attention pooling with a learned probe query followed by a
 residual MLP (SigLIP, Zhai et al. 2023, arXiv:2303.15343; timm `AttentionPoolLatent`, HF
-`SiglipMultiheadAttentionPoolingHead`), over the patch tokens.
+`SiglipMultiheadAttentionPoolingHead`), over the patch tokens; "flatten": the patch tokens concatenated in
+grid order (row-major), [B, N * d], so a linear head on it keeps each patch's position (the chirp
+regressor's readout: docs/training.md#why-the-start-time-needs-a-position-keeping-readout).
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ class TokenPool(nn.Module):
         if self.mode == "cls":
             return tokens[:, self.layout.require_class_token("cls pooling")]
         return self.layout.patches(tokens, dim=1).mean(dim=1)
+
+
+class FlattenPool(nn.Module):
+    """ "flatten" pooling (no parameters): [B, P, d] -> the patch tokens as one vector [B, N * d], patch-major
+    (features n * d .. n * d + d - 1 are patch n's, patches row-major as `vitmech.tokens` orders them)."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.layout = TokenLayout.from_config(cfg)
+
+    def forward(self, tokens: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pooled"]:
+        return rearrange(self.layout.patches(tokens, dim=1), "b n d -> b (n d)")
 
 
 class AttentionPool(AttentionWeights):

@@ -20,10 +20,16 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitmech.cli.models import LoadedModel, load_models
 from vitmech.cli.outputs import output_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vitmech.analysis.streaming import StreamedSummary
+    from vitmech.data.sources import ImageSource
 
 SHARDS = "shards"
 ON_MAIN = "on main"
@@ -97,6 +103,52 @@ def models(args: argparse.Namespace, names: list[str], comparable: bool = False)
     return load_models(names, random_init=args.random_init, device=getattr(args, "device", None), comparable=comparable)
 
 
+def models_and_images(args: argparse.Namespace) -> tuple[Path, list[LoadedModel], ImageSource]:
+    """The set-up of a study that measures each --model on the same --images: seed and output folder
+    (`start`), the models (comparable: same patch grid and prefix tokens), and the raw images."""
+    from vitmech.cli.args import models_from
+    from vitmech.cli.inputs import load_images
+
+    out = start(args)
+    loaded = models(args, models_from(args), comparable=True)
+    return out, loaded, load_images(args)
+
+
+def attention_summaries(
+    args: argparse.Namespace, loaded: list[LoadedModel], images: list[Any], **settings: Any
+) -> list[StreamedSummary]:
+    """Each model's `stream_attention_summary` of `images` (`settings`: its AttentionSettings /
+    RolloutSettings keywords), --batch-size images per forward, a progress bar unless --no-progress;
+    under a sharded launch every rank takes its share of the images."""
+    import torch
+
+    from vitmech.analysis.streaming import stream_attention_summary
+
+    stream = image_stream(images, args.batch_size)
+    with torch.no_grad():
+        return [
+            stream_attention_summary(
+                m.model,
+                stream,
+                name=m.name,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+                **settings,
+            )
+            for m in loaded
+        ]
+
+
+def head_rows(summaries: list[StreamedSummary], columns: list[str] | None = None) -> pd.DataFrame:
+    """The per layer x head table of every summary (`columns` of it, default all), with a `model` column."""
+    import pandas as pd
+
+    frames = [s.metrics.to_frame() for s in summaries]
+    if columns is not None:
+        frames = [frame[columns] for frame in frames]
+    return pd.concat([f.assign(model=s.name) for f, s in zip(frames, summaries)], ignore_index=True)
+
+
 def image_stream(images: list[Any], batch_size: int) -> list[dict[str, Any]]:
     """A study's raw images as a batch source of `vitmech.analysis.streaming` (batches of `batch_size`,
     which each model preprocesses its own way); under a sharded launch each rank computes its own batches."""
@@ -160,6 +212,7 @@ def run_tier_study(
             probe_lr=args.probe_lr,
             probe_train=probe_train,
             head_from_probe=args.lp_ft and bool(args.probe_steps),
+            probe_ridge=getattr(args, "probe_ridge", None),
             checkpoint_dir=out / "checkpoints" / args.tier,
             card=card,
             progress=progress,

@@ -39,33 +39,18 @@ def run(args: argparse.Namespace) -> int:
 
     from vitmech.analysis.attention import AttentionSettings
     from vitmech.analysis.compare import prepare_images, summarize_attention
-    from vitmech.analysis.streaming import StreamedComparison, stream_attention_summary
-    from vitmech.cli.args import models_from
-    from vitmech.cli.inputs import load_images
+    from vitmech.analysis.streaming import StreamedComparison
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
+    from vitmech.studies._common import attention_summaries, head_rows, is_main, model_lines, models_and_images, slug
     from vitmech.viz import attention as viz
 
-    out = start(args)
-    names = models_from(args)
-    loaded = models(args, names, comparable=True)
-    source = load_images(args)
+    out, loaded, source = models_and_images(args)
+    names = [m.name for m in loaded]
     images = source.images
     if not 0 <= args.example_image < len(images):
         args.parser.error(f"--example-image must be in [0, {len(images)})")
     settings = AttentionSettings(renormalise=not args.raw_cls, k=args.top_k)
-    with torch.no_grad():
-        summaries = [
-            stream_attention_summary(
-                m.model,
-                image_stream(images, args.batch_size),
-                name=m.name,
-                settings=settings,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-            for m in loaded
-        ]
+    summaries = attention_summaries(args, loaded, images, settings=settings)
     if not is_main():
         return 0
     report = study_report(out, "CLS attention by layer", loaded)
@@ -141,9 +126,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report.write())
     return 0
-
-
-def head_rows(summaries: list[Any]) -> Any:
-    import pandas as pd
-
-    return pd.concat([s.metrics.to_frame().assign(model=s.name) for s in summaries], ignore_index=True)

@@ -1,9 +1,12 @@
 """LoRA-fine-tune a ViT as a chirp-spectrogram regressor (the set-up of arXiv 2503.18762).
 
 Synthetic spectrogram figures (vitmech.data.chirps: viridis image, axis labels, title, colour bar) with
-three z-scored targets: start time, start frequency, end frequency. LoRA rank 8 on query and value plus a
-3-output regression head on the CLS token, as in the paper; the linear probe and the mean predictor are
-the baselines. Reports MSE and Pearson r per target on held-out figures; the merged model is saved with a
+three z-scored targets: start time, start frequency, end frequency. LoRA rank 8 on query and value, as in
+the paper, plus a 3-output regression head. The head reads every final-normed patch token with its own
+weights (`pool="flatten"`), not the class token: a class-token readout loses where the chirp is, so the
+start time stays unlearned (docs/training.md#why-the-start-time-needs-a-position-keeping-readout);
+`--pool cls` is the paper's readout. The head starts from the closed-form ridge probe (LP-FT); the linear
+probe and the mean predictor are the baselines. Reports MSE and Pearson r per target on held-out figures; the merged model is saved with a
 card (the z-scoring mean/std are in it, to map predictions back to seconds and Hz).
 
     vitmech finetune-chirp                                     # mini-pretrained -> LoRA
@@ -34,9 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-val", type=int, default=500, help="validation figures")
     parser.add_argument("--n-test", type=int, default=500, help="test figures")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated figures")
-    add_training_arguments(parser, tier="lora", epochs=5.0, head_lr=1e-3, backbone_lr=2e-3, weight_decay=0.01)
+    add_training_arguments(parser, tier="lora", epochs=2.0, head_lr=2e-4, backbone_lr=2e-3, weight_decay=0.01)
     parser.add_argument(
         "--lora-targets", default="q,v", help="comma-separated projections among q, k, v (the paper's: q,v)"
+    )
+    parser.add_argument(
+        "--pool",
+        choices=("flatten", "cls"),
+        default="flatten",
+        help="the head's readout: every patch token with its own weights (flatten: keeps where the chirp is, "
+        "docs/training.md#why-the-start-time-needs-a-position-keeping-readout) or the class token (cls)",
+    )
+    parser.add_argument(
+        "--probe-ridge",
+        type=float,
+        default=30.0,
+        help="fit the linear probe in closed form, ridge with this alpha (0: AdamW --probe-steps instead)",
     )
     add_run(parser, resumable=True)
 
@@ -49,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from vitmech.studies._finetuning import fine_tune_and_save, start_fine_tuning
     from vitmech.train import ArrayDataset
     from vitmech.train.datasets import chirp_dataset
+    from vitmech.train.heads import with_new_head
 
     if args.n_train < 2:
         args.parser.error("--n-train must be at least 2 (targets are z-scored with the training split)")
+    if args.probe_ridge < 0:
+        args.parser.error("--probe-ridge must be >= 0 (0: no ridge)")
+    args.probe_ridge = args.probe_ridge or None
     out, loaded, started = start_fine_tuning(args, "finetune-chirp")
     progress = not args.no_progress
     model, weights_note, model_name = loaded[0].model, loaded[0].note, loaded[0].name
@@ -87,7 +107,15 @@ def run(args: argparse.Namespace) -> int:
         "images": "stream indices 0.. split in order train / val / test",
     }
     lora_targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    base_card = {"source_model": model_name, "source_weights": weights_note, "data": data_card, "targets": targets}
+    if args.pool != model.cfg.pool:
+        model = with_new_head(model, train.n_outputs, train.names, task="regression", pool=args.pool)
+    base_card = {
+        "source_model": model_name,
+        "source_weights": weights_note,
+        "readout": args.pool,
+        "data": data_card,
+        "targets": targets,
+    }
     study, steps, model_dir, card = fine_tune_and_save(
         args,
         out,

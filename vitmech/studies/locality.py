@@ -11,13 +11,13 @@ also the change by layer (negative = more local; direction words only where Holm
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from vitmech.cli.args import FINETUNED, PRETRAINED, add_images, add_models, add_run
 from vitmech.studies._common import SHARDS
 
 LAUNCH = SHARDS  # under torchrun the images are dealt out to the ranks; rank 0 writes
 QUICK = {"n_images": 4, "batch_size": 4}
+DISTANCE_COLUMNS = ["layer", "head", "mean_distance_mean", "mean_distance_std", "n_images"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,33 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vitmech.analysis.attention import AttentionSettings
-    from vitmech.analysis.streaming import StreamedComparison, stream_attention_summary
-    from vitmech.cli.args import models_from
-    from vitmech.cli.inputs import load_images
+    from vitmech.analysis.streaming import StreamedComparison
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
+    from vitmech.studies._common import attention_summaries, head_rows, is_main, model_lines, models_and_images, slug
     from vitmech.viz import attention as viz
 
-    out = start(args)
-    names = models_from(args)
-    loaded = models(args, names, comparable=True)
-    source = load_images(args)
+    out, loaded, source = models_and_images(args)
+    names = [m.name for m in loaded]
     settings = AttentionSettings(distance_renormalise=not args.raw_distance)
-    with torch.no_grad():
-        summaries = [
-            stream_attention_summary(
-                m.model,
-                image_stream(source.images, args.batch_size),
-                name=m.name,
-                settings=settings,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-            for m in loaded
-        ]
+    summaries = attention_summaries(args, loaded, source.images, settings=settings)
     if not is_main():
         return 0
     report = study_report(out, "Locality: mean attention distance", loaded)
@@ -77,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
             f"distance_heads_{slug(summary.name)}",
             viz.plot_head_heatmap(per_head, f"{summary.name}: mean attention distance per head (px)", "px"),
         )
-    report.add_table("heads", head_rows(summaries), caption="Mean attention distance per layer x head", show=False)
+    report.add_table(
+        "heads", head_rows(summaries, DISTANCE_COLUMNS), caption="Mean attention distance per layer x head", show=False
+    )
     report.add_figure(
         "distance_by_head",
         viz.plot_distance_by_head(
@@ -104,10 +89,3 @@ def run(args: argparse.Namespace) -> int:
         )
     print(report.write())
     return 0
-
-
-def head_rows(summaries: list[Any]) -> Any:
-    import pandas as pd
-
-    columns = ["layer", "head", "mean_distance_mean", "mean_distance_std", "n_images"]
-    return pd.concat([s.metrics.to_frame()[columns].assign(model=s.name) for s in summaries], ignore_index=True)

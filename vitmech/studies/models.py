@@ -1,4 +1,4 @@
-"""The shipped models: list them (name, size, task, card metrics); with --pages, write a Markdown page per
+"""The shipped models, ViTs and CNNs: list them (name, shape, task, held-out accuracy); with --pages, write a Markdown page per
 model from the card saved in its config.json (docs/models/ is built with `--pages --out docs/models --force`).
 
     vitmech models
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 from vitmech.cli.args import add_run
 
@@ -39,7 +41,7 @@ heatmap experiment runs on it offline.
 0.32 and 0.48), and it has not learned the start time (r about 0). The backbone's patch tokens do encode
 where the chirp is (a ridge fit on them reaches r about 0.72 for each target), but its class token pools over the
 whole figure and carries no position, so the head gets no start-time signal to start from
-(docs/training.md#why-the-chirp-regressors-do-not-learn-the-start-time). Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
+(docs/training.md#why-the-start-time-needs-a-position-keeping-readout). Two 100-step trials on the same data learned nothing either: a full fine-tune (backbone 3e-4) and LoRA on
 q, k, v at rank 16 (lr 1e-2). Both ended at test MSE 0.97-0.98. The heatmap experiment therefore shows the
 pipeline on a trained model, not the paper's findings. An 8-epoch full fine-tune does better on the
 frequencies (`vitmech/mini-chirp-full`: MSE 0.76, r 0.54 / 0.62), but it has not learned the start time either.
@@ -52,6 +54,13 @@ query and value); it is here because full fine-tuning adapts this small backbone
 could in the time we had: test MSE 0.76 against LoRA's 0.87, and Pearson r 0.54 / 0.62 on the start / end
 frequency. The start time is still not learned (r about 0). Run
 `vitmech ablate --model vitmech/mini-chirp-full` for the heatmap of the stronger regressor.
+""",
+    "vitmech/mini-cnn": """
+The default CNN of the explanation study (docs/explanations.md#cnn): a timm `resnet10t` narrowed to stage
+widths (16, 32, 64, 128) with a 16-wide stem, trained from scratch on the same synthetic galaxies, split and
+dihedral augmentation as `vitmech/mini-galaxy` at 112 px input, so its held-out accuracy compares with the
+ViT's on the same 568 test images (the card's `compare` entry). `vitmech explain` puts its Grad-CAM,
+integrated gradients and saliency maps next to the ViT's; load it with `vitmech.train.cnn.load_cnn`.
 """,
 }
 
@@ -86,6 +95,12 @@ vitmech finetune-chirp --model vitmech/mini-pretrained --tier full --epochs 8 \\
 The shipped copy was trained into `runs/chirp_full/model`, then saved into `vitmech/zoo/mini-chirp-full/` by
 `save_pretrained` with its card's `name` set to match.
 """,
+    "vitmech/mini-cnn": """
+```bash
+python -m vitmech.train.cnn --out vitmech/zoo/mini-cnn --steps 900
+vitmech models --pages --out docs/models --force                               # this page
+```
+""",
 }
 
 
@@ -94,15 +109,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run(parser, device=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def shipped_models() -> dict[str, tuple[Path, str]]:
+    """Every shipped model: name -> (folder, "vit" or "cnn"), ViTs first, each kind sorted by name."""
     from vitmech.loading.registry import zoo_models
+    from vitmech.train.cnn import zoo_cnns
 
-    zoo = zoo_models()
-    for name, folder in zoo.items():
-        meta = json.loads((folder / "config.json").read_text())
-        config, card = meta.get("config", {}), meta.get("card", {}) or {}
+    return {
+        **{name: (folder, "vit") for name, folder in zoo_models().items()},
+        **{name: (folder, "cnn") for name, folder in zoo_cnns().items()},
+    }
+
+
+def describe(meta: dict[str, Any], kind: str) -> str:
+    """One line of shape and task from a shipped model's config.json."""
+    card = meta.get("card", {}) or {}
+    if kind == "cnn":
+        arch = meta.get("arch", {}) or {}
+        size = (meta.get("preprocessing") or {}).get("image_size")
+        shape = f"CNN: timm {meta.get('base')}, channels {arch.get('channels')}, {size} px input"
+    else:
+        config = meta.get("config", {})
         shape = f"{config.get('n_layers')} layers x {config.get('n_heads')} heads, d_model {config.get('d_model')}"
-        print(f"{name:<26} {shape}; task: {card.get('task', 'classification')}")
+        shape += f", patch {config.get('patch_size')}"
+    accuracy = ((card.get("metrics") or {}).get("test") or {}).get("accuracy")
+    held_out = f"; held-out accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+    return f"{shape}; task: {card.get('task', 'classification')}{held_out}"
+
+
+def architecture(meta: dict[str, Any], kind: str, name: str) -> str | None:
+    """The page's architecture line for a CNN (None: the ViT config line of `model_card_page`)."""
+    if kind != "cnn":
+        return None
+    arch = meta.get("arch", {}) or {}
+    size = (meta.get("preprocessing") or {}).get("image_size")
+    parameters = (meta.get("card") or {}).get("parameters")
+    return (
+        f"timm `{meta.get('base')}`, stage channels {arch.get('channels')}, stem width {arch.get('stem_width')}, "
+        f"{parameters} parameters, {meta.get('n_classes')} classes, {size} px input "
+        f'(`vitmech.train.cnn.load_cnn("{name}")`)'
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    zoo = shipped_models()
+    for name, (folder, kind) in zoo.items():
+        meta = json.loads((folder / "config.json").read_text())
+        print(f"{name:<26} {describe(meta, kind)}")
     if not args.pages:
         return 0
     from vitmech.studies._common import start
@@ -113,8 +165,16 @@ def run(args: argparse.Namespace) -> int:
     for name in INTROS:
         if name not in zoo:
             continue
-        meta = json.loads((zoo[name] / "config.json").read_text())
-        page = model_card_page(name, meta["config"], meta["card"], INTROS[name], REPRODUCE[name])
+        folder, kind = zoo[name]
+        meta = json.loads((folder / "config.json").read_text())
+        page = model_card_page(
+            name,
+            meta.get("config", {}),
+            meta["card"],
+            INTROS[name],
+            REPRODUCE[name],
+            architecture=architecture(meta, kind, name),
+        )
         path = out / f"{name.split('/')[-1]}.md"
         path.write_text(page)
         print(f"wrote {path}")

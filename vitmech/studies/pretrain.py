@@ -43,6 +43,7 @@ QUICK = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage1-images", type=int, default=12288, help="stage-1 training images")
+    p.add_argument("--patch-size", type=int, default=16, help="patch size (px); 224 and --stage1-size multiples of it")
     p.add_argument("--stage1-size", type=int, default=112, help="stage-1 image size (px)")
     p.add_argument("--stage1-steps", type=int, default=1000, help="stage-1 steps")
     p.add_argument("--stage1-batch", type=int, default=64, help="stage-1 batch size")
@@ -79,12 +80,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         if getattr(args, name) <= 0:
             args.parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.stage1_size % 16 or args.stage1_size > 224:
-        args.parser.error("--stage1-size must be a multiple of the patch size 16 and at most 224")
+    if args.patch_size <= 0 or 224 % args.patch_size:
+        args.parser.error(f"--patch-size must divide the 224 px image size, got {args.patch_size}")
+    if args.stage1_size % args.patch_size or args.stage1_size > 224:
+        args.parser.error(f"--stage1-size must be a multiple of the patch size {args.patch_size} and at most 224")
     out = start(args, resumable_parts=("checkpoints",))
     run = out / "checkpoints"
     progress = not args.no_progress
-    overrides = {}
+    overrides = {"patch_size": args.patch_size}
     if args.layers:
         overrides["n_layers"] = args.layers
     if args.d_model:
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     )
     acc1 = ev1.accuracy
 
-    # stage 2: full resolution (position embeddings resampled to the 14 x 14 grid)
+    # stage 2: full resolution (position embeddings resampled to the 224 px grid: 14 x 14 at patch 16)
     model = with_image_size(model, 224).to(device(args))
     cfg2 = _stage_config(
         args.stage2_steps,
@@ -135,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     chance = chance_baselines(torch.arange(len(PROCEDURAL_CLASSES)), test2.targets, len(PROCEDURAL_CLASSES))
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c_start
 
+    grid1, grid2 = args.stage1_size // args.patch_size, 224 // args.patch_size
     card = {
         **({"name": card_name} if (card_name := shipped_name(str(args.save_model or ""))) else {}),
         "source_model": f"random init (vitmech.train.mini.scaled_init_, seed {args.seed})",
@@ -152,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 **cfg2.to_dict(),
                 "lr": args.stage2_lr,
                 "weight_decay": 0.05,
-                "position_embeddings": "bicubic resample 7x7 -> 14x14" if args.stage1_size == 112 else "resampled",
+                "position_embeddings": f"bicubic resample {grid1}x{grid1} -> {grid2}x{grid2}",
             },
             "optimizer": "AdamW, linear warm-up then cosine, grad-norm clip 1.0, label smoothing 0.1, dihedral flips/rotations",
         },

@@ -42,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from vitmech.analysis.rollout import RolloutSettings, rollout_maps
     from vitmech.analysis.stats import paired_comparison
     from vitmech.analysis.streaming import stream_attention_summary, stream_per_image
-    from vitmech.cli.args import models_from
-    from vitmech.cli.inputs import load_images
     from vitmech.cli.outputs import study_report
-    from vitmech.studies._common import image_stream, is_main, model_lines, models, slug, start
+    from vitmech.studies._common import image_stream, is_main, model_lines, models_and_images, slug
     from vitmech.viz import attention as viz
 
     try:
@@ -57,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
         }
     except ValueError as error:
         args.parser.error(str(error))
-    out = start(args)
-    names = models_from(args)
-    loaded = models(args, names, comparable=True)
-    source = load_images(args)
+    out, loaded, source = models_and_images(args)
     images = source.images
     index = args.example_image
     if not 0 <= index < len(images):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.alignment import RegionMasks, grid_counts
 from vitmech.model._hooks import FwdHooks
@@ -104,7 +105,7 @@ def supervised_forward(
         kept[int(hook.name.split(".")[1])] = pattern
         return pattern
 
-    hooks: FwdHooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in layers]
+    hooks: FwdHooks = [(get_act_name("pattern", layer), keep) for layer in layers]
     with model.hooks(fwd_hooks=hooks):
         logits = model(x, return_type="logits")
     if supervision.source == "cls":

@@ -89,7 +89,8 @@ def results_section(card: dict[str, Any]) -> str:
     sizes = metrics.get("split_sizes")
     parts = []
     if "accuracy" in test:
-        rows = [[f"{card.get('tier', 'fine-tune')} fine-tune (this model)", test["accuracy"]]]
+        label = f"{card['tier']} fine-tune (this model)" if "tier" in card else "this model"
+        rows = [[label, test["accuracy"]]]
         if "accuracy" in probe:
             rows.append(["linear probe, same backbone and training images", probe["accuracy"]])
         rows += [[f"chance ({k.replace('_', ' ')})", v] for k, v in baselines.items()]
@@ -137,19 +138,31 @@ def results_section(card: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def model_card_page(name: str, config: dict[str, Any], card: dict[str, Any], intro: str, reproduce: str) -> str:
+def model_card_page(
+    name: str,
+    config: dict[str, Any],
+    card: dict[str, Any],
+    intro: str,
+    reproduce: str,
+    *,
+    architecture: str | None = None,
+) -> str:
     """A Markdown model-card page: intro, architecture, held-out results and cost, the card's entries,
-    and the reproducing commands."""
-    arch = ", ".join(
-        f"{k} {config[k]}"
-        for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes")
-    )
+    and the reproducing commands. `architecture`: the architecture line of a model without a ViT config
+    (default: the config's shape and `HookedViT.from_pretrained(name)`)."""
+    if architecture is None:
+        shape = ", ".join(
+            f"{k} {config[k]}"
+            for k in ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "image_size", "patch_size", "n_classes")
+        )
+        architecture = f'{shape} (`HookedViT.from_pretrained("{name}")`)'
+
     return (
         "\n\n".join(
             [
                 f"# {name}",
                 intro.strip(),
-                f'**Architecture:** {arch} (`HookedViT.from_pretrained("{name}")`).',
+                f"**Architecture:** {architecture}.",
                 "## Results on held-out data",
                 results_section(card),
                 "## Card (from the model's `config.json`)",

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
@@ -66,14 +68,55 @@ def _metric(model: HookedViT, data: ArrayDataset) -> dict[str, float]:
     return {"accuracy": ev.accuracy} if isinstance(ev, ClassificationEval) else {"mean_mse": ev.mean_mse}
 
 
+def ridge_fit(
+    features: Float[Tensor, "n f"], targets: Float[Tensor, "n k"], alpha: float
+) -> tuple[Float[Tensor, "f k"], Float[Tensor, " k"]]:
+    """Closed-form ridge regression with an unpenalised intercept: (W, b) minimising
+    ||X W + b - Y||^2 + alpha ||W||^2, solved in float64 in the dual (n x n) or primal (f x f) form,
+    whichever is smaller. Returns W [f, k] and b [k] in the features' dtype."""
+    if not alpha > 0:
+        raise ValueError(f"the ridge alpha must be > 0, got {alpha!r}")
+    x, y = features.double(), targets.double()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    n, f = xc.shape
+    if n <= f:
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        weights = xc.T @ torch.linalg.solve(xc @ xc.T + alpha * eye, yc)
+    else:
+        eye = torch.eye(f, dtype=x.dtype, device=x.device)
+        weights = torch.linalg.solve(xc.T @ xc + alpha * eye, xc.T @ yc)
+    bias = y_mean - x_mean @ weights
+    return weights.to(features.dtype), bias.to(features.dtype)
+
+
 def fit_head_on_features(
-    model: HookedViT, train: ArrayDataset, config: TrainConfig, groups: list[dict[str, Any]], progress: bool = True
+    model: HookedViT,
+    train: ArrayDataset,
+    config: TrainConfig,
+    groups: list[dict[str, Any]],
+    progress: bool = True,
+    ridge: float | None = None,
 ) -> TrainResult:
-    """The linear probe's fast path: compute the frozen backbone's CLS features once, then train only the
-    head on them with the same AdamW / schedule / batches as `fit` (no augmentation: features are fixed)."""
+    """The linear probe's fast path: compute the frozen backbone's pooled features once, then train only the
+    head on them with the same AdamW / schedule / batches as `fit` (no augmentation: features are fixed), or,
+    with `ridge` (regression only), set it to the closed-form ridge solution of that alpha (`ridge_fit`)."""
     t0, c0 = time.perf_counter(), time.process_time()
     features = predict(model, train, return_type="features", progress=progress)
     head = model.head
+    if ridge is not None:
+        if train.task != "regression":
+            raise ValueError(f"a ridge probe fits regression targets; this training set is {train.task}")
+        weights, bias = ridge_fit(features, train.targets.float(), ridge)
+        with torch.no_grad():
+            head.W_H.copy_(weights.to(head.W_H))
+            head.b_H.copy_(bias.to(head.b_H))
+        with torch.no_grad():
+            loss = task_loss(head(features), train.targets, train.task)
+        result = TrainResult(history=[{"step": 0, "loss": float(loss), "lr_factor": 0.0}])
+        result.seconds = time.perf_counter() - t0
+        result.cpu_seconds = time.process_time() - c0
+        return result
     optimizer = torch.optim.AdamW(groups, betas=config.betas, eps=config.eps)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
@@ -108,6 +151,7 @@ def fine_tune(
     progress: bool = True,
     loss_fn: LossFn | None = None,
     fingerprint_extra: dict[str, Any] | None = None,
+    ridge: float | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of `model` on `train` by tier; returns the merged model and its history.
 
@@ -119,6 +163,8 @@ def fine_tune(
         checkpoint_dir / resume: see `fit`.
         loss_fn / fingerprint_extra: a loss replacing the task loss, and what a resume must match about
             it (see `fit`; used by the attention-supervised tier).
+        ridge: for the cached linear probe of a regression, the closed-form ridge head of this alpha
+            instead of AdamW steps (`ridge_fit`; `config.steps` is then unused).
     """
     if new_head:
         work = with_new_head(model, train.n_outputs, train.names, task=train.task, seed=config.seed)
@@ -133,8 +179,12 @@ def fine_tune(
     extra = {"lora": adapters} if adapters.get("adapters") else {}
     if loss_fn is not None and tier.tier == "linear_probe" and cache_features:
         raise ValueError("a custom loss_fn needs the generic loop: pass cache_features=False for the linear probe")
+    if ridge is not None and not (tier.tier == "linear_probe" and cache_features):
+        raise ValueError("ridge fits the cached linear probe only (tier 'linear_probe', cache_features=True)")
+    if ridge is not None:
+        extra["head_fit"] = {"ridge_alpha": ridge}
     if tier.tier == "linear_probe" and cache_features:
-        result = fit_head_on_features(work, train, config, groups, progress=progress)
+        result = fit_head_on_features(work, train, config, groups, progress=progress, ridge=ridge)
     else:
         evaluate_fn = (lambda m: _metric(m, val)) if val is not None else None
         result = fit(
@@ -159,4 +209,4 @@ def fine_tune(
     return FineTuneResult(work, tier, config, result, evaluation, n_trainable, extra)
 
 
-__all__ = ["FineTuneResult", "fine_tune", "fit_head_on_features"]
+__all__ = ["FineTuneResult", "fine_tune", "fit_head_on_features", "ridge_fit"]

@@ -1,8 +1,9 @@
 """Swap a HookedViT's output head (classification or regression) and change its input resolution.
 
 Both return a new HookedViT with a new config and copy every other weight, so the result loads,
-saves and exports like any other model. A regression head is the same linear map on the final-normalised
-CLS token as a classifier (`W_H` [d_model, K]); its outputs are named by `class_names` (the target
+saves and exports like any other model. A regression head is the same linear map on the pooled vector as a
+classifier (`W_H` [d_model, K] on the final-normalised CLS token; [N * d_model, K] for the flattened patch
+tokens of pool="flatten"); its outputs are named by `class_names` (the target
 names) and `card["task"] = "regression"` says how to read them.
 """
 
@@ -17,6 +18,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from vitmech.config import Pool
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import Preprocessing
 from vitmech.tokens import TokenLayout, layout_for, token_layout
@@ -47,11 +49,14 @@ def with_new_head(
     task: Literal["classification", "regression"] = "classification",
     init: HeadInit = "zeros",
     seed: int = 0,
+    pool: Pool | None = None,
 ) -> HookedViT:
-    """A copy of `model` whose head maps the CLS features to `n_outputs` values.
+    """A copy of `model` whose head maps the pooled features to `n_outputs` values.
 
     The backbone (everything but `head.*`) is copied exactly. The new head starts at zero
     (`init="zeros"`, so the first gradient step is the linear probe's) or trunc-normal std 0.02.
+    `pool` gives the copy another readout (e.g. "flatten": the head reads every patch token; `ViTConfig.pool`);
+    None keeps the model's. A parameterised pooling (`pool="map"`) is copied only when it is kept.
     """
     if not isinstance(n_outputs, int) or n_outputs <= 0:
         raise HeadMismatchError(f"n_outputs must be a positive int, got {n_outputs!r}")
@@ -59,7 +64,9 @@ def with_new_head(
         raise HeadMismatchError(f"{len(names)} names for a head with {n_outputs} outputs")
     if init not in ("zeros", "trunc_normal"):
         raise ValueError(f"init must be 'zeros' or 'trunc_normal', got {init!r}")
-    new = _copy_model(model, model.cfg.replace(n_classes=n_outputs), model.preprocessing, names, skip=("head.",))
+    pool = model.cfg.pool if pool is None else pool
+    skip = ("head.",) if pool == model.cfg.pool else ("head.", "pool.")
+    new = _copy_model(model, model.cfg.replace(n_classes=n_outputs, pool=pool), model.preprocessing, names, skip=skip)
     with torch.no_grad():
         new.head.b_H.zero_()
         if init == "zeros":

@@ -51,6 +51,8 @@ class StudyResult:
         }
         if self.probe_test is not None:
             out["linear_probe_test"] = self.probe_test.to_dict()
+        if self.probe is not None and "head_fit" in self.probe.extra:
+            out["linear_probe_fit"] = self.probe.extra["head_fit"]
         if isinstance(self.test, ClassificationEval):
             margins = {
                 "over_uniform_chance": self.test.accuracy - self.baselines["uniform"],
@@ -113,6 +115,7 @@ def run_study(
     probe_lr: float = 1e-2,
     probe_train: ArrayDataset | None = None,
     head_from_probe: bool = False,
+    probe_ridge: float | None = None,
     checkpoint_dir: str | Path | None = None,
     card: dict[str, Any] | None = None,
     progress: bool = True,
@@ -122,12 +125,18 @@ def run_study(
 
     `head_from_probe`: start the fine-tune from the trained linear probe's head instead of a zero head
     (LP-FT, Kumar et al. 2022, "Fine-tuning can distort pretrained features"): the backbone then adapts
-    to a head that already reads its features, instead of to a random one.
+    to a head that already reads its features, instead of to a random one. `probe_ridge`: fit a regression
+    probe in closed form (ridge of that alpha, `vitmech.train.finetune.ridge_fit`) instead of AdamW steps.
     """
     probe = probe_eval = None
     if probe_config is not None and tier.tier != "linear_probe":
         probe = fine_tune(
-            model, probe_train or train, TierConfig("linear_probe", head_lr=probe_lr), probe_config, progress=progress
+            model,
+            probe_train or train,
+            TierConfig("linear_probe", head_lr=probe_lr),
+            probe_config,
+            progress=progress,
+            ridge=probe_ridge,
         )
         probe_eval = evaluate(probe.model, test, progress=progress)
     if head_from_probe and probe is None:

@@ -10,7 +10,7 @@ colour bar under the column). Explanations of random weights are stamped.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ def plot_explanations(
     *,
     methods: Mapping[str, Sequence[str]] | None = None,
     row_titles: Sequence[str] | None = None,
+    columns: Literal["model", "method"] = "model",
     cmap: str = MAP_CMAP,
     alpha: float = 0.65,
     stamp: bool | None = None,
@@ -54,19 +55,26 @@ def plot_explanations(
         explanations: model name -> its Explanation of those images (same order).
         methods: model name -> methods to show (default: all of that explanation's maps).
         row_titles: one line per image (default: each model's target and prediction).
+        columns: "model" (each model's methods together) or "method" (each method's maps of every model
+            next to each other).
         stamp: write "RANDOM WEIGHTS" across the figure (default: when any explanation is of random weights).
     """
+    if columns not in ("model", "method"):
+        raise ValueError(f"columns must be 'model' or 'method', got {columns!r}")
     rgb = [_as_rgb(image) for image in images]
-    columns = [
+    panels = [
         (name, method)
         for name, ex in explanations.items()
         for method in (methods or {}).get(name, list(ex.maps))
         if method in ex.maps
     ]
-    if not rgb or not columns:
+    if columns == "method":
+        order = list(dict.fromkeys(method for _, method in panels))
+        panels = sorted(panels, key=lambda panel: order.index(panel[1]))  # stable: model order kept per method
+    if not rgb or not panels:
         raise ValueError("plot_explanations needs at least one image and one map")
     several = len(explanations) > 1
-    n_rows, n_cols = len(rgb), len(columns) + 1
+    n_rows, n_cols = len(rgb), len(panels) + 1
     fig, axes = _figure(
         n_rows,
         n_cols,
@@ -89,7 +97,7 @@ def plot_explanations(
             ax.set_ylabel("\n".join(lines), fontsize=6)
         if r == 0:
             ax.set_title("image", fontsize=8)
-    for c, (name, method) in enumerate(columns, start=1):
+    for c, (name, method) in enumerate(panels, start=1):
         ex = explanations[name]
         values = ex.maps[method][: len(rgb)]
         low, high = float(values.min()), float(values.max())

@@ -13,7 +13,7 @@ runs a model).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,8 +29,17 @@ if TYPE_CHECKING:
     from vitmech.analysis.path_patching import PathPatchingResult
 
 
-def _title(ax, title: str, note: str | None) -> None:
+def _finish(
+    fig: Figure, ax: Any, title: str, note: str | None, xlabel: str | None = None, ylabel: str | None = None
+) -> Figure:
+    """The axis labels, the title (with `note` on a line under it) and a tight layout; returns `fig`."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_restored_heads(
@@ -44,11 +53,7 @@ def plot_restored_heads(
     fig.colorbar(image, ax=ax, label="restored fraction")
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    _title(ax, title or "Activation patching per head", note)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title or "Activation patching per head", note, xlabel="head", ylabel="layer")
 
 
 def plot_restored_positions(
@@ -85,11 +90,9 @@ def plot_path_table(result: PathPatchingResult, title: str | None = None, note: 
     fig.colorbar(image, ax=ax, label="restored fraction")
     ax.set_xticks(range(len(result.receivers)), result.receivers, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(result.senders)), result.senders, fontsize=7)
-    ax.set_xlabel(f"receiver (through {result.component})")
-    ax.set_ylabel("sender")
-    _title(ax, title or "Path patching", note)
-    fig.tight_layout()
-    return fig
+    return _finish(
+        fig, ax, title or "Path patching", note, xlabel=f"receiver (through {result.component})", ylabel="sender"
+    )
 
 
 def _node_position(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
@@ -147,13 +150,12 @@ def plot_circuit(
     ax.set_ylabel("layer")
     ax.set_yticks(range(-1, graph.n_layers + 1), ["embed", *map(str, range(graph.n_layers)), "logits"])
     ax.tick_params(left=True, labelleft=True)
-    _title(
+    return _finish(
+        fig,
         ax,
         title or f"Circuit: {circuit.n_edges} edges, faithfulness {circuit.faithfulness:.2f} (measured by running it)",
         note,
     )
-    fig.tight_layout()
-    return fig
 
 
 def plot_faithfulness_curve(circuit: Circuit, title: str | None = None, note: str | None = None) -> Figure:
@@ -165,11 +167,9 @@ def plot_faithfulness_curve(circuit: Circuit, title: str | None = None, note: st
         ax.plot(xs, ys, "o-", ms=3)
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("edges in the circuit")
-    ax.set_ylabel("faithfulness")
-    _title(ax, title or "Circuits evaluated while pruning", note)
-    fig.tight_layout()
-    return fig
+    return _finish(
+        fig, ax, title or "Circuits evaluated while pruning", note, xlabel="edges in the circuit", ylabel="faithfulness"
+    )
 
 
 def plot_patch_lens(

@@ -163,88 +163,96 @@ def _table(
     )
 
 
-def sweep_settings(
-    model: HookedViT,
-    data_key: str,
-    metric: Metric,
-    ablation: HeadAblation,
-    cells: Sequence[Cell],
-    batch_size: int,
-    max_batch: int,
-    engine: str,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Everything that determines a sweep's results (the model's weights and config, the data's fingerprint
-    `data_key`, metric, ablation, cells, batching, engine, and `extra`), hashed into its store's key."""
-    return {
-        "model": module_fingerprint(model),
-        "model_config": model.cfg.to_dict(),
-        "data": data_key,
-        "metric": metric.key(),
-        "output": metric.output,
-        "ablation": ablation.key(),
-        "cells": [c.to_dict() for c in cells],
-        "batch_size": batch_size,
-        "max_batch": max_batch,
-        "engine": engine,
-        **extra,
-    }
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's fixed settings, resolved and checked (`resolve`): its cells, metric, ablation, batching and
+    engine; the chunks of cells stacked into one forward; the settings that key its resumable store."""
+
+    cells: list[Cell]
+    metric: Metric
+    ablation: HeadAblation
+    batch_size: int
+    max_batch: int
+    engine: str
+
+    @classmethod
+    def resolve(
+        cls,
+        model: HookedViT,
+        cells: Sequence[CellLike],
+        metric: MetricLike,
+        ablation: AblationLike,
+        batch_size: int,
+        max_batch: int,
+        engine: str,
+    ) -> SweepPlan:
+        """Cells, metric and ablation in their resolved forms; clear errors for an unknown engine or a bad max_batch."""
+        metric, ablation = resolve_metric(metric), resolve_ablation(ablation)
+        if engine not in ("exact", "naive"):
+            raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise AblationError(f"max_batch must be a positive int, got {max_batch!r}")
+        return cls(make_cells(model, cells), metric, ablation, batch_size, max_batch, engine)
+
+    def chunks(self) -> list[list[int]]:
+        """Indices of the cells evaluated in one forward: `plan_chunks` of max(1, max_batch // batch_size)
+        for the exact engine, one cell at a time for the naive one."""
+        if self.engine != "exact":
+            return [[i] for i in range(len(self.cells))]
+        return plan_chunks(self.cells, max(1, self.max_batch // self.batch_size))
+
+    def settings(self, model: HookedViT, data_key: str, **extra: Any) -> dict[str, Any]:
+        """Everything that determines the sweep's results (the model's weights and config, the data's
+        fingerprint `data_key`, metric, ablation, cells, batching, engine, and `extra`), hashed into its
+        store's key."""
+        return {
+            "model": module_fingerprint(model),
+            "model_config": model.cfg.to_dict(),
+            "data": data_key,
+            "metric": self.metric.key(),
+            "output": self.metric.output,
+            "ablation": self.ablation.key(),
+            "cells": [c.to_dict() for c in self.cells],
+            "batch_size": self.batch_size,
+            "max_batch": self.max_batch,
+            "engine": self.engine,
+            **extra,
+        }
 
 
 def _open_store(
-    store,
-    model,
-    images,
-    targets,
-    metric: Metric,
-    ablation: HeadAblation,
-    cells: Sequence[Cell],
-    batch_size: int,
-    max_batch: int,
-    engine: str,
+    store: str | Path | None, model: HookedViT, images: torch.Tensor, targets: Any, plan: SweepPlan
 ) -> MemoryStore:
     """A MemoryStore, or the JSONL file under `store` keyed by everything that determines the results."""
     if store is None:
         return MemoryStore()
-    if not metric.keyable:
+    if not plan.metric.keyable:
         raise MetricError(
-            f"metric {metric.name!r} is a callable object whose code cannot be fingerprinted, so stored results "
+            f"metric {plan.metric.name!r} is a callable object whose code cannot be fingerprinted, so stored results "
             "could be mixed up with another metric's: pass metric_from_function(fn, name='unique-name') "
             "or a Metric with a unique name"
         )
-    settings = sweep_settings(
-        model,
-        tensor_fingerprint(images, targets),
-        metric,
-        ablation,
-        cells,
-        batch_size,
-        max_batch,
-        engine,
-        n_images=images.shape[0],
-        dtype=str(images.dtype),
-    )
+    data_key = tensor_fingerprint(images, targets)
+    settings = plan.settings(model, data_key, n_images=images.shape[0], dtype=str(images.dtype))
     return JsonlStore.for_settings(store, settings_fingerprint(settings), settings)
 
 
 @dataclass
 class _CellSweep:
-    """One sweep's fixed parts (model, cells, metric, ablation, engine, record sink, progress bar and the exact
-    engine's per-head weight cache), run batch by batch (`ablation_sweep`, and streamed by
+    """One sweep's fixed parts (model, plan, record sink, progress bar and the exact engine's per-head weight
+    cache), run batch by batch (`ablation_sweep`, and streamed by
     `vitmech.analysis.streaming.stream_ablation_sweep`)."""
 
     model: HookedViT
-    cells: Sequence[Cell]
-    metric: Metric
-    ablation: HeadAblation
-    engine: str
+    plan: SweepPlan
     sink: MemoryStore
     bar: Any
     weight_cache: dict = field(default_factory=dict)
 
     def run_batch(self, batch: torch.Tensor, batch_targets: Any, b: int, pending: list[list[int]]) -> None:
         """Evaluate the pending chunks of cells on batch number b, writing each chunk's records as it finishes."""
-        model, cells, metric, ablation, engine = self.model, self.cells, self.metric, self.ablation, self.engine
+        model, plan = self.model, self.plan
+        cells, metric, ablation, engine = plan.cells, plan.metric, plan.ablation, plan.engine
         sink, bar, weight_cache = self.sink, self.bar, self.weight_cache
         bound = ablation.bind(model, batch, b)
         if engine == "exact":
@@ -304,29 +312,21 @@ def ablation_sweep(
         store: folder for the resumable results file (None: keep results in memory only).
         engine: "exact" (fast recomputation) or "naive" (a full hooked forward per cell; the reference).
     """
-    metric = resolve_metric(metric)
-    ablation = resolve_ablation(ablation)
+    plan = SweepPlan.resolve(model, cells, metric, ablation, batch_size, max_batch, engine)
     images, targets = on_model_device(model, images), on_model_device(model, targets)
-    check_inputs(model, images, metric, targets, batch_size, ablation)
-    if engine not in ("exact", "naive"):
-        raise AblationError(f"engine must be 'exact' or 'naive', got {engine!r}")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise AblationError(f"max_batch must be a positive int, got {max_batch!r}")
-    cells = make_cells(model, cells)
-    chunks = (
-        plan_chunks(cells, max(1, max_batch // batch_size)) if engine == "exact" else [[i] for i in range(len(cells))]
-    )
-    bounds = batch_bounds(images.shape[0], batch_size, ablation.min_batch)
+    check_inputs(model, images, plan.metric, targets, batch_size, plan.ablation)
+    cells, chunks = plan.cells, plan.chunks()
+    bounds = batch_bounds(images.shape[0], batch_size, plan.ablation.min_batch)
 
-    sink = _open_store(store, model, images, targets, metric, ablation, cells, batch_size, max_batch, engine)
+    sink = _open_store(store, model, images, targets, plan)
     bar = tqdm(
         total=len(bounds) * len(cells),
         initial=sink.n_cells_done,
         disable=not progress,
-        desc=f"{ablation.name} ablation, {metric.name}",
+        desc=f"{plan.ablation.name} ablation, {plan.metric.name}",
         unit="cell",
     )
-    sweep = _CellSweep(model, cells, metric, ablation, engine, sink, bar)
+    sweep = _CellSweep(model, plan, sink, bar)
     try:
         for b, (start, stop) in enumerate(bounds):
             pending = [chunk for chunk in chunks if not all(sink.has_cell(b, cells[i].name) for i in chunk)]
@@ -336,7 +336,7 @@ def ablation_sweep(
     finally:
         bar.close()
         sink.close()
-    return _table(sink, cells, len(bounds), metric, ablation)
+    return _table(sink, cells, len(bounds), plan.metric, plan.ablation)
 
 
 def head_sweep(
@@ -347,32 +347,15 @@ def head_sweep(
     *,
     heads: HeadsLike = None,
     layers: Sequence[int] | None = None,
-    targets: torch.Tensor | None = None,
-    batch_size: int = 32,
-    max_batch: int = 8,
-    store: str | Path | None = None,
-    progress: bool = True,
-    engine: Engine = "exact",
+    **options: Any,
 ) -> HeadSweepResult:
-    """Ablate each head on its own: all heads, the heads of `layers`, or the given `heads`.
+    """Ablate each head on its own: all heads, the heads of `layers`, or the given `heads`; `options` are
+    `ablation_sweep`'s keyword options (targets, batch_size, max_batch, store, progress, engine).
 
     Returns a HeadSweepResult: `to_frame()` has layer, head, clean, ablated, delta, pct_change,
     delta_se; `grid(value)` is the [n_layers, n_heads] array of the paper's heatmap.
     """
-    cells = single_head_cells(model, heads, layers)
-    table = ablation_sweep(
-        model,
-        images,
-        cells,
-        metric,
-        ablation,
-        targets=targets,
-        batch_size=batch_size,
-        max_batch=max_batch,
-        store=store,
-        progress=progress,
-        engine=engine,
-    )
+    table = ablation_sweep(model, images, single_head_cells(model, heads, layers), metric, ablation, **options)
     return HeadSweepResult(**vars(table), heads_per_layer=heads_per_layer(model))
 
 

@@ -1,7 +1,7 @@
 """The families vitmech ports, one converter module each (docs/model.md#adding-a-family).
 
 A source model goes to the first family of its source whose `matches` accepts it. Adding a family is
-one module here plus its line in `FAMILIES`.
+one module here (its `NAME`, `SOURCE` and functions, read by `family_of`) plus its line in `FAMILY_MODULES`.
 """
 
 from __future__ import annotations
@@ -10,19 +10,13 @@ from typing import Any
 
 from vitmech.errors import UnsupportedModelError
 from vitmech.loading.families import hf_clip, hf_dinov3, hf_vit, open_clip_vit, timm_eva, timm_vit
-from vitmech.loading.families.base import Converted, Family, check_supported, convert, export
+from vitmech.loading.families.base import Converted, Family, check_supported, convert, export, family_of
 
 # model classes of families not ported yet, with the feature that stops them
 KNOWN_UNSUPPORTED: dict[str, str] = {}
 
-FAMILIES: tuple[Family, ...] = (
-    timm_vit.FAMILY,
-    timm_eva.FAMILY,
-    hf_vit.FAMILY,
-    hf_clip.FAMILY,
-    hf_dinov3.FAMILY,
-    open_clip_vit.FAMILY,
-)
+FAMILY_MODULES = (timm_vit, timm_eva, hf_vit, hf_clip, hf_dinov3, open_clip_vit)
+FAMILIES: tuple[Family, ...] = tuple(family_of(module) for module in FAMILY_MODULES)
 
 
 def family_for(model: Any, source: str) -> Family:
@@ -44,4 +38,15 @@ def by_name(name: str) -> Family:
     raise KeyError(f"no family {name!r}; known: {[f.name for f in FAMILIES]}")
 
 
-__all__ = ["FAMILIES", "Converted", "Family", "by_name", "check_supported", "convert", "export", "family_for"]
+__all__ = [
+    "FAMILIES",
+    "FAMILY_MODULES",
+    "Converted",
+    "Family",
+    "by_name",
+    "check_supported",
+    "convert",
+    "export",
+    "family_for",
+    "family_of",
+]

@@ -178,6 +178,17 @@ def mlp_rules(cfg: ViTConfig, s: str, t: str, keys: Collection[str]) -> KeyMap:
     return rules + R.linear(s + "mlp.fc2", t + "mlp.W_out", t + "mlp.b_out")
 
 
+def block_output_rules(
+    cfg: ViTConfig, s: str, t: str, h: int, keys: Collection[str], layer_scale: tuple[str, str]
+) -> KeyMap:
+    """A block's rules after its Q/K/V: the attention output projection (h heads), LayerScale (the source's
+    two gamma names, relative to the block prefix s) and the MLP (`mlp_rules`)."""
+    rules = R.heads_out(s + "attn.proj", t + "attn", h)
+    if cfg.layer_scale:
+        rules += [rule(s + layer_scale[0], t + "attn.ls.gamma"), rule(s + layer_scale[1], t + "mlp.ls.gamma")]
+    return rules + mlp_rules(cfg, s, t, keys)
+
+
 def output_rules(cfg: ViTConfig) -> KeyMap:
     """The final token norm or fc_norm, and the classifier head(s)."""
     rules: KeyMap = []

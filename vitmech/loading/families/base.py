@@ -1,6 +1,6 @@
 """What a family declares, and what a conversion returns.
 
-A `Family` is one converter: which source models it takes (`matches`), which of their features it cannot
+A `Family` is one converter, declared by one module of `vitmech.loading.families` (`family_of`): which source models it takes (`matches`), which of their features it cannot
 represent (`unsupported`, each named), the `ViTConfig` it reads from them, and its key map (`key_map`)
 that drives import and export. `convert` runs one; it returns a `Converted` (config, state dict,
 preprocessing, class names) and never builds a HookedViT (`HookedViT.from_converted` does).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -65,6 +66,20 @@ class Family:
     key_map: Callable[[ViTConfig, Collection[str]], KeyMap]
     preprocessing: Callable[[Any, ViTConfig], Preprocessing]
     class_names: Callable[[Any, ViTConfig], list[str] | None] = lambda model, cfg: None
+
+
+FAMILY_FUNCTIONS = ("matches", "unsupported", "config", "key_map", "preprocessing")
+
+
+def family_of(module: ModuleType) -> Family:
+    """The `Family` a converter module declares (docs/model.md#adding-a-family): its `NAME` and `SOURCE`,
+    and its functions `matches`, `unsupported`, `config`, `key_map`, `preprocessing` and, where it has one,
+    `class_names`."""
+    missing = [attr for attr in ("NAME", "SOURCE", *FAMILY_FUNCTIONS) if not hasattr(module, attr)]
+    if missing:
+        raise TypeError(f"family module {module.__name__} does not define {', '.join(missing)}")
+    functions = {attr: getattr(module, attr) for attr in (*FAMILY_FUNCTIONS, "class_names") if hasattr(module, attr)}
+    return Family(name=module.NAME, source=module.SOURCE, **functions)
 
 
 def check_supported(family: Family, model: Any, what: str) -> None:

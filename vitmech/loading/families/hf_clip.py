@@ -15,10 +15,12 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
-from vitmech.loading.families.hf_vit import HF_ACTS
+from vitmech.loading.families.hf_vit import HF_ACTS, encoder_fields
 from vitmech.loading.keymap import KeyMap, prefixed, rule
 from vitmech.preprocessing import HALF, Preprocessing
+
+NAME = "HuggingFace CLIP / SigLIP vision"
+SOURCE = "hf"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,17 +57,9 @@ def config(model: Any) -> ViTConfig:
     proj = getattr(model, "visual_projection", None)
     uses_head = siglip and bool(getattr(cfg, "vision_use_head", True))
     return ViTConfig(
-        n_layers=cfg.num_hidden_layers,
-        n_heads=cfg.num_attention_heads,
-        d_model=cfg.hidden_size,
-        d_head=cfg.hidden_size // cfg.num_attention_heads,
-        d_mlp=cfg.intermediate_size,
+        **encoder_fields(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
-        n_channels=cfg.num_channels,
-        n_classes=0,
-        ln_eps=cfg.layer_norm_eps,
-        act_fn=HF_ACTS[cfg.hidden_act],  # type: ignore[arg-type]
         pre_norm=not siglip,
         class_token=not siglip,
         pos_resample="bicubic",
@@ -122,14 +116,3 @@ def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
         image_size=cfg.image_size, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic",
         resize_mode="shortest_edge_crop", crop_pct=1.0, source="CLIPImageProcessor defaults",
     )  # fmt: skip
-
-
-FAMILY = Family(
-    name="HuggingFace CLIP / SigLIP vision",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-)

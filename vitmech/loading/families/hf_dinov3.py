@@ -16,10 +16,12 @@ from typing import Any
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
-from vitmech.loading.families.hf_vit import HF_ACTS, processor_defaults
+from vitmech.loading.families.hf_vit import HF_ACTS, encoder_fields, processor_defaults
 from vitmech.loading.keymap import KeyMap, Rule, optional, rule
 from vitmech.preprocessing import Preprocessing
+
+NAME = "HuggingFace DINOv3"
+SOURCE = "hf"
 
 CLASS = "DINOv3ViTModel"
 
@@ -53,17 +55,9 @@ def unsupported(model: Any) -> list[str]:
 def config(model: Any) -> ViTConfig:
     cfg = model.config
     return ViTConfig(
-        n_layers=cfg.num_hidden_layers,
-        n_heads=cfg.num_attention_heads,
-        d_model=cfg.hidden_size,
-        d_head=cfg.hidden_size // cfg.num_attention_heads,
-        d_mlp=cfg.intermediate_size,
+        **encoder_fields(cfg),
         image_size=_side(cfg.image_size),  # type: ignore[arg-type]
         patch_size=_side(cfg.patch_size),  # type: ignore[arg-type]
-        n_channels=cfg.num_channels,
-        n_classes=0,
-        ln_eps=cfg.layer_norm_eps,
-        act_fn=HF_ACTS[cfg.hidden_act],  # type: ignore[arg-type]
         qkv_bias=bool(cfg.query_bias or cfg.key_bias or cfg.value_bias),
         n_register_tokens=int(cfg.num_register_tokens),
         pos_embed=False,
@@ -115,14 +109,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
 def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
     """DINOv3ViTImageProcessor defaults (a hub id or directory reads its own processor instead)."""
     return processor_defaults("dinov3_vit", cfg.image_size, "DINOv3ViTImageProcessor defaults")
-
-
-FAMILY = Family(
-    name="HuggingFace DINOv3",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-)

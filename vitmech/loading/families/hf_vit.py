@@ -16,9 +16,11 @@ from torch import nn
 
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
-from vitmech.loading.families.base import Family
 from vitmech.loading.keymap import KeyMap, Rule, prefixed, rule
 from vitmech.preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+NAME = "HuggingFace ViT / DeiT / ViTMAE / DINOv2"
+SOURCE = "hf"
 
 HF_ACTS = {
     "gelu": "gelu",
@@ -228,6 +230,22 @@ PROCESSOR_DEFAULTS = {
 }
 
 
+def encoder_fields(cfg: Any) -> dict[str, Any]:
+    """The ViTConfig fields that a HF vision encoder config (CLIP, SigLIP, DINOv3) names the same way: depth,
+    widths, channels, LayerNorm eps and activation; no classifier (n_classes 0)."""
+    return dict(
+        n_layers=cfg.num_hidden_layers,
+        n_heads=cfg.num_attention_heads,
+        d_model=cfg.hidden_size,
+        d_head=cfg.hidden_size // cfg.num_attention_heads,
+        d_mlp=cfg.intermediate_size,
+        n_channels=cfg.num_channels,
+        n_classes=0,
+        ln_eps=cfg.layer_norm_eps,
+        act_fn=HF_ACTS[cfg.hidden_act],
+    )
+
+
 def processor_defaults(kind: str, image_size: int, source: str = "ViTImageProcessor defaults") -> Preprocessing:
     """The image processor defaults of a model type (`PROCESSOR_DEFAULTS`) at `image_size`."""
     mean, std, interpolation, resize_mode, crop_pct = PROCESSOR_DEFAULTS[kind]
@@ -253,15 +271,3 @@ def class_names(model: Any, cfg: ViTConfig) -> list[str] | None:
     if not cfg.has_classifier or not id2label:
         return None
     return [id2label.get(i, id2label.get(str(i), str(i))) for i in range(cfg.n_classes)]
-
-
-FAMILY = Family(
-    name="HuggingFace ViT / DeiT / ViTMAE / DINOv2",
-    source="hf",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-    class_names=class_names,
-)

@@ -14,10 +14,12 @@ from torch import nn
 from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families._modules import act_name, is_layer_norm
-from vitmech.loading.families.base import Family
 from vitmech.loading.families.hf_clip import CLIP_MEAN, CLIP_STD
 from vitmech.loading.keymap import KeyMap, prefixed, rule
 from vitmech.preprocessing import Preprocessing
+
+NAME = "open_clip VisionTransformer"
+SOURCE = "open_clip"
 
 
 def _tower(model: Any) -> Any:
@@ -121,14 +123,3 @@ def preprocessing(model: Any, cfg: ViTConfig) -> Preprocessing:
         crop_pct=1.0,
         source="open_clip image transform defaults",
     )
-
-
-FAMILY = Family(
-    name="open_clip VisionTransformer",
-    source="open_clip",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=preprocessing,
-)

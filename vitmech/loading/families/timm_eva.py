@@ -18,15 +18,17 @@ from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families import _timm
 from vitmech.loading.families._modules import is_identity
-from vitmech.loading.families.base import Family
+from vitmech.loading.families._timm import class_names as class_names  # from pretrained_cfg, as every timm family
+from vitmech.loading.families._timm import preprocessing as preprocessing
 from vitmech.loading.keymap import KeyMap, optional, rule
+
+NAME = "timm Eva (EVA-02, DINOv3)"
+SOURCE = "timm"
 
 
 def matches(model: Any) -> bool:
-    try:
-        from timm.models.eva import Eva
-    except ImportError:
-        return False
+    from timm.models.eva import Eva  # timm is a dependency of vitmech
+
     return type(model) is Eva
 
 
@@ -141,10 +143,7 @@ def _block_rules(cfg: ViTConfig, layer: int, keys: Collection[str]) -> KeyMap:
     else:  # qkv_fused=False: q_proj, k_proj (never a bias), v_proj
         for c in "QKV":
             rules += R.heads_in(s + f"attn.{c.lower()}_proj", c, t + "attn", cfg, h, bias=None)
-    rules += R.heads_out(s + "attn.proj", t + "attn", h)
-    if cfg.layer_scale:
-        rules += [rule(s + "gamma_1", t + "attn.ls.gamma"), rule(s + "gamma_2", t + "mlp.ls.gamma")]
-    return rules + _timm.mlp_rules(cfg, s, t, keys)
+    return rules + _timm.block_output_rules(cfg, s, t, h, keys, layer_scale=("gamma_1", "gamma_2"))
 
 
 def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
@@ -153,15 +152,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
     for layer in range(cfg.n_layers):
         rules += _block_rules(cfg, layer, keys)
     return rules + _timm.output_rules(cfg)
-
-
-FAMILY = Family(
-    name="timm Eva (EVA-02, DINOv3)",
-    source="timm",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=_timm.preprocessing,
-    class_names=_timm.class_names,
-)

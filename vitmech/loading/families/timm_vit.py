@@ -17,15 +17,17 @@ from vitmech.config import ViTConfig
 from vitmech.loading.families import _rules as R
 from vitmech.loading.families import _timm
 from vitmech.loading.families._modules import is_identity, is_layer_norm
-from vitmech.loading.families.base import Family
+from vitmech.loading.families._timm import class_names as class_names  # from pretrained_cfg, as every timm family
+from vitmech.loading.families._timm import preprocessing as preprocessing
 from vitmech.loading.keymap import KeyMap, rule
+
+NAME = "timm VisionTransformer"
+SOURCE = "timm"
 
 
 def matches(model: Any) -> bool:
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:
-        return False
+    from timm.models.vision_transformer import VisionTransformer  # timm is a dependency of vitmech
+
     return isinstance(model, VisionTransformer)
 
 
@@ -120,10 +122,7 @@ def _block_rules(cfg: ViTConfig, layer: int, keys: Collection[str]) -> KeyMap:
     h = cfg.heads_in_layer(layer)
     rules = _timm.norm_rules(cfg, s, t)
     rules += R.fused_heads(s + "attn.qkv", t + "attn", "QKV", cfg, h)
-    rules += R.heads_out(s + "attn.proj", t + "attn", h)
-    if cfg.layer_scale:
-        rules += [rule(s + "ls1.gamma", t + "attn.ls.gamma"), rule(s + "ls2.gamma", t + "mlp.ls.gamma")]
-    return rules + _timm.mlp_rules(cfg, s, t, keys)
+    return rules + _timm.block_output_rules(cfg, s, t, h, keys, layer_scale=("ls1.gamma", "ls2.gamma"))
 
 
 def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
@@ -146,15 +145,3 @@ def key_map(cfg: ViTConfig, keys: Collection[str]) -> KeyMap:
         rules += R.linear("attn_pool.mlp.fc1", "pool.mlp.W_in", "pool.mlp.b_in")
         rules += R.linear("attn_pool.mlp.fc2", "pool.mlp.W_out", "pool.mlp.b_out")
     return rules + _timm.output_rules(cfg)
-
-
-FAMILY = Family(
-    name="timm VisionTransformer",
-    source="timm",
-    matches=matches,
-    unsupported=unsupported,
-    config=config,
-    key_map=key_map,
-    preprocessing=_timm.preprocessing,
-    class_names=_timm.class_names,
-)
