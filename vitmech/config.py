@@ -15,8 +15,10 @@ from vitmech.errors import IndexOutOfRangeError
 
 ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
 ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
-Pool = Literal["cls", "avg", "map", "flatten", "none"]
-POOLS: tuple[str, ...] = ("cls", "avg", "map", "flatten", "none")
+Pool = Literal["cls", "avg", "map", "flatten", "rowcol", "none"]
+POOLS: tuple[str, ...] = ("cls", "avg", "map", "flatten", "rowcol", "none")
+POSITIONAL_POOLS: tuple[str, ...] = ("flatten", "rowcol")
+"""Readouts that keep where each patch is: the head reads per-position features (`ViTConfig.pooled_dim` wide)."""
 FinalNorm = Literal["tokens", "pooled", "none"]
 FINAL_NORMS: tuple[str, ...] = ("tokens", "pooled", "none")
 RopeKind = Literal["none", "eva", "dinov3"]
@@ -80,7 +82,10 @@ class ViTConfig:
         pool: what the head reads: "cls" (the class token), "avg" (mean over patch tokens), "map"
             (attention pooling with a learned query, SigLIP; Zhai et al. 2023, arXiv:2303.15343), "flatten"
             (every patch token after the final norm, concatenated in grid order: the head reads
-            N * d_model features and so sees which patch holds what; `pooled_dim`), "none".
+            N * d_model features and so sees which patch holds what; `pooled_dim`), "rowcol" (the mean patch
+            token of every grid row, then of every grid column, concatenated: (rows + columns) * d_model
+            features, where each patch is up to its row and column; for a spectrogram, the frequency and the
+            time profile), "none".
         final_norm: the final LayerNorm on every token ("tokens"), on the pooled vector only ("pooled",
             timm `fc_norm`, CLIP's post-LayerNorm), or absent ("none").
         projection_dim: width of a bias-free projection of the pooled features (CLIP image embeddings);
@@ -172,9 +177,9 @@ class ViTConfig:
             raise ValueError("final_norm='pooled' needs a pooled vector (pool != 'none')")
         if self.pool == "none" and (self.n_classes or self.projection_dim):
             raise ValueError("a classifier or projection needs a pooled vector (pool != 'none')")
-        if self.pool == "flatten" and (self.final_norm == "pooled" or self.projection_dim or self.distill_token):
+        if self.pool in POSITIONAL_POOLS and (self.final_norm == "pooled" or self.projection_dim or self.distill_token):
             raise ValueError(
-                "pool='flatten' supports a classifier on the final-normed patch tokens only; got "
+                f"pool={self.pool!r} supports a classifier on the final-normed patch tokens only; got "
                 f"final_norm={self.final_norm!r}, projection_dim={self.projection_dim}, distill_token={self.distill_token}"
             )
         if self.pos_embed_prefix is not None and not 0 <= self.pos_embed_prefix <= self.n_prefix_tokens:
@@ -289,17 +294,22 @@ class ViTConfig:
 
     @property
     def pooled_dim(self) -> int:
-        """Width of the pooled vector the head reads: N * d_model for pool="flatten", else d_model."""
-        return self.n_patches * self.d_model if self.pool == "flatten" else self.d_model
+        """Width of the pooled vector the head reads: N * d_model for pool="flatten", (rows + columns) *
+        d_model for "rowcol", else d_model."""
+        if self.pool == "flatten":
+            return self.n_patches * self.d_model
+        if self.pool == "rowcol":
+            return 2 * self.grid_size * self.d_model
+        return self.d_model
 
     def at_image_size(self, image_size: int) -> ViTConfig:
         """This architecture run at another (square) image size: the stored position embeddings are kept
         and resampled to the new grid at every forward."""
         if image_size % self.patch_size != 0:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.pool == "flatten" and image_size != self.image_size:
+        if self.pool in POSITIONAL_POOLS and image_size != self.image_size:
             raise ValueError(
-                f"pool='flatten' reads a fixed {self.grid_size}x{self.grid_size} patch grid; it cannot run at "
+                f"pool={self.pool!r} reads a fixed {self.grid_size}x{self.grid_size} patch grid; it cannot run at "
                 f"image_size {image_size} (the model's is {self.image_size})"
             )
         stored = self.stored_pos_grid

@@ -99,7 +99,7 @@ def hook_numel(model: HookedViT, name: str, batch: int) -> int:
         return batch * p * heads * d
     if name.endswith(("mlp.hook_pre", "mlp.hook_post")):
         return batch * p * cfg.d_mlp
-    if suffix == "hook_pooled":  # the pooled readout [B, d_model] ([B, N * d_model] for pool="flatten")
+    if suffix == "hook_pooled":  # the pooled readout [B, pooled_dim] (d_model but for positional pools)
         return batch * cfg.pooled_dim
     if suffix == "hook_logits":
         return batch * max(1, cfg.n_classes or 1)

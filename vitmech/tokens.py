@@ -41,8 +41,9 @@ class TokenLayout:
         class_index: position of the class token, or None for models without one.
         distill_index: position of the distillation token (DeiT), or None.
         n_registers: register tokens (Darcet et al. 2024, arXiv 2309.16588), the last prefix tokens.
-        mean_readout: the output is read from the patch tokens (`pool="avg"`, or every patch with its own
-            weights, `pool="flatten"`) even though the model has a class token; always the case without one.
+        mean_readout: the output is read from the patch tokens (`pool="avg"`, or with position-dependent
+            weights, `pool="flatten"` / `"rowcol"`) even though the model has a class token; always the case
+            without one.
     """
 
     n_prefix: int
@@ -66,7 +67,7 @@ class TokenLayout:
             class_index=0 if cfg.class_token else None,
             distill_index=1 if cfg.distill_token else None,
             n_registers=cfg.n_register_tokens,
-            mean_readout=getattr(cfg, "pool", "cls") in ("avg", "flatten"),
+            mean_readout=getattr(cfg, "pool", "cls") in ("avg", "flatten", "rowcol"),
         )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Experiments 12 and 13 (`vitmech explain`, `vitmech misclassified`) run offline in their quick mode."""
+"""Experiments 12, 13 and 14 (`vitmech explain`, `vitmech misclassified`, `vitmech patch-size`) run offline in
+their quick mode."""
 
 from __future__ import annotations
 
@@ -55,3 +56,22 @@ def test_13_misclassified_quick_on_random_cnn_weights(tmp_path) -> None:
     }
     assert (out / "misclassified_maps.png").is_file()
     assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif("vitmech/mini-galaxy-p32" not in zoo_models(), reason="shipped patch-32 model not in this checkout")
+def test_14_patch_size_quick_on_the_shipped_pair(tmp_path) -> None:
+    """The default pair (patch 16 and its patch-32 twin) on 3 held-out galaxies: every ViT method's alignment
+    for both models on the 224 px grid, the four attention metrics paired, the maps figure, trained weights."""
+    out = tmp_path / "r14"
+    assert load_experiment("14_patch_size").main(["--quick", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["patch_sizes"] == {"p16": 16, "p32": 32}
+    alignment = rows(out / "alignment_comparison.csv")
+    assert {r["score"] for r in alignment} == {"iou", "energy", "pointing"}
+    assert {"rollout", "gradcam", "transformer_attribution", "integrated_gradients"} <= {r["method"] for r in alignment}
+    assert all(0 <= float(r[f"mean_{m}"]) <= 1 for r in alignment for m in ("p16", "p32"))
+    attention = {r["metric"]: r for r in rows(out / "attention_comparison.csv")}
+    assert set(attention) == {"cls_entropy", "cls_entropy_relative", "cls_top_k_equal_area", "mean_distance_px"}
+    assert all(0 < float(attention["cls_entropy_relative"][f"mean_{m}"]) <= 1 for m in ("p16", "p32"))
+    assert (out / "maps.png").stat().st_size > 10_000 and (out / "attention_by_layer.png").is_file()
+    assert "RANDOM WEIGHTS" not in (out / "report.md").read_text()

@@ -197,8 +197,8 @@ def test_chirp_script_lora_regressor(tmp_path, small_pretrained):
     card = model.card
     assert model.cfg.n_classes == 3 and model.class_names == ["start_time", "start_freq", "end_freq"]
     assert card["task"] == "regression" and card["tier"] == "lora" and card["lora"]["config"]["targets"] == ["q", "v"]
-    assert model.cfg.pool == "flatten" and card["readout"] == "flatten"  # the position-keeping head (default)
-    assert card["metrics"]["linear_probe_fit"] == {"ridge_alpha": 30.0}  # the closed-form probe (LP-FT's start)
+    assert model.cfg.pool == "rowcol" and card["readout"] == "rowcol"  # the position-keeping head (default)
+    assert card["metrics"]["linear_probe_fit"] == {"ridge_alpha": 0.05}  # the closed-form probe (LP-FT's start)
     assert set(card["metrics"]["test"]["pearson_r"]) == {"start_time", "start_freq", "end_freq"}
     assert len(card["targets"]["mean"]) == 3 and card["targets"]["units"] == ["s", "Hz", "Hz"]
 
@@ -256,6 +256,32 @@ def test_shipped_model_loads_by_name_and_path_with_its_card(name):
     assert {"source_model", "data", "tier", "metrics", "hardware"} <= set(card)
 
 
+def test_shipped_patch32_twin_differs_from_mini_galaxy_only_in_patch_size():
+    """vitmech/mini-galaxy-p32: mini-galaxy's architecture with 32 px patches (7 x 7 grid), under 6 MB, its
+    card's held-out accuracy on the same test split as mini-galaxy's, and above chance on fresh galaxies."""
+    from vitmech.loading.registry import zoo_models
+    from vitmech.train import evaluate
+    from vitmech.train.datasets import galaxy_dataset
+
+    zoo = zoo_models()
+    if "vitmech/mini-galaxy-p32" not in zoo:
+        pytest.skip("shipped patch-32 model not in this checkout")
+    assert (zoo["vitmech/mini-galaxy-p32"] / "model.safetensors").stat().st_size <= 6 * 2**20
+    twin, reference = (
+        HookedViT.from_pretrained("vitmech/mini-galaxy-p32"),
+        HookedViT.from_pretrained("vitmech/mini-galaxy"),
+    )
+    assert (twin.cfg.patch_size, twin.cfg.grid_size) == (32, 7)
+    assert twin.cfg.replace(patch_size=16) == reference.cfg
+    assert twin.class_names == reference.class_names
+    metrics, same = twin.card["metrics"], reference.card["metrics"]
+    assert metrics["split_sizes"] == same["split_sizes"] and metrics["test"]["n"] == same["test"]["n"]
+    assert twin.card["data"] == reference.card["data"]
+    assert metrics["test"]["accuracy"] > metrics["baselines"]["uniform"]
+    fresh = galaxy_dataset(36, seed=777, progress=False)
+    assert evaluate(twin, fresh).accuracy > 1 / 6 + 0.15
+
+
 def test_shipped_galaxy_model_beats_its_probe_and_chance_on_fresh_galaxies():
     """Independent check of the card's claim on galaxies it never saw (another stream seed)."""
     from vitmech.loading.registry import zoo_models
@@ -268,6 +294,27 @@ def test_shipped_galaxy_model_beats_its_probe_and_chance_on_fresh_galaxies():
     assert card["margins"]["over_linear_probe"] > 0 and card["margins"]["over_uniform_chance"] > 0
     fresh = galaxy_dataset(36, seed=777, progress=False)
     assert evaluate(model, fresh).accuracy > 1 / 6 + 0.15
+
+
+def test_shipped_chirp_model_learns_all_three_targets_on_fresh_chirps():
+    """Independent check of the card's claim (held-out r >= 0.8 on each target) on chirps from another part of
+    the stream (indices from 2,000,000; training used 0..6,999), z-scored with the card's mean and std."""
+    import numpy as np
+
+    from vitmech.data.chirps import generate_chirps
+    from vitmech.loading.registry import zoo_models
+    from vitmech.train.evaluate import pearson_r
+
+    assert "vitmech/mini-chirp" in zoo_models(), "the shipped chirp model is missing from vitmech/zoo"
+    model = HookedViT.from_pretrained("vitmech/mini-chirp")
+    card = model.card
+    assert min(card["metrics"]["test"]["pearson_r"].values()) >= 0.8 and card["readout"] == model.cfg.pool
+    samples = generate_chirps(64, 0, start=2_000_000, size=model.cfg.image_size)
+    raw = np.asarray([s.targets for s in samples])
+    targets = (raw - np.asarray(card["targets"]["mean"])) / np.asarray(card["targets"]["std"])
+    with torch.no_grad():
+        predictions = model(model.preprocess([s.image for s in samples])).numpy()
+    assert (pearson_r(predictions, targets) > 0.7).all()  # 64 figures: r 0.8 has a standard error of about 0.05
 
 
 if __name__ == "__main__":

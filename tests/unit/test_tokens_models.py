@@ -116,7 +116,7 @@ def test_class_token_analyses_refuse_a_model_without_one(pooled, images):
 
 def test_class_token_analyses_refuse_a_model_that_reads_the_patch_mean(images):
     model = tiny_model(seed=7, pool="avg")  # a class token the output does not read
-    with pytest.raises(ValueError, match="output reads the mean over patches"):
+    with pytest.raises(ValueError, match=r"output reads the patch tokens \(pool=.avg.\)"):
         direct_logit_attribution(model, images)
-    with pytest.raises(ValueError, match="output reads the mean over patches"):
+    with pytest.raises(ValueError, match=r"output reads the patch tokens \(pool=.avg.\)"):
         logit_lens(model, images)

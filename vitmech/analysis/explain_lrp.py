@@ -105,7 +105,7 @@ def check_supported(model: HookedViT) -> None:
             ("qk-norm", cfg.qk_norm),
             ("rotary position embeddings", cfg.rope != "none"),
             ("attention pooling", cfg.pool == "map"),
-            ("flattened-patch pooling", cfg.pool == "flatten"),
+            (f"position-keeping pooling ({cfg.pool})", cfg.pool in ("flatten", "rowcol")),
             ("a distillation head", cfg.has_distill_head),
             ("pruned heads", cfg.n_heads_per_layer is not None),
         )

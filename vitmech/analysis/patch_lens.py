@@ -65,9 +65,9 @@ def patch_logit_lens(
 ) -> PatchLogitLens:
     """The per-patch logit lens of `images` [B, C, S, S] (see the module docstring)."""
     head = model._require_head()
-    if model.cfg.pool == "flatten":
+    if model.cfg.pool in ("flatten", "rowcol"):
         raise ValueError(
-            "the per-patch logit lens reads each patch with the head's [d_model, K] map; pool='flatten' has none"
+            f"the per-patch logit lens reads each patch with the head's [d_model, K] map; pool={model.cfg.pool!r} has none"
         )
     model.check_images(images)
     layout = token_layout(model)

@@ -23,9 +23,9 @@ from vitmech.loading.families.hf_vit import LAYER_PREFIX, VITMECH_TO_HF_ACT, det
 
 
 def _check_standard_widths(cfg: ViTConfig, target: str) -> None:
-    if cfg.pool == "flatten":
+    if cfg.pool in ("flatten", "rowcol"):
         raise UnsupportedModelError(
-            f"{target} has no flattened-patch readout (pool='flatten'); save this model with format='vitmech'"
+            f"{target} has no position-keeping readout (pool={cfg.pool!r}); save this model with format='vitmech'"
         )
     if not cfg.uniform_heads:
         raise UnsupportedModelError(

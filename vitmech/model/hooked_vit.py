@@ -12,6 +12,7 @@ Flow of one forward pass (hook names in brackets; P = n_prefix + N tokens, `vitm
       -> ln_final on every token (final_norm="tokens")      [ln_final.*]
       -> pool: class token / mean of patches / attention pool   [hook_pooled] [B, d]
          (or the patch tokens flattened, pool="flatten")          [hook_pooled] [B, N * d]
+         (or each grid row's and column's mean, pool="rowcol")   [hook_pooled] [B, 2g * d]
       -> fc_norm (final_norm="pooled")                      [fc_norm.*]
       -> head (and head_dist, averaged, for DeiT)           [head.hook_logits] [B, n_classes]
          or projection                                      [proj.hook_embeddings] [B, d_proj]
@@ -33,14 +34,14 @@ from jaxtyping import Float, Int
 from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from vitmech.config import ViTConfig
+from vitmech.config import POSITIONAL_POOLS, ViTConfig
 from vitmech.errors import ImageInputError
 from vitmech.hook_names import check_hook_names
 from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
 from vitmech.model.head import ClassifierHead, Projection
 from vitmech.model.layer_norm import LayerNorm
-from vitmech.model.pool import AttentionPool, FlattenPool, TokenPool
+from vitmech.model.pool import AttentionPool, FlattenPool, RowColPool, TokenPool
 from vitmech.preprocessing import ImageLike, Preprocessing, preprocess
 from vitmech.tokens import token_layout
 
@@ -106,11 +107,13 @@ class HookedViT(HookedRootModule):
         self.blocks = BlockList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         if cfg.final_norm == "tokens":
             self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
-        self.pool: AttentionPool | FlattenPool | TokenPool
+        self.pool: AttentionPool | FlattenPool | RowColPool | TokenPool
         if cfg.pool == "map":
             self.pool = AttentionPool(cfg)
         elif cfg.pool == "flatten":
             self.pool = FlattenPool(cfg)
+        elif cfg.pool == "rowcol":
+            self.pool = RowColPool(cfg)
         elif cfg.pool != "none":
             self.pool = TokenPool(cfg)
         self.hook_pooled = HookPoint()
@@ -357,7 +360,8 @@ class HookedViT(HookedRootModule):
 
     @property
     def W_H(self) -> Float[torch.Tensor, "pooled n_classes"]:
-        """The classifier [pooled_dim, n_classes]: [d_model, K], or [N * d_model, K] for pool="flatten"."""
+        """The classifier [pooled_dim, n_classes]: [d_model, K], or wider for the positional pools
+        ([N * d_model, K] for pool="flatten", [2 * grid * d_model, K] for "rowcol")."""
         return self._require_head().W_H
 
     @property
@@ -415,10 +419,10 @@ class HookedViT(HookedRootModule):
         logit attribution exactly (the final LN's centring and cached scale applied by transformer_lens,
         its gain here); the constant ln_final.b @ W_H[:, c] + b_H[c] is not attributed.
         """
-        if self.cfg.pool == "flatten":
+        if self.cfg.pool in POSITIONAL_POOLS:
             raise ValueError(
-                "pool='flatten' reads each patch with its own weights (W_H [N * d_model, n_classes]), so a class "
-                "has no single residual direction; attribute with the per-patch blocks of W_H instead"
+                f"pool={self.cfg.pool!r} reads the patches with position-dependent weights (W_H "
+                f"[{self.cfg.pooled_dim}, n_classes]), so a class has no single residual direction"
             )
         if isinstance(classes, str):
             classes = self.to_single_token(classes)
@@ -572,8 +576,8 @@ class HookedViT(HookedRootModule):
         return resid
 
     def pooled(self, resid: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pooled"]:
-        """Final norm and pooling: the vector the head reads [B, d] ([B, N * d] for pool="flatten"; fires
-        hook_pooled and the norm hooks)."""
+        """Final norm and pooling: the vector the head reads [B, d] ([B, pooled_dim] for the positional pools
+        "flatten" and "rowcol"; fires hook_pooled and the norm hooks)."""
         if self.cfg.final_norm == "tokens":
             resid = self.ln_final(resid)
         pooled = self.hook_pooled(self.pool(resid))
@@ -649,7 +653,7 @@ class HookedViT(HookedRootModule):
             x: images [B, C, S, S] (normalised float), or, with start_at_layer, the residual
                 stream [B, P, d_model] entering that block.
             return_type: "logits" [B, n_classes]; "features" = the pooled vector after the final norm
-                [B, d_model] (the class token for class-token models; [B, N * d_model] for pool="flatten"); "embeddings" = its projection
+                [B, d_model] (the class token for class-token models; [B, cfg.pooled_dim] for "flatten", "rowcol"); "embeddings" = its projection
                 [B, d_proj] (CLIP); "tokens" = all tokens after the final token norm [B, P, d_model];
                 "auto" = logits if the model has a head, else embeddings if it has a projection, else
                 features, else tokens; None = nothing (hooks only).

@@ -5,7 +5,9 @@
 residual MLP (SigLIP, Zhai et al. 2023, arXiv:2303.15343; timm `AttentionPoolLatent`, HF
 `SiglipMultiheadAttentionPoolingHead`), over the patch tokens; "flatten": the patch tokens concatenated in
 grid order (row-major), [B, N * d], so a linear head on it keeps each patch's position (the chirp
-regressor's readout: docs/training.md#why-the-start-time-needs-a-position-keeping-readout).
+regressor's readout: docs/training.md#why-the-start-time-needs-a-position-keeping-readout); "rowcol": the
+mean patch token of each grid row, then of each grid column, [B, (rows + columns) * d] (the shipped chirp
+regressor's: its time and frequency profiles, with far fewer head weights than "flatten").
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ class FlattenPool(nn.Module):
 
     def forward(self, tokens: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pooled"]:
         return rearrange(self.layout.patches(tokens, dim=1), "b n d -> b (n d)")
+
+
+class RowColPool(nn.Module):
+    """ "rowcol" pooling (no parameters): [B, P, d] -> [B, (rows + columns) * d], the mean patch token of grid
+    row 0, 1, ... (top to bottom), then of grid column 0, 1, ... (left to right), each d wide."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.layout = TokenLayout.from_config(cfg)
+
+    def forward(self, tokens: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pooled"]:
+        grid = rearrange(self.layout.patches(tokens, dim=1), "b (h w) d -> b h w d", h=self.layout.grid[0])
+        rows, columns = grid.mean(dim=2), grid.mean(dim=1)  # [B, h, d], [B, w, d]
+        return torch.cat([rearrange(rows, "b h d -> b (h d)"), rearrange(columns, "b w d -> b (w d)")], dim=1)
 
 
 class AttentionPool(AttentionWeights):

@@ -251,13 +251,15 @@ def _run(args: argparse.Namespace, names: list[str], out: Any, ranks: Any) -> in
 
 
 def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: Any, value: str, args: Any) -> None:
-    """The head taxonomy of the same images (class-token attention against the figure's regions; rule and
+    """The head taxonomy of the same images (the readout query's attention against the figure's regions: the
+    class token's row, or the mean patch-query row of a model whose head reads the patch tokens; rule and
     thresholds in docs/taxonomy.md) beside the ablation heatmap, the joined per-head table, and the layers
     ranked per image by their attention on the chirp."""
     from vitmech.analysis.alignment import cls_attention_grid, head_mean_grid
     from vitmech.analysis.attention import collect_patterns
     from vitmech.analysis.layer_ranking import rank_layers
     from vitmech.analysis.taxonomy import CHIRP_TASK_REGIONS, head_taxonomy
+    from vitmech.tokens import token_layout
     from vitmech.viz.attention import denormalize
     from vitmech.viz.taxonomy import plot_taxonomy, plot_top_layers
 
@@ -266,8 +268,10 @@ def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: An
     taxonomy = head_taxonomy(maps, regions, task_regions=CHIRP_TASK_REGIONS)
     counts = ", ".join(f"{label}: {n}" for label, n in taxonomy.counts().items())
     areas = ", ".join(f"{name} {a:.3f}" for name, a in zip(taxonomy.region_names, taxonomy.area.tolist()))
+    layout = token_layout(model)  # the query row the model's output reads
+    query = "class-token attention" if layout.readout_index is not None else "mean patch-query attention"
     report.add_text(
-        "Head taxonomy (docs/taxonomy.md#definitions): each head's class-token attention mass on each region type "
+        f"Head taxonomy (docs/taxonomy.md#definitions): each head's {query} mass on each region type "
         f"relative to its area (mean area shares: {areas}), the entropy over region types, and the rule with "
         f"thresholds {taxonomy.thresholds}. Heads per label: {counts}."
     )
@@ -286,7 +290,7 @@ def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: An
     ranking = rank_layers(layer_maps, regions, CHIRP_TASK_REGIONS[0])
     report.add_text(
         "Most-focused layers (docs/taxonomy.md#layer-ranking): per image, the layers ranked by the share of their "
-        "head-mean class-token attention on the chirp (chance: the chirp's area share, "
+        f"head-mean {query} on the chirp (chance: the chirp's area share, "
         f"{float(ranking.area_share.mean()):.3f} on average)."
     )
     report.add_table("layer_ranking", ranking.summary(), caption="Per layer: mean focus on the chirp and rank")
@@ -295,5 +299,5 @@ def _add_taxonomy(report: Any, model: Any, images: Any, regions: Any, result: An
     report.add_figure(
         "top_layers",
         plot_top_layers(shown, layer_maps, ranking),
-        caption="The three most-focused layers of the first images (head-mean class-token attention)",
+        caption=f"The three most-focused layers of the first images (head-mean {query})",
     )

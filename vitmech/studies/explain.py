@@ -30,23 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_images(parser, n_images=6)
     add_labels(parser)
-    parser.add_argument(
-        "--methods",
-        default=None,
-        help="comma-separated methods (default: every method the model takes; see docs/explanations.md)",
-    )
+    add_map_options(parser, "comma-separated methods (default: every method the model takes; see docs/explanations.md)")
+    parser.add_argument("--ig-steps", type=int, default=32, help="integration steps of integrated gradients")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per pass")
+    add_run(parser)
+
+
+# ------------------------------------------------------------------------ shared with misclassified and patch-size
+
+
+def add_map_options(parser: argparse.ArgumentParser, methods_help: str) -> None:
+    """--methods (comma-separated; None: every method the model takes, see `parse_methods`) and --target (the
+    class the class-specific maps explain): the options of the studies that draw explanation maps."""
+    parser.add_argument("--methods", default=None, help=methods_help)
     parser.add_argument(
         "--target",
         choices=("predicted", "true"),
         default="predicted",
         help="class the class-specific maps explain (true: needs labels)",
     )
-    parser.add_argument("--ig-steps", type=int, default=32, help="integration steps of integrated gradients")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per pass")
-    add_run(parser)
-
-
-# ----------------------------------------------------------------------------------------- shared with misclassified
 
 
 @dataclass

@@ -2,12 +2,13 @@
 
 Synthetic spectrogram figures (vitmech.data.chirps: viridis image, axis labels, title, colour bar) with
 three z-scored targets: start time, start frequency, end frequency. LoRA rank 8 on query and value, as in
-the paper, plus a 3-output regression head. The head reads every final-normed patch token with its own
-weights (`pool="flatten"`), not the class token: a class-token readout loses where the chirp is, so the
-start time stays unlearned (docs/training.md#why-the-start-time-needs-a-position-keeping-readout);
-`--pool cls` is the paper's readout. The head starts from the closed-form ridge probe (LP-FT); the linear
-probe and the mean predictor are the baselines. Reports MSE and Pearson r per target on held-out figures; the merged model is saved with a
-card (the z-scoring mean/std are in it, to map predictions back to seconds and Hz).
+the paper, plus a 3-output regression head. The head reads the mean final-normed patch token of each grid
+row and column (`pool="rowcol"`: the figure's frequency and time profiles), not the class token: a
+class-token readout loses where the chirp is, so the start time stays unlearned
+(docs/training.md#why-the-start-time-needs-a-position-keeping-readout); `--pool cls` is the paper's readout.
+The head starts from the closed-form ridge probe (LP-FT); the linear probe and the mean predictor are the
+baselines. Reports MSE and Pearson r per target on held-out figures; the merged model is saved with a card
+(the z-scoring mean/std are in it, to map predictions back to seconds and Hz).
 
     vitmech finetune-chirp                                     # mini-pretrained -> LoRA
     vitmech finetune-chirp --save-model vitmech/zoo/mini-chirp --out runs/chirp   # how the shipped model was made
@@ -33,25 +34,26 @@ QUICK = {"n_train": 8, "n_val": 2, "n_test": 4, "steps": 2, "batch_size": 4, "pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_models(parser, [PRETRAINED])
-    parser.add_argument("--n-train", type=int, default=4000, help="training figures")
+    parser.add_argument("--n-train", type=int, default=6000, help="training figures")
     parser.add_argument("--n-val", type=int, default=500, help="validation figures")
     parser.add_argument("--n-test", type=int, default=500, help="test figures")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated figures")
-    add_training_arguments(parser, tier="lora", epochs=2.0, head_lr=2e-4, backbone_lr=2e-3, weight_decay=0.01)
+    add_training_arguments(parser, tier="lora", epochs=1.0, head_lr=2e-4, backbone_lr=1e-3, weight_decay=0.01)
     parser.add_argument(
         "--lora-targets", default="q,v", help="comma-separated projections among q, k, v (the paper's: q,v)"
     )
     parser.add_argument(
         "--pool",
-        choices=("flatten", "cls"),
-        default="flatten",
-        help="the head's readout: every patch token with its own weights (flatten: keeps where the chirp is, "
-        "docs/training.md#why-the-start-time-needs-a-position-keeping-readout) or the class token (cls)",
+        choices=("rowcol", "flatten", "cls"),
+        default="rowcol",
+        help="the head's readout: the mean patch token of each grid row and column (rowcol: the frequency and "
+        "time profiles), every patch token (flatten), both keeping where the chirp is "
+        "(docs/training.md#why-the-start-time-needs-a-position-keeping-readout), or the class token (cls)",
     )
     parser.add_argument(
         "--probe-ridge",
         type=float,
-        default=30.0,
+        default=0.05,
         help="fit the linear probe in closed form, ridge with this alpha (0: AdamW --probe-steps instead)",
     )
     add_run(parser, resumable=True)

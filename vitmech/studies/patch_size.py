@@ -16,6 +16,7 @@ import argparse
 from typing import Any
 
 from vitmech.cli.args import FINETUNED, add_images, add_labels, add_models, add_run
+from vitmech.studies.explain import add_map_options
 
 PATCH32 = "vitmech/mini-galaxy-p32"
 QUICK = {"n_images": 3, "ig_steps": 4, "batch_size": 3, "resamples": 200, "figure_images": 2, "top_k": 1}
@@ -30,17 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_images(parser, n_images=64)
     add_labels(parser)
-    parser.add_argument(
-        "--methods",
-        default=None,
-        help="comma-separated explanation methods (default: every ViT method; see docs/explanations.md)",
-    )
-    parser.add_argument(
-        "--target",
-        choices=("predicted", "true"),
-        default="predicted",
-        help="class the class-specific maps explain (true: needs labels)",
-    )
+    add_map_options(parser, "comma-separated explanation methods (default: every ViT method; see docs/explanations.md)")
     parser.add_argument(
         "--top-k",
         type=int,
