@@ -3,7 +3,7 @@
 Most tests run tiny models, whose ops are dominated by thread hand-off: with several threads on a busy
 machine each op can stall for a scheduler slice. Set VITMECH_TEST_THREADS to use more.
 
-The default run checks the annotations of most of `vitmech` at call time (jaxtyping shapes through beartype;
+The default run checks the annotations of all of `vitmech` at call time (jaxtyping shapes through beartype;
 see `addopts` in pyproject.toml). Tests that pass wrongly-typed values on purpose, to test vitmech's own
 validation (what a caller without runtime checking gets), take the `unchecked_types` fixture.
 

@@ -36,7 +36,9 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 
-ImageLike = Image.Image | np.ndarray | torch.Tensor
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+"""What `preprocess` takes as one image: a PIL image, a uint8 / uint16 / [0, 1] float array ([H, W], [H, W, C]
+or [B, H, W, C]), a uint8 tensor ([C, H, W] or [B, C, H, W]), or an image file's path (`read_image`)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
-    """Accept one image or many: PIL, uint8 arrays [H,W], [H,W,C] or [B,H,W,C], uint8 tensors [C,H,W] or [B,C,H,W]."""
+    """Accept one image or many: PIL, uint8 arrays [H,W], [H,W,C] or [B,H,W,C], uint8 tensors [C,H,W] or [B,C,H,W],
+    file paths."""
     if isinstance(images, Image.Image):
         return [to_rgb8(images) if images.mode in ("I", "F") or images.mode.startswith("I;16") else images]
     if isinstance(images, torch.Tensor):
@@ -209,7 +212,8 @@ def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
 def preprocess(
     images: ImageLike | Sequence[ImageLike], spec: Preprocessing, n_channels: int = 3
 ) -> Float[torch.Tensor, "batch channel height width"]:
-    """Turn PIL images or uint8 arrays into a normalised float32 batch [B, C, S, S] (S = spec.image_size)."""
+    """Turn PIL images, uint8 arrays or image files into a normalised float32 batch [B, C, S, S]
+    (S = spec.image_size)."""
     if len(spec.mean) != n_channels:
         raise ValueError(f"preprocessing has {len(spec.mean)} channel means but the model takes {n_channels} channels")
     mode = "RGB" if n_channels == 3 else "L" if n_channels == 1 else None

@@ -7,6 +7,7 @@ import torch
 from einops import einsum
 
 from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.typecheck import runtime_checks_off
 from vitmech.analysis.ablation.metrics import logit_diff
 from vitmech.analysis.path_patching import path_patching
 from vitmech.errors import PatchingError
@@ -105,9 +106,9 @@ def test_a_sender_patched_into_its_own_run_changes_nothing(setup):
 
 def test_bad_requests(setup):
     model, clean, corrupted = setup
-    with pytest.raises(PatchingError, match="component"):
+    with runtime_checks_off(), pytest.raises(PatchingError, match="component"):
         path_patching(model, clean, corrupted, "kl_to_clean", [(0, 0)], [(1, 0)], component="z")
     with pytest.raises(PatchingError, match="not in this model"):
         path_patching(model, clean, corrupted, "kl_to_clean", [(0, 9)], [(1, 0)])
-    with pytest.raises(PatchingError, match="logits"):
+    with runtime_checks_off(), pytest.raises(PatchingError, match="logits"):
         path_patching(model, clean, corrupted, "kl_to_clean", [(0, 0)], "resid")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.models import seeded_images, tiny_model
+from tests.helpers.typecheck import runtime_checks_off
 from vitmech.errors import RuntimeSettingError
 from vitmech.threads import torch_threads
 
@@ -101,7 +102,11 @@ def test_torch_threads_is_explicit_and_restores():
         1 / 0  # noqa: B018
     assert torch.get_num_threads() == before
     for bad in (0, -1, 1.5, "auto", True):
-        with pytest.raises(RuntimeSettingError, match="positive int or None"), torch_threads(bad):  # type: ignore[arg-type]
+        with (
+            runtime_checks_off(),
+            pytest.raises(RuntimeSettingError, match="positive int or None"),
+            torch_threads(bad),  # type: ignore[arg-type]
+        ):
             pass
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from vitmech.tokens import token_layout
@@ -124,7 +124,7 @@ class RegionMasks:
             raise KeyError(f"no regions {missing}; these masks hold {list(self.names)}")
         return RegionMasks(self.masks[:, [self.names.index(n) for n in names]], tuple(names))
 
-    def subset(self, rows: Sequence[int] | Tensor) -> RegionMasks:
+    def subset(self, rows: Sequence[int] | Int[np.ndarray, " rows"] | Int[Tensor, " rows"]) -> RegionMasks:
         """The masks of some images (rows of the batch axis)."""
         return RegionMasks(self.masks[torch.as_tensor(rows, dtype=torch.long)], self.names)
 

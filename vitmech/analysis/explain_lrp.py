@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
@@ -121,7 +121,7 @@ def check_supported(model: HookedViT) -> None:
 
 
 def attention_relevance(
-    model: HookedViT, images: Float[Tensor, "batch channel height width"], target: Float[Tensor, " batch"]
+    model: HookedViT, images: Float[Tensor, "batch channel height width"], target: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch layer head query key"]:
     """R(A_b) for every block: the LRP relevance of each attention map for the target class (one-hot at
     the logits), propagated with the rules in the module docstring."""

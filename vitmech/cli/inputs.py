@@ -15,12 +15,13 @@ def load_images(args: argparse.Namespace, minimum: int = 1) -> ImageSource:
         raise SystemExit(f"error: --n-images must be at least {minimum}")
     if args.images == SYNTHETIC_GALAXIES:
         import numpy as np
+        from PIL import Image
 
         from vitmech.data.galaxies import GALAXY_CLASSES, generate_galaxies
 
         batch = generate_galaxies(n, seed=args.image_seed, size=224)
         return ImageSource(
-            list(batch.images),
+            [Image.fromarray(image) for image in batch.images],
             labels=np.asarray(batch.labels, dtype=np.int64),
             class_names=list(GALAXY_CLASSES),
             note=f"{len(batch)} synthetic galaxies (seed {args.image_seed}, classes balanced)",

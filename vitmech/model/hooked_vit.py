@@ -505,7 +505,7 @@ class HookedViT(HookedRootModule):
         return bias
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Float[torch.Tensor, "batch channel height width"]:
-        """PIL images or uint8 arrays -> normalised batch [B, C, S, S] on the model's device and dtype."""
+        """PIL images, uint8 arrays or image files -> normalised batch [B, C, S, S] on the model's device and dtype."""
         batch = preprocess(images, self.preprocessing, n_channels=self.cfg.n_channels)
         return batch.to(device=self.device, dtype=self.dtype)
 
