@@ -111,7 +111,6 @@ def fit_head_on_features(
         with torch.no_grad():
             head.W_H.copy_(weights.to(head.W_H))
             head.b_H.copy_(bias.to(head.b_H))
-        with torch.no_grad():
             loss = task_loss(head(features), train.targets, train.task)
         result = TrainResult(history=[{"step": 0, "loss": float(loss), "lr_factor": 0.0}])
         result.seconds = time.perf_counter() - t0

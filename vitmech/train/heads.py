@@ -2,8 +2,8 @@
 
 Both return a new HookedViT with a new config and copy every other weight, so the result loads,
 saves and exports like any other model. A regression head is the same linear map on the pooled vector as a
-classifier (`W_H` [d_model, K] on the final-normalised CLS token; [N * d_model, K] for the flattened patch
-tokens of pool="flatten"); its outputs are named by `class_names` (the target
+classifier (`W_H` [d_model, K] on the final-normalised CLS token; [cfg.pooled_dim, K] for the
+position-keeping pools "flatten" and "rowcol"); its outputs are named by `class_names` (the target
 names) and `card["task"] = "regression"` says how to read them.
 """
 
