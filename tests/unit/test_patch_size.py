@@ -224,3 +224,27 @@ def test_study_alignment_and_attention_sides_are_the_single_model_functions(pair
         )
     assert (out / "maps.png").is_file() and (out / "attention_by_layer.png").is_file()
     assert "RANDOM WEIGHTS" not in (out / "report.md").read_text()
+
+
+def test_study_refuses_pairs_it_cannot_compare(tmp_path, capsys):
+    """One model, or patch sizes with no whole-patch equal area (12 and 16 px), exit with a clear message."""
+    from vitmech.cli import run_command
+
+    tiny_model(seed=0, patch_size=12, image_size=48).save_pretrained(tmp_path / "p12")
+    tiny_model(seed=1, patch_size=16, image_size=48).save_pretrained(tmp_path / "p16")
+    with pytest.raises(SystemExit, match="patch size 12 does not divide 16"):
+        run_command(
+            "patch-size",
+            [
+                "--model",
+                str(tmp_path / "p12"),
+                "--model",
+                str(tmp_path / "p16"),
+                "--quick",
+                "--out",
+                str(tmp_path / "a"),
+            ],
+        )
+    with pytest.raises(SystemExit) as exc:
+        run_command("patch-size", ["--model", str(tmp_path / "p12"), "--quick", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "compares two models" in capsys.readouterr().err

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from vitmech.cli.args import models_from
     from vitmech.cli.outputs import study_report
+    from vitmech.errors import InputError
     from vitmech.studies._common import model_lines, models, start
     from vitmech.studies.explain import alignment_rows, load_explain_images, methods_for, model_input, parse_methods
     from vitmech.viz.explain import plot_explanations
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     patch_sizes = [int(m.model.cfg.patch_size) for m in loaded]
     try:
         top_ks = equal_area_k(patch_sizes, args.top_k)
-    except Exception as err:  # InputError: patch sizes that do not nest
+    except InputError as err:  # patch sizes that do not nest (12 and 16 px)
         raise SystemExit(f"error: {err}") from None
     for m, k in zip(loaded, top_ks):
         if k > m.model.cfg.grid_size**2:
