@@ -1,9 +1,13 @@
-"""Splitting a stack of images (or any N items) into batches: one implementation for every batched loop."""
+"""Splitting a stack of images (or any N items) into batches, and joining the results of batches: one
+implementation for every batched loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
+import torch
 from jaxtyping import Shaped
 from torch import Tensor
 
@@ -32,3 +36,42 @@ def image_batches(
     """(start index, images[start:stop]) for each batch of `batch_bounds(len(images), batch_size, min_batch)`."""
     for start, stop in batch_bounds(images.shape[0], batch_size, min_batch):
         yield start, images[start:stop]
+
+
+def cat_if_all(tensors: Sequence[Tensor | None], dim: int = 0) -> Tensor | None:
+    """torch.cat(tensors, dim), or None when any part is None (an optional field of batched results)."""
+    present = [t for t in tensors if t is not None]
+    return torch.cat(present, dim) if present and len(present) == len(tensors) else None
+
+
+Result = TypeVar("Result")
+
+
+def concat_results(parts: Sequence[Result], dim: int = 0, extend: Collection[str] = ()) -> Result:
+    """Join dataclass results of batches into one of the same class: tensor fields concatenated along `dim`
+    (optional ones None when any part lacks them, `cat_if_all`), the sequence fields named in `extend` joined
+    end to end into a tuple, and every other field (settings, layouts) required equal across parts and kept.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Scores:
+    ...     values: Tensor
+    ...     unit: str
+    >>> concat_results([Scores(torch.zeros(2), "nats"), Scores(torch.ones(1), "nats")])
+    Scores(values=tensor([0., 0., 1.]), unit='nats')
+    """
+    if not parts:
+        raise InputError("nothing to concatenate")
+    first = parts[0]
+    joined: dict[str, Any] = {}
+    for field in dataclasses.fields(first):  # type: ignore[arg-type]
+        column = [getattr(part, field.name) for part in parts]
+        if field.name in extend:
+            joined[field.name] = tuple(item for value in column for item in value)
+        elif any(isinstance(value, Tensor) for value in column):
+            joined[field.name] = cat_if_all(column, dim)
+        elif any(value != column[0] for value in column[1:]):
+            raise InputError(f"can only join results with the same {field.name}; got {column[0]!r} and others")
+        else:
+            joined[field.name] = column[0]
+    return type(first)(**joined)

@@ -17,7 +17,6 @@ from vitmech.analysis.patching import (
     activation_patching,
     head_sites,
     layer_sites,
-    naive_patched_outputs,
     patched_outputs,
     position_sites,
     resolve_positions,
@@ -53,7 +52,7 @@ def setup():
 def test_batched_engine_equals_the_naive_loop(setup):
     model, clean, corrupted, sites = setup
     exact = patched_outputs(model, clean, corrupted, sites, max_rows=7)  # chunks of 2 sites, mixed kinds
-    naive = naive_patched_outputs(model, clean, corrupted, sites)
+    naive = patched_outputs(model, clean, corrupted, sites, engine="naive")
     assert exact.shape == (len(sites), B, model.cfg.n_classes)
     torch.testing.assert_close(exact, naive, atol=1e-5, rtol=0)
     assert (naive - model(corrupted)).abs().max() > 1e-2  # and patching changed something
@@ -77,7 +76,7 @@ def test_clean_into_clean_restores_all_and_corrupted_into_corrupted_nothing(setu
 def test_denoising_restored_fraction_matches_its_definition(setup):
     model, clean, corrupted, sites = setup
     result = activation_patching(model, clean, corrupted, "cross_entropy", sites[:6], targets=torch.tensor([0, 1, 2]))
-    naive = naive_patched_outputs(model, clean, corrupted, sites[:6])
+    naive = patched_outputs(model, clean, corrupted, sites[:6], engine="naive")
     ce = torch.nn.functional.cross_entropy
     labels = torch.tensor([0, 1, 2])
     m_clean, m_bad = ce(model(clean), labels), ce(model(corrupted), labels)
@@ -160,7 +159,9 @@ def test_properties_of_random_sites(seed, layer, head, positions, max_rows):
         Site("resid_pre", layer),
     ]
     exact = patched_outputs(model, clean, corrupted, sites, max_rows=max_rows)
-    torch.testing.assert_close(exact, naive_patched_outputs(model, clean, corrupted, sites), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        exact, patched_outputs(model, clean, corrupted, sites, engine="naive"), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(exact[-1], model(clean), atol=1e-5, rtol=0)
     same = patched_outputs(model, corrupted, corrupted, sites, max_rows=max_rows)
     torch.testing.assert_close(same, model(corrupted).expand_as(same), atol=1e-5, rtol=0)

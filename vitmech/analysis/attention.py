@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities import get_act_name
 
-from vitmech.batching import image_batches
+from vitmech.batching import concat_results, image_batches
 from vitmech.device import on_model_device
 from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
@@ -55,14 +55,8 @@ logger = logging.getLogger(__name__)
 PatternStack = Float[Tensor, "batch layer head query key"]
 
 # Elements of the [query, key] matrices handled at once by the chunked reductions (about 4 MiB in float32,
-# so the temporary stays in cache: 5x faster than one big product on a 2-core EPYC).
+# so the temporary stays in cache; several times faster than one big product).
 _CHUNK_ELEMENTS = 1 << 20
-
-
-def cat_if_all(tensors: Sequence[Tensor | None], dim: int = 0) -> Tensor | None:
-    """torch.cat(tensors, dim), or None when any part is None (an optional field of batched results)."""
-    present = [t for t in tensors if t is not None]
-    return torch.cat(present, dim) if present and len(present) == len(tensors) else None
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -315,10 +309,6 @@ class AttentionMetrics:
         return self.cls_entropy.shape[0]
 
     @property
-    def n_heads(self) -> int:
-        return self.cls_entropy.shape[2]
-
-    @property
     def top_k_name(self) -> str:
         return f"cls_top{self.settings.k}"
 
@@ -340,7 +330,7 @@ class AttentionMetrics:
         """One row per (layer, head): mean and std (ddof 1) over images of every per-head metric."""
         import pandas as pd
 
-        n_layers, n_heads = len(self.layers), self.n_heads
+        _, n_layers, n_heads = self.cls_entropy.shape
         frame = pd.DataFrame(
             {
                 "layer": [layer for layer in self.layers for _ in range(n_heads)],
@@ -396,39 +386,12 @@ class AttentionMetrics:
     @classmethod
     def stack_layers(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
         """Join single-layer results of the same images (e.g. computed layer by layer in hooks)."""
-        if not parts:
-            raise InputError("nothing to stack")
-        return cls(
-            cls_entropy=torch.cat([p.cls_entropy for p in parts], 1),
-            cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts], 1),
-            cls_top_k=torch.cat([p.cls_top_k for p in parts], 1),
-            cls_top_k_head_mean=torch.cat([p.cls_top_k_head_mean for p in parts], 1),
-            mean_distance=torch.cat([p.mean_distance for p in parts], 1),
-            layers=tuple(layer for p in parts for layer in p.layers),
-            settings=parts[0].settings,
-            cls_attention=cat_if_all([p.cls_attention for p in parts], 1),
-            query=parts[0].query,
-        )
+        return concat_results(parts, dim=1, extend=("layers",))
 
     @classmethod
     def concat(cls, parts: Sequence[AttentionMetrics]) -> AttentionMetrics:
-        """Join results of image batches (same layers and settings) along the image axis."""
-        if not parts:
-            raise InputError("nothing to concatenate")
-        first = parts[0]
-        if any(p.layers != first.layers or p.settings != first.settings or p.query != first.query for p in parts):
-            raise InputError("can only concatenate metrics of the same layers, settings and query")
-        return cls(
-            cls_entropy=torch.cat([p.cls_entropy for p in parts]),
-            cls_entropy_head_mean=torch.cat([p.cls_entropy_head_mean for p in parts]),
-            cls_top_k=torch.cat([p.cls_top_k for p in parts]),
-            cls_top_k_head_mean=torch.cat([p.cls_top_k_head_mean for p in parts]),
-            mean_distance=torch.cat([p.mean_distance for p in parts]),
-            layers=first.layers,
-            settings=first.settings,
-            cls_attention=cat_if_all([p.cls_attention for p in parts]),
-            query=first.query,
-        )
+        """Join results of image batches (same layers, settings and query) along the image axis."""
+        return concat_results(parts)
 
 
 def _std(values: Tensor) -> Tensor:

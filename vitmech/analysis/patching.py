@@ -200,14 +200,20 @@ def patched_outputs(
     sites: Sequence[Site],
     output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
     max_rows: int = 256,
+    engine: Engine = "exact",
 ) -> torch.Tensor:
-    """The target run's output with each site patched from the source run: [n_sites, B, ...] (exact engine).
+    """The target run's output with each site patched from the source run: [n_sites, B, ...].
 
-    max_rows bounds the stacked batch (sites x images) of one suffix run.
+    engine: "exact" (batched suffix recompute; max_rows bounds the stacked batch, sites x images, of one
+    suffix run) or "naive" (one full forward of the target images per site: the reference).
     """
+    if engine not in ("exact", "naive"):
+        raise PatchingError(f"engine must be 'exact' or 'naive', got {engine!r}")
     sites = _check_sites(model, sites)
     check_pair(model, source, target)
     source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
+    if engine == "naive":
+        return _one_forward_per_site(model, target, sites, source_cache, output)
     return outputs_with_sources(model, target, sites, source_cache, output=output, max_rows=max_rows)
 
 
@@ -271,21 +277,17 @@ def _swap_hook(source: torch.Tensor, masks: torch.Tensor) -> Callable[[torch.Ten
     return hook
 
 
-@torch.no_grad()
-def naive_patched_outputs(
+def _one_forward_per_site(
     model: HookedViT,
-    source: Float[torch.Tensor, "batch c h w"],
     target: Float[torch.Tensor, "batch c h w"],
     sites: Sequence[Site],
-    output: Literal["logits", "features", "embeddings", "tokens"] = "logits",
+    sources: Mapping[str, torch.Tensor],
+    output: Literal["logits", "features", "embeddings", "tokens"],
 ) -> torch.Tensor:
-    """The same as `patched_outputs`, one full forward of the target images per site (the reference)."""
-    sites = _check_sites(model, sites)
-    check_pair(model, source, target)
-    source_cache = cached(model, source, sorted({s.hook_name for s in sites}))
+    """`patched_outputs`' naive engine: each site patched in its own full forward of `target`, [n_sites, B, ...]."""
     outputs = []
     for site in sites:
-        clean = source_cache[site.hook_name]
+        clean = sources[site.hook_name]
 
         def patch(activation: torch.Tensor, hook: Any, site: Site = site, clean: torch.Tensor = clean) -> torch.Tensor:
             positions = slice(None) if site.positions is None else list(site.positions)
@@ -457,12 +459,7 @@ def activation_patching(
     def score(out: torch.Tensor) -> torch.Tensor:
         return metric_obj(out, clean=clean_out, targets=targets).detach().float().cpu()
 
-    if engine == "exact":
-        outs = patched_outputs(model, runs[source], runs[target], sites, output=kind, max_rows=max_rows)
-    elif engine == "naive":
-        outs = naive_patched_outputs(model, runs[source], runs[target], sites, output=kind)
-    else:
-        raise PatchingError(f"engine must be 'exact' or 'naive', got {engine!r}")
+    outs = patched_outputs(model, runs[source], runs[target], sites, output=kind, max_rows=max_rows, engine=engine)
     layout = token_layout(model)
     return PatchingResult(
         sites=list(sites),

@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.utilities import get_act_name
 
-from vitmech.analysis.attention import image_batches
+from vitmech.batching import concat_results, image_batches
 from vitmech.tokens import TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -197,20 +197,8 @@ class RegisterAnalysis:
 
     @classmethod
     def concat(cls, parts: Sequence[RegisterAnalysis]) -> RegisterAnalysis:
-        """Join results of image batches (same model and factor) along the image axis."""
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        first = parts[0]
-        if any(p.layout != first.layout or p.factor != first.factor for p in parts):
-            raise ValueError("can only concatenate results of the same layout and factor")
-        return cls(
-            norms=torch.cat([p.norms for p in parts]),
-            outliers=torch.cat([p.outliers for p in parts]),
-            shares=torch.cat([p.shares for p in parts]),
-            register_maps=torch.cat([p.register_maps for p in parts]),
-            layout=first.layout,
-            factor=first.factor,
-        )
+        """Join results of image batches (same layout and factor) along the image axis."""
+        return concat_results(parts)
 
 
 def analyse_tokens(

@@ -34,13 +34,12 @@ from transformer_lens.utilities import get_act_name
 from vitmech.analysis.attention import (
     PatternStack,
     attention_entropy,
-    cat_if_all,
     pattern_layout,
     resolve_layers,
     to_grid,
     top_k_concentration,
 )
-from vitmech.batching import image_batches
+from vitmech.batching import cat_if_all, concat_results, image_batches
 from vitmech.device import on_model_device
 from vitmech.errors import IndexOutOfRangeError, InputError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
@@ -294,16 +293,8 @@ class Rollout:
 
     @classmethod
     def concat(cls, parts: Sequence[Rollout]) -> Rollout:
-        first = parts[0]
-        weights = [p.head_weights for p in parts]
-        return cls(
-            rows=torch.cat([p.rows for p in parts]),
-            tokens=first.tokens,
-            method=first.method,
-            settings=first.settings,
-            head_weights=cat_if_all(weights),
-            layout=first.layout,
-        )
+        """Join results of image batches (same tokens, method, settings and layout) along the image axis."""
+        return concat_results(parts)
 
 
 # ----------------------------------------------------------------------------------------- rollout

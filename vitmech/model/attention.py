@@ -35,6 +35,9 @@ from vitmech.model.layer_scale import LayerScale
 from vitmech.model.rotary import Rotary
 
 Heads = Float[torch.Tensor, "batch pos head d_head"]
+QueryHeads = Float[torch.Tensor, "batch query head d_head"]
+KeyHeads = Float[torch.Tensor, "batch key head d_head"]
+"""Queries and keys/values apart: `Attention.pure` may keep fewer query positions than key positions."""
 
 
 class AttentionWeights(nn.Module):
@@ -120,12 +123,7 @@ class Attention(AttentionWeights):
     def scores(self, q: Heads, k: Heads) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
         return einsum(q * self.scale, k, "b q h e, b k h e -> b h q k")  # scale the smaller tensor
 
-    def context(
-        self,
-        q: Float[torch.Tensor, "batch query head d_head"],
-        k: Float[torch.Tensor, "batch key head d_head"],
-        v: Float[torch.Tensor, "batch key head d_head"],
-    ) -> Float[torch.Tensor, "batch query head d_head"]:
+    def context(self, q: QueryHeads, k: KeyHeads, v: KeyHeads) -> QueryHeads:
         """z = softmax(q k^T / sqrt(d_head)) v through the fused kernel, [B, P_q, H, d_head]."""
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return z.transpose(1, 2)

@@ -28,7 +28,7 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.interventions import AblationLike, resolve_ablation, z_hook_name
 from vitmech.analysis.ablation.metrics import MetricLike, resolve_metric
-from vitmech.analysis.ablation.results import HeadSweepResult
+from vitmech.analysis.ablation.results import AblationMeasurement, HeadSweepResult
 from vitmech.analysis.ablation.sweep import check_inputs
 from vitmech.batching import batch_bounds
 from vitmech.device import on_model_device
@@ -37,15 +37,11 @@ from vitmech.model.hooked_vit import HookedViT
 
 
 @dataclass
-class HeadEstimates:
+class HeadEstimates(AblationMeasurement):
     """attribution [L, H]: estimated effect (ablated - clean, metric units); michel [L, H]: importance >= 0."""
 
     attribution: np.ndarray
     michel: np.ndarray
-    clean: float
-    n_examples: int
-    metric: dict[str, Any]
-    ablation: dict[str, Any]
     michel_normalized: bool
 
     @classmethod
@@ -88,10 +84,7 @@ class HeadEstimates:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "clean": self.clean,
-            "n_examples": self.n_examples,
-            "metric": self.metric,
-            "ablation": self.ablation,
+            **super().to_dict(),
             "michel_normalized": self.michel_normalized,
             "attribution": self.attribution.tolist(),
             "michel": self.michel.tolist(),

@@ -16,6 +16,9 @@ import pandas as pd
 
 from vitmech.analysis.ablation.heads import Cell
 
+GRID_VALUES = ("delta", "pct_change", "ablated", "delta_se")
+"""The per-cell columns `HeadSweepResult.grid` lays out as a [layer, head] grid."""
+
 
 @overload
 def percent_change(delta: np.ndarray, clean: float) -> np.ndarray: ...
@@ -34,26 +37,38 @@ def percent_change(delta: np.ndarray | float, clean: float) -> np.ndarray | floa
 
 
 @dataclass
-class AblationTable:
-    """One row per cell (a set of heads ablated together).
+class AblationMeasurement:
+    """What an ablation result was measured on, shared by the exact sweeps and the gradient estimates.
+
+    Attributes:
+        clean: metric of the clean model, mean over n_examples.
+        n_examples: images averaged over.
+        metric / ablation: what was measured and how heads were removed (their settings).
+    """
+
+    clean: float
+    n_examples: int
+    metric: dict[str, Any]
+    ablation: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean": self.clean, "n_examples": self.n_examples, "metric": self.metric, "ablation": self.ablation}
+
+
+@dataclass
+class AblationTable(AblationMeasurement):
+    """One row per cell (a set of heads ablated together), measured as `AblationMeasurement` says.
 
     Attributes:
         cells: the cells, in sweep order.
-        clean: metric of the clean model, mean over n_examples.
         ablated: [n_cells] mean metric with each cell ablated.
         delta_se: [n_cells] standard error of the per-example effect.
-        n_examples: images averaged over.
-        metric / ablation: what was measured and how heads were removed (their settings).
         store_path: the resumable results file, if any.
     """
 
     cells: list[Cell]
-    clean: float
     ablated: np.ndarray
     delta_se: np.ndarray
-    n_examples: int
-    metric: dict[str, Any]
-    ablation: dict[str, Any]
     store_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -87,10 +102,7 @@ class AblationTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "clean": self.clean,
-            "n_examples": self.n_examples,
-            "metric": self.metric,
-            "ablation": self.ablation,
+            **super().to_dict(),
             "store_path": self.store_path,
             "cells": [c.to_dict() for c in self.cells],
             "rows": self.to_frame().to_dict(orient="records"),
@@ -111,17 +123,11 @@ class HeadSweepResult(AblationTable):
         return [c.heads[0] for c in self.cells]
 
     def grid(self, value: str = "pct_change") -> np.ndarray:
-        """[n_layers, max_heads] array of `value` ('delta', 'pct_change', 'ablated', 'delta_se'); NaN where not swept."""
-        values = {
-            "delta": self.delta,
-            "pct_change": self.pct_change,
-            "ablated": self.ablated,
-            "delta_se": self.delta_se,
-        }
-        if value not in values:
-            raise KeyError(f"value must be one of {sorted(values)}, got {value!r}")
+        """[n_layers, max_heads] array of `value` (one of GRID_VALUES); NaN where not swept."""
+        if value not in GRID_VALUES:
+            raise KeyError(f"value must be one of {sorted(GRID_VALUES)}, got {value!r}")
         out = np.full((len(self.heads_per_layer), max(self.heads_per_layer, default=0)), np.nan)
-        for (layer, head), v in zip(self.heads, values[value]):
+        for (layer, head), v in zip(self.heads, getattr(self, value)):
             out[layer, head] = v
         return out
 
