@@ -676,27 +676,16 @@ def generate_galaxies(
     start: int = 0,
     classes: Sequence[str] = GALAXY_CLASSES,
     class_weights: Sequence[float] | None = None,
-    size: int = 224,
-    render_size: int | None = None,
-    noise: bool = True,
-    flux_fraction: float = 0.8,
-    return_linear: bool = False,
-    num_threads: Threads = None,
+    **render_options: Any,
 ) -> GalaxyBatch:
-    """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch.
-    Deterministic: the same (seed, index) gives the same image whatever the batch it is rendered in."""
+    """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch
+    by ``render_galaxies``, whose keyword arguments ``render_options`` are (size=224, render_size, noise,
+    flux_fraction, arms_ridge, return_linear, num_threads). Deterministic: the same (seed, index) gives the same
+    image whatever the batch it is rendered in."""
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
     params = sample_galaxies(n, seed, start=start, classes=classes, class_weights=class_weights)
-    return render_galaxies(
-        params,
-        size=size,
-        render_size=render_size,
-        noise=noise,
-        flux_fraction=flux_fraction,
-        return_linear=return_linear,
-        num_threads=num_threads,
-    )
+    return render_galaxies(params, **render_options)
 
 
 def iter_galaxies(

@@ -20,7 +20,6 @@ report it apart from the other tiers (docs/alignment.md#attention-supervised-tie
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -161,16 +160,13 @@ def fine_tune_attention_supervised(
     config: TrainConfig,
     *,
     tier: TierConfig | None = None,
-    val: ArrayDataset | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = True,
-    card: dict[str, Any] | None = None,
-    progress: bool = True,
+    **fine_tune_options: Any,
 ) -> FineTuneResult:
     """Fine-tune a copy of `model` with the attention-supervised loss (`regions` align with `train`'s rows).
 
-    `tier` picks the trained parameters (default: everything, as the "full" tier). Augmentation would move
-    the images away from their masks, so `config.augment` must be None."""
+    `tier` picks the trained parameters (default: everything, as the "full" tier); `fine_tune_options` are
+    `fine_tune`'s keyword arguments (val, checkpoint_dir, resume, card, progress, new_head), whose defaults
+    apply. Augmentation would move the images away from their masks, so `config.augment` must be None."""
     if len(regions) != len(train):
         raise ValueError(f"{len(regions)} images of masks for {len(train)} training images")
     if config.augment is not None:
@@ -183,18 +179,15 @@ def fine_tune_attention_supervised(
     def loss_fn(m: HookedViT, x: Tensor, y: Tensor, rows: Tensor) -> Tensor:
         return attention_supervised_loss(m, x, y, targets[rows], supervision, train.task, smoothing)
 
+    fingerprint = {"attention_supervision": supervision.to_dict()}
     result = fine_tune(
         model,
         train,
         tier or TierConfig("full"),
         config,
-        val=val,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        card=card,
-        progress=progress,
         loss_fn=loss_fn,
-        fingerprint_extra={"attention_supervision": supervision.to_dict()},
+        fingerprint_extra=fingerprint,
+        **fine_tune_options,
     )
     result.extra["tier_name"] = SUPERVISED_TIER
     result.extra["attention_supervision"] = supervision.to_dict()
