@@ -42,12 +42,12 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from vitmech.tokens import token_layout
+from vitmech.tokens import READOUT, token_layout
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from vitmech.analysis.rollout import Rollout
+    from vitmech.analysis.rollout import Query, Rollout
 
 Upsample = Literal["nearest", "bilinear"]
 UNION = "union"
@@ -290,11 +290,13 @@ def head_mean_grid(maps: Float[Tensor, "batch layer head gh gw"]) -> Float[Tenso
     return maps.mean(2)
 
 
-def rollout_grid(model_or_cfg: Any, result: Rollout, renormalise: bool = True) -> Float[Tensor, "batch gh gw"]:
-    """The class token's row of a rollout-style result (rollout, gradient rollout, GMAR) on the patch grid."""
-    layout = token_layout(model_or_cfg)
-    row = result.row(layout.require_class_token("rollout maps"))
-    return cls_attention_grid(model_or_cfg, row, rows="cls", renormalise=renormalise)
+def rollout_grid(
+    model_or_cfg: Any, result: Rollout, renormalise: bool = True, token: Query = READOUT
+) -> Float[Tensor, "batch gh gw"]:
+    """One query's row of a rollout-style result (rollout, gradient rollout, GMAR) on the patch grid: by default
+    the readout query (the class token, or the mean patch row where the model reads its patch tokens), which
+    `result` must hold (`tokens=` when it was computed)."""
+    return cls_attention_grid(model_or_cfg, result.row(token), rows="cls", renormalise=renormalise)
 
 
 def patch_grid(model_or_cfg: Any, values: Float[Tensor, "*batch patch"]) -> Float[Tensor, "*batch gh gw"]:

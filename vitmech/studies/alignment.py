@@ -251,14 +251,14 @@ def galaxy_data(n: int, seed: int, regions: Sequence[str], size: int) -> tuple[A
 
 
 def attention_maps(model: HookedViT, images: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Class-token maps of every head [B, L, H, g, g], their head means [B, L, g, g], the last layer's head
-    mean [B, g, g] and the rollout map [B, g, g] (alpha 0.5, head mean)."""
+    """Readout-query maps (the class token's row, or the mean patch-query row for a model that reads its patch
+    tokens) of every head [B, L, H, g, g], their head means [B, L, g, g], the last layer's head mean [B, g, g]
+    and the rollout map [B, g, g] (alpha 0.5, head mean; the same query's row)."""
     with torch.no_grad():
         rows = collect_patterns(model, images, rows="cls", batch_size=batch_size, progress=False)
         heads = cls_attention_grid(model, rows, rows="cls")
-        rolled = rollout_maps(
-            model, images, {"rollout": RolloutSettings()}, tokens=(0,), batch_size=batch_size, progress=False
-        )["rollout"]
+        variants = {"rollout": RolloutSettings()}
+        rolled = rollout_maps(model, images, variants, batch_size=batch_size, progress=False)["rollout"]  # readout row
     layers = head_mean_grid(heads)
     return {"heads": heads, "layers": layers, "last_layer_mean": layers[:, -1], "rollout": rollout_grid(model, rolled)}
 
