@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vitmech.errors import IndexOutOfRangeError
+from vitmech.errors import IndexOutOfRangeError, InputError
 
 ActFn = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
 ACT_FNS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
@@ -144,59 +144,59 @@ class ViTConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ViTConfig.{name} must be a positive int, got {value!r}")
+                raise InputError(f"ViTConfig.{name} must be a positive int, got {value!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 0:
-            raise ValueError(f"ViTConfig.n_classes must be an int >= 0 (0 = no head), got {self.n_classes!r}")
+            raise InputError(f"ViTConfig.n_classes must be an int >= 0 (0 = no head), got {self.n_classes!r}")
         if self.image_size % self.patch_size != 0:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.act_fn not in ACT_FNS:
-            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+            raise InputError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if not self.ln_eps > 0:
-            raise ValueError(f"ln_eps must be > 0, got {self.ln_eps!r}")
+            raise InputError(f"ln_eps must be > 0, got {self.ln_eps!r}")
         if not isinstance(self.n_register_tokens, int) or self.n_register_tokens < 0:
-            raise ValueError(f"n_register_tokens must be an int >= 0, got {self.n_register_tokens!r}")
+            raise InputError(f"n_register_tokens must be an int >= 0, got {self.n_register_tokens!r}")
         if self.distill_token and not self.class_token:
-            raise ValueError("a distillation token needs a class token before it (DeiT layout)")
+            raise InputError("a distillation token needs a class token before it (DeiT layout)")
         if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+            raise InputError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.final_norm not in FINAL_NORMS:
-            raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
+            raise InputError(f"final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
         if self.pos_resample not in POS_RESAMPLES:
-            raise ValueError(f"pos_resample must be one of {POS_RESAMPLES}, got {self.pos_resample!r}")
+            raise InputError(f"pos_resample must be one of {POS_RESAMPLES}, got {self.pos_resample!r}")
         if self.rope not in ROPE_KINDS:
-            raise ValueError(f"rope must be one of {ROPE_KINDS}, got {self.rope!r}")
+            raise InputError(f"rope must be one of {ROPE_KINDS}, got {self.rope!r}")
         if self.rope != "none" and self.d_head % 4 != 0:
-            raise ValueError(f"rotary embeddings need d_head divisible by 4, got {self.d_head}")
+            raise InputError(f"rotary embeddings need d_head divisible by 4, got {self.d_head}")
         if not self.rope_temperature > 0:
-            raise ValueError(f"rope_temperature must be > 0, got {self.rope_temperature!r}")
+            raise InputError(f"rope_temperature must be > 0, got {self.rope_temperature!r}")
         if self.rope_ref_grid is not None and (not isinstance(self.rope_ref_grid, int) or self.rope_ref_grid <= 0):
-            raise ValueError(f"rope_ref_grid must be a positive int or None, got {self.rope_ref_grid!r}")
+            raise InputError(f"rope_ref_grid must be a positive int or None, got {self.rope_ref_grid!r}")
         if self.pool == "cls" and not self.class_token:
-            raise ValueError("pool='cls' needs a class token; use pool='avg', 'map' or 'none'")
+            raise InputError("pool='cls' needs a class token; use pool='avg', 'map' or 'none'")
         if self.pool == "none" and self.final_norm == "pooled":
-            raise ValueError("final_norm='pooled' needs a pooled vector (pool != 'none')")
+            raise InputError("final_norm='pooled' needs a pooled vector (pool != 'none')")
         if self.pool == "none" and (self.n_classes or self.projection_dim):
-            raise ValueError("a classifier or projection needs a pooled vector (pool != 'none')")
+            raise InputError("a classifier or projection needs a pooled vector (pool != 'none')")
         if self.pool in POSITIONAL_POOLS and (self.final_norm == "pooled" or self.projection_dim or self.distill_token):
-            raise ValueError(
+            raise InputError(
                 f"pool={self.pool!r} supports a classifier on the final-normed patch tokens only; got "
                 f"final_norm={self.final_norm!r}, projection_dim={self.projection_dim}, distill_token={self.distill_token}"
             )
         if self.pos_embed_prefix is not None and not 0 <= self.pos_embed_prefix <= self.n_prefix_tokens:
-            raise ValueError(
+            raise InputError(
                 f"pos_embed_prefix must be in [0, {self.n_prefix_tokens}] (the prefix tokens), got {self.pos_embed_prefix!r}"
             )
         if self.pos_grid is not None and (not isinstance(self.pos_grid, int) or self.pos_grid <= 0):
-            raise ValueError(f"pos_grid must be a positive int or None, got {self.pos_grid!r}")
+            raise InputError(f"pos_grid must be a positive int or None, got {self.pos_grid!r}")
         if not isinstance(self.projection_dim, int) or self.projection_dim < 0:
-            raise ValueError(f"projection_dim must be an int >= 0, got {self.projection_dim!r}")
+            raise InputError(f"projection_dim must be an int >= 0, got {self.projection_dim!r}")
         if self.n_heads_per_layer is not None:
             counts = tuple(self.n_heads_per_layer)
             object.__setattr__(self, "n_heads_per_layer", counts)  # lists (from JSON) become a hashable tuple
             if len(counts) != self.n_layers or any(
                 not isinstance(c, int) or not 0 <= c <= self.n_heads for c in counts
             ):
-                raise ValueError(
+                raise InputError(
                     f"n_heads_per_layer must give {self.n_layers} counts in [0, {self.n_heads}], got {list(counts)}"
                 )
 
@@ -306,9 +306,9 @@ class ViTConfig:
         """This architecture run at another (square) image size: the stored position embeddings are kept
         and resampled to the new grid at every forward."""
         if image_size % self.patch_size != 0:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {self.patch_size}")
+            raise InputError(f"image_size {image_size} is not a multiple of patch_size {self.patch_size}")
         if self.pool in POSITIONAL_POOLS and image_size != self.image_size:
-            raise ValueError(
+            raise InputError(
                 f"pool={self.pool!r} reads a fixed {self.grid_size}x{self.grid_size} patch grid; it cannot run at "
                 f"image_size {image_size} (the model's is {self.image_size})"
             )
@@ -327,6 +327,6 @@ class ViTConfig:
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # JSON lists
         return cls(**fields)

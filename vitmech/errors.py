@@ -6,6 +6,8 @@ Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad inpu
     VitmechError
     └── InputError (ValueError)
         ├── IndexOutOfRangeError (IndexError): a layer, head or token index outside the model
+        ├── UnknownNameError (KeyError): a region, column, split, cell or cached hook looked up by a name it lacks
+        ├── InputTypeError (TypeError): an argument of the wrong type, or arguments that only apply together
         ├── UnsupportedModelError, UnknownModelError, CheckpointMismatchError (ResumeMismatchError,
         │   NonFiniteWeightsError), CacheBudgetError (also MemoryError)
         ├── ImageInputError, ModelMismatchError
@@ -33,6 +35,19 @@ class InputError(VitmechError, ValueError):
 
 class IndexOutOfRangeError(InputError, IndexError):
     """A layer, head or token index outside the model (the message gives the valid range)."""
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name or key that is not there (a region, column, split, sweep cell, cached hook); the message lists
+    what is. Also a `KeyError`, and shown as its message (a plain KeyError shows the message's repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument of a type the function does not take, or keyword arguments that do not apply to the
+    call (the message names what is accepted). Also a `TypeError`."""
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -164,6 +179,7 @@ __all__ = [
     "ImageInputError",
     "IndexOutOfRangeError",
     "InputError",
+    "InputTypeError",
     "InsufficientDataError",
     "MetricError",
     "ModelMismatchError",
@@ -176,6 +192,7 @@ __all__ = [
     "TrainingDataError",
     "UnknownLabelError",
     "UnknownModelError",
+    "UnknownNameError",
     "UnreadableImageError",
     "UnsupportedModelError",
     "VitmechError",

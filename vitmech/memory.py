@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vitmech.errors import CacheBudgetError
+from vitmech.errors import CacheBudgetError, RuntimeSettingError
 
 if TYPE_CHECKING:
     from vitmech.model.hooked_vit import HookedViT
@@ -37,7 +37,7 @@ def set_cache_budget(n_bytes: int | None) -> None:
     """Largest activation cache (bytes) `run_with_cache` may build; None restores the automatic budget."""
     global _budget
     if n_bytes is not None and (not isinstance(n_bytes, int) or n_bytes <= 0):
-        raise ValueError(f"the cache budget must be a positive number of bytes or None, got {n_bytes!r}")
+        raise RuntimeSettingError(f"the cache budget must be a positive number of bytes or None, got {n_bytes!r}")
     _budget = n_bytes
 
 

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
-from vitmech.errors import ImageInputError, UnreadableImageError
+from vitmech.errors import ImageInputError, InputError, InputTypeError, UnreadableImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,15 +67,15 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+            raise InputError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
         if self.resize_mode not in ("squash", "shortest_edge_crop"):
-            raise ValueError(f"resize_mode must be 'squash' or 'shortest_edge_crop', got {self.resize_mode!r}")
+            raise InputError(f"resize_mode must be 'squash' or 'shortest_edge_crop', got {self.resize_mode!r}")
         if len(self.mean) != len(self.std):
-            raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
+            raise InputError(f"mean {self.mean} and std {self.std} differ in length")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise InputError(f"std must be positive, got {self.std}")
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise InputError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,11 +129,11 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
             return np.round(array * 255.0).astype(np.uint8)
-        raise TypeError(
+        raise InputTypeError(
             f"preprocess takes float arrays with values in [0, 1]; got range [{array.min():.4g}, {array.max():.4g}]. "
             "Scale them to [0, 1] (or give uint8 / uint16)."
         )
-    raise TypeError(f"preprocess takes uint8, uint16 or [0, 1] float arrays; got dtype {array.dtype}")
+    raise InputTypeError(f"preprocess takes uint8, uint16 or [0, 1] float arrays; got dtype {array.dtype}")
 
 
 def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
@@ -143,14 +143,14 @@ def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
         return [to_rgb8(images) if images.mode in ("I", "F") or images.mode.startswith("I;16") else images]
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8:
-            raise TypeError(
+            raise InputTypeError(
                 f"preprocess takes uint8 images (0-255); got a {images.dtype} tensor. "
                 "A float tensor that is already normalised can go straight to the model."
             )
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4:
-            raise ValueError(f"uint8 tensor must be [C,H,W] or [B,C,H,W], got shape {tuple(images.shape)}")
+            raise ImageInputError(f"uint8 tensor must be [C,H,W] or [B,C,H,W], got shape {tuple(images.shape)}")
         return _to_pil_list(images.permute(0, 2, 3, 1).cpu().numpy())
     if isinstance(images, np.ndarray):
         images = _array_to_uint8(images)
@@ -159,14 +159,14 @@ def _to_pil_list(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
             return [Image.fromarray(arr)]
         if images.ndim == 4:
             return [img for a in images for img in _to_pil_list(a)]
-        raise ValueError(f"uint8 array must be [H,W], [H,W,C] or [B,H,W,C], got shape {images.shape}")
+        raise ImageInputError(f"uint8 array must be [H,W], [H,W,C] or [B,H,W,C], got shape {images.shape}")
     if isinstance(images, (str, Path)):
         return [read_image(images)]
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
-            raise ValueError("preprocess got an empty list of images")
+            raise ImageInputError("preprocess got an empty list of images")
         return [img for item in images for img in _to_pil_list(item)]
-    raise TypeError(
+    raise InputTypeError(
         f"cannot preprocess an object of type {type(images).__name__}; give PIL images, uint8 arrays or file paths"
     )
 
@@ -215,10 +215,10 @@ def preprocess(
     """Turn PIL images, uint8 arrays or image files into a normalised float32 batch [B, C, S, S]
     (S = spec.image_size)."""
     if len(spec.mean) != n_channels:
-        raise ValueError(f"preprocessing has {len(spec.mean)} channel means but the model takes {n_channels} channels")
+        raise InputError(f"preprocessing has {len(spec.mean)} channel means but the model takes {n_channels} channels")
     mode = "RGB" if n_channels == 3 else "L" if n_channels == 1 else None
     if mode is None:
-        raise ValueError(f"preprocess supports 1- or 3-channel models, not {n_channels}")
+        raise InputError(f"preprocess supports 1- or 3-channel models, not {n_channels}")
     out = []
     for image in _to_pil_list(images):
         try:

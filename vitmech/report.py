@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitmech.errors import InputTypeError
 from vitmech.io.atomic import atomic_write, atomic_write_text, fsync_dir, remove_stale_temporaries, temporary_name
 from vitmech.io.errors import CorruptFileError, IncompleteWriteError
 from vitmech.io.lock import WriterLock, check_not_being_written
@@ -53,7 +54,7 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     if hasattr(table, "to_dict") and hasattr(table, "columns"):
         return [{k: _plain(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
     if isinstance(table, Mapping):
-        raise TypeError("add_table takes rows (a list of dicts) or a DataFrame; use add_json for a mapping")
+        raise InputTypeError("add_table takes rows (a list of dicts) or a DataFrame; use add_json for a mapping")
     return [{k: _plain(v) for k, v in dict(row).items()} for row in table]
 
 

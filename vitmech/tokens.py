@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 
 from vitmech.config import ViTConfig
+from vitmech.errors import IndexOutOfRangeError, InputError, InputTypeError
 
 READOUT: Literal["readout"] = "readout"
 """Query name of the readout token: the class token, or the mean over patches for models without one."""
@@ -56,7 +57,7 @@ class TokenLayout:
     def __post_init__(self) -> None:
         first_register = int(self.class_index is not None) + int(self.distill_index is not None)
         if self.n_registers < 0 or first_register + self.n_registers != self.n_prefix or min(self.grid) < 1:
-            raise ValueError(f"inconsistent token layout: {self}")
+            raise InputError(f"inconsistent token layout: {self}")
 
     @classmethod
     def from_config(cls, cfg: ViTConfig) -> TokenLayout:
@@ -78,10 +79,10 @@ class TokenLayout:
         if grid_size is not None:
             return cls(n_prefix=1, grid=(grid_size, grid_size))
         if n_tokens is None:
-            raise TypeError("give n_tokens or grid_size")
+            raise InputTypeError("give n_tokens or grid_size")
         g = math.isqrt(max(n_tokens - 1, 0))
         if n_tokens < 2 or g * g != n_tokens - 1:
-            raise ValueError(
+            raise InputError(
                 f"{n_tokens} tokens is not 1 class token + a square grid of patches; pass the model's "
                 "layout (layout=vitmech.tokens.token_layout(model)) for models with other prefix tokens"
             )
@@ -124,12 +125,12 @@ class TokenLayout:
         for layout in (self, self.without_registers(), TokenLayout(n_prefix=0, grid=self.grid, class_index=None)):
             if layout.n_tokens == n_rows:
                 return layout
-        raise ValueError(f"{what} has {n_rows} rows; this layout has {self.n_tokens} tokens ({self})")
+        raise InputError(f"{what} has {n_rows} rows; this layout has {self.n_tokens} tokens ({self})")
 
     def check(self, n_tokens: int, what: str = "tensor") -> TokenLayout:
         """self, or a clear error when a token axis of length `n_tokens` does not fit this layout."""
         if n_tokens != self.n_tokens:
-            raise ValueError(
+            raise InputError(
                 f"{what} has {n_tokens} tokens, but the layout has {self.n_tokens} "
                 f"({self.n_prefix} prefix + {self.grid[0]}x{self.grid[1]} patches)"
             )
@@ -160,13 +161,13 @@ class TokenLayout:
         """Token position of the patch at (row, col) of the grid."""
         rows, cols = self.grid
         if not (0 <= row < rows and 0 <= col < cols):
-            raise IndexError(f"patch (row, col) = ({row}, {col}) outside the {rows}x{cols} grid")
+            raise IndexOutOfRangeError(f"patch (row, col) = ({row}, {col}) outside the {rows}x{cols} grid")
         return self.n_prefix + row * cols + col
 
     def require_class_token(self, what: str) -> int:
         """Position of the class token; a clear error for models that have none."""
         if self.class_index is None:
-            raise ValueError(
+            raise InputError(
                 f"{what} reads the class token, and this model has none; use a pooled or per-patch variant"
             )
         return self.class_index
@@ -200,7 +201,7 @@ def token_layout(model_or_cfg: object) -> TokenLayout:
         return model_or_cfg
     cfg = model_or_cfg if isinstance(model_or_cfg, ViTConfig) else getattr(model_or_cfg, "cfg", None)
     if not isinstance(cfg, ViTConfig):
-        raise TypeError(f"expected a HookedViT, ViTConfig or TokenLayout, got {type(model_or_cfg).__name__}")
+        raise InputTypeError(f"expected a HookedViT, ViTConfig or TokenLayout, got {type(model_or_cfg).__name__}")
     return TokenLayout.from_config(cfg)
 
 

@@ -31,7 +31,7 @@ import torch
 from einops import einsum
 from transformer_lens import FactoredMatrix
 
-from vitmech.errors import UnsupportedModelError
+from vitmech.errors import InputError, InputTypeError, UnsupportedModelError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
 
@@ -71,7 +71,7 @@ def unprocessable_features(model: HookedViT) -> list[str]:
 
 def _target(model: HookedViT, inplace: bool) -> HookedViT:
     if not isinstance(model, HookedViT):
-        raise TypeError(f"expected a HookedViT, got {type(model).__name__}")
+        raise InputTypeError(f"expected a HookedViT, got {type(model).__name__}")
     features = unprocessable_features(model)
     if features:
         raise UnsupportedModelError("weight processing does not handle " + ", ".join(features) + " (yet)")
@@ -168,7 +168,7 @@ def center_classifier(model: HookedViT, inplace: bool = False) -> HookedViT:
     """
     model = _target(model, inplace)
     if not model.cfg.has_classifier:
-        raise ValueError("center_classifier needs a model with a classifier head (n_classes > 0)")
+        raise InputError("center_classifier needs a model with a classifier head (n_classes > 0)")
     model.head.W_H.sub_(model.head.W_H.mean(-1, keepdim=True))
     model.head.b_H.sub_(model.head.b_H.mean())
     _record(model, "center_classifier")
@@ -187,7 +187,7 @@ def refactor_factored_attn_matrices(model: HookedViT, inplace: bool = False) -> 
     """
     model = _target(model, inplace)
     if getattr(model.cfg, "qk_norm", False):
-        raise ValueError("refactor_factored_attn_matrices: with qk-norm the scores are not a bilinear form of W_Q, W_K")
+        raise InputError("refactor_factored_attn_matrices: with qk-norm the scores are not a bilinear form of W_Q, W_K")
     for block in model.blocks:
         attn = block.attn
         if attn.n_heads == 0:

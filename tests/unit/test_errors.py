@@ -29,7 +29,9 @@ def test_every_error_is_a_vitmech_input_error_and_listed():
         if cls is not errors.VitmechError:
             assert issubclass(cls, ValueError), cls  # what callers caught before the root existed
     assert issubclass(errors.HeadIndexError, IndexError) and issubclass(errors.IndexOutOfRangeError, IndexError)
+    assert issubclass(errors.UnknownNameError, KeyError) and issubclass(errors.InputTypeError, TypeError)
     assert vitmech.VitmechError is errors.VitmechError and vitmech.InputError is errors.InputError
+    assert vitmech.UnknownNameError is errors.UnknownNameError and vitmech.InputTypeError is errors.InputTypeError
 
 
 @pytest.mark.parametrize("module", [data_errors, train_errors, ablation_errors])

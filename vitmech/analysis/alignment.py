@@ -42,6 +42,7 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from vitmech.errors import InputError, UnknownNameError
 from vitmech.tokens import READOUT, token_layout
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def _box_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> Bool
     mask = torch.zeros(height, width, dtype=torch.bool)
     for box in boxes:
         if len(box) != 4:
-            raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
+            raise InputError(f"a box is (x0, y0, x1, y1), got {box!r}")
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         mask[max(y0, 0) : max(min(y1, height), 0), max(x0, 0) : max(min(x1, width), 0)] = True
     return mask
@@ -95,11 +96,11 @@ class RegionMasks:
         self.masks = torch.as_tensor(self.masks)
         self.names = tuple(self.names)
         if self.masks.dtype != torch.bool or self.masks.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"masks must be bool [batch, region, height, width], got {self.masks.dtype} {list(self.masks.shape)}"
             )
         if len(self.names) != self.masks.shape[1] or len(set(self.names)) != len(self.names):
-            raise ValueError(f"need {self.masks.shape[1]} distinct region names, got {list(self.names)}")
+            raise InputError(f"need {self.masks.shape[1]} distinct region names, got {list(self.names)}")
 
     def __len__(self) -> int:
         return self.masks.shape[0]
@@ -121,7 +122,7 @@ class RegionMasks:
     def select(self, names: Sequence[str]) -> RegionMasks:
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise KeyError(f"no regions {missing}; these masks hold {list(self.names)}")
+            raise UnknownNameError(f"no regions {missing}; these masks hold {list(self.names)}")
         return RegionMasks(self.masks[:, [self.names.index(n) for n in names]], tuple(names))
 
     def subset(self, rows: Sequence[int] | Int[np.ndarray, " rows"] | Int[Tensor, " rows"]) -> RegionMasks:
@@ -139,7 +140,7 @@ class RegionMasks:
     def from_dict(cls, masks: Mapping[str, Any]) -> RegionMasks:
         """From {name: bool [batch, H, W]} (numpy or torch)."""
         if not masks:
-            raise ValueError("give at least one region")
+            raise InputError("give at least one region")
         stacked = torch.stack([torch.as_tensor(np.asarray(m, dtype=bool)) for m in masks.values()], 1)
         return cls(stacked, tuple(masks))
 
@@ -148,7 +149,7 @@ class RegionMasks:
         """Feature masks of a `vitmech.data.GalaxyBatch` (bar, arms, bulge by default)."""
         missing = [f for f in features if f not in batch.masks]
         if missing:
-            raise KeyError(f"the galaxy batch has no masks {missing}; it has {sorted(batch.masks)}")
+            raise UnknownNameError(f"the galaxy batch has no masks {missing}; it has {sorted(batch.masks)}")
         return cls.from_dict({f: batch.masks[f] for f in features})
 
     @classmethod
@@ -159,7 +160,7 @@ class RegionMasks:
         height, width = (size, size) if isinstance(size, int) else size
         names = sorted({name for image in boxes for name in image})
         if not names:
-            raise ValueError("no boxes given")
+            raise InputError("no boxes given")
         masks = torch.zeros(len(boxes), len(names), height, width, dtype=torch.bool)
         for i, image in enumerate(boxes):
             for j, name in enumerate(names):
@@ -171,7 +172,7 @@ class RegionMasks:
         """Boxes of `vitmech.data.ChirpSample`s grouped into regions (chirp, text, axis, colour bar by default);
         an element switched off in an image adds nothing to its region."""
         if not samples:
-            raise ValueError("no chirp samples given")
+            raise InputError("no chirp samples given")
         size = samples[0].image.shape[:2]
         per_image = [
             {name: [s.boxes[e] for e in elements if s.boxes.get(e) is not None] for name, elements in regions.items()}
@@ -193,13 +194,13 @@ class RegionMasks:
         table: dict[str, dict[str, Path]] = {}
         for f in files:
             if "_" not in f.stem:
-                raise ValueError(f"{f.name}: mask files are named <image>_<region>.png")
+                raise InputError(f"{f.name}: mask files are named <image>_<region>.png")
             image, region = f.stem.rsplit("_", 1)
             table.setdefault(image, {})[region] = f
         images = list(image_names) if image_names is not None else sorted(table)
         unknown = [i for i in images if i not in table]
         if unknown:
-            raise KeyError(f"no masks for images {unknown[:5]} in {root}")
+            raise UnknownNameError(f"no masks for images {unknown[:5]} in {root}")
         names = sorted({r for i in images for r in table[i]})
         first = np.asarray(Image.open(table[images[0]][next(iter(table[images[0]]))]))
         height, width = first.shape[:2]
@@ -209,7 +210,7 @@ class RegionMasks:
                 if name in table[image]:
                     array = np.asarray(Image.open(table[image][name]).convert("L"))
                     if array.shape != (height, width):
-                        raise ValueError(f"{table[image][name]}: {array.shape} pixels, expected {(height, width)}")
+                        raise InputError(f"{table[image][name]}: {array.shape} pixels, expected {(height, width)}")
                     masks[i, j] = torch.from_numpy(array > 0)
         return cls(masks, tuple(names))
 
@@ -224,17 +225,17 @@ class RegionMasks:
         data = json.loads(Path(path).read_text())
         for key in ("images", "annotations", "categories"):
             if key not in data:
-                raise ValueError(f"{path}: a COCO file needs an {key!r} list")
+                raise InputError(f"{path}: a COCO file needs an {key!r} list")
         images = {im["id"]: im for im in data["images"]}
         ids = list(image_ids) if image_ids is not None else sorted(images)
         unknown = [i for i in ids if i not in images]
         if unknown:
-            raise KeyError(f"{path}: no images with ids {unknown[:5]}")
+            raise UnknownNameError(f"{path}: no images with ids {unknown[:5]}")
         categories = {c["id"]: c["name"] for c in data["categories"]}
         if size is None:
             shapes = {(images[i]["height"], images[i]["width"]) for i in ids}
             if len(shapes) != 1:
-                raise ValueError(f"{path}: images differ in size {sorted(shapes)}; give size= to rescale the boxes")
+                raise InputError(f"{path}: images differ in size {sorted(shapes)}; give size= to rescale the boxes")
             height, width = shapes.pop()
         else:
             height, width = (size, size) if isinstance(size, int) else size
@@ -272,9 +273,9 @@ def cls_attention_grid(
     layout = token_layout(model_or_cfg)
     cls_index = layout.require_class_token("class-token attention maps")
     if rows not in ("all", "cls"):
-        raise ValueError(f"rows must be 'all' or 'cls', got {rows!r}")
+        raise InputError(f"rows must be 'all' or 'cls', got {rows!r}")
     if patterns.shape[-1] != layout.n_tokens or (rows == "all" and patterns.shape[-2] != layout.n_tokens):
-        raise ValueError(
+        raise InputError(
             f"patterns {list(patterns.shape)} do not end in this model's {layout.n_tokens} tokens (rows={rows!r})"
         )
     row = patterns.select(-2, cls_index) if rows == "all" else patterns
@@ -318,9 +319,9 @@ class AlignmentSettings:
 
     def __post_init__(self) -> None:
         if self.q is not None and not 0 < self.q <= 1:
-            raise ValueError(f"q must be in (0, 1] or None (the region's own area), got {self.q!r}")
+            raise InputError(f"q must be in (0, 1] or None (the region's own area), got {self.q!r}")
         if self.upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
+            raise InputError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -361,12 +362,12 @@ class AlignmentResult:
 
     def metric(self, name: str) -> Tensor:
         if name not in self.METRICS:
-            raise KeyError(f"metric must be one of {self.METRICS}, got {name!r}")
+            raise UnknownNameError(f"metric must be one of {self.METRICS}, got {name!r}")
         return getattr(self, name)
 
     def region(self, name: str) -> int:
         if name not in self.region_names:
-            raise KeyError(f"no region {name!r}; regions: {list(self.region_names)}")
+            raise UnknownNameError(f"no region {name!r}; regions: {list(self.region_names)}")
         return self.region_names.index(name)
 
     def per_image(self, metric: str = "iou", region: str = UNION, unit: Sequence[int] = ()) -> Float[Tensor, " batch"]:
@@ -374,7 +375,7 @@ class AlignmentResult:
         index: tuple[Any, ...] = (slice(None), *unit)
         values = self.metric(metric)[index]
         if values.ndim != 2:
-            raise ValueError(f"give one index per unit axis {self.unit_names}, got {tuple(unit)}")
+            raise InputError(f"give one index per unit axis {self.unit_names}, got {tuple(unit)}")
         return values[:, self.region(region)]
 
     def to_frame(self) -> pd.DataFrame:
@@ -520,16 +521,16 @@ def alignment_scores(
     """
     settings = AlignmentSettings(q, upsample)
     if not isinstance(maps, Tensor) or not maps.is_floating_point() or maps.ndim < 3:
-        raise ValueError(f"maps must be a float tensor [batch, *units, gh, gw], got {getattr(maps, 'shape', maps)!r}")
+        raise InputError(f"maps must be a float tensor [batch, *units, gh, gw], got {getattr(maps, 'shape', maps)!r}")
     if maps.shape[0] != len(regions):
-        raise ValueError(f"{maps.shape[0]} images of maps but {len(regions)} images of masks")
+        raise InputError(f"{maps.shape[0]} images of maps but {len(regions)} images of masks")
     flat_maps = maps.detach().cpu().reshape(maps.shape[0], -1, maps.shape[-2] * maps.shape[-1])  # [B, U, C]
     if not np.isfinite(flat_maps.numpy()).all():
-        raise ValueError("maps must be finite")
+        raise InputError("maps must be finite")
     units = tuple(maps.shape[1:-2])
     names = tuple(unit_names) if unit_names is not None else _default_unit_names(len(units))
     if len(names) != len(units):
-        raise ValueError(f"unit_names {names} do not match the {len(units)} unit axes of maps {list(maps.shape)}")
+        raise InputError(f"unit_names {names} do not match the {len(units)} unit axes of maps {list(maps.shape)}")
     grid = (maps.shape[-2], maps.shape[-1])
     height, width = regions.size
     n_pixels = height * width

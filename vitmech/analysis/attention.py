@@ -41,7 +41,7 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.batching import concat_results, image_batches
 from vitmech.device import on_model_device
-from vitmech.errors import IndexOutOfRangeError, InputError
+from vitmech.errors import IndexOutOfRangeError, InputError, InputTypeError, UnknownNameError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def pattern_layout(
     """Validate a float tensor [..., P, P] (exactly `ndim` axes if given); returns its token layout
     (`layout` checked against P, or the standard one-class-token layout when None)."""
     if not isinstance(patterns, Tensor) or not patterns.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be a float tensor [..., query, key]; got {type(patterns).__name__}"
             + (f" of dtype {patterns.dtype}" if isinstance(patterns, Tensor) else "")
         )
@@ -464,7 +464,7 @@ def stack_patterns(cache: Any, layers: Sequence[int] | None = None) -> PatternSt
         layers = range(n_layers)
     missing = [layer for layer in layers if get_act_name("pattern", layer) not in cache]
     if missing:
-        raise KeyError(
+        raise UnknownNameError(
             f"the cache holds no hook_pattern for layers {missing}; cache it with "
             "names_filter=lambda n: n.endswith('hook_pattern')"
         )

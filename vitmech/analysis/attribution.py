@@ -35,6 +35,7 @@ from vitmech.analysis.ablation.heads import head_label
 from vitmech.analysis.circuits import head_results
 from vitmech.batching import image_batches
 from vitmech.device import on_model_device
+from vitmech.errors import IndexOutOfRangeError, InputError, UnknownNameError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import TokenLayout, token_layout
 
@@ -46,7 +47,7 @@ def _class_readout(model: HookedViT, what: str) -> TokenLayout:
     layout = token_layout(model)
     layout.require_class_token(what)
     if layout.readout_index is None:
-        raise ValueError(
+        raise InputError(
             f"{what} reads the class token, and this model's output reads the patch tokens (pool={model.cfg.pool!r})"
         )
     return layout
@@ -54,7 +55,7 @@ def _class_readout(model: HookedViT, what: str) -> TokenLayout:
 
 def _require_classifier(model: HookedViT) -> None:
     if not model.cfg.has_classifier:
-        raise ValueError(
+        raise InputError(
             "direct logit attribution and the logit lens need a model with a classifier head (n_classes > 0)"
         )
 
@@ -72,11 +73,11 @@ def resolve_classes(
     if idx.ndim == 0:
         idx = idx.expand(batch)
     if idx.shape != (batch,):
-        raise ValueError(
+        raise InputError(
             f"classes must be 'predicted', a class, or one class per image ({batch}); got shape {tuple(idx.shape)}"
         )
     if ((idx < 0) | (idx >= model.cfg.n_classes)).any():
-        raise IndexError(f"class index out of range [0, {model.cfg.n_classes}): {idx.tolist()}")
+        raise IndexOutOfRangeError(f"class index out of range [0, {model.cfg.n_classes}): {idx.tolist()}")
     return idx.clone()
 
 
@@ -204,7 +205,7 @@ def direct_logit_attribution_from_cache(
     cached = set(cache.keys())
     missing = [n for n in _needed_hooks(model) if n not in cached]
     if missing:
-        raise KeyError(
+        raise UnknownNameError(
             f"the cache lacks {missing[:4]}{'...' if len(missing) > 4 else ''}; run model.run_with_cache(images) "
             "without a names_filter, or call direct_logit_attribution(model, images)"
         )
@@ -304,7 +305,7 @@ def direct_logit_attribution(
             chunk_classes = torch.as_tensor(classes)
             if chunk_classes.ndim == 1:
                 if chunk_classes.shape[0] != images.shape[0]:
-                    raise ValueError(f"{chunk_classes.shape[0]} classes for {images.shape[0]} images")
+                    raise InputError(f"{chunk_classes.shape[0]} classes for {images.shape[0]} images")
                 chunk_classes = chunk_classes[offset : offset + chunk.shape[0]]
         with torch.no_grad():
             _, cache = model.run_with_cache(chunk, names_filter=_needed_hooks(model), return_type="logits")
@@ -404,7 +405,7 @@ def logit_lens_from_cache(model: HookedViT, cache: ActivationCache | dict[str, t
     cached = set(cache.keys())
     missing = [n for n in names if n not in cached]
     if missing:
-        raise KeyError(
+        raise UnknownNameError(
             f"the cache lacks {missing[:4]}; run model.run_with_cache(images) or call logit_lens(model, images)"
         )
     layout = _class_readout(model, "the logit lens")

@@ -29,7 +29,7 @@ from jaxtyping import Complex, Float
 from transformer_lens import FactoredMatrix
 
 from vitmech.analysis.attention import mean_attention_distance, patch_distances
-from vitmech.errors import IndexOutOfRangeError, InputError, UnsupportedModelError
+from vitmech.errors import IndexOutOfRangeError, InputError, InputTypeError, UnsupportedModelError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
@@ -259,7 +259,7 @@ class PositionalQK:
                     f"query patch index {query} outside [0, {g * g}) (patch k sits at row k // g, col k % g)"
                 )
             return layout.patch_position(query // g, query % g)
-        raise TypeError(f"query must be a patch index, a (row, col) pair, 'centre' or 'cls'; got {query!r}")
+        raise InputTypeError(f"query must be a patch index, a (row, col) pair, 'centre' or 'cls'; got {query!r}")
 
     def query_patch(self, query: int | tuple[int, int] | str) -> int | None:
         """Row-major patch index of a query, or None for a prefix-token query (e.g. "cls")."""

@@ -32,7 +32,7 @@ from vitmech.analysis.rollout import Rollout, RolloutSettings, fuse_heads, rollo
 from vitmech.analysis.stats import PairedComparison, holm, paired_comparison
 from vitmech.batching import image_batches
 from vitmech.device import on_model_device
-from vitmech.errors import ModelMismatchError
+from vitmech.errors import InputError, ModelMismatchError
 from vitmech.tokens import READOUT, TokenLayout, token_layout
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def linear_cka(x: Float[Tensor, "n d1"], y: Float[Tensor, "n d2"]) -> float:
     """Linear CKA (Kornblith et al. 2019): ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), columns centred;
     computed in float64."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"linear_cka takes [n, d1] and [n, d2] with the same n, got {list(x.shape)} and {list(y.shape)}"
         )
     xc = x.double() - x.double().mean(0)
@@ -251,7 +251,7 @@ class CKAAccumulator:
 
     def update(self, x: Float[Tensor, "site n d1"], y: Float[Tensor, "site n d2"]) -> None:
         if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
-            raise ValueError(f"update takes [site, n, d1] and [site, n, d2], got {list(x.shape)} and {list(y.shape)}")
+            raise InputError(f"update takes [site, n, d1] and [site, n, d2], got {list(x.shape)} and {list(y.shape)}")
         if self._shift is None:
             self._shift = (x.mean(1, keepdim=True), y.mean(1, keepdim=True))
         xs, ys = x - self._shift[0], y - self._shift[1]
@@ -263,7 +263,7 @@ class CKAAccumulator:
     def result(self) -> Float[Tensor, " site"]:
         """Linear CKA per site."""
         if self.n < 2:
-            raise ValueError("CKA needs at least 2 rows")
+            raise InputError("CKA needs at least 2 rows")
         sx, sy, xx, yy, yx = self._sums
         mx, my = sx / self.n, sy / self.n
         cxx = xx - self.n * mx[:, :, None] * mx[:, None, :]
@@ -534,14 +534,14 @@ def compare_models(
     """
     check_comparable(before, after)
     if len(names) != 2:
-        raise ValueError(f"names must be two strings, got {names!r}")
+        raise InputError(f"names must be two strings, got {names!r}")
     if cka_tokens not in ("all", "cls", "patches", None):
-        raise ValueError(f"cka_tokens must be 'all', 'cls', 'patches' or None, got {cka_tokens!r}")
+        raise InputError(f"cka_tokens must be 'all', 'cls', 'patches' or None, got {cka_tokens!r}")
     settings = settings or AttentionSettings()
     rollout_settings = rollout_settings or RolloutSettings()
     pixels_before, pixels_after = prepare_images(before, images), prepare_images(after, images)
     if pixels_before.shape[0] != pixels_after.shape[0]:
-        raise ValueError("the two models got different numbers of images")
+        raise InputError("the two models got different numbers of images")
     if isinstance(images, Tensor) and images.is_floating_point() and before.preprocessing != after.preprocessing:
         logger.warning(
             "the models preprocess differently but got the same preprocessed tensor; pass raw images "

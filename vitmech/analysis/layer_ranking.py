@@ -25,6 +25,7 @@ from torch import Tensor
 
 from vitmech.analysis.alignment import RegionMasks
 from vitmech.analysis.taxonomy import region_mass
+from vitmech.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +52,7 @@ class LayerRanking:
     def top(self, k: int = 3) -> Int[Tensor, "batch k"]:
         """The model layer numbers of the k most-focused layers of each image."""
         if not 1 <= k <= len(self.layers):
-            raise ValueError(f"k must be in [1, {len(self.layers)}], got {k}")
+            raise InputError(f"k must be in [1, {len(self.layers)}], got {k}")
         return torch.as_tensor(self.layers)[self.order[:, :k]]
 
     def to_frame(self) -> pd.DataFrame:
@@ -103,10 +104,10 @@ def rank_layers(
     """Rank the layers of each image by the share of their map on `region` of `regions` (one map per layer,
     e.g. `head_mean_grid` of class-token attention; `layers` names them, default 0..L-1)."""
     if maps.ndim != 4:
-        raise ValueError(f"maps must be [batch, layer, gh, gw], got {list(maps.shape)}")
+        raise InputError(f"maps must be [batch, layer, gh, gw], got {list(maps.shape)}")
     layers = tuple(range(maps.shape[1])) if layers is None else tuple(int(x) for x in layers)
     if len(layers) != maps.shape[1]:
-        raise ValueError(f"{len(layers)} layer numbers for {maps.shape[1]} maps per image")
+        raise InputError(f"{len(layers)} layer numbers for {maps.shape[1]} maps per image")
     selected = regions.select([region])
     mass, area = region_mass(maps, selected)  # [B, L, 1], [B, 1]
     focus = mass[..., 0]

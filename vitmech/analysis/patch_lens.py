@@ -18,7 +18,7 @@ from einops import rearrange
 from jaxtyping import Float
 from transformer_lens.utilities import get_act_name
 
-from vitmech.errors import PatchingError
+from vitmech.errors import InputError, PatchingError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import token_layout
 
@@ -66,7 +66,7 @@ def patch_logit_lens(
     """The per-patch logit lens of `images` [B, C, S, S] (see the module docstring)."""
     head = model._require_head()
     if model.cfg.pool in ("flatten", "rowcol"):
-        raise ValueError(
+        raise InputError(
             f"the per-patch logit lens reads each patch with the head's [d_model, K] map; pool={model.cfg.pool!r} has none"
         )
     model.check_images(images)

@@ -22,6 +22,7 @@ from vitmech.analysis.patch_lens import patch_logit_lens
 from vitmech.analysis.patching import activation_patching, head_sites, layer_sites, position_sites
 from vitmech.analysis.path_patching import path_patching
 from vitmech.data.galaxies import galaxy_counterfactual_pairs
+from vitmech.errors import PatchingError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.report import Report
 
@@ -117,7 +118,7 @@ def run_patching_study(
     names = model.class_names or []
     for label in (config.positive_class, config.negative_class):
         if label not in names:
-            raise ValueError(f"class {label!r} is not one of the model's classes {names}")
+            raise PatchingError(f"class {label!r} is not one of the model's classes {names}")
     pos, neg = names.index(config.positive_class), names.index(config.negative_class)
     metric = logit_diff(pos, neg)
     clean, corrupted = _pairs(model, config)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformer_lens.utilities import get_act_name
 
 from vitmech.batching import concat_results, image_batches
+from vitmech.errors import InputError, UnknownNameError
 from vitmech.tokens import TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def outlier_patches(
     The median is torch's lower median for an even number of patches.
     """
     if not factor > 0:
-        raise ValueError(f"factor must be > 0, got {factor!r}")
+        raise InputError(f"factor must be > 0, got {factor!r}")
     layout = layout_for(norms.shape[-1], layout, "norms")
     patches = layout.patches(norms, -1)
     median = patches.median(-1, keepdim=True).values
@@ -154,7 +155,7 @@ class RegisterAnalysis:
     def share_of(self, key_group: str, query: str = "class") -> Float[Tensor, " layer"]:
         """Mean over images and heads of the attention `query` (a QUERY_GROUPS name) gives `key_group`."""
         if key_group not in KEY_GROUPS or query not in QUERY_GROUPS:
-            raise KeyError(f"key_group must be one of {KEY_GROUPS} and query one of {QUERY_GROUPS}")
+            raise UnknownNameError(f"key_group must be one of {KEY_GROUPS} and query one of {QUERY_GROUPS}")
         return self.shares[..., QUERY_GROUPS.index(query), KEY_GROUPS.index(key_group)].mean((0, 2))
 
     def outlier_fraction(self) -> Float[Tensor, " stage"]:
@@ -209,7 +210,7 @@ def analyse_tokens(
 ) -> RegisterAnalysis:
     """A RegisterAnalysis from residual streams of every stage (L + 1) and the attention patterns (L)."""
     if stages.shape[1] != patterns.shape[1] + 1:
-        raise ValueError(f"{stages.shape[1]} stages for {patterns.shape[1]} layers; give L + 1 residual streams")
+        raise InputError(f"{stages.shape[1]} stages for {patterns.shape[1]} layers; give L + 1 residual streams")
     layout = layout_for(patterns.shape[-1], layout, "patterns")
     norms = token_norms(stages)
     outliers = outlier_patches(norms, layout, factor)

@@ -41,7 +41,7 @@ from vitmech.analysis.attention import (
 )
 from vitmech.batching import cat_if_all, concat_results, image_batches
 from vitmech.device import on_model_device
-from vitmech.errors import IndexOutOfRangeError, InputError
+from vitmech.errors import IndexOutOfRangeError, InputError, UnknownNameError
 from vitmech.tokens import READOUT, TokenLayout, layout_for, token_layout
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ class Rollout:
         for alias in aliases:
             if alias in self.tokens:
                 return self.rows[:, self.tokens.index(alias)]
-        raise KeyError(f"token {token!r} not computed; this result holds rows for tokens {list(self.tokens)}")
+        raise UnknownNameError(f"token {token!r} not computed; this result holds rows for tokens {list(self.tokens)}")
 
     def map(self, token: Query = READOUT, renormalise: bool = True) -> Float[Tensor, "batch patch"]:
         """The token's row of R over the patch keys, renormalised to sum 1 by default."""

@@ -73,7 +73,7 @@ from vitmech.analysis.attribution import ClassSpec, direct_logit_attribution
 from vitmech.analysis.rollout import RolloutSettings
 from vitmech.device import check_precision, forward_precision, to_model
 from vitmech.distributed import Ranks, barrier, current, gather_objects
-from vitmech.errors import BatchSourceError, ModelMismatchError
+from vitmech.errors import BatchSourceError, InputError, ModelMismatchError
 from vitmech.fingerprint import settings_fingerprint, tensor_fingerprint
 from vitmech.io.atomic import atomic_write_text
 from vitmech.io.lock import is_stale, read_holder
@@ -665,9 +665,9 @@ def stream_compare_models(
     scalars and CKA Gram sums. Raw images (PIL, uint8) are preprocessed by each model its own way."""
     _compare.check_comparable(before, after)
     if len(names) != 2:
-        raise ValueError(f"names must be two strings, got {names!r}")
+        raise InputError(f"names must be two strings, got {names!r}")
     if cka_tokens not in ("all", "cls", "patches", None):
-        raise ValueError(f"cka_tokens must be 'all', 'cls', 'patches' or None, got {cka_tokens!r}")
+        raise InputError(f"cka_tokens must be 'all', 'cls', 'patches' or None, got {cka_tokens!r}")
     check_precision(precision)
     settings = settings or AttentionSettings()
     rollout_settings = rollout_settings or RolloutSettings()

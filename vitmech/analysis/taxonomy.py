@@ -51,6 +51,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vitmech.analysis.alignment import RegionMasks
+from vitmech.errors import InputError, UnknownNameError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +91,7 @@ def exclusive_regions(
     regions not named in `priority` are dropped. The result partitions every image's pixels."""
     order = list(priority) if priority is not None else list(regions.names)
     if background in order:
-        raise ValueError(f"{background!r} is added as the rest of the image; do not list it among {order}")
+        raise InputError(f"{background!r} is added as the rest of the image; do not list it among {order}")
     masks = regions.select(order).masks
     claimed = torch.zeros_like(masks[:, 0])
     out = []
@@ -108,9 +109,9 @@ def region_mass(
     """Share of each map's total on each region (nearest upsampling to the masks' pixels) and each
     region's area share |R| / N. Maps are normalised to sum 1 here (non-negative maps, e.g. attention)."""
     if maps.shape[0] != len(regions):
-        raise ValueError(f"{maps.shape[0]} maps but region masks for {len(regions)} images")
+        raise InputError(f"{maps.shape[0]} maps but region masks for {len(regions)} images")
     if bool((maps < 0).any()):
-        raise ValueError("region mass needs non-negative maps (attention weights)")
+        raise InputError("region mass needs non-negative maps (attention weights)")
     grid = (int(maps.shape[-2]), int(maps.shape[-1]))
     counts, cells = regions.grid_counts(grid)  # [B, R, cell], [cell]
     flat = rearrange(maps.float(), "b ... gh gw -> b ... (gh gw)")
@@ -125,7 +126,7 @@ def normalised_entropy(enrichment: Float[Tensor, "*units region"]) -> Float[Tens
     """-sum p log p / log R of p = e / sum e (0 log 0 = 0); 0 for one region type, 1 for uniform."""
     n = enrichment.shape[-1]
     if n < 2:
-        raise ValueError("the entropy over region types needs at least two region types")
+        raise InputError("the entropy over region types needs at least two region types")
     p = enrichment / enrichment.sum(-1, keepdim=True).clamp_min(torch.finfo(enrichment.dtype).tiny)
     terms = torch.where(p > 0, p * p.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.zeros_like(p))
     return -terms.sum(-1) / math.log(n)
@@ -144,7 +145,7 @@ def classify(
     """The rule of the module docstring: (label per unit, dominant region per unit, entropy per unit)."""
     unknown = [r for r in task_regions if r not in region_names]
     if unknown:
-        raise KeyError(f"task regions {unknown} are not among the regions {list(region_names)}")
+        raise UnknownNameError(f"task regions {unknown} are not among the regions {list(region_names)}")
     entropy = normalised_entropy(enrichment)
     top = enrichment.argmax(-1)
     top_value = enrichment.max(-1).values
@@ -220,7 +221,7 @@ class HeadTaxonomy:
         pct_change, delta_se, ...) beside it; `significant` marks |delta| >= 2 standard errors."""
         needed = {"layer", "head", "delta"}
         if not needed <= set(ablation.columns):
-            raise KeyError(f"the ablation table needs columns {sorted(needed)}, got {list(ablation.columns)}")
+            raise UnknownNameError(f"the ablation table needs columns {sorted(needed)}, got {list(ablation.columns)}")
         keep = [c for c in ("layer", "head", "delta", "pct_change", "delta_se") if c in ablation.columns]
         frame = self.to_frame().merge(ablation[keep], on=["layer", "head"], how="left", validate="one_to_one")
         if "delta_se" in frame:
@@ -256,10 +257,10 @@ def head_taxonomy(
     """Label every head of `maps` (e.g. `cls_attention_grid` of `collect_patterns(..., rows="cls")`) against
     disjoint `regions` (see `exclusive_regions`); `task_regions` name the regions the task is about."""
     if maps.ndim != 5:
-        raise ValueError(f"maps must be [batch, layer, head, gh, gw], got {list(maps.shape)}")
+        raise InputError(f"maps must be [batch, layer, head, gh, gw], got {list(maps.shape)}")
     coverage = regions.masks.sum(1)
     if bool((coverage != 1).any()):
-        raise ValueError(
+        raise InputError(
             "the regions must partition the pixels (each pixel in exactly one region); "
             "pass them through exclusive_regions(...) first"
         )

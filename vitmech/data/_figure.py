@@ -25,6 +25,7 @@ import PIL.ImageFont
 from jaxtyping import Float, UInt8
 
 from vitmech.data._io import Box, scale_box
+from vitmech.errors import UnknownNameError
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _present(boxes: dict[str, tuple | None], name: str) -> tuple:
     """boxes[name], which the figure's style guarantees is drawn."""
     box = boxes[name]
     if box is None:
-        raise KeyError(f"the figure has no {name} box")
+        raise UnknownNameError(f"the figure has no {name} box")
     return box
 
 

@@ -30,6 +30,7 @@ from vitmech.data._errors import (
     IncompleteDatasetError,
     UnreadableImageError,
 )
+from vitmech.errors import InputTypeError
 from vitmech.io.atomic import atomic_write, atomic_write_text, fsync_dir
 from vitmech.io.errors import CorruptFileError, IncompleteWriteError, StorageError
 from vitmech.io.lock import LOCK_NAME, WriterLock, check_not_being_written
@@ -55,7 +56,7 @@ def encode_png(array: UInt8[np.ndarray, "H W *C"] | Bool[np.ndarray, "H W"], com
     elif array.dtype == np.uint8:
         image = PIL.Image.fromarray(array)
     else:
-        raise TypeError(f"encode_png wants uint8 or bool, got {array.dtype}")
+        raise InputTypeError(f"encode_png wants uint8 or bool, got {array.dtype}")
     buffer = io.BytesIO()
     strategy = zlib.Z_HUFFMAN_ONLY if image.mode == "RGB" else zlib.Z_DEFAULT_STRATEGY
     image.save(buffer, format="PNG", compress_level=compress_level, compress_type=strategy)
@@ -86,13 +87,13 @@ def decode_image(value: Any, mode: str | None = "RGB", where: str = "") -> PIL.I
             elif isinstance(value, (str, Path)):
                 data, path = None, value
             else:
-                raise TypeError(f"unsupported image value of type {type(value).__name__}")
+                raise InputTypeError(f"unsupported image value of type {type(value).__name__}")
             if data is not None:
                 image = PIL.Image.open(io.BytesIO(data))
             elif path is not None:
                 image = PIL.Image.open(path)
             else:
-                raise ValueError("image has neither bytes nor path")
+                raise UnreadableImageError("image has neither bytes nor path")
             image.load()
         if mode is not None and image.mode != mode:
             image = image.convert(mode)

@@ -46,6 +46,7 @@ from vitmech.data._figure import ELEMENTS, FigureStyle, SpectrogramFigure
 from vitmech.data._io import Box, ShardWriter, begin_dataset, encode_png, finish_dataset, write_json
 from vitmech.data._transforms import LazyImageTransform, Preprocess
 from vitmech.data.gz2 import open_gz2
+from vitmech.errors import UnknownNameError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
 
@@ -412,7 +413,7 @@ class ChirpSplits:
     def __getitem__(self, name: str) -> Dataset:
         split = {"train": self.train, "val": self.val, "validation": self.val, "test": self.test}[name]
         if split is None:
-            raise KeyError(f"no {name!r} split")
+            raise UnknownNameError(f"no {name!r} split")
         return split
 
 

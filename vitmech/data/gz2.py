@@ -50,6 +50,7 @@ from vitmech.data._io import (
 )
 from vitmech.data._splits import check_unique, hash_rank, n_from_fraction
 from vitmech.data._transforms import LazyImageTransform, Preprocess
+from vitmech.errors import UnknownNameError
 from vitmech.io.readers import check_parquet
 
 logger = logging.getLogger(__name__)
@@ -412,7 +413,7 @@ class GZ2Splits:
     def __getitem__(self, name: str) -> Dataset:
         split = {"train": self.train, "val": self.val, "validation": self.val, "test": self.test}[name]
         if split is None:
-            raise KeyError(f"no {name!r} split (val_fraction was 0)")
+            raise UnknownNameError(f"no {name!r} split (val_fraction was 0)")
         return split
 
     def items(self) -> Iterator[tuple[str, Dataset]]:

@@ -30,6 +30,8 @@ from einops import rearrange
 from jaxtyping import Int, UInt8
 from torch import Tensor
 
+from vitmech.errors import DataError
+
 SHAPES: tuple[str, ...] = ("disc", "ring", "square", "triangle", "cross", "star", "crescent", "ellipse")
 FILLS: tuple[str, ...] = ("solid", "stripes", "checker", "dots")
 PROCEDURAL_CLASSES: tuple[str, ...] = tuple(f"{s}/{f}" for s in SHAPES for f in FILLS)
@@ -100,7 +102,7 @@ def _contrasting(rng: np.random.Generator, other: tuple[float, float, float], ga
 def sample_scene(label: int, rng: np.random.Generator) -> SceneParams:
     """Parameters of one scene of class `label`."""
     if not 0 <= label < len(PROCEDURAL_CLASSES):
-        raise ValueError(f"label must be in [0, {len(PROCEDURAL_CLASSES)}), got {label}")
+        raise DataError(f"label must be in [0, {len(PROCEDURAL_CLASSES)}), got {label}")
     bg0 = _colour(rng)
     bg1 = tuple(float(np.clip(c + rng.uniform(-0.25, 0.25), 0, 1)) for c in bg0)
     fg = _contrasting(rng, bg0, 0.3)
@@ -142,7 +144,7 @@ def sample_scene(label: int, rng: np.random.Generator) -> SceneParams:
 def sample_scenes(n: int, seed: int = 0, *, start: int = 0) -> list[SceneParams]:
     """Parameters of images ``start .. start + n - 1`` of the stream ``seed`` (class ``i % n_classes``)."""
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+        raise DataError(f"n must be positive, got {n}")
     k = len(PROCEDURAL_CLASSES)
     return [sample_scene(i % k, np.random.default_rng([int(seed), int(i)])) for i in range(start, start + n)]
 
@@ -179,7 +181,7 @@ def shape_field(shape: int, u: Tensor, v: Tensor) -> Tensor:
         return torch.maximum(r - 1.0, -other)
     if name == "ellipse":  # axis ratio 0.4 (the disc's elongated sibling)
         return torch.sqrt(u * u + (v / 0.4) ** 2) - 1.0
-    raise ValueError(f"unknown shape index {shape}")
+    raise DataError(f"unknown shape index {shape}")
 
 
 def fill_pattern(fill: int, u: Tensor, v: Tensor, period: Tensor, angle: Tensor) -> Tensor:
@@ -197,7 +199,7 @@ def fill_pattern(fill: int, u: Tensor, v: Tensor, period: Tensor, angle: Tensor)
     if name == "dots":
         fa, fb = a - torch.floor(a) - 0.5, b - torch.floor(b) - 0.5
         return (fa * fa + fb * fb < 0.3**2).float()
-    raise ValueError(f"unknown fill index {fill}")
+    raise DataError(f"unknown fill index {fill}")
 
 
 def _column(params: list[SceneParams], name: str) -> Tensor:
@@ -223,9 +225,9 @@ def _coverage(field: Tensor, pixel: Tensor) -> Tensor:
 def render_scenes(params: list[SceneParams], size: int = 112) -> ProceduralBatch:
     """Render scenes (a pure function of `params`) as uint8 [B, size, size, 3]."""
     if len(params) == 0:
-        raise ValueError("render_scenes got no parameters")
+        raise DataError("render_scenes got no parameters")
     if size < 16:
-        raise ValueError(f"size must be at least 16 px, got {size}")
+        raise DataError(f"size must be at least 16 px, got {size}")
     n = len(params)
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     y, x = torch.meshgrid(coords, coords, indexing="ij")

@@ -138,7 +138,7 @@ def read_targets(
                 )
         return torch.as_tensor(labels)
     if kind not in ("auto", "values", "labels"):
-        raise ValueError(f"kind must be 'auto', 'labels' or 'values', got {kind!r}")
+        raise DataError(f"kind must be 'auto', 'labels' or 'values', got {kind!r}")
     return torch.as_tensor(values, dtype=torch.float32)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from vitmech.config import ViTConfig
-from vitmech.errors import CheckpointMismatchError, UnknownModelError
+from vitmech.errors import CheckpointMismatchError, InputTypeError, UnknownModelError
 from vitmech.loading._state import check_finite, load_strict
 from vitmech.loading.families.base import Converted
 
@@ -219,7 +219,7 @@ def convert_checkpoint(
             f"{path} holds bare HookedViT weights: pass config=ViTConfig(...), or save with model.save_pretrained(dir)"
         )
     if not isinstance(config, ViTConfig):
-        raise TypeError(f"config must be a vitmech.ViTConfig, got {type(config).__name__}")
+        raise InputTypeError(f"config must be a vitmech.ViTConfig, got {type(config).__name__}")
     from vitmech.preprocessing import Preprocessing
 
     return Converted(

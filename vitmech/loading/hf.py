@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from vitmech.errors import CheckpointMismatchError, UnsupportedModelError
+from vitmech.errors import CheckpointMismatchError, InputTypeError, UnsupportedModelError
 from vitmech.loading._state import raise_on_mismatch
 from vitmech.loading.families import Converted, convert, family_for
 from vitmech.loading.families.hf_vit import (
@@ -189,7 +189,7 @@ def convert_hf(
         model, prep = _load_hf_model(str(model_or_id_or_path), **from_pretrained_kwargs)
     else:
         if from_pretrained_kwargs:
-            raise TypeError(f"{sorted(from_pretrained_kwargs)} only apply when a hub id or path is given")
+            raise InputTypeError(f"{sorted(from_pretrained_kwargs)} only apply when a hub id or path is given")
         model = model_or_id_or_path
     model = merged(model, adapter)
     family = family_for(model, "hf")

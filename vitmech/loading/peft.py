@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from vitmech.errors import CheckpointMismatchError
+from vitmech.errors import CheckpointMismatchError, InputTypeError
 
 
 def is_peft_model(model: Any) -> bool:
@@ -29,7 +29,7 @@ def merged(model: Any, adapter: str | Path | None = None) -> Any:
     """
     if is_peft_model(model):
         if adapter is not None:
-            raise TypeError("the model already carries a peft adapter; pass adapter=None")
+            raise InputTypeError("the model already carries a peft adapter; pass adapter=None")
         return copy.deepcopy(model).merge_and_unload()
     if adapter is None:
         return model

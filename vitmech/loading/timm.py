@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from vitmech.errors import UnknownModelError
+from vitmech.errors import InputTypeError, UnknownModelError
 from vitmech.loading.families import Converted, convert, family_for
 from vitmech.loading.peft import merged
 from vitmech.preprocessing import Preprocessing
@@ -25,7 +25,7 @@ def _timm_model(model_or_name: Any, timm_kwargs: dict[str, Any]) -> nn.Module:
         _check_timm_name(model_or_name)
         return timm.create_model(model_or_name, **timm_kwargs)
     if timm_kwargs:
-        raise TypeError(f"timm keyword arguments {sorted(timm_kwargs)} only apply when a name is given")
+        raise InputTypeError(f"timm keyword arguments {sorted(timm_kwargs)} only apply when a name is given")
     return model_or_name
 
 

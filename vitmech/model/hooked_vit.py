@@ -35,7 +35,7 @@ from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from vitmech.config import POSITIONAL_POOLS, ViTConfig
-from vitmech.errors import ImageInputError
+from vitmech.errors import HeadMismatchError, ImageInputError, IndexOutOfRangeError, InputError, RuntimeSettingError
 from vitmech.hook_names import check_hook_names
 from vitmech.model.block import BlockList, TransformerBlock
 from vitmech.model.embed import ClassToken, DistillToken, PatchEmbed, PosEmbed, RegisterTokens
@@ -78,11 +78,11 @@ class HookedViT(HookedRootModule):
         self.cfg = cfg
         self.preprocessing = preprocessing or Preprocessing(image_size=cfg.image_size, source="vitmech default")
         if self.preprocessing.image_size != cfg.image_size:
-            raise ValueError(
+            raise InputError(
                 f"preprocessing makes {self.preprocessing.image_size}px images but the model takes {cfg.image_size}px"
             )
         if class_names is not None and len(class_names) != cfg.n_classes:
-            raise ValueError(f"{len(class_names)} class names for a head with {cfg.n_classes} classes")
+            raise HeadMismatchError(f"{len(class_names)} class names for a head with {cfg.n_classes} classes")
         self.class_names: list[str] | None = list(class_names) if class_names is not None else None
         # Free-form description (data, recipe, metrics) of a trained model; saved with it.
         self.card: dict[str, Any] = {}
@@ -260,7 +260,7 @@ class HookedViT(HookedRootModule):
             return save_hf(self, directory)
         if format == "timm":
             return save_timm(self, directory)
-        raise ValueError(f"format must be 'vitmech', 'hf' or 'timm', got {format!r}")
+        raise InputError(f"format must be 'vitmech', 'hf' or 'timm', got {format!r}")
 
     def push_to_hub(self, repo_id: str, *, format: str = "hf", **kwargs: Any) -> Any:
         """Upload to the HuggingFace hub repo `repo_id` in `save_pretrained`'s `format` (HF by default, so
@@ -286,7 +286,7 @@ class HookedViT(HookedRootModule):
     def _stack(self, get: Callable[[TransformerBlock], torch.Tensor]) -> torch.Tensor:
         tensors = [get(block) for block in self.blocks]
         if len({t.shape for t in tensors}) > 1:
-            raise ValueError(
+            raise InputError(
                 f"this model has {list(self.cfg.n_heads_per_layer or [])} heads per layer (pruned), so per-head "
                 "weights do not stack over layers; read them per block: model.blocks[l].attn.W_Q"
             )
@@ -401,14 +401,14 @@ class HookedViT(HookedRootModule):
     def to_single_token(self, label: str) -> int:
         """Class index of a class name (transformer_lens calls classes 'tokens')."""
         if self.class_names is None:
-            raise ValueError("this model carries no class names; pass class indices")
+            raise InputError("this model carries no class names; pass class indices")
         try:
             return self.class_names.index(label)
         except ValueError:
             import difflib
 
             close = difflib.get_close_matches(label, self.class_names, n=5)
-            raise ValueError(f"unknown class name {label!r}; close matches: {close}") from None
+            raise InputError(f"unknown class name {label!r}; close matches: {close}") from None
 
     def tokens_to_residual_directions(
         self, classes: int | str | Int[torch.Tensor, "..."]
@@ -420,7 +420,7 @@ class HookedViT(HookedRootModule):
         its gain here); the constant ln_final.b @ W_H[:, c] + b_H[c] is not attributed.
         """
         if self.cfg.pool in POSITIONAL_POOLS:
-            raise ValueError(
+            raise InputError(
                 f"pool={self.cfg.pool!r} reads the patches with position-dependent weights (W_H "
                 f"[{self.cfg.pooled_dim}, n_classes]), so a class has no single residual direction"
             )
@@ -428,7 +428,7 @@ class HookedViT(HookedRootModule):
             classes = self.to_single_token(classes)
         idx = torch.as_tensor(classes, device=self.device, dtype=torch.long)
         if ((idx < 0) | (idx >= self.cfg.n_classes)).any():
-            raise IndexError(f"class index out of range [0, {self.cfg.n_classes}): {idx.tolist()}")
+            raise IndexOutOfRangeError(f"class index out of range [0, {self.cfg.n_classes}): {idx.tolist()}")
         gain = self.final_ln.w if self.final_ln is not None else torch.ones_like(self.W_H[:, 0])
         directions = (self.W_H * gain[:, None]).T  # [n_classes, d_model]
         return directions[idx]
@@ -437,7 +437,7 @@ class HookedViT(HookedRootModule):
     def set_attention_backend(self, backend: Literal["auto", "explicit"]) -> None:
         """ "auto": fused SDPA unless a hook needs scores/pattern; "explicit": always the explicit softmax."""
         if backend not in ("auto", "explicit"):
-            raise ValueError(f"backend must be 'auto' or 'explicit', got {backend!r}")
+            raise RuntimeSettingError(f"backend must be 'auto' or 'explicit', got {backend!r}")
         for block in self.blocks:
             block.attn.force_explicit = backend == "explicit"
 
@@ -450,7 +450,7 @@ class HookedViT(HookedRootModule):
         `blocks.l.hook_q_input`, `hook_k_input`, `hook_v_input` [B, P, H, d_model] (before ln1), so one
         head's key input can be patched alone (path patching). Outputs are unchanged; memory grows by 3H copies."""
         if use_split_qkv_input and self.cfg.use_attn_in:
-            raise ValueError(
+            raise InputError(
                 "use_split_qkv_input and use_attn_in are mutually exclusive; call set_use_attn_in(False) first"
             )
         for block in self.blocks:
@@ -461,7 +461,7 @@ class HookedViT(HookedRootModule):
         """One copy of resid_pre per head, shared by its query, key and value: hook `blocks.l.hook_attn_in`
         [B, P, H, d_model] (before ln1). Outputs are unchanged."""
         if use_attn_in and self.cfg.use_split_qkv_input:
-            raise ValueError(
+            raise InputError(
                 "use_attn_in and use_split_qkv_input are mutually exclusive; call set_use_split_qkv_input(False) first"
             )
         for block in self.blocks:
@@ -489,7 +489,7 @@ class HookedViT(HookedRootModule):
         n = self.cfg.n_layers
         layer = self.cfg.layer_index(layer, allow_end=True, allow_negative=False)
         if mlp_input and layer == n:
-            raise ValueError("mlp_input=True needs layer < n_layers (the final LayerNorm has no MLP)")
+            raise InputError("mlp_input=True needs layer < n_layers (the final LayerNorm has no MLP)")
         if self.cfg.pre_norm:
             raise NotImplementedError(
                 "a pre-norm model's residual stream starts at ln_pre's output, which hook_embed + hook_pos_embed "
@@ -609,7 +609,7 @@ class HookedViT(HookedRootModule):
         if return_type is None:
             return None
         if return_type not in RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {RETURN_TYPES} or None, got {return_type!r}")
+            raise InputError(f"return_type must be one of {RETURN_TYPES} or None, got {return_type!r}")
         cfg = self.cfg
         if return_type == "auto":
             return_type = (
@@ -624,13 +624,13 @@ class HookedViT(HookedRootModule):
         if return_type == "tokens":
             return self.ln_final(resid) if cfg.final_norm == "tokens" else resid
         if cfg.pool == "none":
-            raise ValueError(f"return_type={return_type!r} needs a pooled vector; this model has pool='none'")
+            raise InputError(f"return_type={return_type!r} needs a pooled vector; this model has pool='none'")
         pooled = self.pooled(resid)
         if return_type == "features":
             return pooled
         if return_type == "embeddings":
             if not cfg.projection_dim:
-                raise ValueError("this model has no projection; use return_type='features'")
+                raise InputError("this model has no projection; use return_type='features'")
             return self.proj(pooled)
         logits = self._require_head()(pooled)
         if cfg.has_distill_head:

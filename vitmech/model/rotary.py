@@ -24,6 +24,7 @@ from einops import rearrange, repeat
 from jaxtyping import Float
 from torch import nn
 
+from vitmech.errors import InputError
 from vitmech.tokens import TokenLayout
 
 RotaryKind = Literal["eva", "dinov3"]
@@ -45,7 +46,7 @@ def rotary_tables(
         coords = 2.0 * (torch.arange(0.5, grid, dtype=torch.float32) / grid) - 1.0
         freqs = None
     else:
-        raise ValueError(f"rotary kind must be 'eva' or 'dinov3', got {kind!r}")
+        raise InputError(f"rotary kind must be 'eva' or 'dinov3', got {kind!r}")
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
     grid_xy = torch.stack([rows.flatten(), cols.flatten()], dim=-1)  # [N, 2]
     if freqs is not None:
@@ -92,7 +93,7 @@ class Rotary(nn.Module):
     ) -> None:
         super().__init__()
         if d_head % 4 != 0:
-            raise ValueError(f"rotary embeddings need d_head divisible by 4 (two axes x pairs), got {d_head}")
+            raise InputError(f"rotary embeddings need d_head divisible by 4 (two axes x pairs), got {d_head}")
         self.kind, self.d_head, self.layout = kind, d_head, layout
         self.temperature, self.rotate_half, self.ref_grid = temperature, half, ref_grid
         self._tables: dict[torch.device, tuple[Table, Table]] = {}
@@ -101,7 +102,7 @@ class Rotary(nn.Module):
         if device not in self._tables:
             rows, cols = self.layout.grid
             if rows != cols:
-                raise ValueError(f"rotary embeddings are built for square patch grids, got {rows} x {cols}")
+                raise InputError(f"rotary embeddings are built for square patch grids, got {rows} x {cols}")
             sin, cos = rotary_tables(self.kind, self.d_head, rows, self.temperature, self.rotate_half, self.ref_grid)
             self._tables[device] = (sin.to(device), cos.to(device))
         return self._tables[device]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitmech.cli.models import LoadedModel, load_models
 from vitmech.cli.outputs import output_dir
+from vitmech.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,7 +48,7 @@ def launch(module: ModuleType, args: argparse.Namespace) -> int:
 
     mode = getattr(module, "LAUNCH", ON_MAIN)
     if mode not in LAUNCH_MODES:
-        raise ValueError(f"{module.__name__}.LAUNCH must be one of {LAUNCH_MODES}, got {mode!r}")
+        raise InputError(f"{module.__name__}.LAUNCH must be one of {LAUNCH_MODES}, got {mode!r}")
     if not launched():
         return int(module.run(args) or 0)
     world_size = int(os.environ["WORLD_SIZE"])

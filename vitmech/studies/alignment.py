@@ -45,6 +45,7 @@ from vitmech.analysis.alignment import (
 from vitmech.analysis.attention import collect_patterns
 from vitmech.analysis.rollout import RolloutSettings, rollout_maps
 from vitmech.analysis.stats import holm, paired_comparison
+from vitmech.errors import InputError, ModelMismatchError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.attention_supervision import (
     SUPERVISED_TIER,
@@ -123,7 +124,7 @@ class AlignmentStudyConfig:
 
     def __post_init__(self) -> None:
         if self.data not in STUDY_DATA:
-            raise ValueError(f"unknown data {self.data!r}; choose from {list(STUDY_DATA)}")
+            raise InputError(f"unknown data {self.data!r}; choose from {list(STUDY_DATA)}")
         if not self.regions:
             object.__setattr__(self, "regions", DEFAULT_REGIONS[self.data])
         if not self.target:
@@ -133,21 +134,21 @@ class AlignmentStudyConfig:
             known |= {"disk", "ring", "clumps", "dust_lane"}
         bad = [r for r in self.regions if r not in known]
         if bad:
-            raise ValueError(f"unknown {self.data} regions {bad}; choose from {sorted(known)}")
+            raise InputError(f"unknown {self.data} regions {bad}; choose from {sorted(known)}")
         scored = (*self.regions, UNION) if self.data == "galaxies" else self.regions  # chirps: no union
         if self.target not in scored:
-            raise ValueError(f"target {self.target!r} must be one of the regions {list(scored)}")
+            raise InputError(f"target {self.target!r} must be one of the regions {list(scored)}")
         if self.supervision.region == UNION and UNION not in scored:  # the default follows the target
             object.__setattr__(self, "supervision", dataclasses.replace(self.supervision, region=self.target))
         if self.supervision.region not in scored:
-            raise ValueError(f"the supervised region {self.supervision.region!r} must be one of {list(scored)}")
+            raise InputError(f"the supervised region {self.supervision.region!r} must be one of {list(scored)}")
         unknown = [t for t in self.tiers if t not in STUDY_TIERS]
         if unknown:
-            raise ValueError(f"unknown tiers {unknown}; choose from {list(STUDY_TIERS)}")
+            raise InputError(f"unknown tiers {unknown}; choose from {list(STUDY_TIERS)}")
         if not self.models:
-            raise ValueError("give at least one model")
+            raise InputError("give at least one model")
         if self.n_eval < 2:
-            raise ValueError(f"n_eval must be >= 2 for paired tests, got {self.n_eval}")
+            raise InputError(f"n_eval must be >= 2 for paired tests, got {self.n_eval}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -465,7 +466,7 @@ def run_alignment_study(
     size = loaded[0][1].cfg.image_size
     for name, model in loaded:
         if model.cfg.image_size != size:
-            raise ValueError(f"{name} takes {model.cfg.image_size} px images, {config.models[0]} {size} px")
+            raise ModelMismatchError(f"{name} takes {model.cfg.image_size} px images, {config.models[0]} {size} px")
     train, train_regions, eval_data, eval_regions = study_data(config, size)
 
     steps = len(loaded) * (1 + len(config.tiers))

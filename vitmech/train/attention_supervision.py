@@ -29,6 +29,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.alignment import RegionMasks, grid_counts
+from vitmech.errors import IndexOutOfRangeError, InputError, TrainingDataError
 from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.tokens import token_layout
@@ -62,13 +63,13 @@ class AttentionSupervision:
 
     def __post_init__(self) -> None:
         if not self.weight >= 0:
-            raise ValueError(f"weight (lambda) must be >= 0, got {self.weight!r}")
+            raise InputError(f"weight (lambda) must be >= 0, got {self.weight!r}")
         if self.source not in ("cls", "rollout"):
-            raise ValueError(f"source must be 'cls' or 'rollout', got {self.source!r}")
+            raise InputError(f"source must be 'cls' or 'rollout', got {self.source!r}")
         if not self.layers:
-            raise ValueError("give at least one layer")
+            raise InputError("give at least one layer")
         if not 0 < self.rollout_alpha <= 1:
-            raise ValueError(f"rollout_alpha must be in (0, 1], got {self.rollout_alpha!r}")
+            raise InputError(f"rollout_alpha must be in (0, 1], got {self.rollout_alpha!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,7 +88,7 @@ def _layers(model: HookedViT, layers: tuple[int, ...]) -> tuple[int, ...]:
     n = model.cfg.n_layers
     for layer in layers:
         if not -n <= layer < n:
-            raise IndexError(f"layer {layer} out of range for a model with {n} layers")
+            raise IndexOutOfRangeError(f"layer {layer} out of range for a model with {n} layers")
     return tuple(sorted({layer % n for layer in layers}))
 
 
@@ -168,11 +169,11 @@ def fine_tune_attention_supervised(
     `fine_tune`'s keyword arguments (val, checkpoint_dir, resume, card, progress, new_head), whose defaults
     apply. Augmentation would move the images away from their masks, so `config.augment` must be None."""
     if len(regions) != len(train):
-        raise ValueError(f"{len(regions)} images of masks for {len(train)} training images")
+        raise TrainingDataError(f"{len(regions)} images of masks for {len(train)} training images")
     if config.augment is not None:
-        raise ValueError("attention supervision needs config.augment=None (the masks are not augmented)")
+        raise InputError("attention supervision needs config.augment=None (the masks are not augmented)")
     if regions.size != (train.image_size, train.image_size):
-        raise ValueError(f"masks are {regions.size} pixels, training images {train.image_size} px")
+        raise TrainingDataError(f"masks are {regions.size} pixels, training images {train.image_size} px")
     targets = patch_targets(model, regions, supervision.region)
     smoothing = config.label_smoothing
 

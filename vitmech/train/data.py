@@ -18,6 +18,7 @@ from einops import rearrange
 from jaxtyping import Float, Int, UInt8
 from torch import Tensor
 
+from vitmech.errors import InputError
 from vitmech.preprocessing import Preprocessing, preprocess
 from vitmech.train.errors import TrainingDataError
 
@@ -151,7 +152,7 @@ def augment_batch(
     if kind is None:
         return images
     if kind not in ("hflip", "dihedral"):
-        raise ValueError(f"augment must be None, 'hflip' or 'dihedral', got {kind!r}")
+        raise InputError(f"augment must be None, 'hflip' or 'dihedral', got {kind!r}")
     out = images.clone()
     flips = torch.rand(len(images), generator=generator) < 0.5
     out[flips] = out[flips].flip(2)

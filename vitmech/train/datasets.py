@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vitmech.errors import TrainingDataError
 from vitmech.train.data import ArrayDataset
 
 logger = logging.getLogger(__name__)
@@ -180,4 +181,4 @@ def image_source_dataset(source: Any, preprocessing: Any) -> ArrayDataset:
         targets = torch.as_tensor(source.targets, dtype=torch.float32)
         k = 1 if targets.ndim == 1 else targets.shape[1]
         return ArrayDataset(torch.from_numpy(images), targets, [f"target_{i}" for i in range(k)], "regression")
-    raise ValueError("fine-tuning needs labels (class sub-folders, --labels) or --targets for the images")
+    raise TrainingDataError("fine-tuning needs labels (class sub-folders, --labels) or --targets for the images")

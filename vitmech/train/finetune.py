@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vitmech.errors import InputError, TrainingDataError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset, batch_indices
 from vitmech.train.evaluate import ClassificationEval, Evaluation, evaluate, predict
@@ -75,7 +76,7 @@ def ridge_fit(
     ||X W + b - Y||^2 + alpha ||W||^2, solved in float64 in the dual (n x n) or primal (f x f) form,
     whichever is smaller. Returns W [f, k] and b [k] in the features' dtype."""
     if not alpha > 0:
-        raise ValueError(f"the ridge alpha must be > 0, got {alpha!r}")
+        raise InputError(f"the ridge alpha must be > 0, got {alpha!r}")
     x, y = features.double(), targets.double()
     x_mean, y_mean = x.mean(0), y.mean(0)
     xc, yc = x - x_mean, y - y_mean
@@ -106,7 +107,7 @@ def fit_head_on_features(
     head = model.head
     if ridge is not None:
         if train.task != "regression":
-            raise ValueError(f"a ridge probe fits regression targets; this training set is {train.task}")
+            raise TrainingDataError(f"a ridge probe fits regression targets; this training set is {train.task}")
         weights, bias = ridge_fit(features, train.targets.float(), ridge)
         with torch.no_grad():
             head.W_H.copy_(weights.to(head.W_H))
@@ -177,9 +178,9 @@ def fine_tune(
     adapters = lora_summary(work)
     extra = {"lora": adapters} if adapters.get("adapters") else {}
     if loss_fn is not None and tier.tier == "linear_probe" and cache_features:
-        raise ValueError("a custom loss_fn needs the generic loop: pass cache_features=False for the linear probe")
+        raise InputError("a custom loss_fn needs the generic loop: pass cache_features=False for the linear probe")
     if ridge is not None and not (tier.tier == "linear_probe" and cache_features):
-        raise ValueError("ridge fits the cached linear probe only (tier 'linear_probe', cache_features=True)")
+        raise InputError("ridge fits the cached linear probe only (tier 'linear_probe', cache_features=True)")
     if ridge is not None:
         extra["head_fit"] = {"ridge_alpha": ridge}
     if tier.tier == "linear_probe" and cache_features:

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vitmech.config import Pool
+from vitmech.errors import InputError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import Preprocessing
 from vitmech.tokens import TokenLayout, layout_for, token_layout
@@ -63,7 +64,7 @@ def with_new_head(
     if names is not None and len(names) != n_outputs:
         raise HeadMismatchError(f"{len(names)} names for a head with {n_outputs} outputs")
     if init not in ("zeros", "trunc_normal"):
-        raise ValueError(f"init must be 'zeros' or 'trunc_normal', got {init!r}")
+        raise InputError(f"init must be 'zeros' or 'trunc_normal', got {init!r}")
     pool = model.cfg.pool if pool is None else pool
     skip = ("head.",) if pool == model.cfg.pool else ("head.", "pool.")
     new = _copy_model(model, model.cfg.replace(n_classes=n_outputs, pool=pool), model.preprocessing, names, skip=skip)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vitmech.errors import InputError
 from vitmech.fingerprint import module_fingerprint, tensor_fingerprint
 from vitmech.io.lock import LOCK_NAME, WriterLock
 from vitmech.model.hooked_vit import HookedViT
@@ -77,20 +78,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps <= 0:
-            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+            raise InputError(f"steps must be a positive int, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+            raise InputError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
+            raise InputError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+            raise InputError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
+            raise InputError(f"clip_norm must be > 0 or None, got {self.clip_norm!r}")
         if self.augment not in (None, "hflip", "dihedral"):
-            raise ValueError(f"augment must be None, 'hflip' or 'dihedral', got {self.augment!r}")
+            raise InputError(f"augment must be None, 'hflip' or 'dihedral', got {self.augment!r}")
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,7 +233,7 @@ def fit(
     check_head(model, train.n_outputs, f"the {train.task} targets ({len(train.names)} names)")
     trainable = [p for g in param_groups for p in g["params"]]
     if not trainable or not any(p.requires_grad for p in trainable):
-        raise ValueError("no trainable parameters in the groups; call prepare_tier(model, tier_config) first")
+        raise InputError("no trainable parameters in the groups; call prepare_tier(model, tier_config) first")
     if train.image_size != model.cfg.image_size:
         logger.warning(
             "training images are %d px, the model takes %d px: every batch goes through PIL preprocessing",

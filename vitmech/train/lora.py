@@ -26,6 +26,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from vitmech.errors import InputError
 from vitmech.model.attention import Attention
 from vitmech.model.hooked_vit import HookedViT
 
@@ -44,14 +45,14 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"LoRA rank must be a positive int, got {self.rank!r}")
+            raise InputError(f"LoRA rank must be a positive int, got {self.rank!r}")
         if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+            raise InputError(f"LoRA alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+            raise InputError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         targets = tuple(self.targets)
         if not targets or any(t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
-            raise ValueError(f"LoRA targets must be distinct names among {TARGETS}, got {self.targets!r}")
+            raise InputError(f"LoRA targets must be distinct names among {TARGETS}, got {self.targets!r}")
         object.__setattr__(self, "targets", targets)
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -128,7 +129,7 @@ def _layers(model: HookedViT, config: LoRAConfig) -> list[int]:
 def apply_lora(model: HookedViT, config: LoRAConfig = LoRAConfig(), seed: int = 0) -> HookedViT:
     """Attach adapters in place (returns the model). Base weights are untouched; the tier decides what trains."""
     if has_lora(model):
-        raise ValueError("the model already carries LoRA adapters; merge_lora(model) first")
+        raise InputError("the model already carries LoRA adapters; merge_lora(model) first")
     generator = torch.Generator().manual_seed(seed)
     for layer in _layers(model, config):
         block = model.blocks[layer]

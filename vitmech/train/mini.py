@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vitmech.config import ViTConfig
+from vitmech.errors import InputError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.preprocessing import Preprocessing
 
@@ -74,7 +75,7 @@ def mini_vit(
 ) -> HookedViT:
     """A seeded random-init mini ViT: `init="scaled"` (`scaled_init_`, default) or "timm" (std 0.02)."""
     if init not in ("scaled", "timm"):
-        raise ValueError(f"init must be 'scaled' or 'timm', got {init!r}")
+        raise InputError(f"init must be 'scaled' or 'timm', got {init!r}")
     cfg = mini_config(n_classes, image_size, **overrides)
     model = HookedViT(cfg, preprocessing=mini_preprocessing(cfg.image_size), class_names=class_names, seed=seed)
     return scaled_init_(model, seed) if init == "scaled" else model

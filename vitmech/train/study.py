@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vitmech.errors import InputError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.data import ArrayDataset
 from vitmech.train.evaluate import (
@@ -140,7 +141,7 @@ def run_study(
         )
         probe_eval = evaluate(probe.model, test, progress=progress)
     if head_from_probe and probe is None:
-        raise ValueError(
+        raise InputError(
             "head_from_probe needs the linear probe: give probe_config (and a tier other than linear_probe)"
         )
     start, new_head = (probe.model, False) if head_from_probe and probe is not None else (model, True)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from vitmech.errors import HeadMismatchError, InputError
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.train.lora import LoRAConfig, apply_lora, lora_parameters
 
@@ -44,12 +45,12 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
-            raise ValueError(f"tier must be one of {TIERS}, got {self.tier!r}")
+            raise InputError(f"tier must be one of {TIERS}, got {self.tier!r}")
         for name in ("head_lr", "backbone_lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -83,7 +84,7 @@ def prepare_tier(model: HookedViT, config: TierConfig, seed: int = 0) -> list[di
     """Set `requires_grad` for the tier (attaching LoRA adapters in place for "lora") and return
     AdamW parameter groups, each with a "name" ("head", "backbone", "lora", + "_no_decay") and its "lr"."""
     if not model.cfg.has_classifier:
-        raise ValueError("the model has no head; give it one first with vitmech.train.with_new_head")
+        raise HeadMismatchError("the model has no head; give it one first with vitmech.train.with_new_head")
     if config.tier == "lora":
         apply_lora(model, config.lora, seed=seed)
     adapters = {id(p) for p in lora_parameters(model)}

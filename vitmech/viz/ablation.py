@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
+from vitmech.errors import InputError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -70,7 +72,7 @@ def plot_head_heatmap(
 
     grid = np.asarray(result.grid(value) if hasattr(result, "grid") else result, dtype=float)
     if grid.ndim != 2:
-        raise ValueError(f"expected a [layer, head] grid, got shape {grid.shape}")
+        raise InputError(f"expected a [layer, head] grid, got shape {grid.shape}")
     n_layers, n_heads = grid.shape
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.55 * n_heads), max(3.0, 1.3 + 0.45 * n_layers)))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=_diverging_norm(grid), aspect="auto")

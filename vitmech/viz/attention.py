@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 
+from vitmech.errors import InputError, UnknownNameError
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -41,7 +43,7 @@ def denormalize(
 ) -> Float[np.ndarray, "height width channel"]:
     """A preprocessed image back to displayable RGB in [0, 1] (undo mean/std normalisation)."""
     if image.ndim != 3:
-        raise ValueError(f"denormalize takes one image [C, H, W], got shape {list(image.shape)}")
+        raise InputError(f"denormalize takes one image [C, H, W], got shape {list(image.shape)}")
     m = torch.as_tensor(mean, dtype=image.dtype)[:, None, None]
     s = torch.as_tensor(std, dtype=image.dtype)[:, None, None]
     return (image.detach().cpu() * s + m).clamp(0, 1).permute(1, 2, 0).float().numpy()
@@ -50,7 +52,7 @@ def denormalize(
 def _as_rgb(image: ArrayLike) -> np.ndarray:
     arr = np.asarray(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image)
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
-        raise ValueError(f"images to draw on must be [H, W, 3] (uint8 or floats in [0, 1]), got shape {arr.shape}")
+        raise InputError(f"images to draw on must be [H, W, 3] (uint8 or floats in [0, 1]), got shape {arr.shape}")
     return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 
@@ -58,7 +60,7 @@ def upsample_map(attention_map: ArrayLike, size: int, normalize: bool = True) ->
     """A [g, g] map bilinearly upsampled to [size, size]; min-max scaled to [0, 1] when `normalize`."""
     grid = torch.as_tensor(_numpy(attention_map))
     if grid.ndim != 2:
-        raise ValueError(f"an attention map is [g, g], got shape {list(grid.shape)}")
+        raise InputError(f"an attention map is [g, g], got shape {list(grid.shape)}")
     up = F.interpolate(grid[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     if not normalize:
         return up.numpy()
@@ -166,7 +168,7 @@ def plot_head_grid(
 
     grid = _numpy(maps)
     if grid.ndim != 4:
-        raise ValueError(f"plot_head_grid takes maps [layer, head, g, g] of one image, got shape {grid.shape}")
+        raise InputError(f"plot_head_grid takes maps [layer, head, g, g] of one image, got shape {grid.shape}")
     n_layers, n_heads, g, _ = grid.shape
     layers = list(layers) if layers is not None else list(range(n_layers))
     colour = matplotlib.colormaps[cmap]
@@ -271,7 +273,7 @@ def plot_metric_by_layer(
     fig, ax = _figure(figsize=(6, 3.6))
     for name, frame in frames.items():
         if f"{metric}_mean" not in frame:
-            raise KeyError(f"frame {name!r} has no column {metric}_mean; columns: {list(frame.columns)}")
+            raise UnknownNameError(f"frame {name!r} has no column {metric}_mean; columns: {list(frame.columns)}")
         layers = frame["layer"].to_numpy()
         mean = frame[f"{metric}_mean"].to_numpy(dtype=float)
         ax.plot(layers, mean, marker="o", label=name)
@@ -300,7 +302,7 @@ def plot_head_heatmap(
     """A layer x head heatmap (e.g. entropy change per head); `diverging` centres the colours on 0."""
     grid = _numpy(values)
     if grid.ndim != 2:
-        raise ValueError(f"plot_head_heatmap takes [layer, head], got shape {grid.shape}")
+        raise InputError(f"plot_head_heatmap takes [layer, head], got shape {grid.shape}")
     fig, ax = _figure(figsize=(0.45 * grid.shape[1] + 2.2, 0.4 * grid.shape[0] + 1.4))
     if diverging:
         bound = float(np.nanmax(np.abs(grid))) or 1.0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitmech.errors import InputError
 from vitmech.viz.attention import MAP_CMAP, _as_rgb, _figure
 from vitmech.viz.stamp import RANDOM_WEIGHTS, stamp_random
 
@@ -60,7 +61,7 @@ def plot_explanations(
         stamp: write "RANDOM WEIGHTS" across the figure (default: when any explanation is of random weights).
     """
     if columns not in ("model", "method"):
-        raise ValueError(f"columns must be 'model' or 'method', got {columns!r}")
+        raise InputError(f"columns must be 'model' or 'method', got {columns!r}")
     rgb = [_as_rgb(image) for image in images]
     panels = [
         (name, method)
@@ -72,7 +73,7 @@ def plot_explanations(
         order = list(dict.fromkeys(method for _, method in panels))
         panels = sorted(panels, key=lambda panel: order.index(panel[1]))  # stable: model order kept per method
     if not rgb or not panels:
-        raise ValueError("plot_explanations needs at least one image and one map")
+        raise InputError("plot_explanations needs at least one image and one map")
     several = len(explanations) > 1
     n_rows, n_cols = len(rgb), len(panels) + 1
     fig, axes = _figure(

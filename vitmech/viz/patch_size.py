@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vitmech.errors import InputError
 from vitmech.viz.attention import _figure
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def plot_layer_metrics(frame: pd.DataFrame, models: Sequence[str], panel_size: f
     """One panel per metric: each model's mean over images by layer, its 95% t interval shaded."""
     metrics = list(dict.fromkeys(frame["metric"]))
     if not metrics or not models:
-        raise ValueError("plot_layer_metrics needs at least one metric and one model")
+        raise InputError("plot_layer_metrics needs at least one metric and one model")
     fig, axes = _figure(1, len(metrics), figsize=(panel_size * len(metrics), panel_size), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         part = frame[frame["metric"] == metric]

@@ -34,7 +34,7 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.interventions import BoundAblation
 from vitmech.analysis.ablation.metrics import OutputKind
-from vitmech.errors import UnsupportedModelError
+from vitmech.errors import AblationError, UnsupportedModelError
 from vitmech.model.block import TransformerBlock
 from vitmech.model.hooked_vit import HookedViT
 from vitmech.model.layer_norm import LayerNorm
@@ -215,7 +215,7 @@ def run_variants(
     last_queries = model.query_positions() if output_kind != "tokens" else None
     l0 = start_layer_index
     if any(layer < l0 for layer in masks):
-        raise ValueError(f"masks ablate layers {sorted(masks)} before the start layer {l0}")
+        raise AblationError(f"masks ablate layers {sorted(masks)} before the start layer {l0}")
     batch = state.resid_mid[l0].shape[0]
     positions = last_queries if (last_queries is not None and l0 == n_layers - 1) else slice(None)
 

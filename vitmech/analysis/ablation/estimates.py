@@ -32,6 +32,7 @@ from vitmech.analysis.ablation.results import AblationMeasurement, HeadSweepResu
 from vitmech.analysis.ablation.sweep import check_inputs
 from vitmech.batching import batch_bounds
 from vitmech.device import on_model_device
+from vitmech.errors import AblationError
 from vitmech.model._hooks import FwdHooks
 from vitmech.model.hooked_vit import HookedViT
 
@@ -112,7 +113,7 @@ def estimate_head_effects(
     check_inputs(model, images, metric, targets, batch_size, ablation)
     n_layers = len(model.blocks)
     if len({block.attn.n_heads for block in model.blocks}) != 1:
-        raise ValueError("estimates need the same number of heads in every layer (not a pruned model)")
+        raise AblationError("estimates need the same number of heads in every layer (not a pruned model)")
     n_heads = model.blocks[0].attn.n_heads
     attribution = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     michel = torch.zeros(n_layers, n_heads, dtype=torch.float64)

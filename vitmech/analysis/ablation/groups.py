@@ -34,6 +34,7 @@ from vitmech.analysis.ablation.interventions import AblationLike
 from vitmech.analysis.ablation.metrics import MetricLike
 from vitmech.analysis.ablation.results import AblationTable, percent_change
 from vitmech.analysis.ablation.sweep import ablation_sweep, head_sweep
+from vitmech.errors import UnknownNameError
 from vitmech.model.hooked_vit import HookedViT
 
 
@@ -87,7 +88,7 @@ class PairInteractions:
         out = np.full((self.n_heads, self.n_heads), np.nan)
         rows = self.frame[self.frame["layer"] == layer]
         if rows.empty:
-            raise KeyError(f"layer {layer} was not part of this pair sweep")
+            raise UnknownNameError(f"layer {layer} was not part of this pair sweep")
         for a, b, v in zip(rows["head_a"], rows["head_b"], rows[value]):
             out[a, b] = out[b, a] = v
         return out

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vitmech.analysis.ablation.heads import Cell
+from vitmech.errors import UnknownNameError
 
 GRID_VALUES = ("delta", "pct_change", "ablated", "delta_se")
 """The per-cell columns `HeadSweepResult.grid` lays out as a [layer, head] grid."""
@@ -85,7 +86,7 @@ class AblationTable(AblationMeasurement):
         for i, cell in enumerate(self.cells):
             if cell.name == name:
                 return float(self.delta[i])
-        raise KeyError(f"no cell named {name!r}")
+        raise UnknownNameError(f"no cell named {name!r}")
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -125,7 +126,7 @@ class HeadSweepResult(AblationTable):
     def grid(self, value: str = "pct_change") -> np.ndarray:
         """[n_layers, max_heads] array of `value` (one of GRID_VALUES); NaN where not swept."""
         if value not in GRID_VALUES:
-            raise KeyError(f"value must be one of {sorted(GRID_VALUES)}, got {value!r}")
+            raise UnknownNameError(f"value must be one of {sorted(GRID_VALUES)}, got {value!r}")
         out = np.full((len(self.heads_per_layer), max(self.heads_per_layer, default=0)), np.nan)
         for (layer, head), v in zip(self.heads, getattr(self, value)):
             out[layer, head] = v

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vitmech.errors import UnsupportedModelError
+from vitmech.errors import UnknownNameError, UnsupportedModelError
 from vitmech.loading.families import hf_clip, hf_dinov3, hf_vit, open_clip_vit, timm_eva, timm_vit
 from vitmech.loading.families.base import Converted, Family, check_supported, convert, export, family_of
 
@@ -35,7 +35,7 @@ def by_name(name: str) -> Family:
     for family in FAMILIES:
         if family.name == name:
             return family
-    raise KeyError(f"no family {name!r}; known: {[f.name for f in FAMILIES]}")
+    raise UnknownNameError(f"no family {name!r}; known: {[f.name for f in FAMILIES]}")
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from vitmech.config import ViTConfig
-from vitmech.errors import UnsupportedModelError
+from vitmech.errors import InputTypeError, UnsupportedModelError
 from vitmech.loading.keymap import KeyMap, export_weights, import_weights
 from vitmech.preprocessing import Preprocessing
 
@@ -77,7 +77,7 @@ def family_of(module: ModuleType) -> Family:
     `class_names`."""
     missing = [attr for attr in ("NAME", "SOURCE", *FAMILY_FUNCTIONS) if not hasattr(module, attr)]
     if missing:
-        raise TypeError(f"family module {module.__name__} does not define {', '.join(missing)}")
+        raise InputTypeError(f"family module {module.__name__} does not define {', '.join(missing)}")
     functions = {attr: getattr(module, attr) for attr in (*FAMILY_FUNCTIONS, "class_names") if hasattr(module, attr)}
     return Family(name=module.NAME, source=module.SOURCE, **functions)
 
