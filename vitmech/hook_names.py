@@ -13,15 +13,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from vitmech.errors import UnknownNameError
+
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
-class HookNameError(KeyError):
-    """A hook name the model does not have (a KeyError, as transformer_lens raised; the message lists
-    close matches)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class HookNameError(UnknownNameError):
+    """A hook name the model does not have (a KeyError, as transformer_lens raised, and a VitmechError; the
+    message lists close matches)."""
 
 
 def check_hook_names(model: Any, names: Iterable[Any]) -> None:

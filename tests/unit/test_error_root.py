@@ -27,9 +27,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {}
 # Exception classes vitmech defines on a built-in base alone (not under VitmechError): {(path, class): why}.
 CLASSES_ALLOWED: dict[tuple[str, str], str] = {
     ("errors.py", "VitmechError"): "the root itself",
-    # Raised to users by run_with_hooks / hooks(); should derive from UnknownNameError (a KeyError with the
-    # same plain message), a one-line change of its class statement left to the owner of hook_names.py.
-    ("hook_names.py", "HookNameError"): "pending: rebase on vitmech.errors.UnknownNameError",
     # An internal signal: both callers (fingerprint._function_text, ablation.metrics.metric) catch it.
     ("fingerprint.py", "Unfingerprintable"): "caught inside vitmech; never reaches a caller of the public API",
 }
