@@ -8,16 +8,17 @@ Catch `VitmechError` for anything vitmech rejects, `InputError` for any bad inpu
         ├── IndexOutOfRangeError (IndexError): a layer, head or token index outside the model
         ├── UnknownNameError (KeyError): a region, column, split, cell or cached hook looked up by a name it lacks
         ├── InputTypeError (TypeError): an argument of the wrong type, or arguments that only apply together
+        ├── PathNotFoundError (FileNotFoundError): a file or folder that is not there, or lacks what it needs
         ├── UnsupportedModelError, UnknownModelError, CheckpointMismatchError (ResumeMismatchError,
         │   NonFiniteWeightsError), CacheBudgetError (also MemoryError)
         ├── ImageInputError, ModelMismatchError
         ├── DataError: SchemaError, UnknownLabelError, UnreadableImageError, EmptySplitError,
         │   InsufficientDataError
-        ├── TrainingDataError, HeadMismatchError
+        ├── TrainingDataError, HeadMismatchError, NonFiniteLossError (FloatingPointError)
         ├── AblationError: HeadIndexError (also IndexOutOfRangeError), EmptyReferenceError, MetricError,
         │   StoreMismatchError
         ├── RuntimeSettingError, BatchSourceError, PatchingError
-        ├── HubError (also OSError): the hub is offline, unreachable or refuses an upload (not logged in)
+        ├── HubError (also OSError): the hub is offline, unreachable, lacks the model or refuses an upload
         └── vitmech.io.errors.StorageError: CorruptFileError, IncompleteWriteError, LockHeldError (and the data
             and ablation stores' kinds built on them)
 """
@@ -48,6 +49,11 @@ class UnknownNameError(InputError, KeyError):
 class InputTypeError(InputError, TypeError):
     """An argument of a type the function does not take, or keyword arguments that do not apply to the
     call (the message names what is accepted). Also a `TypeError`."""
+
+
+class PathNotFoundError(InputError, FileNotFoundError):
+    """A file or folder that is not there, or a folder without the files it needs (the message names the path
+    and what was looked for). Also a `FileNotFoundError`."""
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -122,6 +128,11 @@ class HeadMismatchError(InputError):
     """The model's output head does not fit the task (number of classes or targets)."""
 
 
+class NonFiniteLossError(InputError, FloatingPointError):
+    """The training loss became NaN or inf: weights that already held non-finite values (named), or a recipe
+    (learning rate) or data that made training diverge. Also a `FloatingPointError`."""
+
+
 class ResumeMismatchError(CheckpointMismatchError):
     """A resume checkpoint was written by another model, tier or recipe (the differences are listed)."""
 
@@ -161,8 +172,8 @@ class PatchingError(InputError):
 
 
 class HubError(InputError, OSError):
-    """The model hub cannot take an upload: unreachable, offline (HF_HUB_OFFLINE), or not logged in / no
-    write access; the message says which and how to fix it."""
+    """The model hub cannot serve or take a model: unreachable, offline (HF_HUB_OFFLINE), no such model or
+    config, or not logged in / no write access; the message says which and how to fix it."""
 
 
 __all__ = [
@@ -183,8 +194,10 @@ __all__ = [
     "InsufficientDataError",
     "MetricError",
     "ModelMismatchError",
+    "NonFiniteLossError",
     "NonFiniteWeightsError",
     "PatchingError",
+    "PathNotFoundError",
     "ResumeMismatchError",
     "RuntimeSettingError",
     "SchemaError",

@@ -1,5 +1,5 @@
 """Every error vitmech raises on purpose is a VitmechError: no bare built-in ValueError, IndexError, KeyError,
-TypeError or RuntimeError is raised anywhere in the package (the kinds in `vitmech.errors` keep those built-ins
+TypeError, RuntimeError, FileNotFoundError, OSError or FloatingPointError is raised anywhere in the package (the kinds in `vitmech.errors` keep those built-ins
 as bases, so `except ValueError` / `except KeyError` callers still catch them)."""
 
 from __future__ import annotations
@@ -9,18 +9,29 @@ import builtins
 from pathlib import Path
 
 import pytest
+import torch
 
 import vitmech
 from vitmech import errors
 
 PACKAGE = Path(vitmech.__file__).parent
-BARE = frozenset({"ValueError", "IndexError", "KeyError", "TypeError", "RuntimeError"})
+BARE = frozenset(
+    {
+        "ValueError",
+        "IndexError",
+        "KeyError",
+        "TypeError",
+        "RuntimeError",
+        "FileNotFoundError",
+        "OSError",
+        "FloatingPointError",
+    }
+)
 
 # Raises of a bare built-in that must stay exactly that built-in: {(path under vitmech/, enclosing function's
 # qualified name, exception name): why}. Empty today: every such raise has a vitmech kind that keeps the
 # built-in as a base. The protocol exceptions Python itself requires (AttributeError in a module or class
-# `__getattr__`, NotImplementedError, StopIteration, SystemExit from the command line) are not in BARE, nor are
-# the OS-level FileNotFoundError / OSError of the loaders and the training loop's FloatingPointError.
+# `__getattr__`, NotImplementedError, StopIteration, SystemExit from the command line) are not in BARE.
 ALLOWED: dict[tuple[str, str, str], str] = {}
 
 
@@ -145,3 +156,27 @@ def test_every_exception_class_is_under_the_root():
         f"exception classes outside VitmechError: {sorted(found - set(CLASSES_ALLOWED))}"
     )
     assert not set(CLASSES_ALLOWED) - found, f"stale entries: {sorted(set(CLASSES_ALLOWED) - found)}"
+
+
+def test_a_diverged_loss_is_a_nonfinite_loss_error_naming_the_cause():
+    from vitmech.train.loop import TrainConfig, optimizer_step
+
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD([{"params": list(layer.parameters()), "base_lr": 0.1}], lr=0.1)
+    params = list(layer.parameters())
+    loss = layer(torch.ones(1, 2)).sum() * float("inf")
+    with pytest.raises(errors.NonFiniteLossError, match="loss became .* at step 3; lower the learning rate") as info:
+        optimizer_step(optimizer, loss, params, TrainConfig(steps=5), 3, layer)
+    assert isinstance(info.value, FloatingPointError) and isinstance(info.value, errors.VitmechError)
+    with torch.no_grad():
+        layer.weight[0, 0] = float("nan")
+    with pytest.raises(errors.NonFiniteLossError, match=r"already hold NaN/inf before this update: \['weight'\]"):
+        optimizer_step(optimizer, layer(torch.ones(1, 2)).sum(), params, TrainConfig(steps=5), 0, layer)
+
+
+def test_a_missing_path_is_a_path_not_found_error(tmp_path):
+    from vitmech.data.sources import image_files
+
+    with pytest.raises(errors.PathNotFoundError, match="no image file or folder at") as info:
+        image_files(tmp_path / "nowhere")
+    assert isinstance(info.value, FileNotFoundError) and vitmech.PathNotFoundError is errors.PathNotFoundError

@@ -42,7 +42,7 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from vitmech.errors import InputError, UnknownNameError
+from vitmech.errors import InputError, PathNotFoundError, UnknownNameError
 from vitmech.tokens import READOUT, token_layout
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class RegionMasks:
         root = Path(folder)
         files = sorted(root.glob("*.png"))
         if not files:
-            raise FileNotFoundError(f"no mask PNGs (<image>_<region>.png) in {root}")
+            raise PathNotFoundError(f"no mask PNGs (<image>_<region>.png) in {root}")
         table: dict[str, dict[str, Path]] = {}
         for f in files:
             if "_" not in f.stem:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from vitmech.data._errors import DataError, UnreadableImageError
 from vitmech.data.targets import read_value_rows, require_one_row_per_image
+from vitmech.errors import PathNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,10 @@ def image_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"no image file or folder at {path}")
+        raise PathNotFoundError(f"no image file or folder at {path}")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+        raise PathNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
     return files
 
 
@@ -160,7 +161,7 @@ def load_image_source(
         return _load_hf(text[3:], limit, labels, targets, image_column or "image", split)
     path = Path(text).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"no image folder, file or list at {path}")
+        raise PathNotFoundError(f"no image folder, file or list at {path}")
     class_names = None
     n_listed: int | None = None  # images in the source before `limit` (a value file must have one row each)
     label_values: np.ndarray | None = None

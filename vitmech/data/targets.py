@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vitmech.data._errors import DataError, SchemaError
+from vitmech.errors import PathNotFoundError
 from vitmech.io.errors import CorruptFileError
 
 TargetKind = Literal["auto", "labels", "values"]
@@ -73,7 +74,7 @@ def read_value_rows(path: str | Path) -> np.ndarray:
     """The numbers of a .npy / .csv / .txt targets file, [N] or [N, T]."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"no labels/targets file at {file}")
+        raise PathNotFoundError(f"no labels/targets file at {file}")
     if file.suffix == ".npy":
         try:
             values = np.load(file, allow_pickle=False)

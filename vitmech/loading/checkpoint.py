@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from vitmech.config import ViTConfig
-from vitmech.errors import CheckpointMismatchError, InputTypeError, UnknownModelError
+from vitmech.errors import CheckpointMismatchError, InputTypeError, PathNotFoundError, UnknownModelError
 from vitmech.loading._state import check_finite, load_strict
 from vitmech.loading.families.base import Converted
 
@@ -36,7 +36,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .pt / .pth / .bin file; unwraps {'state_dict': ...} and 'module.' prefixes."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise PathNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         from vitmech.io.readers import read_safetensors
 
@@ -203,7 +203,7 @@ def convert_checkpoint(
 
                 return convert_timm(timm.create_model(f"local-dir:{path}", pretrained=True).eval())
             return convert_hf(path)
-        raise FileNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
+        raise PathNotFoundError(f"{path} is a directory without a vitmech or HuggingFace config.json")
     if path.suffix == ".safetensors" and read_native_metadata(path) is not None:
         return load_native(path, allow_nonfinite=allow_nonfinite)
     state = read_state_dict(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from vitmech.errors import CheckpointMismatchError, InputTypeError, UnsupportedModelError
+from vitmech.errors import CheckpointMismatchError, HubError, InputTypeError, UnsupportedModelError
 from vitmech.loading._state import raise_on_mismatch
 from vitmech.loading.families import Converted, convert, family_for
 from vitmech.loading.families.hf_vit import (
@@ -137,7 +137,7 @@ def _load_hf_model(id_or_path: str, **kwargs: Any) -> tuple[nn.Module, Preproces
     try:
         config = AutoConfig.from_pretrained(id_or_path)
     except OSError as err:
-        raise OSError(
+        raise HubError(
             f"could not load a HuggingFace config for {id_or_path!r}: {err}. "
             "A hub id needs network access (or a local cache); a local directory needs config.json."
         ) from err

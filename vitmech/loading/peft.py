@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from vitmech.errors import CheckpointMismatchError, InputTypeError
+from vitmech.errors import CheckpointMismatchError, InputTypeError, PathNotFoundError
 
 
 def is_peft_model(model: Any) -> bool:
@@ -37,7 +37,7 @@ def merged(model: Any, adapter: str | Path | None = None) -> Any:
 
     path = Path(adapter)
     if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(
+        raise PathNotFoundError(
             f"no peft adapter at {path} (expected adapter_config.json from PeftModel.save_pretrained)"
         )
     try:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vitmech.errors import InputError
+from vitmech.errors import InputError, NonFiniteLossError
 from vitmech.fingerprint import module_fingerprint, tensor_fingerprint
 from vitmech.io.lock import LOCK_NAME, WriterLock
 from vitmech.model.hooked_vit import HookedViT
@@ -416,11 +416,11 @@ def optimizer_step(
     if not math.isfinite(loss.item()):
         broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if broken:
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"loss became {loss.item()} at step {step} because the model's weights already hold NaN/inf "
                 f"before this update: {broken[:8]}; reload the weights (a damaged file?) rather than change the recipe"
             )
-        raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
+        raise NonFiniteLossError(f"loss became {loss.item()} at step {step}; lower the learning rate or check the data")
     optimizer.step()
     return float(loss.item()), norm
 
