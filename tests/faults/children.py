@@ -13,10 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-
-torch.set_num_threads(1)
-
 
 def ready() -> None:
     print("ready", flush=True)
@@ -221,4 +217,8 @@ def task_report(directory: str, tag: str, n: str, sync: str = "") -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] != "report":  # the report child draws with matplotlib only: not importing torch saves ~3 s
+        import torch
+
+        torch.set_num_threads(1)
     globals()[f"task_{sys.argv[1]}"](*sys.argv[2:])

@@ -86,10 +86,16 @@ def seeded_images(batch: int, size: int, channels: int = 3, seed: int = 0) -> to
 
 
 def write_study_inputs(root: Path) -> Path:
-    """Four saved tiny models (`before`, `after`, a 2-class `binary`, a patch-16 `coarse` twin of `before`'s
-    architecture) and an `images/` folder of two class sub-folders with three random 40 x 40 PNGs each,
-    under `root` (returned)."""
+    """Five saved tiny models (`before`, `after`, a 2-class `binary`, a patch-16 `coarse` twin of `before`'s
+    architecture, a `galaxy` model with the synthetic galaxies' class names that `vitmech patch` asks for)
+    and an `images/` folder of two class sub-folders with three random 40 x 40 PNGs each, under `root`
+    (returned)."""
+    from vitmech.data.galaxies import GALAXY_CLASSES
+
     tiny_model(seed=0).save_pretrained(root / "before")
+    galaxy = tiny_model(seed=4, n_classes=len(GALAXY_CLASSES))
+    galaxy.class_names = list(GALAXY_CLASSES)
+    galaxy.save_pretrained(root / "galaxy")
     tiny_model(seed=3, patch_size=16).save_pretrained(root / "coarse")
     tiny_model(seed=1).save_pretrained(root / "after")
     tiny_model(seed=2, n_classes=2).save_pretrained(root / "binary")

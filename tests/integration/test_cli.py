@@ -131,7 +131,9 @@ QUICK_RUNS = {
         "2",
     ],
     "finetune-chirp": lambda t: ["--model", str(t / "before")],
-    "patch": lambda t: [],
+    # the tiny galaxy-classed model, as every other command here runs on a tiny model: the default
+    # vitmech/mini-galaxy takes ~20 s more and is run end to end by test_patching_experiment.py
+    "patch": lambda t: ["--model", str(t / "galaxy")],
     "pretrain": lambda t: [],
     "data": lambda t: [],
     "models": lambda t: ["--pages"],
@@ -183,7 +185,9 @@ def spies(monkeypatch):
 
     def savefig(self, *args, **kwargs):
         found.saved.append(is_stamped(self))
-        return real_savefig(self, *args, **kwargs)
+        # drawn at 10 dpi: the stamp (on the figure and in the PNG's metadata) is what these tests read, and
+        # at the reports' 110 dpi rendering took ~0.3 s a figure (speed; test_distributed_studies.py does so too)
+        return real_savefig(self, *args, **{**kwargs, "dpi": 10})
 
     def forward(self, x, *args, **kwargs):
         found.forwards.append((str(x.device), str(self.device)))
