@@ -45,7 +45,14 @@ def test_13_misclassified_quick_on_random_cnn_weights(tmp_path) -> None:
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     confusion = rows(out / "confusion.csv")
+    assert len(confusion) == 1000  # the full matrix of the ImageNet head
     assert sum(int(v) for r in confusion for k, v in r.items() if k != "true") == summary["n_images"] == 12
+    shown = rows(out / "confusion_occurring.csv")  # report.md shows only the classes that occur
+    occurring = {r["true"] for r in confusion if any(int(v) for k, v in r.items() if k != "true")}
+    occurring |= {k for k in confusion[0] if k != "true" and any(int(r[k]) for r in confusion)}
+    assert {r["true"] for r in shown} == occurring and len(shown[0]) == len(occurring) + 1
+    assert sum(int(v) for r in shown for k, v in r.items() if k != "true") == 12
+    assert (out / "report.md").stat().st_size < 200_000
     ranked = rows(out / "misclassified.csv")
     assert len(ranked) == summary["n_misclassified"] > 0
     confidences = [float(r["confidence"]) for r in ranked]

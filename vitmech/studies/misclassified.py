@@ -118,11 +118,25 @@ def run(args: argparse.Namespace) -> int:
     confusion = confusion_matrix(torch.as_tensor(labels), logits.argmax(-1), n_classes)
     accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
     labels_text = [name_of(i) for i in range(n_classes)]
+    caption = (
+        f"Confusion matrix (rows: true class, columns: predicted); accuracy {accuracy:.3f} on {len(labels)} images"
+    )
+    occurring = np.flatnonzero(confusion.sum(0) + confusion.sum(1))  # classes seen as a label or a prediction
     report.add_table(
         "confusion",
         pd.DataFrame(confusion, index=pd.Index(labels_text, name="true"), columns=labels_text).reset_index(),
-        caption=f"Confusion matrix (rows: true class, columns: predicted); accuracy {accuracy:.3f} on {len(labels)} images",
+        caption=caption,
+        show=len(occurring) == n_classes,
     )
+    if len(occurring) < n_classes:  # e.g. a 1000-class ImageNet head on a few galaxies: show what occurs
+        names = [labels_text[i] for i in occurring]
+        sub = confusion[np.ix_(occurring, occurring)]
+        report.add_table(
+            "confusion_occurring",
+            pd.DataFrame(sub, index=pd.Index(names, name="true"), columns=names).reset_index(),
+            caption=f"{caption}, over the {len(occurring)} of the model's {n_classes} classes that occur as a "
+            "label or a prediction (the full matrix: confusion.csv)",
+        )
     mistakes = ranked_mistakes(logits, labels)
     shown = mistakes.assign(true=mistakes["true"].map(name_of), predicted=mistakes["predicted"].map(name_of))
     report.add_table("misclassified", shown, caption=f"{len(mistakes)} misclassified images, most confident first")
