@@ -21,11 +21,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vitmech compare --out runs/demo --force
 
+# the whole suite on one pytest-xdist worker per CPU core (at most 4: each worker holds its own models)
+TEST_WORKERS ?= -n auto --maxprocesses=4
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TEST_WORKERS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" $(TEST_WORKERS)
 
 # needs only the linters in the venv (a stale install stamp does not reinstall the package first)
 lint:
