@@ -88,7 +88,13 @@ def test_batching_does_not_change_the_result(model, images):
     whole = direct_logit_attribution(model, images, classes=[0, 1, 2, 3], batch_size=None)
     chunked = direct_logit_attribution(model, images, classes=[0, 1, 2, 3], batch_size=3)
     torch.testing.assert_close(chunked.attributions, whole.attributions, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-6, rtol=0)
     assert torch.equal(chunked.classes, whole.classes)
+    assert chunked.components == whole.components and chunked.labels == whole.labels
+    assert whole.components[-2:] == (("ln_final.b", "ln_final_bias", -1, -1), ("b_H", "head_bias", -1, -1))
+    assert [(c.layer, c.head) for c in whole.components if c.kind == "head"] == [
+        (layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
+    ]
 
 
 def test_tables(model, images):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -33,7 +34,7 @@ from transformer_lens.utilities import get_act_name
 
 from vitmech.analysis.ablation.heads import head_label
 from vitmech.analysis.circuits import head_results
-from vitmech.batching import image_batches
+from vitmech.batching import concat_results, image_batches
 from vitmech.device import on_model_device
 from vitmech.errors import IndexOutOfRangeError, InputError, UnknownNameError
 from vitmech.model.hooked_vit import HookedViT
@@ -81,28 +82,50 @@ def resolve_classes(
     return idx.clone()
 
 
+class LogitComponent(NamedTuple):
+    """One term of a direct logit attribution: its name, its kind, and its layer and head (-1 where none)."""
+
+    label: str
+    kind: str
+    layer: int = -1
+    head: int = -1
+
+
 @dataclass
 class DirectLogitAttribution:
     """Each component's direct contribution to one class logit per image, at the CLS token.
 
     Attributes:
         attributions: [batch, n_components]; rows sum to `logits` (exactly, up to float rounding).
-        labels: component names, e.g. "cls_token", "pos_embed", "L3H7", "b_O L3", "MLP3", "b_out L3", "ln_final.b", "b_H".
-        kinds: per component: "embed", "head", "attn_bias", "mlp", "mlp_bias", "ln_final_bias", "head_bias".
-        layers, heads: per component (-1 where not applicable).
+        components: what each column is (`LogitComponent`): labels such as "cls_token", "pos_embed", "L3H7",
+            "b_O L3", "MLP3", "b_out L3", "ln_final.b", "b_H"; kinds "embed", "head", "attn_bias", "mlp",
+            "mlp_bias", "value_bias", "ln_final_bias", "head_bias".
         classes: the attributed class of each image, [batch].
         logits: the model's own logit for that class, [batch] (the reference the sum must match).
         class_names: the model's class names, if any.
     """
 
     attributions: Float[torch.Tensor, "batch component"]
-    labels: list[str]
-    kinds: list[str]
-    layers: list[int]
-    heads: list[int]
+    components: tuple[LogitComponent, ...]
     classes: Int[torch.Tensor, " batch"]
     logits: Float[torch.Tensor, " batch"]
     class_names: list[str] | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.components]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [c.kind for c in self.components]
+
+    @property
+    def layers(self) -> list[int]:
+        return [c.layer for c in self.components]
+
+    @property
+    def heads(self) -> list[int]:
+        return [c.head for c in self.components]
 
     @property
     def total(self) -> Float[torch.Tensor, " batch"]:
@@ -138,16 +161,16 @@ class DirectLogitAttribution:
         rows = []
         for b in range(self.attributions.shape[0]):
             c = int(self.classes[b])
-            for i, label in enumerate(self.labels):
+            for i, part in enumerate(self.components):
                 rows.append(
                     {
                         "image": b,
                         "class": c,
                         "class_name": self.class_label(c),
-                        "component": label,
-                        "kind": self.kinds[i],
-                        "layer": self.layers[i],
-                        "head": self.heads[i],
+                        "component": part.label,
+                        "kind": part.kind,
+                        "layer": part.layer,
+                        "head": part.head,
                         "attribution": float(self.attributions[b, i]),
                     }
                 )
@@ -160,14 +183,14 @@ class DirectLogitAttribution:
         return pd.DataFrame(
             [
                 {
-                    "component": label,
-                    "kind": self.kinds[i],
-                    "layer": self.layers[i],
-                    "head": self.heads[i],
+                    "component": part.label,
+                    "kind": part.kind,
+                    "layer": part.layer,
+                    "head": part.head,
                     "mean_attribution": float(mean[i]),
                     "mean_abs_attribution": float(mean_abs[i]),
                 }
-                for i, label in enumerate(self.labels)
+                for i, part in enumerate(self.components)
             ]
         )
 
@@ -219,14 +242,11 @@ def direct_logit_attribution_from_cache(
     classes_t = resolve_classes(model, classes, logits_all)
     with torch.no_grad():
         parts: list[torch.Tensor] = []  # each [batch, k, d_model] at CLS
-        labels, kinds, layers, heads = [], [], [], []
+        components: list[LogitComponent] = []  # what each row of `parts` is
 
         def add(vectors: torch.Tensor, names: list[str], kind: str, layer: int, head_ids: list[int]) -> None:
             parts.append(vectors)
-            labels.extend(names)
-            kinds.extend([kind] * len(names))
-            layers.extend([layer] * len(names))
-            heads.extend(head_ids)
+            components.extend(LogitComponent(name, kind, layer, head) for name, head in zip(names, head_ids))
 
         batch = logits_all.shape[0]
         if cfg.pre_norm:
@@ -260,23 +280,17 @@ def direct_logit_attribution_from_cache(
                 layer,
                 list(range(cfg.n_heads)),
             )
-        components = torch.cat(parts, dim=1)  # [batch, n_components, d]
+        vectors = torch.cat(parts, dim=1)  # [batch, n_components, d]
         sigma = at_cls(cache["ln_final.hook_scale"])  # [batch, 1]
         directions = model.tokens_to_residual_directions(classes_t)  # [batch, d] = gamma * W_H[:, c]
-        centred = components - components.mean(-1, keepdim=True)
+        centred = vectors - vectors.mean(-1, keepdim=True)
         attributions = einsum(centred, directions, "b k d, b d -> b k") / sigma
         constants = torch.stack([model.ln_final.b @ model.W_H[:, classes_t], model.b_H[classes_t]], dim=-1)
         attributions = torch.cat([attributions, constants], dim=-1)
-    labels += ["ln_final.b", "b_H"]
-    kinds += ["ln_final_bias", "head_bias"]
-    layers += [-1, -1]
-    heads += [-1, -1]
+    components += [LogitComponent("ln_final.b", "ln_final_bias"), LogitComponent("b_H", "head_bias")]
     return DirectLogitAttribution(
         attributions=attributions,
-        labels=labels,
-        kinds=kinds,
-        layers=layers,
-        heads=heads,
+        components=tuple(components),
         classes=classes_t,
         logits=logits_all.gather(-1, classes_t[:, None])[:, 0],
         class_names=model.class_names,
@@ -311,17 +325,7 @@ def direct_logit_attribution(
             _, cache = model.run_with_cache(chunk, names_filter=_needed_hooks(model), return_type="logits")
         results.append(direct_logit_attribution_from_cache(model, cache, chunk_classes, split_value_bias))
         offset += chunk.shape[0]
-    first = results[0]
-    return DirectLogitAttribution(
-        attributions=torch.cat([r.attributions for r in results]),
-        labels=first.labels,
-        kinds=first.kinds,
-        layers=first.layers,
-        heads=first.heads,
-        classes=torch.cat([r.classes for r in results]),
-        logits=torch.cat([r.logits for r in results]),
-        class_names=first.class_names,
-    )
+    return concat_results(results)
 
 
 # ---------------------------------------------------------------------------------------------- logit lens

@@ -7,16 +7,7 @@ upper ends exclusive). Batches from the loaders are ``{"pixel_values": Float[Ten
 once a model's ``preprocess`` is given.
 """
 
-from vitmech.data._errors import (
-    CorruptDatasetError,
-    DataError,
-    EmptySplitError,
-    IncompleteDatasetError,
-    InsufficientDataError,
-    SchemaError,
-    UnknownLabelError,
-    UnreadableImageError,
-)
+from vitmech.data._errors import CorruptDatasetError, IncompleteDatasetError
 from vitmech.data._io import Box, mask_to_box
 from vitmech.data._transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocess
 from vitmech.data.chirps import (
@@ -54,6 +45,14 @@ from vitmech.data.gz2 import (
     load_gz2,
     make_gz2_fixture,
     open_gz2,
+)
+from vitmech.errors import (
+    DataError,
+    EmptySplitError,
+    InsufficientDataError,
+    SchemaError,
+    UnknownLabelError,
+    UnreadableImageError,
 )
 
 __all__ = [

@@ -1,27 +1,15 @@
-"""The data layer's errors (defined with every other vitmech error in `vitmech.errors`)."""
+"""The data layer's own errors: dataset folders a writer left unfinished or that were damaged since.
+
+Every other error the data layer raises (``DataError``, ``SchemaError``, ...) is defined with the rest of
+vitmech's errors in `vitmech.errors`.
+"""
 
 from __future__ import annotations
 
-from vitmech.errors import (
-    DataError,
-    EmptySplitError,
-    InsufficientDataError,
-    SchemaError,
-    UnknownLabelError,
-    UnreadableImageError,
-)
+from vitmech.errors import DataError
 from vitmech.io.errors import CorruptFileError, IncompleteWriteError
 
-__all__ = [
-    "DataError",
-    "SchemaError",
-    "UnknownLabelError",
-    "UnreadableImageError",
-    "EmptySplitError",
-    "InsufficientDataError",
-    "IncompleteDatasetError",
-    "CorruptDatasetError",
-]
+__all__ = ["IncompleteDatasetError", "CorruptDatasetError"]
 
 
 class IncompleteDatasetError(DataError, IncompleteWriteError):

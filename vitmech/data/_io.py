@@ -24,13 +24,8 @@ import pyarrow.parquet as pq
 from datasets import Features
 from jaxtyping import Bool, UInt8
 
-from vitmech.data._errors import (
-    CorruptDatasetError,
-    DataError,
-    IncompleteDatasetError,
-    UnreadableImageError,
-)
-from vitmech.errors import InputTypeError
+from vitmech.data._errors import CorruptDatasetError, IncompleteDatasetError
+from vitmech.errors import DataError, InputTypeError, UnreadableImageError
 from vitmech.io.atomic import atomic_write, atomic_write_text, fsync_dir
 from vitmech.io.errors import CorruptFileError, IncompleteWriteError, StorageError
 from vitmech.io.lock import LOCK_NAME, WriterLock, check_not_being_written

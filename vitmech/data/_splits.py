@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Int
 
-from vitmech.data._errors import DataError
+from vitmech.errors import DataError
 
 
 def hash_rank(ids: Sequence[object], seed: int, salt: str) -> Int[np.ndarray, " N"]:

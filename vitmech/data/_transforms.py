@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vitmech.data._errors import DataError
 from vitmech.data._io import decode_image
+from vitmech.errors import DataError
 from vitmech.preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageLike, Preprocessing, preprocess
 
 logger = logging.getLogger(__name__)

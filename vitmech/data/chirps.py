@@ -41,12 +41,11 @@ from scipy.ndimage import gaussian_filter
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vitmech.data._errors import DataError, EmptySplitError, SchemaError
 from vitmech.data._figure import ELEMENTS, FigureStyle, SpectrogramFigure
 from vitmech.data._io import Box, ShardWriter, begin_dataset, encode_png, finish_dataset, write_json
 from vitmech.data._transforms import LazyImageTransform, Preprocess
 from vitmech.data.gz2 import open_gz2
-from vitmech.errors import UnknownNameError
+from vitmech.errors import DataError, EmptySplitError, SchemaError, UnknownNameError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, Tensor)
 

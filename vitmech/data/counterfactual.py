@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, UInt8
 
-from vitmech.data._errors import DataError
 from vitmech.data._io import Box
+from vitmech.errors import DataError
 
 Fill = Literal["mean", "blur", "noise"]
 FILLS: tuple[str, ...] = ("mean", "blur", "noise")

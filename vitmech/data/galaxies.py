@@ -53,10 +53,9 @@ from scipy.special import gammaincinv, ndtri
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vitmech.data._errors import DataError
 from vitmech.data._io import Box, ShardWriter, begin_dataset, decode_image, encode_png, finish_dataset
 from vitmech.data.gz2 import GZ2_CLASSES, gz2_features, gz2_votes_for
-from vitmech.errors import RuntimeSettingError
+from vitmech.errors import DataError, RuntimeSettingError
 from vitmech.threads import check_threads, torch_threads
 
 logger = logging.getLogger(__name__)

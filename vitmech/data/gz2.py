@@ -30,14 +30,6 @@ from datasets import Image as HFImage
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from vitmech.data._errors import (
-    DataError,
-    EmptySplitError,
-    InsufficientDataError,
-    SchemaError,
-    UnknownLabelError,
-    UnreadableImageError,
-)
 from vitmech.data._io import (
     ShardWriter,
     begin_dataset,
@@ -50,7 +42,15 @@ from vitmech.data._io import (
 )
 from vitmech.data._splits import check_unique, hash_rank, n_from_fraction
 from vitmech.data._transforms import LazyImageTransform, Preprocess
-from vitmech.errors import UnknownNameError
+from vitmech.errors import (
+    DataError,
+    EmptySplitError,
+    InsufficientDataError,
+    SchemaError,
+    UnknownLabelError,
+    UnknownNameError,
+    UnreadableImageError,
+)
 from vitmech.io.readers import check_parquet
 
 logger = logging.getLogger(__name__)

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitmech.data._errors import DataError, UnreadableImageError
 from vitmech.data.targets import read_value_rows, require_one_row_per_image
-from vitmech.errors import PathNotFoundError
+from vitmech.errors import DataError, PathNotFoundError, UnreadableImageError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vitmech.data._errors import DataError, SchemaError
-from vitmech.errors import PathNotFoundError
+from vitmech.errors import DataError, PathNotFoundError, SchemaError
 from vitmech.io.errors import CorruptFileError
 
 TargetKind = Literal["auto", "labels", "values"]
