@@ -18,12 +18,12 @@ from vitmech.data.galaxies import (
     ALL_CLASSES,
     FEATURES,
     GalaxyParams,
+    GalaxyStream,
     exponential_radius_fraction,
     generate_galaxies,
     iter_galaxies,
     pack_masks,
     render_galaxies,
-    sample_galaxies,
     sersic_b,
     sersic_radius_fraction,
     unpack_masks,
@@ -43,7 +43,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def params() -> list[GalaxyParams]:
-    return sample_galaxies(48, seed=11)
+    return GalaxyStream(seed=11).params(48)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +129,15 @@ def test_classes_cycle_and_weights():
     batch = generate_galaxies(12, seed=0)
     assert batch.labels.tolist() == [i % 6 for i in range(12)]
     assert [p.cls for p in batch.params] == [GZ2_CLASSES[i % 6] for i in range(12)]
-    weighted = sample_galaxies(30, seed=0, classes=("smooth_round", "barred_spiral"), class_weights=(0.0, 1.0))
+    weighted = GalaxyStream(0, ("smooth_round", "barred_spiral"), (0.0, 1.0)).params(30)
     assert {p.cls for p in weighted} == {"barred_spiral"}
     extra = generate_galaxies(7, seed=0, classes=ALL_CLASSES)
     assert extra.classes == ALL_CLASSES and extra.params[6].cls == "smooth_inbetween"
     with pytest.raises(DataError, match="unknown galaxy class"):
-        sample_galaxies(2, classes=("spiral",))
+        GalaxyStream(classes=("spiral",))
+    for bad in [(1.0,), (1.0, -1.0), (0.0, 0.0)]:
+        with pytest.raises(DataError, match="class_weights must be 2 non-negative numbers"):
+            GalaxyStream(classes=("smooth_round", "barred_spiral"), class_weights=bad)
     with pytest.raises(DataError):
         generate_galaxies(0)
 
@@ -304,9 +307,9 @@ def test_written_inbetween_rows_are_filtered_by_the_loader(tmp_path):
 
 
 def test_rendering_on_threads_in_chunks_equals_one_batch_on_one_thread():
-    from vitmech.data.galaxies import GALAXY_CLASSES, RENDER_CHUNK, render_galaxies, sample_galaxies
+    from vitmech.data.galaxies import GALAXY_CLASSES, RENDER_CHUNK, GalaxyStream, render_galaxies
 
-    params = sample_galaxies(2 * RENDER_CHUNK + 7, seed=3, classes=GALAXY_CLASSES + ("smooth_inbetween",))
+    params = GalaxyStream(3, GALAXY_CLASSES + ("smooth_inbetween",)).params(2 * RENDER_CHUNK + 7)
     one = render_galaxies(params, num_threads=1, return_linear=True)
     threaded = render_galaxies(params, num_threads=2, return_linear=True)
     assert one.classes == threaded.classes and np.array_equal(one.labels, threaded.labels)

@@ -69,10 +69,10 @@ def _analysis_calls():
 
 def _generator_calls():
     from vitmech.data.chirps import generate_chirps
-    from vitmech.data.galaxies import generate_galaxies, render_galaxies, sample_galaxies
+    from vitmech.data.galaxies import GalaxyStream, generate_galaxies, render_galaxies
     from vitmech.data.procedural import generate_procedural
 
-    params = sample_galaxies(2, seed=1)
+    params = GalaxyStream(seed=1).params(2)
     return {
         "generate_galaxies": lambda: generate_galaxies(2, seed=0, size=32, noise=False),
         "render_galaxies": lambda: render_galaxies(params, size=32),
@@ -126,9 +126,9 @@ def test_apply_threads_only_acts_on_a_given_count(thread_spy):
 
 
 def test_galaxy_renderer_asks_for_threads_only_when_told(thread_spy):
-    from vitmech.data.galaxies import render_galaxies, sample_galaxies
+    from vitmech.data.galaxies import GalaxyStream, render_galaxies
 
-    params = sample_galaxies(2, seed=3)
+    params = GalaxyStream(seed=3).params(2)
     render_galaxies(params, size=32, noise=False)
     assert thread_spy == []
     before = torch.get_num_threads()

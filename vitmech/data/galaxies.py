@@ -102,40 +102,68 @@ def exponential_radius_fraction(fraction: float) -> float:
 class GalaxyParams:
     """Everything that defines one synthetic galaxy. Lengths: pixels at 224 px; angles: radians.
 
-    ``pa`` is the major axis angle from +x towards +y (image rows grow downwards). Disk-plane
+    Image rows grow downwards, so ``pa`` turns from +x towards +y (clockwise on screen). Disk-plane
     coordinates: rotate by ``pa``, divide the minor-axis coordinate by ``q``, rotate by ``bar_angle``.
     Amplitudes of absent components are 0.
     """
 
     cls: str
+    """Class name, one of ``ALL_CLASSES``."""
     cx: float
+    """Centre, x (px)."""
     cy: float
+    """Centre, y (px)."""
     pa: float
+    """Major axis angle (radians from +x towards +y)."""
     q: float
+    """Projected axis ratio (minor / major) of the disk plane (smooth classes: equal to ``bulge_q``, which shapes them)."""
     bulge_amp: float = 0.0
+    """Bulge (Sersic) surface brightness at its half-light radius; 0 = no bulge."""
     bulge_re: float = 10.0
+    """Bulge half-light radius (px)."""
     bulge_n: float = 4.0
+    """Bulge Sersic index."""
     bulge_q: float = 1.0
+    """Bulge axis ratio in the image plane (its own, not the disk's)."""
     disk_amp: float = 0.0
+    """Central surface brightness of the exponential disk; 0 = no disk."""
     disk_h: float = 10.0
+    """Disk scale length (px, disk plane)."""
     arms_amp: float = 0.0
+    """Arm light as a multiple of the disk light along the ridge; 0 = no arms."""
     arms_m: int = 2
+    """Number of arms."""
     arms_pitch: float = 0.35
+    """Logarithmic-spiral pitch angle (radians)."""
     arms_p: float = 4.0
+    """Ridge sharpness: the arm profile is ((1 + cos phase) / 2) ** arms_p."""
     arms_r0: float = 10.0
+    """Radius where the arms start (px, disk plane; they fade in around 0.9 arms_r0)."""
     bar_amp: float = 0.0
+    """Bar (Sersic) surface brightness at its half-light radius; 0 = no bar."""
     bar_re: float = 10.0
+    """Bar half-light radius (px, disk plane)."""
     bar_n: float = 0.5
+    """Bar Sersic index (about 0.5: a flat-topped bar)."""
     bar_q: float = 0.3
+    """Bar axis ratio in the disk plane."""
     bar_angle: float = 0.0
+    """Angle of the bar, and of the arms' phase, in the disk plane (radians from the major axis)."""
     ring_amp: float = 0.0
+    """Peak surface brightness of the Gaussian ring; 0 = no ring."""
     ring_r: float = 30.0
+    """Ring radius (px, disk plane)."""
     ring_w: float = 3.0
+    """Ring width, the Gaussian sigma (px, disk plane)."""
     clumps: tuple[tuple[float, float, float, float], ...] = ()
     """Clumps as (x, y, sigma, amp) in image pixels at 224."""
     dust_tau: float = 0.0
+    """Fraction of the disk's and bulge's light the dust lane removes at its centre (fading along the major axis
+    with a Gaussian of sigma 2 ``disk_h``); 0 = no lane."""
     dust_w: float = 1.0
+    """Dust lane half-width along the minor axis, the Gaussian sigma (px)."""
     dust_off: float = 0.0
+    """Offset of the dust lane from the major axis, along the minor axis (px)."""
     colours: tuple[tuple[float, float, float], ...] = (_RED, _WHITE, _BLUE, _RED, _BLUE, _BLUE)
     """RGB of bulge, disk, arms, bar, ring, clumps."""
     psf_sigma: float = 1.0
@@ -295,33 +323,50 @@ def galaxy_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-def sample_galaxies(
-    n: int,
-    seed: int = 0,
-    *,
-    start: int = 0,
-    classes: Sequence[str] = GALAXY_CLASSES,
-    class_weights: Sequence[float] | None = None,
-) -> list[GalaxyParams]:
-    """Parameters of images ``start .. start + n - 1`` of the stream defined by ``seed``.
+@dataclass(frozen=True)
+class GalaxyStream:
+    """The endless seeded stream of synthetic galaxies that every generator here draws windows of.
 
-    Image i has class ``classes[i % len(classes)]`` (balanced) or, with ``class_weights``, a class drawn
-    from its own generator; its parameters come from ``galaxy_rng(seed, i)``.
+    Image i has class ``classes[i % len(classes)]`` (balanced) or, with ``class_weights``, a class drawn from
+    its own generator; its parameters come from ``galaxy_rng(seed, i)``, so image i is the same whatever
+    window or batch it is drawn in. Classes and weights are checked when the stream is made.
+
+    >>> stream = GalaxyStream(seed=3, classes=("smooth_round", "barred_spiral"))
+    >>> [p.cls for p in stream.params(3, start=1)]
+    ['barred_spiral', 'smooth_round', 'barred_spiral']
+    >>> stream.params(2, start=2) == stream.params(3, start=1)[1:]
+    True
     """
-    for cls in classes:
-        if cls not in ALL_CLASSES:
-            raise DataError(f"unknown galaxy class {cls!r}; known: {list(ALL_CLASSES)}")
-    if class_weights is not None:
-        w = np.asarray(class_weights, dtype=float)
-        if w.shape != (len(classes),) or (w < 0).any() or w.sum() <= 0:
-            raise DataError(f"class_weights must be {len(classes)} non-negative numbers, got {class_weights}")
-        w = w / w.sum()
-    out = []
-    for i in range(start, start + n):
-        rng = galaxy_rng(seed, i)
-        cls = classes[i % len(classes)] if class_weights is None else classes[int(rng.choice(len(classes), p=w))]
-        out.append(sample_galaxy_params(cls, rng))
-    return out
+
+    seed: int = 0
+    classes: Sequence[str] = GALAXY_CLASSES
+    class_weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        for cls in self.classes:
+            if cls not in ALL_CLASSES:
+                raise DataError(f"unknown galaxy class {cls!r}; known: {list(ALL_CLASSES)}")
+        if self.class_weights is not None:
+            w = np.asarray(self.class_weights, dtype=float)
+            if w.shape != (len(self.classes),) or (w < 0).any() or w.sum() <= 0:
+                raise DataError(
+                    f"class_weights must be {len(self.classes)} non-negative numbers, got {self.class_weights}"
+                )
+
+    def params(self, n: int, start: int = 0) -> list[GalaxyParams]:
+        """Parameters of images ``start .. start + n - 1``."""
+        weights = None if self.class_weights is None else np.asarray(self.class_weights, dtype=float)
+        if weights is not None:
+            weights = weights / weights.sum()
+        out = []
+        for i in range(start, start + n):
+            rng = galaxy_rng(self.seed, i)
+            if weights is None:
+                cls = self.classes[i % len(self.classes)]
+            else:
+                cls = self.classes[int(rng.choice(len(self.classes), p=weights))]
+            out.append(sample_galaxy_params(cls, rng))
+        return out
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -384,6 +429,18 @@ def _sersic(r: Tensor, re: Tensor, n: Tensor) -> Tensor:
     return torch.exp(-b * (torch.exp(torch.log(r / re + 1e-6) / n) - 1.0))
 
 
+def _elliptical_sersic(
+    params: Sequence[GalaxyParams], component: str, x: Tensor, y: Tensor, flux_fraction: float
+) -> tuple[Float[Tensor, "G R R"], Bool[Tensor, "G R R"]]:
+    """Light of an elliptical Sersic component (``component`` is "bulge" or "bar": its ``_amp``, ``_q``, ``_re``,
+    ``_n`` parameters) on major/minor-axis coordinates ``x``, ``y`` (px at 224), and the mask of the ellipse
+    holding ``flux_fraction`` of its light (empty where the amplitude is 0)."""
+    amp, q, re, n = (_col(params, f"{component}_{name}") for name in ("amp", "q", "re", "n"))
+    r = torch.sqrt(x**2 + (y / q) ** 2)
+    r_flux = torch.as_tensor(sersic_radius_fraction(n.numpy(), flux_fraction), dtype=torch.float32) * re
+    return amp * _sersic(r, re, n), (r <= r_flux) & (amp > 0)
+
+
 def reference_level(p: GalaxyParams) -> float:
     """Model surface brightness of the main component at its half-light radius (spheroid for smooth
     classes, disk otherwise): the unit that ``snr_e`` and ``white`` scale."""
@@ -424,11 +481,8 @@ def _render_group(
 
     # bulge / spheroid: Sersic in the image plane with its own axis ratio
     if present("bulge_amp"):
-        bq, bre, bn = _col(params, "bulge_q"), _col(params, "bulge_re"), _col(params, "bulge_n")
-        r_b = torch.sqrt(u**2 + (v / bq) ** 2)
-        add(_col(params, "bulge_amp") * _sersic(r_b, bre, bn), 0)
-        r_f = torch.as_tensor(sersic_radius_fraction(bn.numpy(), f), dtype=torch.float32) * bre
-        masks["bulge"] = (r_b <= r_f) & (_col(params, "bulge_amp") > 0)
+        light, masks["bulge"] = _elliptical_sersic(params, "bulge", u, v, f)
+        add(light, 0)
     if cls.startswith("smooth"):
         return (*mix(), masks)
 
@@ -469,11 +523,8 @@ def _render_group(
         add(_col(params, "arms_amp") * disk * shape, 2)
         masks["arms"] = (shape >= arms_ridge) & disk_mask & (_col(params, "arms_amp") > 0)
     if present("bar_amp"):
-        bar_q, bar_re, bar_n = _col(params, "bar_q"), _col(params, "bar_re"), _col(params, "bar_n")
-        r_bar = torch.sqrt(a**2 + (b / bar_q) ** 2)
-        add(_col(params, "bar_amp") * _sersic(r_bar, bar_re, bar_n), 3)
-        r_f = torch.as_tensor(sersic_radius_fraction(bar_n.numpy(), f), dtype=torch.float32) * bar_re
-        masks["bar"] = (r_bar <= r_f) & (_col(params, "bar_amp") > 0)
+        light, masks["bar"] = _elliptical_sersic(params, "bar", a, b, f)
+        add(light, 3)
     if present("ring_amp"):
         ring_r, ring_w = _col(params, "ring_r"), _col(params, "ring_w")
         z = (r_d - ring_r) / ring_w
@@ -677,13 +728,13 @@ def generate_galaxies(
     class_weights: Sequence[float] | None = None,
     **render_options: Any,
 ) -> GalaxyBatch:
-    """Images ``start .. start + n - 1`` of the seeded stream (see ``sample_galaxies``), rendered in one batch
+    """Images ``start .. start + n - 1`` of the seeded stream (see ``GalaxyStream``), rendered in one batch
     by ``render_galaxies``, whose keyword arguments ``render_options`` are (size=224, render_size, noise,
     flux_fraction, arms_ridge, return_linear, num_threads). Deterministic: the same (seed, index) gives the same
     image whatever the batch it is rendered in."""
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
-    params = sample_galaxies(n, seed, start=start, classes=classes, class_weights=class_weights)
+    params = GalaxyStream(seed, classes, class_weights).params(n, start)
     return render_galaxies(params, **render_options)
 
 
@@ -828,7 +879,7 @@ __all__ = [
     "exponential_radius_fraction",
     "sample_galaxy_params",
     "galaxy_rng",
-    "sample_galaxies",
+    "GalaxyStream",
     "render_galaxies",
     "torch_threads",
     "resolve_threads",
@@ -879,7 +930,7 @@ def galaxy_counterfactual_pairs(
     if n <= 0:
         raise DataError(f"n must be positive, got {n}")
     _, classes = COUNTERFACTUAL_FEATURES[feature]
-    params = sample_galaxies(n, seed, start=start, classes=classes)
+    params = GalaxyStream(seed, classes).params(n, start)
     with_feature = render_galaxies(params, size=size, noise=noise)
     without = render_galaxies([without_feature(p, feature) for p in params], size=size, noise=noise)
     return with_feature, without
