@@ -241,13 +241,21 @@ def _receiver_hooks(
 
     def removed_delta(how: tuple[bool, torch.Tensor, list[int], int], pattern: str) -> torch.Tensor:
         complement, weights, senders, n = how
-        if senders:
-            stacked = torch.stack([diff(s) for s in senders])
-            summed = einsum(weights.to(stacked.dtype), stacked, pattern)
-        if not complement:
-            return summed
-        everything = total(n)[:, :, None] if "h" in pattern else total(n)
-        return everything - summed if senders else everything
+        everything = (total(n)[:, :, None] if "h" in pattern else total(n)) if complement else None
+        if not senders:  # every edge into these receivers removed (a plan sums removed senders only if some are)
+            assert everything is not None
+            return everything
+        stacked = torch.stack([diff(s) for s in senders])
+        summed = einsum(weights.to(stacked.dtype), stacked, pattern)
+        return summed if everything is None else everything - summed
+
+    def edit(weights: torch.Tensor, pattern: str):
+        how = plan(weights)
+
+        def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            return x - removed_delta(how, pattern)
+
+        return hook
 
     for layer in range(graph.n_layers):
         n_attn = graph.senders_before_attention(layer)
@@ -255,26 +263,14 @@ def _receiver_hooks(
             cols = [graph.head_receiver(layer, h, c) for h in range(n_heads)]
             weights = removed[:n_attn, cols]  # [S, H]
             if bool(weights.any()):
-
-                def edit_input(x, hook, how=plan(weights)):
-                    return x - removed_delta(how, "s h, s b p d -> b p h d")
-
-                hooks.append((get_act_name(f"{c}_input", layer), edit_input))
+                hooks.append((get_act_name(f"{c}_input", layer), edit(weights, "s h, s b p d -> b p h d")))
         n_mlp = graph.senders_before_mlp(layer)
         weights = removed[:n_mlp, graph.mlp_receiver(layer)]
         if bool(weights.any()):
-
-            def edit_mlp(x, hook, how=plan(weights)):
-                return x - removed_delta(how, "s, s b p d -> b p d")
-
-            hooks.append((get_act_name("mlp_in", layer), edit_mlp))
+            hooks.append((get_act_name("mlp_in", layer), edit(weights, "s, s b p d -> b p d")))
     weights = removed[:, graph.logits_receiver]
     if bool(weights.any()):
-
-        def edit_final(x, hook, how=plan(weights)):
-            return x - removed_delta(how, "s, s b p d -> b p d")
-
-        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit_final))
+        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit(weights, "s, s b p d -> b p d")))
     return hooks
 
 
