@@ -15,7 +15,7 @@ from tests.helpers.scripts import load_experiment
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_experiment_writes_its_report(tmp_path):
+def test_quick_experiment_writes_its_report(tmp_path, small_figures):
     exp = load_experiment("15_patching_circuits.py")
     out = tmp_path / "report"
     assert exp.main(["--quick", "--out", str(out)]) == 0

@@ -199,6 +199,62 @@ def sender_outputs(model: HookedViT, images: torch.Tensor) -> Float[torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------- circuit runs
+@dataclass(frozen=True)
+class _Plan:
+    """How one receiver group's removed-edge sum is formed: over `senders` with `weights` [S, ...] (the removed
+    edges), or, when `complement`, as the sum over all `n` senders before it minus `senders` (the kept edges)."""
+
+    complement: bool
+    weights: torch.Tensor
+    senders: list[int]
+    n: int
+    pattern: str
+
+    @classmethod
+    def of(cls, removed: torch.Tensor, pattern: str) -> _Plan:
+        n = removed.shape[0]
+        flat = removed.reshape(n, -1)
+        removed_rows, kept_rows = flat.any(dim=-1).nonzero()[:, 0], (~flat).any(dim=-1).nonzero()[:, 0]
+        if len(removed_rows) <= len(kept_rows):
+            return cls(False, removed[removed_rows], removed_rows.tolist(), n, pattern)
+        return cls(True, ~removed[kept_rows], kept_rows.tolist(), n, pattern)
+
+
+class _Differences:
+    """Per run: each sender's (actual - corrupted) output, computed once, and prefix sums over senders."""
+
+    def __init__(self, actual: dict[int, torch.Tensor], corrupted: torch.Tensor) -> None:
+        self.actual, self.corrupted = actual, corrupted
+        self.diffs: dict[int, torch.Tensor] = {}
+        self.totals: dict[int, torch.Tensor] = {}
+
+    def diff(self, s: int) -> torch.Tensor:
+        if s not in self.diffs:
+            self.diffs[s] = self.actual[s] - self.corrupted[s]
+        return self.diffs[s]
+
+    def total(self, n: int) -> torch.Tensor:
+        """Sum of the differences of senders 0..n-1 (prefixes grow as the forward pass goes on)."""
+        if n not in self.totals:
+            start = max((m for m in self.totals if m < n), default=0)
+            acc = self.totals[start].clone() if start else torch.zeros_like(self.diff(0))
+            for s in range(start, n):
+                acc += self.diff(s)
+            self.totals[n] = acc
+        return self.totals[n]
+
+    def removed_sum(self, plan: _Plan) -> torch.Tensor:
+        """Sum over the plan's removed edges of the sender differences, [B, P, d] (or [B, P, H, d] per head)."""
+        everything = None
+        if plan.complement:
+            everything = self.total(plan.n)[:, :, None] if "h" in plan.pattern else self.total(plan.n)
+            if not plan.senders:  # every edge into these receivers removed
+                return everything
+        stacked = torch.stack([self.diff(s) for s in plan.senders])
+        summed = einsum(plan.weights.to(stacked.dtype), stacked, plan.pattern)
+        return summed if everything is None else everything - summed
+
+
 def _receiver_hooks(
     graph: Graph,
     removed: Bool[torch.Tensor, "sender receiver"],
@@ -211,66 +267,27 @@ def _receiver_hooks(
     into it, or, when fewer senders keep an edge, is the sum over all of its senders minus the kept ones (a
     near-empty circuit then costs as little as a near-full one)."""
     hooks: Hooks = []
-    n_heads = graph.n_heads
-    diffs: dict[int, torch.Tensor] = {}
-    totals: dict[int, torch.Tensor] = {}
+    differences = _Differences(actual, corrupted)
 
-    def diff(s: int) -> torch.Tensor:
-        if s not in diffs:
-            diffs[s] = actual[s] - corrupted[s]
-        return diffs[s]
-
-    def total(n: int) -> Float[torch.Tensor, "batch pos d_model"]:
-        """Sum of the differences of senders 0..n-1 (prefixes grow as the forward pass goes on)."""
-        if n not in totals:
-            start = max((m for m in totals if m < n), default=0)
-            acc = totals[start].clone() if start else torch.zeros_like(diff(0))
-            for s in range(start, n):
-                acc += diff(s)
-            totals[n] = acc
-        return totals[n]
-
-    def plan(weights: torch.Tensor) -> tuple[bool, torch.Tensor, list[int], int]:
-        """(complement?, edge weights of the senders summed, those senders, number of senders before)."""
-        n = weights.shape[0]
-        flat = weights.reshape(n, -1)
-        removed_rows, kept_rows = flat.any(dim=-1).nonzero()[:, 0], (~flat).any(dim=-1).nonzero()[:, 0]
-        if len(removed_rows) <= len(kept_rows):
-            return False, weights[removed_rows], removed_rows.tolist(), n
-        return True, ~weights[kept_rows], kept_rows.tolist(), n
-
-    def removed_delta(how: tuple[bool, torch.Tensor, list[int], int], pattern: str) -> torch.Tensor:
-        complement, weights, senders, n = how
-        everything = (total(n)[:, :, None] if "h" in pattern else total(n)) if complement else None
-        if not senders:  # every edge into these receivers removed (a plan sums removed senders only if some are)
-            assert everything is not None
-            return everything
-        stacked = torch.stack([diff(s) for s in senders])
-        summed = einsum(weights.to(stacked.dtype), stacked, pattern)
-        return summed if everything is None else everything - summed
-
-    def edit(weights: torch.Tensor, pattern: str):
-        how = plan(weights)
-
-        def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            return x - removed_delta(how, pattern)
+    def edit(plan):  # unannotated: the hook is made per receiver group and run, not worth a runtime check
+        def hook(x, hook):
+            return x - differences.removed_sum(plan)
 
         return hook
 
     for layer in range(graph.n_layers):
         n_attn = graph.senders_before_attention(layer)
         for c in COMPONENTS:
-            cols = [graph.head_receiver(layer, h, c) for h in range(n_heads)]
+            cols = [graph.head_receiver(layer, h, c) for h in range(graph.n_heads)]
             weights = removed[:n_attn, cols]  # [S, H]
             if bool(weights.any()):
-                hooks.append((get_act_name(f"{c}_input", layer), edit(weights, "s h, s b p d -> b p h d")))
-        n_mlp = graph.senders_before_mlp(layer)
-        weights = removed[:n_mlp, graph.mlp_receiver(layer)]
+                hooks.append((get_act_name(f"{c}_input", layer), edit(_Plan.of(weights, "s h, s b p d -> b p h d"))))
+        weights = removed[: graph.senders_before_mlp(layer), graph.mlp_receiver(layer)]
         if bool(weights.any()):
-            hooks.append((get_act_name("mlp_in", layer), edit(weights, "s, s b p d -> b p d")))
+            hooks.append((get_act_name("mlp_in", layer), edit(_Plan.of(weights, "s, s b p d -> b p d"))))
     weights = removed[:, graph.logits_receiver]
     if bool(weights.any()):
-        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit(weights, "s, s b p d -> b p d")))
+        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit(_Plan.of(weights, "s, s b p d -> b p d"))))
     return hooks
 
 
