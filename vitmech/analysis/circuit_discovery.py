@@ -233,7 +233,7 @@ class _Differences:
             self.diffs[s] = self.actual[s] - self.corrupted[s]
         return self.diffs[s]
 
-    def total(self, n: int) -> torch.Tensor:
+    def total(self, n: int) -> Float[torch.Tensor, "batch pos d_model"]:
         """Sum of the differences of senders 0..n-1 (prefixes grow as the forward pass goes on)."""
         if n not in self.totals:
             start = max((m for m in self.totals if m < n), default=0)
@@ -577,8 +577,8 @@ def prune_to_faithfulness(
     max_steps: stop the bisection after this many halvings (None: until it is down to one edge, about
     log2(number of edges) forward passes). The returned circuit still reaches the target; its k is then at most
     ceil(n_edges / 2**max_steps) - 1 above the one the full search returns, since the full search takes the same
-    first steps and ends inside the bracket left here (`meta["bracket"]`: the largest k evaluated below the
-    target and the returned k).
+    first steps and ends inside the bracket left here: `meta["bracket"]` = (lo, hi), the full search's k in
+    (lo, hi] and hi the k returned.
     """
     if max_steps is not None and max_steps < 0:
         raise PatchingError(f"max_steps must be None or >= 0, got {max_steps}")
