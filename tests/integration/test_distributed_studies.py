@@ -131,17 +131,8 @@ ON_MAIN_SLOW = {  # the same code path as above, with studies that take tens of 
 }
 
 
-@pytest.fixture(autouse=True)
-def small_figures(monkeypatch):
-    """Figures drawn at 10 dpi: they are rank 0's alone and not what these tests compare (speed)."""
-    from vitmech.report import Report
-
-    add_figure = Report.add_figure
-    monkeypatch.setattr(
-        Report,
-        "add_figure",
-        lambda self, name, figure, caption="", dpi=110: add_figure(self, name, figure, caption, 10),
-    )
+# figures drawn at 10 dpi (tests/conftest.py): they are rank 0's alone and not what these tests compare (speed)
+pytestmark = pytest.mark.usefixtures("small_figures")
 
 
 @pytest.mark.parametrize("command", list(SHARDED))

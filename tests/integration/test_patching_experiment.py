@@ -15,7 +15,7 @@ from tests.helpers.scripts import load_experiment
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_experiment_writes_its_report(tmp_path):
+def test_quick_experiment_writes_its_report(tmp_path, small_figures):
     exp = load_experiment("15_patching_circuits.py")
     out = tmp_path / "report"
     assert exp.main(["--quick", "--out", str(out)]) == 0
@@ -25,10 +25,13 @@ def test_quick_experiment_writes_its_report(tmp_path):
     assert summary["config"]["n_pairs"] == 2 and summary["config"]["model"] == "vitmech/mini-galaxy"
     circuit = summary["circuit"]
     assert circuit["faithfulness"] >= circuit["target"] and 0 < circuit["fraction_of_edges"] <= 1
+    lo, hi = circuit["search_bracket"]  # --quick: 8 halvings of the circuit-size search
+    n_edges = round(circuit["n_edges"] / circuit["fraction_of_edges"])
+    assert summary["config"]["search_steps"] == 8 and 1 < hi - lo <= -(-n_edges // 256)
     assert summary["gap"] == pytest.approx(summary["clean"] - summary["corrupted"])
     assert len(summary["top_heads"]) == 2 and len(summary["direct_to_logits"]) == 2
     report = (out / "report.md").read_text()
-    assert "faithfulness" in report and "SE" in report
+    assert "faithfulness" in report and "SE" in report and f"within {hi - lo - 1} top edges of the smallest" in report
 
 
 def test_the_tutorial_runs():

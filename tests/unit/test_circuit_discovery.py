@@ -91,6 +91,71 @@ def test_one_removed_edge_matches_a_hand_built_hook(small):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+def _direct_circuit_run(model, clean, bad, circuit):
+    """Reference: every receiver reads its input minus, edge by edge, (this run's sender output - its corrupted
+    output) for each removed edge into it (one term per edge, in a plain loop)."""
+    graph = Graph.of(model)
+    removed = graph.valid & ~circuit
+    live: dict[int, torch.Tensor] = {}
+
+    def keep(s):
+        def hook(x, hook):
+            live[s] = x.detach()
+
+        return hook
+
+    def keep_heads(layer):
+        def hook(result, hook):
+            for h in range(graph.n_heads):
+                live[graph.head_sender(layer, h)] = result[:, :, h].detach()
+
+        return hook
+
+    def edit(receivers):
+        def hook(x, hook):
+            x = x.clone()
+            for i, r in enumerate(receivers):
+                for s in removed[:, r].nonzero()[:, 0].tolist():
+                    if x.dim() == 4:
+                        x[:, :, i] -= live[s] - bad[s]
+                    else:
+                        x -= live[s] - bad[s]
+            return x
+
+        return hook
+
+    hooks = [("hook_full_embed", keep(0))]
+    for layer in range(graph.n_layers):
+        for c in ("q", "k", "v"):
+            heads = [graph.head_receiver(layer, h, c) for h in range(graph.n_heads)]
+            hooks.append((f"blocks.{layer}.hook_{c}_input", edit(heads)))
+        hooks.append((f"blocks.{layer}.attn.hook_result", keep_heads(layer)))
+        hooks.append((f"blocks.{layer}.hook_mlp_in", edit([graph.mlp_receiver(layer)])))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", keep(graph.mlp_sender(layer))))
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", edit([graph.logits_receiver])))
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        return model.run_with_hooks(clean, fwd_hooks=hooks)
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.7, 0.9])
+def test_circuits_of_any_density_match_an_edge_by_edge_reference(small, density):
+    """Sparse circuits sum over the kept senders (the complement), dense ones over the removed: both as the loop."""
+    model, clean = small
+    corrupted = masked_counterfactual(clean, (8, 8, 24, 24), "noise")
+    graph = Graph.of(model)
+    circuit = graph.valid & (torch.rand(graph.valid.shape, generator=torch.Generator().manual_seed(3)) < density)
+    bad = sender_outputs(model, corrupted)
+    assert 0 < int(circuit.sum()) < int(graph.valid.sum())
+    expected = _direct_circuit_run(model, clean, bad, circuit)
+    assert not torch.allclose(expected, model(clean), atol=1e-4) and not torch.allclose(expected, model(corrupted))
+    torch.testing.assert_close(run_circuit(model, clean, bad, circuit), expected, atol=1e-5, rtol=0)
+
+
 def test_eap_ranks_edges_like_exact_edge_patching(small):
     """Spearman of EAP vs exact edge patching over all 46 edges. Measured (this model, 8 images):
     small perturbation (noise x 0.3): EAP 0.970, EAP-IG 0.985; a quarter of the image set to 0:
@@ -124,6 +189,28 @@ def test_pruning_reaches_the_target_faithfulness_measured_by_running_the_circuit
     assert measured == pytest.approx(circuit.faithfulness, abs=1e-5)
     assert torch.equal(reaching_logits(circuit.graph, circuit.edges), circuit.edges)
     assert circuit.nodes and "logits" in circuit.nodes
+
+
+def test_a_step_limited_search_brackets_the_full_searchs_circuit(small):
+    """max_steps takes the full search's first steps: its circuit reaches the target (re-measured), has at most
+    ceil(46 / 2**steps) - 1 more top edges than the full search's, whose k lies inside the bracket it reports."""
+    model, clean = small
+    metric = logit_diff(0, 1)
+    corrupted = clean + 0.3 * seeded_images(8, 32, seed=9)
+    scores = edge_attribution_patching(model, clean, corrupted, metric)
+    full = prune_to_faithfulness(model, clean, corrupted, metric, scores, target=0.8)
+    assert full.meta["bracket"][1] - full.meta["bracket"][0] == 1
+    for steps in (0, 1, 2, 3):
+        cut = prune_to_faithfulness(model, clean, corrupted, metric, scores, target=0.8, max_steps=steps)
+        lo, hi = cut.meta["bracket"]
+        assert len(cut.curve) == 1 + steps and set(cut.curve) <= set(full.curve)  # the same first evaluations
+        assert cut.meta["k"] == hi and lo < full.meta["k"] <= hi and hi - lo <= -(-46 // 2**steps)
+        assert cut.faithfulness >= 0.8 and cut.n_edges >= full.n_edges
+        measured, *_ = circuit_faithfulness(model, clean, corrupted, metric, cut.edges)
+        assert measured == pytest.approx(cut.faithfulness, abs=1e-5)
+    assert prune_to_faithfulness(model, clean, corrupted, metric, scores, max_steps=0).meta["k"] == 46
+    with pytest.raises(PatchingError, match="max_steps"):
+        prune_to_faithfulness(model, clean, corrupted, metric, scores, max_steps=-1)
 
 
 def test_acdc_keeps_the_circuit_close_to_the_model(small):

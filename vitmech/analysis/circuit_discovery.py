@@ -26,6 +26,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -92,19 +93,31 @@ class Graph:
     def logits_receiver(self) -> int:
         return self.n_receivers - 1
 
-    @property
-    def sender_names(self) -> list[str]:
+    @cached_property
+    def _sender_names(self) -> tuple[str, ...]:
         names = ["embed"]
         for layer in range(self.n_layers):
             names += [f"L{layer}H{h}" for h in range(self.n_heads)] + [f"MLP{layer}"]
-        return names
+        return tuple(names)
 
-    @property
-    def receiver_names(self) -> list[str]:
+    @cached_property
+    def _receiver_names(self) -> tuple[str, ...]:
         names = []
         for layer in range(self.n_layers):
             names += [f"L{layer}H{h}.{c}" for c in COMPONENTS for h in range(self.n_heads)] + [f"MLP{layer}"]
-        return names + ["logits"]
+        return (*names, "logits")
+
+    @cached_property
+    def _receiver_nodes(self) -> tuple[str, ...]:
+        return tuple(name.split(".")[0] for name in self._receiver_names)
+
+    @property
+    def sender_names(self) -> list[str]:
+        return list(self._sender_names)
+
+    @property
+    def receiver_names(self) -> list[str]:
+        return list(self._receiver_names)
 
     def senders_before_attention(self, layer: int) -> int:
         """Number of senders written before layer `layer`'s attention reads (a prefix of the sender order)."""
@@ -115,6 +128,10 @@ class Graph:
 
     @property
     def valid(self) -> Bool[torch.Tensor, "sender receiver"]:
+        return self._valid.clone()
+
+    @cached_property
+    def _valid(self) -> Bool[torch.Tensor, "sender receiver"]:
         valid = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
         for layer in range(self.n_layers):
             for c in COMPONENTS:
@@ -126,11 +143,11 @@ class Graph:
 
     def sender_node(self, s: int) -> str:
         """The node a sender index belongs to ("embed", "L{l}H{h}", "MLP{l}")."""
-        return self.sender_names[s]
+        return self._sender_names[s]
 
     def receiver_node(self, r: int) -> str:
         """The node a receiver index belongs to (q, k and v inputs of a head share its node)."""
-        return self.receiver_names[r].split(".")[0]
+        return self._receiver_nodes[r]
 
 
 @contextmanager
@@ -182,46 +199,95 @@ def sender_outputs(model: HookedViT, images: torch.Tensor) -> Float[torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------- circuit runs
+@dataclass(frozen=True)
+class _Plan:
+    """How one receiver group's removed-edge sum is formed: over `senders` with `weights` [S, ...] (the removed
+    edges), or, when `complement`, as the sum over all `n` senders before it minus `senders` (the kept edges)."""
+
+    complement: bool
+    weights: torch.Tensor
+    senders: list[int]
+    n: int
+    pattern: str
+
+    @classmethod
+    def of(cls, removed: torch.Tensor, pattern: str) -> _Plan:
+        n = removed.shape[0]
+        flat = removed.reshape(n, -1)
+        removed_rows, kept_rows = flat.any(dim=-1).nonzero()[:, 0], (~flat).any(dim=-1).nonzero()[:, 0]
+        if len(removed_rows) <= len(kept_rows):
+            return cls(False, removed[removed_rows], removed_rows.tolist(), n, pattern)
+        return cls(True, ~removed[kept_rows], kept_rows.tolist(), n, pattern)
+
+
+class _Differences:
+    """Per run: each sender's (actual - corrupted) output, computed once, and prefix sums over senders."""
+
+    def __init__(self, actual: dict[int, torch.Tensor], corrupted: torch.Tensor) -> None:
+        self.actual, self.corrupted = actual, corrupted
+        self.diffs: dict[int, torch.Tensor] = {}
+        self.totals: dict[int, torch.Tensor] = {}
+
+    def diff(self, s: int) -> torch.Tensor:
+        if s not in self.diffs:
+            self.diffs[s] = self.actual[s] - self.corrupted[s]
+        return self.diffs[s]
+
+    def total(self, n: int) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Sum of the differences of senders 0..n-1 (prefixes grow as the forward pass goes on)."""
+        if n not in self.totals:
+            start = max((m for m in self.totals if m < n), default=0)
+            acc = self.totals[start].clone() if start else torch.zeros_like(self.diff(0))
+            for s in range(start, n):
+                acc += self.diff(s)
+            self.totals[n] = acc
+        return self.totals[n]
+
+    def removed_sum(self, plan: _Plan) -> torch.Tensor:
+        """Sum over the plan's removed edges of the sender differences, [B, P, d] (or [B, P, H, d] per head)."""
+        everything = None
+        if plan.complement:
+            everything = self.total(plan.n)[:, :, None] if "h" in plan.pattern else self.total(plan.n)
+            if not plan.senders:  # every edge into these receivers removed
+                return everything
+        stacked = torch.stack([self.diff(s) for s in plan.senders])
+        summed = einsum(plan.weights.to(stacked.dtype), stacked, plan.pattern)
+        return summed if everything is None else everything - summed
+
+
 def _receiver_hooks(
     graph: Graph,
     removed: Bool[torch.Tensor, "sender receiver"],
     actual: dict[int, torch.Tensor],
     corrupted: torch.Tensor,
 ) -> Hooks:
-    """Hooks making each receiver read `input - sum over its removed edges of (actual - corrupted sender output)`."""
-    hooks: Hooks = []
-    n_heads = graph.n_heads
+    """Hooks making each receiver read `input - sum over its removed edges of (actual - corrupted sender output)`.
 
-    def removed_delta(weights: torch.Tensor, n_senders: int, pattern: str) -> torch.Tensor:
-        diff = torch.stack([actual[s] for s in range(n_senders)]) - corrupted[:n_senders]
-        return einsum(weights.to(diff.dtype), diff, pattern)
+    Each sender's difference is computed once per run. A receiver's sum runs over the senders with a removed edge
+    into it, or, when fewer senders keep an edge, is the sum over all of its senders minus the kept ones (a
+    near-empty circuit then costs as little as a near-full one)."""
+    hooks: Hooks = []
+    differences = _Differences(actual, corrupted)
+
+    def edit(plan):  # unannotated: the hook is made per receiver group and run, not worth a runtime check
+        def hook(x, hook):
+            return x - differences.removed_sum(plan)
+
+        return hook
 
     for layer in range(graph.n_layers):
         n_attn = graph.senders_before_attention(layer)
         for c in COMPONENTS:
-            cols = [graph.head_receiver(layer, h, c) for h in range(n_heads)]
+            cols = [graph.head_receiver(layer, h, c) for h in range(graph.n_heads)]
             weights = removed[:n_attn, cols]  # [S, H]
             if bool(weights.any()):
-
-                def edit_input(x, hook, w=weights, n=n_attn):
-                    return x - removed_delta(w, n, "s h, s b p d -> b p h d")
-
-                hooks.append((get_act_name(f"{c}_input", layer), edit_input))
-        n_mlp = graph.senders_before_mlp(layer)
-        weights = removed[:n_mlp, graph.mlp_receiver(layer)]
+                hooks.append((get_act_name(f"{c}_input", layer), edit(_Plan.of(weights, "s h, s b p d -> b p h d"))))
+        weights = removed[: graph.senders_before_mlp(layer), graph.mlp_receiver(layer)]
         if bool(weights.any()):
-
-            def edit_mlp(x, hook, w=weights, n=n_mlp):
-                return x - removed_delta(w, n, "s, s b p d -> b p d")
-
-            hooks.append((get_act_name("mlp_in", layer), edit_mlp))
+            hooks.append((get_act_name("mlp_in", layer), edit(_Plan.of(weights, "s, s b p d -> b p d"))))
     weights = removed[:, graph.logits_receiver]
     if bool(weights.any()):
-
-        def edit_final(x, hook, w=weights):
-            return x - removed_delta(w, graph.n_senders, "s, s b p d -> b p d")
-
-        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit_final))
+        hooks.append((get_act_name("resid_post", graph.n_layers - 1), edit(_Plan.of(weights, "s, s b p d -> b p d"))))
     return hooks
 
 
@@ -467,10 +533,11 @@ class Circuit:
 
     def to_frame(self) -> pd.DataFrame:
         senders, receivers = self.edges.nonzero(as_tuple=True)
+        s_names, r_names = self.graph.sender_names, self.graph.receiver_names
         return pd.DataFrame(
             {
-                "sender": [self.graph.sender_names[i] for i in senders.tolist()],
-                "receiver": [self.graph.receiver_names[i] for i in receivers.tolist()],
+                "sender": [s_names[i] for i in senders.tolist()],
+                "receiver": [r_names[i] for i in receivers.tolist()],
             }
         )
 
@@ -500,12 +567,21 @@ def prune_to_faithfulness(
     scores: EdgeScores,
     target: float = 0.8,
     targets: torch.Tensor | None = None,
+    max_steps: int | None = None,
 ) -> Circuit:
     """The smallest top-|score| set of edges whose circuit, actually run, reaches `target` faithfulness.
 
     Binary search over the number k of top edges (faithfulness is usually, not always, monotone in k; every
     evaluated circuit is kept in `curve` and the returned one was measured, never interpolated).
+
+    max_steps: stop the bisection after this many halvings (None: until it is down to one edge, about
+    log2(number of edges) forward passes). The returned circuit still reaches the target; its k is then at most
+    ceil(n_edges / 2**max_steps) - 1 above the one the full search returns, since the full search takes the same
+    first steps and ends inside the bracket left here: `meta["bracket"]` = (lo, hi), the full search's k in
+    (lo, hi] and hi the k returned.
     """
+    if max_steps is not None and max_steps < 0:
+        raise PatchingError(f"max_steps must be None or >= 0, got {max_steps}")
     graph = scores.graph
     metric_obj, score, m_clean, m_corrupted = _metric_runs(model, clean, corrupted, metric, targets)
     gap = m_clean - m_corrupted
@@ -530,17 +606,18 @@ def prune_to_faithfulness(
     if evaluate(hi) < target:
         logger.warning("even the full graph has faithfulness %.3f < target %.3f", evaluate(hi), target)
     else:
-        while hi - lo > 1:
+        steps = 0
+        while hi - lo > 1 and (max_steps is None or steps < max_steps):
             mid = (lo + hi) // 2
             if evaluate(mid) >= target:
                 hi = mid
             else:
                 lo = mid
+            steps += 1
     faith, value, circuit = evaluated[hi]
     curve = sorted((int(evaluated[k][2].sum()), evaluated[k][0]) for k in evaluated)
-    return Circuit(
-        graph, circuit, faith, f"top-{scores.method}", value, m_clean, m_corrupted, curve, {"target": target, "k": hi}
-    )
+    meta = {"target": target, "k": hi, "bracket": (lo, hi), "max_steps": max_steps}
+    return Circuit(graph, circuit, faith, f"top-{scores.method}", value, m_clean, m_corrupted, curve, meta)
 
 
 @torch.no_grad()

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=None, help="counterfactual pairs (16; 2 with --quick)")
     parser.add_argument("--method", choices=("eap", "eap-ig"), default=None, help="edge scores (eap-ig)")
     parser.add_argument("--faithfulness", type=float, default=0.8, help="target faithfulness of the circuit")
+    parser.add_argument(
+        "--search-steps",
+        type=int,
+        default=None,
+        help="halvings of the circuit-size search (all: exact smallest; 8 with --quick: within 1/256 of the edges)",
+    )
     add_run(parser)
 
 
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.pairs is not None:
         changes["n_pairs"] = args.pairs
+    if args.search_steps is not None:
+        changes["search_steps"] = args.search_steps
     if args.method is not None:
         changes["eap_method"] = args.method
     config = PatchingStudyConfig.quick(**changes) if args.quick else PatchingStudyConfig(**changes)
