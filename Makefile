@@ -21,7 +21,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vitmech compare --out runs/demo --force
 
-# the whole suite on one pytest-xdist worker per CPU core (at most 4: each worker holds its own models)
+# the whole suite on one pytest-xdist worker per CPU core, at most 4 (as a plain `pytest` does: addopts);
+# `make test TEST_WORKERS=-n0` runs it in one process
 TEST_WORKERS ?= -n auto --maxprocesses=4
 
 test: $(STAMP)

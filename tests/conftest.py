@@ -30,6 +30,16 @@ from vitmech import HookedViT  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("VITMECH_TEST_THREADS", "1")))
 
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """Workers for `-n auto` (pyproject's addopts): xdist's default, one per CPU core (at most 4), for the suite
+    or a folder; none (one process) when the command line names only files or tests, whose run would cost less
+    than the workers' start-up (each imports and instruments `vitmech` again, ~10 s)."""
+    paths = [arg.split("::")[0] for arg in config.args]
+    return 0 if paths and all(os.path.isfile(path) for path in paths) else None
+
+
 _frozen_for: list[object] = [None]  # the test module whose start last froze the heap
 
 
