@@ -223,3 +223,12 @@ def test_acdc_keeps_the_circuit_close_to_the_model(small):
     assert circuit.n_edges < 46
     # each accepted removal moved |1 - f| by less than the threshold
     assert abs(1 - circuit.faithfulness) < 0.02 * 46
+
+
+def test_patching_study_refuses_negative_search_steps_before_running():
+    from vitmech.analysis.patching_study import PatchingStudyConfig
+
+    with pytest.raises(PatchingError, match="search_steps must be None or >= 0, got -1"):
+        PatchingStudyConfig.quick(search_steps=-1)
+    assert PatchingStudyConfig.quick(search_steps=0).search_steps == 0
+    assert PatchingStudyConfig().search_steps is None

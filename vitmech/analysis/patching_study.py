@@ -71,6 +71,10 @@ class PatchingStudyConfig:
     path_components: tuple[Literal["q", "k", "v"], ...] = ("q", "k", "v")
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.search_steps is not None and self.search_steps < 0:  # before any model runs, not at the search
+            raise PatchingError(f"search_steps must be None or >= 0, got {self.search_steps}")
+
     @classmethod
     def quick(cls, **changes: Any) -> PatchingStudyConfig:
         """Two pairs, the last layers only, two top heads, plain EAP, an 8-step circuit search (within 0.4% of
